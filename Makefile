@@ -1,0 +1,31 @@
+# ksr: the commands users type. Every target creates or reuses .venv in the repository.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.ksr-installed
+
+.PHONY: help venv test demo bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+# Reinstall when the pinned requirements or the package metadata change.
+$(STAMP): requirements/test.txt setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements/test.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)  ## create or update .venv with ksr and the pinned test environment
+
+test: $(STAMP)  ## run the test suite (what CI runs)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)  ## run ksr on the built-in demo
+	$(VENV)/bin/ksr demo
+
+bench: $(STAMP)  ## time the hot paths; results go to bench/results.md
+	$(PY) bench/run.py --out bench/results.md
+
+clean:  ## remove the virtual environment and build leftovers
+	rm -rf $(VENV) build *.egg-info .pytest_cache
