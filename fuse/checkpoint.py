@@ -1,0 +1,123 @@
+"""ksr checkpoints: plain tensors plus a JSON-able config, loadable with ``weights_only=True``.
+
+Layout: ``{"format": "ksr-checkpoint", "format_version": 1, "config": ModelConfig.to_dict(),
+"model": state_dict, "meta": {...}}``. Nothing in it needs pickle beyond tensors and plain
+containers, so ``torch.load(path, weights_only=True)`` reads it and refuses anything else.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .model import KSTransformer
+
+FORMAT = "ksr-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read as what the caller asked for (the message says why)."""
+
+
+def save_checkpoint(path: str | os.PathLike, model: KSTransformer, meta: dict[str, Any] | None = None) -> Path:
+    """Write atomically: a temporary file in the same folder, flushed, then renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.cfg.to_dict(),
+        "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load`` with ``weights_only=True``; refuses pickled code with a one-line reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused: it holds more than tensors and plain containers ({first}); "
+            "ksr only loads weights_only checkpoints"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable torch file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    ckpt = read_torch_file(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        hint = ""
+        if isinstance(ckpt, dict) and "model" in ckpt and "format" not in ckpt:
+            hint = "; if it was saved by the public KS-Transformer code, run `ksr convert-official` first"
+        raise CheckpointError(f"{path}: not a ksr checkpoint{hint}")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {ckpt['format_version']} is newer than this ksr "
+            f"understands ({FORMAT_VERSION}); upgrade ksr"
+        )
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> KSTransformer:
+    """The model stored in a ksr checkpoint, in eval mode, on ``device``."""
+    ckpt = load_checkpoint(path)
+    try:
+        cfg = ModelConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad model config: {e}") from None
+    model = KSTransformer(cfg)
+    load_state_strict(model, ckpt["model"], str(path))
+    return model.to(device).eval()
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load every tensor; refuse missing, unexpected or mis-shaped entries, naming them."""
+    expected = model.state_dict()
+    problems = describe_key_mismatch({k: tuple(v.shape) for k, v in expected.items()},
+                                     {k: tuple(v.shape) for k, v in state.items()})
+    if problems:
+        raise CheckpointError(f"{source}: {problems}")
+    model.load_state_dict(state, strict=True)
+
+
+def describe_key_mismatch(expected: dict[str, tuple], found: dict[str, tuple], limit: int = 8) -> str:
+    """'' when the key sets and shapes agree, else one line naming the missing, extra and mis-shaped keys."""
+    def names(keys: list[str]) -> str:
+        more = f" (and {len(keys) - limit} more)" if len(keys) > limit else ""
+        return ", ".join(keys[:limit]) + more
+
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    shaped = [f"{k} {found[k]} != expected {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {names(missing)}")
+    if extra:
+        parts.append(f"unexpected keys: {names(extra)}")
+    if shaped:
+        parts.append(f"wrong shapes: {names(shaped)}")
+    return "; ".join(parts)

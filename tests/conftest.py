@@ -1,0 +1,8 @@
+"""Fixtures every test gets."""
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
