@@ -23,6 +23,30 @@ def main() -> None:
 # --- model commands (ksr.fuse) ---------------------------------------------------------------
 
 
+@main.command("convert-official")
+@click.argument("best_pt", type=click.Path(dir_okay=False))
+@click.argument("out_pt", type=click.Path(dir_okay=False, writable=True))
+@click.option("--heads", default=8, show_default=True, help="Attention heads the model was trained with (not stored in the weights).")
+@click.option("--keep-rate", default=0.5, show_default=True, help="Key-sparse keep rate the model was trained with (not stored in the weights).")
+def convert_official_cmd(best_pt: str, out_pt: str, heads: int, keep_rate: float) -> None:
+    """Convert a checkpoint of the public KS-Transformer code into a ksr checkpoint.
+
+    BEST_PT is a file saved by the public implementation ({"epoch", "model", "optimizer"}, keys
+    optionally prefixed "module."). Dims, FFN widths, layer counts and classes are read from the
+    tensor shapes; every tensor is checked. OUT_PT loads with ksr.fuse.load_model().
+    """
+    from ksr.fuse import CheckpointError, convert_official
+    from ksr.fuse.official import describe
+
+    try:
+        model = convert_official(best_pt, out_pt, num_heads=heads, keep_rate=keep_rate)
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {out_pt}: {describe(model.cfg)}, {heads} heads, keep rate {keep_rate}")
+
+
+
+
 # --- cache commands (ksr.cache) --------------------------------------------------------------
 
 
