@@ -89,5 +89,88 @@ def demo_cmd(out: str) -> None:
 # --- corpus and extraction commands (ksr.extract) --------------------------------------------
 
 
+@main.group("prepare")
+def prepare_cmd() -> None:
+    """Write or check a corpus manifest: one CSV row per utterance (docs/manifest.md)."""
+
+
+@prepare_cmd.command("iemocap")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="The manifest CSV to write.")
+def prepare_iemocap_cmd(root: str, out: str) -> None:
+    """Index IEMOCAP_full_release (ROOT) for the 4-class task: ang, hap (+exc), neu, sad.
+
+    Prints the counts per session and class, what was skipped as not data, and warnings (a
+    complete release gives 5,531 utterances).
+    """
+    from ksr.extract.iemocap import IemocapError, format_report, prepare_iemocap
+    from ksr.extract.manifest import write_manifest
+
+    try:
+        report = prepare_iemocap(root)
+    except IemocapError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(format_report(report))
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not report.rows:
+        raise click.ClickException(f"no 4-class utterances found under {report.root}")
+    write_manifest(out, report.rows)
+    click.echo(f"wrote {report.total} rows to {out}")
+
+
+@prepare_cmd.command("check")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+def prepare_check_cmd(manifest: str) -> None:
+    """Validate a manifest (yours or prepared): columns, rows, audio files present."""
+    from collections import Counter
+
+    from ksr.extract.manifest import ManifestError, read_manifest
+
+    try:
+        m = read_manifest(manifest, strict=False)
+    except ManifestError as e:
+        raise click.ClickException(str(e)) from None
+    missing = [r for r in m.rows if not r.audio.is_file()]
+    labels = Counter(r.label for r in m.rows)
+    sessions = Counter(r.session for r in m.rows)
+    click.echo(f"{manifest}: {len(m)} usable rows, {len({r.speaker for r in m.rows})} speakers")
+    click.echo("labels: " + ", ".join(f"{k} {n}" for k, n in sorted(labels.items())))
+    click.echo("sessions: " + ", ".join(f"{k}: {n}" for k, n in sorted(sessions.items())))
+    for problem in m.problems:
+        click.echo(f"error: {problem}", err=True)
+    for r in missing[:10]:
+        click.echo(f"error: {r.id}: audio file not found: {r.audio}", err=True)
+    if len(missing) > 10:
+        click.echo(f"error: ... {len(missing) - 10} more audio files not found", err=True)
+    if m.problems or missing:
+        raise click.ClickException(
+            f"{len(m.problems)} bad rows, {len(missing)} missing audio files")
+
+
+@main.command("encoders")
+@click.argument("spec", required=False)
+@click.option("--tiny-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the built-in tiny encoders are kept (default ~/.cache/ksr/tiny).")
+def encoders_cmd(spec: str | None, tiny_dir: str | None) -> None:
+    """List the encoder specs; with SPEC, load it and print what it declares.
+
+    Examples: tiny-audio, paper-text, hf:facebook/wav2vec2-base@layer=6, hf:/models/my-wavlm.
+    """
+    from ksr.extract.encoders import EncoderError, available_specs, load_encoder
+
+    if spec is None:
+        for name, what in available_specs():
+            click.echo(f"{name:<48} {what}")
+        return
+    try:
+        encoder = load_encoder(spec, tiny_root=tiny_dir)
+    except EncoderError as e:
+        raise click.ClickException(str(e)) from None
+    for key, value in encoder.describe().items():
+        click.echo(f"{key:<12} {value}")
+
+
 if __name__ == "__main__":
     main()

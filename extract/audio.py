@@ -1,0 +1,80 @@
+"""Audio input: read with soundfile, mix to mono, resample to 16 kHz with soxr.
+
+Every encoder takes 16 kHz mono float32. A file that cannot give that raises :class:`AudioError`
+with a one-line reason; the extraction loop catches it per utterance, writes the reason to its
+errors file and goes on.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE = 16000
+#: A segment end past the end of the file by at most this much (rounding in segment lists) is
+#: clamped; more is an error.
+END_TOLERANCE_S = 0.1
+
+
+class AudioError(ValueError):
+    """An utterance whose audio cannot be used; the message is a one-line reason."""
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Mix (frames, channels) to (frames,) by averaging the channels; 1-D input is returned."""
+    if samples.ndim == 1:
+        return samples
+    if samples.ndim != 2:
+        raise AudioError(f"expected (frames, channels) samples, got shape {samples.shape}")
+    if samples.shape[1] == 1:
+        return samples[:, 0]
+    return samples.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample mono float32 samples from ``rate`` to ``target`` Hz (soxr, high quality)."""
+    if rate == target:
+        return samples
+    return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32, copy=False)
+
+
+def read_audio(path: str | os.PathLike, *, start: float | None = None,
+               end: float | None = None, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Read a file (or its segment ``start``..``end`` seconds) as mono float32 at ``sample_rate``.
+
+    Raises :class:`AudioError` for a missing, unreadable or empty file, a segment outside the
+    file, and samples that are NaN or infinite.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path}")
+    try:
+        with sf.SoundFile(path) as f:
+            rate, total = f.samplerate, f.frames
+            first = 0 if start is None else int(round(start * rate))
+            last = total if end is None else int(round(end * rate))
+            if end is not None and last > total:
+                if last - total > END_TOLERANCE_S * rate:
+                    raise AudioError(
+                        f"segment end {end:.3f} s is past the end of {path.name} "
+                        f"({total / rate:.3f} s)")
+                last = total
+            if first >= total and total > 0:
+                raise AudioError(f"segment start {start:.3f} s is past the end of {path.name} "
+                                 f"({total / rate:.3f} s)")
+            f.seek(first)
+            samples = f.read(max(last - first, 0), dtype="float32", always_2d=True)
+    except AudioError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+        reason = " ".join(str(err).split())  # one line
+        raise AudioError(f"unreadable audio {path.name}: {reason}") from None
+    if samples.shape[0] == 0:
+        raise AudioError(f"empty audio: {path.name} has no samples"
+                         + ("" if start is None and end is None else " in the segment"))
+    if not np.isfinite(samples).all():
+        raise AudioError(f"audio {path.name} contains NaN or infinite samples")
+    return np.ascontiguousarray(resample(to_mono(samples), rate, sample_rate))

@@ -1,0 +1,235 @@
+"""The manifest: one CSV row per utterance, the contract between a corpus and ``ksr extract``.
+
+Required columns: ``id, audio, text, label, speaker, session, gender``. Optional columns are kept
+as they are (``raw_label``, ...); two of them have a meaning: ``start`` and ``end`` (seconds) name a
+segment of the audio file, for corpora whose utterances lie inside longer recordings. ``audio``
+is a path, relative to the manifest's folder or absolute. The format is documented in
+``docs/manifest.md``.
+
+Reading validates. In strict mode (the default) the first problem raises :class:`ManifestError`
+with a one-line message naming the file and line; with ``strict=False`` problems of single rows
+(duplicate id, empty text, ...) are collected in :attr:`Manifest.problems` and those rows left
+out, so that the extraction loop can report each one and go on. Problems of the file itself
+(missing, empty, missing columns) always raise.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("id", "audio", "text", "label", "speaker", "session", "gender")
+SEGMENT_COLUMNS: tuple[str, ...] = ("start", "end")
+GENDERS: tuple[str, ...] = ("F", "M", "U")  # U: unknown
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message is one line and names the file (and line)."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One manifest row. ``audio`` is absolute (resolved against the manifest's folder)."""
+
+    id: str
+    audio: Path
+    text: str
+    label: str
+    speaker: str
+    session: int
+    gender: str
+    start: float | None = None
+    end: float | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """Why one row was left out (lenient reading)."""
+
+    line: int
+    id: str
+    reason: str
+
+    def __str__(self) -> str:
+        who = f" ({self.id})" if self.id else ""
+        return f"line {self.line}{who}: {self.reason}"
+
+
+@dataclass
+class Manifest:
+    """The rows of one manifest file, in file order."""
+
+    path: Path
+    rows: list[Utterance]
+    extra_columns: tuple[str, ...] = ()
+    problems: list[RowProblem] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[Utterance]:
+        return iter(self.rows)
+
+    @property
+    def labels(self) -> list[str]:
+        """The distinct labels, sorted."""
+        return sorted({r.label for r in self.rows})
+
+    @property
+    def root(self) -> Path:
+        """The folder that relative ``audio`` paths are resolved against."""
+        return self.path.parent
+
+
+def _parse_seconds(value: str, column: str) -> float | None:
+    if value == "":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{column} {value!r} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{column} {value!r} must be a finite number of seconds >= 0")
+    return seconds
+
+
+def _parse_row(raw: dict, root: Path, extra_columns: Sequence[str]) -> Utterance:
+    """Turn one CSV record into an :class:`Utterance`; raises ValueError with the reason."""
+    if None in raw:  # DictReader puts surplus fields under the key None
+        raise ValueError(f"{len(raw) - 1 + len(raw[None])} fields, the header has {len(raw) - 1}")
+    if any(v is None for v in raw.values()):
+        have = sum(v is not None for v in raw.values())
+        raise ValueError(f"{have} fields, the header has {len(raw)}")
+    values = {k: v.strip() for k, v in raw.items()}
+    for column in ("id", "audio", "text", "label", "speaker"):
+        if not values[column]:
+            what = "transcript" if column == "text" else column
+            raise ValueError(f"empty {what}")
+    try:
+        session = int(values["session"])
+    except ValueError:
+        raise ValueError(f"session {values['session']!r} is not an integer") from None
+    gender = values["gender"].upper()
+    if gender not in GENDERS:
+        raise ValueError(f"gender {values['gender']!r} is not F, M or U (unknown)")
+    start = _parse_seconds(values.get("start", ""), "start")
+    end = _parse_seconds(values.get("end", ""), "end")
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"end {end:g} s is not after start {start:g} s")
+    audio = Path(values["audio"])
+    if not audio.is_absolute():
+        audio = root / audio
+    return Utterance(
+        id=values["id"], audio=audio, text=values["text"], label=values["label"],
+        speaker=values["speaker"], session=session, gender=gender, start=start, end=end,
+        extra={c: values[c] for c in extra_columns},
+    )
+
+
+def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
+    """Read and validate a manifest CSV (UTF-8, a BOM is tolerated).
+
+    Raises :class:`ManifestError` for a missing or empty file, missing or repeated columns, a file
+    with no rows, and (strict mode) the first bad row. With ``strict=False`` bad rows are left out
+    and listed in ``Manifest.problems``; a duplicate id keeps its first row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    root = path.resolve().parent
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames
+        if not header:
+            raise ManifestError(
+                f"{path} is empty: a manifest starts with a header line naming the columns "
+                f"{', '.join(REQUIRED_COLUMNS)}")
+        header = [h.strip() for h in header]
+        repeated = sorted({h for h in header if header.count(h) > 1})
+        if repeated:
+            raise ManifestError(f"{path}: column(s) {', '.join(repeated)} appear more than once")
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise ManifestError(
+                f"{path}: missing column(s) {', '.join(missing)} (a manifest needs "
+                f"{', '.join(REQUIRED_COLUMNS)})")
+        reader.fieldnames = header
+        extra_columns = tuple(
+            c for c in header if c not in REQUIRED_COLUMNS and c not in SEGMENT_COLUMNS)
+        rows: list[Utterance] = []
+        problems: list[RowProblem] = []
+        first_line: dict[str, int] = {}
+        line = reader.line_num + 1
+        for raw in reader:
+            record_line, line = line, reader.line_num + 1  # a quoted field may span lines
+            rid = (raw.get("id") or "").strip()
+            try:
+                if rid in first_line:
+                    raise ValueError(f"duplicate id (first on line {first_line[rid]})")
+                row = _parse_row(raw, root, extra_columns)
+            except ValueError as err:
+                problem = RowProblem(record_line, rid, str(err))
+                if strict:
+                    raise ManifestError(f"{path} {problem}") from None
+                problems.append(problem)
+                continue
+            first_line[rid] = record_line
+            rows.append(row)
+    if not rows and not problems:
+        raise ManifestError(f"{path} has a header but no rows")
+    return Manifest(path=path, rows=rows, extra_columns=extra_columns, problems=problems)
+
+
+def _format_seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def write_manifest(path: str | os.PathLike, rows: Iterable[Utterance],
+                   extra_columns: Sequence[str] | None = None) -> Path:
+    """Write rows as a manifest CSV, atomically (temporary file, then rename).
+
+    ``audio`` is written relative to the manifest's folder when the file lies under it, absolute
+    otherwise (so moving the manifest alone does not break it). ``start``/``end`` columns are
+    written when a row has them; ``extra_columns`` defaults to the extra keys of the rows, in order
+    of first appearance.
+    """
+    path = Path(path)
+    rows = list(rows)
+    if extra_columns is None:
+        seen: dict[str, None] = {}
+        for r in rows:
+            seen.update(dict.fromkeys(r.extra))
+        extra_columns = tuple(seen)
+    clash = [c for c in extra_columns if c in REQUIRED_COLUMNS or c in SEGMENT_COLUMNS]
+    if clash:
+        raise ManifestError(f"extra column(s) {', '.join(clash)} clash with the manifest's own")
+    has_segments = any(r.start is not None or r.end is not None for r in rows)
+    header = list(REQUIRED_COLUMNS) + (list(SEGMENT_COLUMNS) if has_segments else [])
+    header += list(extra_columns)
+    root = path.resolve().parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(header)
+            for r in rows:
+                audio = Path(r.audio)
+                if audio.is_absolute() and audio.resolve().is_relative_to(root):
+                    audio = audio.resolve().relative_to(root)
+                record = [r.id, audio.as_posix(), r.text, r.label, r.speaker, r.session, r.gender]
+                if has_segments:
+                    record += [_format_seconds(r.start), _format_seconds(r.end)]
+                record += [r.extra.get(c, "") for c in extra_columns]
+                writer.writerow(record)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
