@@ -1,0 +1,87 @@
+"""Cross-validation splits: which utterances train, validate and test in each fold.
+
+Protocols
+- ``session``: leave-one-session-out. Fold k tests the k-th session in sorted order (on IEMOCAP,
+  fold k tests Session k, as s3prl and EmoBox number them; the public KS-Transformer code calls
+  that fold 6-k, see ``public_fold_name``).
+- ``speaker``: leave-one-speaker-out. Fold k tests the k-th speaker in sorted order; the other
+  speaker(s) of the test speaker's session validate; the remaining sessions train.
+
+Validation for ``session`` folds is drawn from the training sessions only: a seeded, label-
+stratified ``val_fraction`` of the training utterances (at least one per class present). Test
+utterances never appear in training or validation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+PROTOCOLS = ("session", "speaker")
+
+
+@dataclass(frozen=True)
+class Split:
+    protocol: str
+    fold: int  # 1-based
+    test_group: str  # "Session 5" or "speaker Ses03F"
+    train: np.ndarray  # indices into the cache's utterance order
+    valid: np.ndarray
+    test: np.ndarray
+
+    def describe(self) -> str:
+        return (f"fold {self.fold} ({self.protocol} protocol): test = {self.test_group}; "
+                f"{len(self.train)} train / {len(self.valid)} valid / {len(self.test)} test")
+
+
+def fold_groups(protocol: str, sessions: Sequence, speakers: Sequence) -> list:
+    """The held-out group of each fold, in fold order (fold k = element k-1)."""
+    if protocol == "session":
+        return sorted(set(int(s) for s in sessions))
+    if protocol == "speaker":
+        return sorted(set(str(s) for s in speakers))
+    raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+
+
+def public_fold_name(session: int, num_sessions: int = 5) -> int:
+    """The public KS-Transformer code's fold number for a test session: fold f tests Session 6-f."""
+    return num_sessions + 1 - session
+
+
+def stratified_holdout(indices: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A seeded ``fraction`` of ``indices`` per label (at least one of each label present)."""
+    picked = []
+    for label in np.unique(labels[indices]):
+        members = indices[labels[indices] == label]
+        count = max(1, int(round(fraction * len(members))))
+        if count >= len(members):
+            continue  # a class too small to spare a validation example stays in training
+        picked.append(rng.choice(members, size=count, replace=False))
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def make_split(protocol: str, fold: int, sessions: Sequence, speakers: Sequence, labels: Sequence,
+               val_fraction: float = 0.1, seed: int = 0) -> Split:
+    sessions = np.asarray([int(s) for s in sessions])
+    speakers = np.asarray([str(s) for s in speakers])
+    labels = np.asarray(labels)
+    groups = fold_groups(protocol, sessions, speakers)
+    if not 1 <= fold <= len(groups):
+        raise ValueError(f"fold {fold} does not exist: the {protocol} protocol has folds 1..{len(groups)} on this cache")
+    held = groups[fold - 1]
+    everything = np.arange(len(sessions))
+    if protocol == "session":
+        test = everything[sessions == held]
+        rest = everything[sessions != held]
+        rng = np.random.default_rng([seed, fold])
+        valid = stratified_holdout(rest, labels, val_fraction, rng)
+        train = np.setdiff1d(rest, valid)
+        name = f"Session {held}"
+    else:
+        test = everything[speakers == held]
+        session = sessions[test[0]]
+        valid = everything[(sessions == session) & (speakers != held)]
+        train = everything[sessions != session]
+        name = f"speaker {held}"
+    return Split(protocol, fold, name, train, valid, test)
