@@ -2,6 +2,7 @@
 
 - :mod:`ksr.extract.manifest`: the manifest CSV (read, validate, write): any corpus.
 - :mod:`ksr.extract.iemocap`: IEMOCAP_full_release -> the 4-class manifest.
+- :mod:`ksr.extract.demo`: the built-in demo corpus (generated speech and transcripts).
 - :mod:`ksr.extract.audio`: audio files -> 16 kHz mono float32.
 - :mod:`ksr.extract.encoders`: frozen audio and text encoders chosen by a spec string.
 
