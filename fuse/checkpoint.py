@@ -27,9 +27,7 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | os.PathLike, model: KSTransformer, meta: dict[str, Any] | None = None) -> Path:
-    """Write atomically: a temporary file in the same folder, flushed, then renamed over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the model as a ksr checkpoint (atomically, see ``atomic_save``)."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -37,10 +35,18 @@ def save_checkpoint(path: str | os.PathLike, model: KSTransformer, meta: dict[st
         "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
     }
+    return atomic_save(payload, path)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, flushed, then renamed over ``path``:
+    a crash leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -35,12 +35,17 @@ class Split:
                 f"{len(self.train)} train / {len(self.valid)} valid / {len(self.test)} test")
 
 
-def fold_groups(protocol: str, sessions: Sequence, speakers: Sequence) -> list:
+def _natural(value: str) -> tuple:
+    """Sort key: numbers by value ("2" before "10"), other names alphabetically."""
+    return (0, int(value), "") if value.isdigit() else (1, 0, value)
+
+
+def fold_groups(protocol: str, sessions: Sequence, speakers: Sequence) -> list[str]:
     """The held-out group of each fold, in fold order (fold k = element k-1)."""
     if protocol == "session":
-        return sorted(set(int(s) for s in sessions))
+        return sorted({str(s) for s in sessions}, key=_natural)
     if protocol == "speaker":
-        return sorted(set(str(s) for s in speakers))
+        return sorted({str(s) for s in speakers}, key=_natural)
     raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
 
 
@@ -63,7 +68,7 @@ def stratified_holdout(indices: np.ndarray, labels: np.ndarray, fraction: float,
 
 def make_split(protocol: str, fold: int, sessions: Sequence, speakers: Sequence, labels: Sequence,
                val_fraction: float = 0.1, seed: int = 0) -> Split:
-    sessions = np.asarray([int(s) for s in sessions])
+    sessions = np.asarray([str(s) for s in sessions])
     speakers = np.asarray([str(s) for s in speakers])
     labels = np.asarray(labels)
     groups = fold_groups(protocol, sessions, speakers)

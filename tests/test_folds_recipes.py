@@ -29,6 +29,8 @@ def test_session_folds_hold_out_session_k(fold):
     split = make_split("session", fold, sessions, speakers, labels, val_fraction=0.1, seed=3)
     assert set(sessions[split.test]) == {fold}
     assert fold not in set(sessions[split.train]) | set(sessions[split.valid])
+    as_text = make_split("session", fold, sessions.astype(str), speakers, labels, val_fraction=0.1, seed=3)
+    assert np.array_equal(as_text.test, split.test) and np.array_equal(as_text.valid, split.valid)
     assert not set(speakers[split.test]) & (set(speakers[split.train]) | set(speakers[split.valid]))
     together = np.concatenate([split.train, split.valid, split.test])
     assert sorted(together.tolist()) == list(range(len(sessions)))  # a partition
@@ -60,6 +62,10 @@ def test_bad_fold_and_protocol():
         make_split("session", 6, sessions, speakers, labels)
     with pytest.raises(ValueError, match="unknown protocol 'dialog'"):
         make_split("dialog", 1, sessions, speakers, labels)
+
+
+def test_sessions_sort_by_number():
+    assert fold_groups("session", ["10", "2", "1"], ["a", "b", "c"]) == ["1", "2", "10"]
 
 
 def test_public_fold_numbering():
