@@ -4,7 +4,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ksr-installed
 
-.PHONY: help venv test demo bench clean
+# Stage settings: make train DATA=iemocap RECIPE=official TRAIN_ARGS="--fold 5"
+DATA       ?= iemocap
+CACHE      ?= caches/$(DATA)
+RUN        ?= runs/$(DATA)
+RECIPE     ?= paper
+TRAIN_ARGS ?=
+
+.PHONY: help venv test demo bench clean train fairseq-parity
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,6 +30,12 @@ test: $(STAMP)  ## run the test suite (what CI runs)
 
 demo: $(STAMP)  ## run ksr on the built-in demo
 	$(VENV)/bin/ksr demo
+
+train: $(STAMP)  ## train all folds on caches/$(DATA) into runs/$(DATA) (RECIPE=paper|official, TRAIN_ARGS=...)
+	$(VENV)/bin/ksr train --cache $(CACHE) --run $(RUN) --recipe $(RECIPE) $(TRAIN_ARGS)
+
+fairseq-parity:  ## check the native wav2vec 1.0 port against fairseq itself (own venv .venv-fairseq, minutes)
+	bash tools/fairseq_parity.sh
 
 bench: $(STAMP)  ## time the hot paths; results go to bench/results.md
 	$(PY) bench/run.py --out bench/results.md

@@ -5,6 +5,8 @@ Grammar (documented in ``docs/encoders.md``)::
     hf:<hub id or local folder>[@layer=<int>][@revision=<commit>]   a transformers model
     tiny-audio | tiny-text                                          built-in tiny encoders
     paper-text                                                      = hf:roberta-large@layer=-1
+    w2v1:<fairseq wav2vec 1.0 checkpoint .pt>                       the paper's wav2vec (1.0)
+    paper-audio                                                     = w2v1:$KSR_WAV2VEC_LARGE
     <preset>[@layer=<int>]                                          a preset, another layer
 
 Options come last, each ``@key=value``; they are read from the right, so a path may itself
@@ -30,6 +32,9 @@ PRESETS: dict[str, str] = {
     # RoBERTa large as the paper used it: <s>/</s> included, last layer (the caller keeps the
     # first 20 tokens, so long sentences lose </s>).
     "paper-text": "hf:roberta-large@layer=-1",
+    # fairseq wav2vec 1.0 large as the paper used it (aggregator output, 512-dim, 100 frames/s);
+    # the checkpoint's path comes from $KSR_WAV2VEC_LARGE (nothing is downloaded).
+    "paper-audio": "w2v1:$KSR_WAV2VEC_LARGE",
 }
 
 
@@ -150,6 +155,13 @@ def available_specs() -> list[tuple[str, str]]:
     rows += [(f"{kind}:<...>", "registered kind") for kind in _KINDS]
     return rows
 
+
+def _load_wav2vec1(spec: EncoderSpec, **kwargs) -> Encoder:
+    from ksr.extract.encoders.wav2vec1 import load_wav2vec1
+    return load_wav2vec1(spec, **kwargs)
+
+
+register_kind("w2v1", _load_wav2vec1)
 
 __all__ = ["EncoderSpec", "PRESETS", "parse_spec", "load_encoder", "register_kind",
            "available_specs", "AudioEncoder", "TextEncoder"]
