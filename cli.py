@@ -83,7 +83,208 @@ def demo_cmd(out: str) -> None:
     click.echo(f"checkpoint {path} reloads with identical outputs: {same}")
 
 
+def _int_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+@main.command("train")
+@click.option("--cache", "cache_dir", required=True, type=click.Path(exists=True, file_okay=False), help="The feature cache to train on.")
+@click.option("--run", "--run-dir", "run_dir", default="runs/main", show_default=True, type=click.Path(file_okay=False), help="Run directory (config, checkpoints, reports); under torchrun spell it --run-dir.")
+@click.option("--recipe", "recipe_name", type=click.Choice(["paper", "official"]), default="paper", show_default=True, help="Preset: paper = SGD lr 5e-4 halved every 30 epochs; official = the public code's SGD momentum 0.9 + cosine.")
+@click.option("--protocol", type=click.Choice(["session", "speaker"]), default="session", show_default=True, help="Leave-one-session-out (fold k tests Session k) or leave-one-speaker-out.")
+@click.option("--fold", "folds", multiple=True, type=int, help="Train only these folds (repeatable); default all.")
+@click.option("--seeds", default=None, help="Comma-separated seeds (default: the recipe's, 123).")
+@click.option("--select", type=click.Choice(["valid", "test"]), default="valid", show_default=True, help="Pick the epoch on a validation set from the training sessions, or on the TEST set as the public code does (reports are marked).")
+@click.option("--metric", type=click.Choice(["wa", "ua", "macro_f1", "weighted_f1"]), default="wa", show_default=True, help="Selection metric.")
+@click.option("--val-fraction", default=0.1, show_default=True, help="Share of each class of the training sessions held out for validation.")
+@click.option("--epochs", type=int, default=None, help="Override the recipe's epochs.")
+@click.option("--lr", type=float, default=None, help="Override the recipe's learning rate.")
+@click.option("--batch-size", type=int, default=None, help="Override the recipe's batch size.")
+@click.option("--momentum", type=float, default=None, help="Override the recipe's SGD momentum.")
+@click.option("--schedule", type=click.Choice(["step", "cosine", "constant"]), default=None, help="Override the recipe's schedule.")
+@click.option("--layers", default=None, help="Layer counts 'unimodal,ccab,fusion' (default 5,3,2).")
+@click.option("--heads", type=int, default=None, help="Attention heads (default 8).")
+@click.option("--ffn", default=None, help="FFN widths 'audio,text' (default 256,512).")
+@click.option("--keep-rate", type=float, default=None, help="Key-sparse keep rate (default 0.5).")
+@click.option("--no-key-sparse", is_flag=True, help="Vanilla attention everywhere (ablation).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+@click.option("--amp/--no-amp", default=True, show_default=True, help="bfloat16 autocast on GPU (ignored on CPU).")
+@click.option("--cache-mode", type=click.Choice(["auto", "memory", "stream"]), default="auto", show_default=True, help="Load the cache into memory or stream it from disk.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
+def train_cmd(cache_dir, run_dir, recipe_name, protocol, folds, seeds, select, metric, val_fraction, epochs, lr,
+              batch_size, momentum, schedule, layers, heads, ffn, keep_rate, no_key_sparse, device, amp, cache_mode,
+              resume) -> None:
+    """Train one KS-Transformer per fold on a feature cache, then write the report.
+
+    Model dims and classes come from the cache. Every setting is saved in RUN/run.json; a killed
+    run continues with --resume. Without --fold, all folds of the protocol are trained.
+    """
+    from pathlib import Path
+
+    from ksr.cache import CacheError, open_cache
+    from ksr.fuse import ModelConfig
+    from ksr.fuse.recipes import recipe
+    from ksr.fuse.report import write_report, evaluate_run
+    from ksr.fuse.train import (RunError, RunSpec, init_ranks, model_config_for_cache, num_folds, pick_device,
+                                prepare_run, train_fold)
+
+    try:
+        r = recipe(recipe_name, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, schedule=schedule)
+        dev = pick_device(device)
+        ranks = init_ranks(dev)  # under torchrun: DistributedDataParallel over the ranks
+        cache = open_cache(cache_dir, mode=cache_mode, device=dev if dev.type == "cuda" else "cpu",
+                           progress=None if ranks.main else False)
+        model_changes = {"classifier_dropout": r.classifier_dropout}
+        if layers:
+            model_changes["num_layers"] = tuple(_int_list(layers))
+        if ffn:
+            model_changes["audio_ffn_dim"], model_changes["text_ffn_dim"] = _int_list(ffn)
+        if heads:
+            model_changes["num_heads"] = heads
+        if keep_rate is not None:
+            model_changes["keep_rate"] = keep_rate
+        if no_key_sparse:
+            model_changes["key_sparse"] = "none"
+        model_cfg = model_config_for_cache(cache, ModelConfig().replace(**model_changes))
+        spec = RunSpec(model=model_cfg, recipe=r, protocol=protocol, select=select, metric=metric,
+                       val_fraction=val_fraction, cache_meta=cache.meta.to_dict(), cache_dir=str(Path(cache_dir).resolve()))
+        run = Path(run_dir)
+        if ranks.main:
+            spec = prepare_run(run, spec, resume)
+        ranks.barrier()
+        fold_list = list(folds) or list(range(1, num_folds(cache, protocol) + 1))
+        seed_list = _int_list(seeds) or [r.seed]
+        say = click.echo if ranks.main else (lambda *a, **k: None)
+        say(f"training {len(fold_list)} fold(s) x {len(seed_list)} seed(s) on {cache!r} -> {run}"
+            + (f" on {ranks.world} ranks" if ranks.world > 1 else ""))
+        if select == "test" and ranks.main:
+            click.echo("warning: --select test picks each fold's epoch on its TEST set (the public code's protocol); "
+                       "reports are marked as such", err=True)
+        for seed in seed_list:
+            for fold in fold_list:
+                out = train_fold(cache, spec, run, fold, seed, dev, resume=resume, amp=amp, ranks=ranks)
+                say(f"seed {seed} fold {fold}: best epoch {out.best_epoch}, {select} {metric} "
+                    f"{100 * out.best_value:.2f}% ({out.seconds:.0f} s)")
+        if ranks.world > 1:
+            torch_distributed_done()
+        if not ranks.main:
+            return
+        report = evaluate_run(run, cache, spec, device=dev)
+        paths = write_report(report, run)
+    except (CacheError, RunError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    _point_latest(run)
+    s = report["summary"]
+    click.echo(f"WA {100 * s['wa']:.2f}%  UA {100 * s['ua']:.2f}%  (mean over folds; report: {paths[1]})")
+
+
+def torch_distributed_done() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _point_latest(run) -> None:
+    """runs/latest -> the last trained run, so `ksr eval` works without --run."""
+    import os
+    from pathlib import Path
+
+    latest = Path("runs") / "latest"
+    try:
+        latest.parent.mkdir(exist_ok=True)
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        os.symlink(os.path.relpath(Path(run).resolve(), latest.parent.resolve()), latest)
+    except OSError:
+        pass  # a convenience only
+
+
+@main.command("eval")
+@click.option("--run", "run_dir", default="runs/latest", show_default=True, type=click.Path(file_okay=False), help="The run to evaluate (default: the last trained).")
+@click.option("--fold", "folds", multiple=True, type=int, help="Report only this fold (repeatable), e.g. --fold 5 (test = Session 5).")
+@click.option("--cache", "cache_dir", default=None, type=click.Path(exists=True, file_okay=False), help="Cache with the test utterances (default: the run's training cache).")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Where to write the report (default: the run directory).")
+@click.option("--device", default="auto", show_default=True)
+def eval_cmd(run_dir, folds, cache_dir, out_dir, device) -> None:
+    """Evaluate the selected checkpoints on their test folds and write the report.
+
+    Per fold: WA (accuracy), UA (macro recall), macro F1, weighted F1, confusion matrix, selected
+    epoch; over folds: mean and std, and pooled over all test utterances. Written as JSON,
+    Markdown and CSV, with PNG confusion matrices and learning curves.
+    """
+    from pathlib import Path
+
+    from ksr.cache import CacheError, open_cache
+    from ksr.fuse.report import evaluate_run, to_markdown, write_report
+    from ksr.fuse.train import RunError, load_run, pick_device
+
+    run = Path(run_dir)
+    try:
+        spec = load_run(run)
+        source = cache_dir or spec.cache_dir
+        if not source or not Path(source).is_dir():
+            raise RunError(f"the run's cache {source!r} is not there; pass --cache")
+        dev = pick_device(device)
+        cache = open_cache(source, device=dev if dev.type == "cuda" else "cpu")
+        report = evaluate_run(run, cache, spec, folds=list(folds) or None, device=dev)
+        stem = "report" if not folds else "report_fold" + "_".join(str(f) for f in folds)
+        write_report(report, Path(out_dir) if out_dir else run, stem)
+    except (CacheError, RunError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(to_markdown(report))
+
+
 # --- cache commands (ksr.cache) --------------------------------------------------------------
+
+
+@main.group("cache")
+def cache_group() -> None:
+    """Inspect and check a feature cache (the HDF5 shards extraction writes)."""
+
+
+@cache_group.command("info")
+@click.argument("cache_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def cache_info_cmd(cache_dir: str, as_json: bool) -> None:
+    """What CACHE_DIR holds: counts per class, session and speaker, encoders, dims, and the
+    size on disk against the ideal size. Reads metadata only (see `ksr cache verify`)."""
+    import json
+
+    from ksr.cache import CacheError, cache_info, format_info
+
+    try:
+        info = cache_info(cache_dir)
+    except CacheError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(info, indent=1) if as_json else format_info(info))
+
+
+@cache_group.command("verify")
+@click.argument("cache_dir", type=click.Path(file_okay=False))
+@click.option("--no-checksums", is_flag=True, help="Skip the SHA-256 of every shard (sizes, schema and metadata are still checked).")
+def cache_verify_cmd(cache_dir: str, no_checksums: bool) -> None:
+    """Check CACHE_DIR: indexes, shard files, sizes, checksums, schema and metadata.
+
+    Prints every problem, one line each naming the file, and exits with status 1 if there
+    is any.
+    """
+    from ksr.cache import verify_cache
+
+    report = verify_cache(cache_dir, checksums=not no_checksums)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    for problem in report.problems:
+        click.echo(f"error: {problem}", err=True)
+    if report.problems:
+        raise SystemExit(1)
+    hashed = f", {report.bytes_hashed / 1e6:,.1f} MB hashed" if not no_checksums else ", checksums skipped"
+    click.echo(f"ok: {cache_dir}: {report.utterances} utterances in {report.shards} shards{hashed}")
 
 
 # --- corpus and extraction commands (ksr.extract) --------------------------------------------

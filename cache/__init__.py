@@ -1,1 +1,33 @@
-"""ksr.cache"""
+"""ksr.cache: the feature cache, the only door between extraction and training.
+
+Writing (extraction)::
+
+    meta = CacheMeta(corpus="iemocap", classes=("ang", "neu", "hap", "sad"),
+                     audio_encoder=EncoderInfo("wav2vec-large", 512, "sha256:...", "aggregator", 100.0),
+                     text_encoder=EncoderInfo("roberta-large", 1024, "sha256:...", "24"))
+    with CacheWriter(out_dir, meta, tag=f"rank{rank}") as w:
+        for utt in todo:
+            if utt.id not in w.stored_ids():  # resume
+                w.add(utt.id, audio_feats, text_feats, utt.label, speaker=..., session=...)
+
+Reading (training)::
+
+    cache = open_cache(out_dir, mode="auto", expected={"audio_dim": 512, "text_dim": 1024})
+    train = cache.select(sessions="5", exclude=True)
+    for batch in cache.loader(train, batch_size=32, shuffle=True, generator=g):
+        logits = model(batch.audio, batch.text, batch.audio_padding_mask, batch.text_padding_mask)
+
+The schema is documented in docs/cache.md.
+"""
+from .errors import CacheError, CacheMismatchError
+from .info import cache_info, format_info
+from .reader import Batch, BatchLoader, Cache, open_cache
+from .schema import SCHEMA_VERSION, CacheMeta, EncoderInfo, check_compatible
+from .verify import VerifyReport, verify_cache
+from .writer import CacheWriter
+
+__all__ = [
+    "SCHEMA_VERSION", "Batch", "BatchLoader", "Cache", "CacheError", "CacheMeta", "CacheMismatchError",
+    "CacheWriter", "EncoderInfo", "VerifyReport", "cache_info", "check_compatible", "format_info",
+    "open_cache", "verify_cache",
+]

@@ -1,0 +1,405 @@
+"""Reading a cache: ``open_cache`` -> ``Cache`` -> ``Cache.loader(...)`` -> ``Batch``.
+
+Two storage modes behind one interface, with identical batches:
+
+- ``memory``: every feature row is loaded once (checksums checked while reading) into one
+  tensor per modality in the cache's dtype, on the CPU or a GPU; batches are gathered from it.
+- ``stream``: rows are read from the shard files on demand with positioned reads; memory use
+  does not grow with the corpus.
+
+Utterances are numbered in id order (independent of how many writers made the cache), and a
+``Batch`` is built from those numbers only, so both modes give the same batches, in the same
+order for the same ``torch.Generator`` seed.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .convert import BufferPool, gather_pieces, pieces_per_row, row_pieces, valid_pieces
+from .errors import CacheError
+from .schema import INT_FIELDS, STR_FIELDS, CacheMeta, check_compatible
+from .shard import ShardInfo, checksum_problem, pread_exact, read_extents_hashed, sha256_file
+from .util import byte_bar, map_in_threads
+from .verify import inspect_cache
+
+MODES = ("auto", "memory", "stream")
+
+
+@dataclass
+class Batch:
+    """A batch as the model takes it. Masks are True where a position is padding."""
+
+    audio: torch.Tensor                # (B, max_audio_len, Da) float
+    text: torch.Tensor                 # (B, max_text_len, Dt) float
+    audio_padding_mask: torch.Tensor   # (B, max_audio_len) bool
+    text_padding_mask: torch.Tensor    # (B, max_text_len) bool
+    labels: torch.Tensor               # (B,) long, indices into Cache.classes
+    audio_lengths: torch.Tensor        # (B,) long, valid frames (<= max_audio_len)
+    text_lengths: torch.Tensor         # (B,) long
+    indices: torch.Tensor              # (B,) long, utterance numbers in the cache
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in moved.items():
+            if isinstance(v, torch.Tensor):
+                moved[k] = v.to(device, non_blocking=non_blocking)
+        return Batch(**moved)
+
+
+def open_cache(root: str | Path, mode: str = "auto", device: str | torch.device = "cpu",
+               verify: bool = True, progress: bool | None = None,
+               expected: dict[str, Any] | None = None) -> Cache:
+    """Open the cache in ``root``.
+
+    mode: ``memory`` (load all features; onto ``device``), ``stream`` (read from disk per
+    batch), or ``auto`` (memory when the features take less than half the available RAM, or
+    when ``device`` is a GPU).
+    verify: check every shard's SHA-256 against the index (in memory mode while loading, at
+    no extra read; in stream mode one extra pass at open). Sizes, schema versions and
+    metadata are always checked.
+    expected: if given, ``check_compatible(meta, expected)`` before anything is loaded.
+    Raises ``CacheError`` naming the file and the problem on any damage.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
+    return Cache(Path(root), mode, torch.device(device), verify, progress, expected)
+
+
+class Cache:
+    """An open cache: per-utterance metadata in memory, features in memory or on disk.
+
+    Attributes (all in utterance order, i.e. sorted by id): ``ids`` (list of str), ``labels``
+    (int64), ``speakers``, ``sessions``, ``genders``, ``transcripts`` (arrays of str),
+    ``audio_lengths``, ``text_lengths`` (int64, valid rows after cutting),
+    ``audio_lengths_full``, ``text_lengths_full`` (before cutting).
+    """
+
+    def __init__(self, root: Path, mode: str, device: torch.device, verify: bool,
+                 progress: bool | None, expected: dict[str, Any] | None):
+        self.root = root
+        ins = inspect_cache(root)
+        if ins.problems:
+            raise CacheError(_first(ins.problems, root))
+        self.meta: CacheMeta = ins.scan.meta
+        if expected is not None:
+            check_compatible(self.meta, expected, where=f"cache {root}")
+        self.indexes = ins.scan.indexes  # one per writer: tag, creation time, ksr version
+        self.shards: list[ShardInfo] = ins.shards
+
+        phys = {k: np.concatenate([s.fields[k] for s in self.shards]) if self.shards
+                else np.zeros(0, dtype=object if k in STR_FIELDS else np.int64)
+                for k in INT_FIELDS + STR_FIELDS}
+        order = np.argsort(phys["id"], kind="stable") if len(phys["id"]) else np.zeros(0, np.int64)
+        self._phys = order.astype(np.int64)  # utterance number -> row in shard-file order
+        g = {k: v[order] for k, v in phys.items()}
+        self.ids: list[str] = g["id"].tolist()
+        self.labels = g["label"]
+        self.speakers, self.sessions = g["speaker"], g["session"]
+        self.genders, self.transcripts = g["gender"], g["transcript"]
+        self.audio_lengths, self.text_lengths = g["audio_len"], g["text_len"]
+        self.audio_lengths_full, self.text_lengths_full = g["audio_len_full"], g["text_len_full"]
+        self._id_array = g["id"]
+
+        if mode == "auto":
+            mode = "memory" if device.type != "cpu" or self.feature_bytes < 0.5 * _available_ram() else "stream"
+        if mode == "stream" and device.type != "cpu":
+            raise ValueError("stream mode reads into CPU memory; move batches with Batch.to(device)")
+        self.mode, self.device = mode, device
+        # Lengths, labels and masks live where the features live, so a batch needs no copies.
+        self._labels_t = torch.as_tensor(self.labels, device=device)
+        self._alen_t = torch.as_tensor(self.audio_lengths, device=device)
+        self._tlen_t = torch.as_tensor(self.text_lengths, device=device)
+        self._arange_a = torch.arange(self.meta.max_audio_len, device=device)
+        self._arange_t = torch.arange(self.meta.max_text_len, device=device)
+        # Progress over the bytes read at open: whole files when hashing, feature rows otherwise.
+        bar = byte_bar(self.disk_bytes if verify else self.feature_bytes,
+                       f"{'loading' if mode == 'memory' else 'checking'} {root.name}", progress,
+                       enabled=verify or mode == "memory")
+        try:
+            store = _MemoryStore if mode == "memory" else _StreamStore
+            self._store = store(self.shards, self.meta, device, verify, bar)
+        finally:
+            bar.close()
+
+    # -- what is in the cache -----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.meta.classes
+
+    @property
+    def feature_bytes(self) -> int:
+        """Bytes of the padded feature arrays (what memory mode holds)."""
+        return len(self) * (self.meta.audio_row_bytes + self.meta.text_row_bytes)
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(s.entry.bytes for s in self.shards)
+
+    def select(self, *, sessions: Any = None, speakers: Any = None, ids: Iterable[str] | None = None,
+               exclude: bool = False) -> np.ndarray:
+        """Utterance numbers (sorted) matching every criterion given; ``exclude`` takes the
+        complement. Leave-one-session-out: ``test = select(sessions="5")``,
+        ``train = select(sessions="5", exclude=True)``. A value the cache does not hold is an
+        error (a typo must not make an empty fold)."""
+        keep = np.ones(len(self), dtype=bool)
+        for values, column, what in ((sessions, self.sessions, "session"),
+                                     (speakers, self.speakers, "speaker"), (ids, self._id_array, "id")):
+            if values is None:
+                continue
+            values = [str(v) for v in ([values] if isinstance(values, (str, int)) else values)]
+            known = set(column.tolist())
+            unknown = [v for v in values if v not in known]
+            if unknown:
+                shown = sorted(known) if what != "id" else []
+                raise CacheError(f"{self.root}: {len(unknown)} unknown {what}(s) {unknown[:5]}"
+                                 + (f"; the cache has {shown}" if shown else ""))
+            keep &= np.isin(column, values)
+        return np.flatnonzero(~keep if exclude else keep)
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor,
+              dtype: torch.dtype = torch.float32) -> Batch:
+        """The batch of the given utterance numbers, in that order."""
+        idx = self._check_indices(indices)
+        audio, text = self._store.gather(self._phys[idx], dtype)
+        it = torch.as_tensor(idx, device=self.device)
+        alen, tlen = self._alen_t[it], self._tlen_t[it]
+        return Batch(
+            audio=audio, text=text,
+            audio_padding_mask=self._arange_a[None, :] >= alen[:, None],
+            text_padding_mask=self._arange_t[None, :] >= tlen[:, None],
+            labels=self._labels_t[it], audio_lengths=alen, text_lengths=tlen, indices=it,
+            ids=[self.ids[i] for i in idx.tolist()])
+
+    def loader(self, indices: Sequence[int] | np.ndarray | None = None, batch_size: int = 32,
+               shuffle: bool = False, generator: torch.Generator | None = None,
+               drop_last: bool = False, dtype: torch.dtype = torch.float32) -> BatchLoader:
+        """An iterable of batches over ``indices`` (all utterances if None); each iteration is
+        one epoch and, with ``shuffle``, draws a new order from ``generator``."""
+        idx = np.arange(len(self)) if indices is None else self._check_indices(indices)
+        return BatchLoader(self, idx, batch_size, shuffle, generator, drop_last, dtype)
+
+    def _check_indices(self, indices) -> np.ndarray:
+        if isinstance(indices, torch.Tensor):
+            indices = indices.cpu().numpy()
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise ValueError("indices must be a 1-D sequence of utterance numbers")
+        idx = idx.astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"utterance numbers must lie in 0..{len(self) - 1}")
+        return idx
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Cache({str(self.root)!r}, {len(self)} utterances, {len(self.shards)} shards, "
+                f"mode={self.mode!r}, device={str(self.device)!r})")
+
+
+class BatchLoader:
+    """Re-iterable batches of a ``Cache``; ``len()`` is the number of batches per epoch."""
+
+    def __init__(self, cache: Cache, indices: np.ndarray, batch_size: int, shuffle: bool,
+                 generator: torch.Generator | None, drop_last: bool, dtype: torch.dtype):
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.cache, self.indices, self.batch_size = cache, indices, int(batch_size)
+        self.shuffle, self.generator, self.drop_last, self.dtype = shuffle, generator, drop_last, dtype
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        idx = self.indices
+        if self.shuffle:
+            idx = idx[torch.randperm(len(idx), generator=self.generator).numpy()]
+        for b in range(len(self)):
+            yield self.cache.batch(idx[b * self.batch_size:(b + 1) * self.batch_size], self.dtype)
+
+
+# -- storage -----------------------------------------------------------------------------------
+
+_TORCH_DTYPE = {"float16": torch.float16, "float32": torch.float32}
+_KEYS = ("audio", "text")
+
+
+class _Store:
+    """Where the feature rows live; ``gather`` returns the rows of a batch in a given dtype."""
+
+    def __init__(self, shards: list[ShardInfo], meta: CacheMeta):
+        self.meta = meta
+        self.shapes = {"audio": (meta.max_audio_len, meta.audio_dim), "text": (meta.max_text_len, meta.text_dim)}
+        self.np_dtype = np.dtype(meta.dtype)
+        self.torch_dtype = _TORCH_DTYPE[meta.dtype]
+        # Rows are copied in k equal pieces; per row (in shard-file order), how many to read.
+        self.pieces = {k: pieces_per_row(math.prod(shape)) for k, shape in self.shapes.items()}
+        self.valid = {}
+        for key, (width, dim) in self.shapes.items():
+            lengths = np.concatenate([s.fields[f"{key}_len"] for s in shards]) if shards else np.zeros(0, np.int64)
+            self.valid[key] = valid_pieces(lengths, width, dim, self.pieces[key])
+        self.buffers = BufferPool()
+
+    def gather(self, phys: np.ndarray, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _MemoryStore(_Store):
+    """All rows of the cache in one tensor per modality, rows in shard-file order."""
+
+    def __init__(self, shards: list[ShardInfo], meta: CacheMeta, device: torch.device,
+                 verify: bool, bar):
+        super().__init__(shards, meta)
+        n = sum(s.n for s in shards)
+        self.device = device
+        self.rows = {k: torch.empty((n,) + self.shapes[k], dtype=self.torch_dtype, device=device) for k in _KEYS}
+        on_cpu = device.type == "cpu"
+        starts = np.cumsum([0] + [s.n for s in shards])
+
+        def load(i: int) -> None:
+            s, lo, hi = shards[i], int(starts[i]), int(starts[i + 1])
+            # Read straight into the final tensor on the CPU; through a staging copy for a GPU.
+            dest = {k: self.rows[k][lo:hi] if on_cpu else
+                    torch.empty((s.n,) + self.shapes[k], dtype=self.torch_dtype,
+                                pin_memory=device.type == "cuda") for k in _KEYS}
+            extents = [(s.audio_offset, memoryview(dest["audio"].numpy())),
+                       (s.text_offset, memoryview(dest["text"].numpy()))]
+            if verify:
+                got = read_extents_hashed(s.path, extents, bar)
+                if got != s.entry.sha256:
+                    raise CacheError(checksum_problem(s.path, got, s.entry.sha256))
+            else:
+                fd = os.open(s.path, os.O_RDONLY)
+                try:
+                    for offset, view in extents:
+                        pread_exact(fd, view.cast("B"), offset, s.path)
+                        bar.update(view.nbytes)
+                finally:
+                    os.close(fd)
+            if not on_cpu:
+                for k in _KEYS:
+                    self.rows[k][lo:hi].copy_(dest[k])
+
+        map_in_threads(load, list(range(len(shards))))
+        # Every row's pieces, made once: a batch then only picks from these lists.
+        self.row_pieces = {k: row_pieces(self.rows[k], self.pieces[k]) for k in _KEYS} if on_cpu else None
+
+    def gather(self, phys: np.ndarray, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        if self.device.type != "cpu":
+            idx = torch.as_tensor(phys, device=self.device)
+            return tuple(self.rows[k].index_select(0, idx).to(dtype) for k in _KEYS)
+        out = []
+        for key in _KEYS:
+            result = self.buffers.empty((len(phys),) + self.shapes[key], dtype)
+            k = self.pieces[key]
+            gather_pieces(result, self.row_pieces[key], (phys * k).tolist(), self.valid[key][phys].tolist(), k)
+            out.append(result)
+        return tuple(out)
+
+    def close(self) -> None:
+        self.rows = self.row_pieces = None
+
+
+class _StreamStore(_Store):
+    """Rows read from the shard files per batch with positioned reads (no memory map: a file
+    that shrinks under a reader gives an error naming it, not a crash)."""
+
+    def __init__(self, shards: list[ShardInfo], meta: CacheMeta, device: torch.device,
+                 verify: bool, bar):
+        super().__init__(shards, meta)
+        if verify:
+            def check(s: ShardInfo) -> None:
+                got = sha256_file(s.path, bar)
+                if got != s.entry.sha256:
+                    raise CacheError(checksum_problem(s.path, got, s.entry.sha256))
+            map_in_threads(check, shards)
+        self.paths = [s.path for s in shards]
+        self.starts = np.cumsum([0] + [s.n for s in shards])
+        self.offsets = {"audio": [s.audio_offset for s in shards], "text": [s.text_offset for s in shards]}
+        self.fds = [os.open(p, os.O_RDONLY) for p in self.paths]
+        self._local = threading.local()  # per-thread staging buffers, reused across batches
+
+    def gather(self, phys: np.ndarray, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        shard = np.searchsorted(self.starts, phys, side="right") - 1
+        row = phys - self.starts[shard]
+        out = []
+        for key in _KEYS:
+            result = self.buffers.empty((len(phys),) + self.shapes[key], dtype)
+            direct = dtype == self.torch_dtype  # no conversion: read straight into the result
+            target = result.numpy() if direct else self._stage(key, len(phys))
+            offsets = self.offsets[key]
+            row_bytes = math.prod(self.shapes[key]) * target.itemsize
+            for j in np.argsort(phys, kind="stable").tolist():  # read in file order
+                s = int(shard[j])
+                pread_exact(self.fds[s], memoryview(target[j]).cast("B"),
+                            offsets[s] + int(row[j]) * row_bytes, self.paths[s])
+            if not direct:
+                k = self.pieces[key]
+                gather_pieces(result, row_pieces(torch.from_numpy(target), k), range(0, len(phys) * k, k),
+                              self.valid[key][phys].tolist(), k)
+            out.append(result)
+        return tuple(out)
+
+    def _stage(self, key: str, n: int) -> np.ndarray:
+        buf = getattr(self._local, key, None)
+        if buf is None or len(buf) < n:
+            buf = np.empty((n,) + self.shapes[key], dtype=self.np_dtype)
+            setattr(self._local, key, buf)
+        return buf[:n]
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+    def __del__(self) -> None:
+        if getattr(self, "fds", None):
+            self.close()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def _first(problems: list[str], root: Path) -> str:
+    more = len(problems) - 1
+    return problems[0] + (f" (and {more} more problem(s): run `ksr cache verify {root}`)" if more else "")
+
+
+def _available_ram() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0

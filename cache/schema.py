@@ -1,0 +1,214 @@
+"""The cache schema (version 1): what a cache holds and how it names its files.
+
+docs/cache.md is the human-readable form of this module; change both together, and bump
+``SCHEMA_VERSION`` whenever a reader of the old version could misread a new file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import CacheError, CacheMismatchError
+
+SCHEMA_VERSION = 1
+
+#: Storage dtypes a cache may use for its feature arrays.
+DTYPES = ("float16", "float32")
+
+#: Shard datasets. ``audio``/``text`` are the padded feature arrays (contiguous, so one
+#: utterance is one contiguous extent of the file); the rest are per-utterance metadata.
+AUDIO, TEXT = "audio", "text"
+INT_FIELDS = ("label", "audio_len", "audio_len_full", "text_len", "text_len_full")
+STR_FIELDS = ("id", "speaker", "session", "gender", "transcript")
+
+SHARD_KIND = "ksr-cache-shard"
+INDEX_KIND = "ksr-cache-index"
+
+_TAG = re.compile(r"^[A-Za-z0-9_]+$")
+_SHARD = re.compile(r"^shard-([A-Za-z0-9_]+)-(\d{5,})\.h5$")
+_INDEX = re.compile(r"^index-([A-Za-z0-9_]+)\.json$")
+
+
+def check_tag(tag: str) -> str:
+    """A writer tag names one writer (one extraction rank): letters, digits and ``_`` only."""
+    if not isinstance(tag, str) or not _TAG.match(tag):
+        raise ValueError(f"writer tag {tag!r}: use letters, digits and '_' only (e.g. 'rank0')")
+    return tag
+
+
+def shard_name(tag: str, seq: int) -> str:
+    return f"shard-{tag}-{seq:05d}.h5"
+
+
+def parse_shard_name(name: str) -> tuple[str, int] | None:
+    """``(tag, seq)`` for a finished shard's file name, None for any other name."""
+    m = _SHARD.match(name)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def index_name(tag: str) -> str:
+    return f"index-{tag}.json"
+
+
+def parse_index_name(name: str) -> str | None:
+    m = _INDEX.match(name)
+    return m.group(1) if m else None
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """The frozen encoder that made one modality's features.
+
+    ``layer`` is free text ("aggregator", "24", "last"); ``frame_rate`` is frames per second for
+    audio and None for text (one row per token).
+    """
+
+    name: str
+    dim: int
+    checkpoint_digest: str = ""
+    layer: str = ""
+    frame_rate: float | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "layer", str(self.layer))
+        if not self.name:
+            raise ValueError("encoder name must not be empty")
+        if int(self.dim) != self.dim or self.dim < 1:
+            raise ValueError(f"encoder {self.name}: dim must be a positive integer, not {self.dim!r}")
+        object.__setattr__(self, "dim", int(self.dim))
+        if self.frame_rate is not None:
+            object.__setattr__(self, "frame_rate", float(self.frame_rate))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EncoderInfo:
+        return _build(cls, d, "encoder")
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    """What makes caches interchangeable: two writers may share a directory only if these agree.
+
+    Provenance (creation time, ksr version, writer tag) is kept per shard and per index, not here.
+    """
+
+    corpus: str
+    classes: tuple[str, ...]
+    audio_encoder: EncoderInfo
+    text_encoder: EncoderInfo
+    sample_rate: int = 16000
+    max_audio_len: int = 460
+    max_text_len: int = 20
+    dtype: str = "float16"
+
+    def __post_init__(self):
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        for name in ("audio_encoder", "text_encoder"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, EncoderInfo.from_dict(value))
+            elif not isinstance(value, EncoderInfo):
+                raise ValueError(f"{name} must be an EncoderInfo, not {type(value).__name__}")
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be a non-empty list of distinct names, not {list(self.classes)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r}: a cache stores float16 or float32")
+        for name in ("sample_rate", "max_audio_len", "max_text_len"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer")
+            object.__setattr__(self, name, int(getattr(self, name)))
+
+    @property
+    def audio_dim(self) -> int:
+        return self.audio_encoder.dim
+
+    @property
+    def text_dim(self) -> int:
+        return self.text_encoder.dim
+
+    @property
+    def itemsize(self) -> int:
+        return 2 if self.dtype == "float16" else 4
+
+    @property
+    def audio_row_bytes(self) -> int:
+        return self.max_audio_len * self.audio_dim * self.itemsize
+
+    @property
+    def text_row_bytes(self) -> int:
+        return self.max_text_len * self.text_dim * self.itemsize
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["classes"] = list(self.classes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CacheMeta:
+        return _build(cls, d, "cache meta")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _build(cls, d: Any, what: str):
+    """``cls(**d)``, with unknown, missing or malformed fields reported as a schema problem."""
+    if not isinstance(d, dict):
+        raise CacheError(f"{what}: expected a JSON object, found {type(d).__name__}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise CacheError(f"{what}: unknown fields {unknown} (written by a newer ksr?)")
+    try:
+        return cls(**d)
+    except (TypeError, ValueError) as e:
+        raise CacheError(f"{what}: {e}") from None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality that treats 24 and "24", 100 and 100.0, tuples and lists as the same value."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, str) != isinstance(b, str) and a is not None and b is not None:
+        return str(a) == str(b)
+    return a == b
+
+
+def diff_dicts(have: dict[str, Any], want: dict[str, Any], prefix: str = "",
+               have_name: str = "cache has", want_name: str = "expected") -> list[str]:
+    """One line per key of ``want`` whose value differs in ``have`` (nested dicts by dotted key).
+
+    Keys of ``have`` that ``want`` leaves out are not compared: ``want`` may be partial.
+    """
+    lines = []
+    for key, value in want.items():
+        path = f"{prefix}{key}"
+        if key not in have:
+            lines.append(f"{path}: unknown key (a cache describes {', '.join(sorted(have))})")
+        elif isinstance(value, dict) and isinstance(have[key], dict):
+            lines += diff_dicts(have[key], value, path + ".", have_name, want_name)
+        elif not _same(have[key], value):
+            lines.append(f"{path}: {have_name} {have[key]!r}, {want_name} {value!r}")
+    return lines
+
+
+def check_compatible(meta: CacheMeta, expected: dict[str, Any], where: str = "cache") -> None:
+    """Raise ``CacheMismatchError`` listing every field where ``meta`` differs from ``expected``.
+
+    ``expected`` uses ``CacheMeta.to_dict()``'s keys and may be partial, e.g.
+    ``{"audio_encoder": {"name": "wav2vec-large", "dim": 512}, "classes": [...]}``; the
+    shorthands ``audio_dim`` and ``text_dim`` stand for the encoders' ``dim``.
+    """
+    want = dict(expected)
+    for short, enc in (("audio_dim", "audio_encoder"), ("text_dim", "text_encoder")):
+        if short in want:
+            want.setdefault(enc, {})
+            want[enc] = {**want[enc], "dim": want.pop(short)}
+    lines = diff_dicts(meta.to_dict(), want)
+    if lines:
+        raise CacheMismatchError(f"{where} does not fit: " + "; ".join(lines), lines)

@@ -1,0 +1,67 @@
+"""Checking a whole cache directory; ``ksr cache verify`` reports every problem at once."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .index import Scan, scan_dir
+from .shard import ShardInfo, checksum_problem, duplicate_ids, inspect_shard, sha256_file
+from .util import byte_bar, map_in_threads
+
+
+@dataclass
+class Inspection:
+    """A cache directory checked shard by shard: the usable shards and every problem found."""
+
+    scan: Scan
+    shards: list[ShardInfo]
+    problems: list[str]
+    bytes_hashed: int = 0
+
+
+def inspect_cache(root: str | Path, checksums: bool = False, progress: bool | None = None) -> Inspection:
+    """Scan the indexes, check every indexed shard (sizes, schema, metadata, ``checksums``) and
+    look for ids stored twice. Shards no index lists are left out: readers never see them."""
+    scan = scan_dir(root)
+    out = Inspection(scan, [], list(scan.problems))
+    if scan.meta is None:
+        return out
+    pairs = [(ix, e) for ix, e in scan.entries() if (scan.root / e.file).is_file()]
+    for ix, entry in pairs:
+        info, found = inspect_shard(scan.root / entry.file, entry, ix.tag, scan.meta)
+        out.problems += found
+        if info is not None:
+            out.shards.append(info)
+    if checksums:
+        # A size mismatch is already reported (as truncation); hashing would only repeat it.
+        todo = [e for _, e in pairs if (scan.root / e.file).stat().st_size == e.bytes]
+        with byte_bar(sum(e.bytes for e in todo), f"verifying {scan.root.name}", progress) as bar:
+            digests = map_in_threads(lambda e: sha256_file(scan.root / e.file, bar), todo)
+        for entry, got in zip(todo, digests):
+            out.bytes_hashed += entry.bytes
+            if got != entry.sha256:
+                out.problems.append(checksum_problem(scan.root / entry.file, got, entry.sha256))
+    out.problems += duplicate_ids(out.shards)
+    return out
+
+
+@dataclass
+class VerifyReport:
+    root: Path
+    problems: list[str] = field(default_factory=list)  # each makes the cache unusable
+    notes: list[str] = field(default_factory=list)     # harmless leftovers of interrupted writers
+    shards: int = 0                                    # usable shards
+    utterances: int = 0                                # in usable shards
+    bytes_hashed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_cache(root: str | Path, checksums: bool = True, progress: bool | None = None) -> VerifyReport:
+    """Check indexes, files, sizes, schema, metadata, duplicate ids, shards no index lists, and
+    (``checksums``) every shard's SHA-256; collect all problems instead of stopping at the first."""
+    ins = inspect_cache(root, checksums, progress)
+    return VerifyReport(Path(root), ins.problems + ins.scan.unindexed_problems(), ins.scan.leftover_notes(),
+                        len(ins.shards), sum(s.n for s in ins.shards), ins.bytes_hashed)

@@ -1,0 +1,293 @@
+"""CacheWriter: appends utterances to a cache directory, one finished shard at a time.
+
+Crash safety: utterances are buffered until a shard is full, then the shard is written under a
+temporary name (``shard-<tag>-<seq>.h5.tmp``), flushed to disk, hashed, renamed into place, and
+only then added to the writer's index. Readers only see shards an index lists, so a writer
+killed at any point leaves nothing half-written visible; its rerun (same tag) removes the
+leftovers and skips the ids already stored (``stored_ids()``).
+
+Several writers (e.g. ``torchrun`` extraction ranks) may fill one directory at once, each with
+its own tag: they never write the same file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from .. import __version__
+from .convert import all_finite, copy_unthreaded
+from .errors import CacheError
+from .index import (TMP_SUFFIX, ShardEntry, WriterIndex, fsync_path, now_iso,
+                    scan_dir, write_index)
+from .schema import (INT_FIELDS, STR_FIELDS, CacheMeta, check_compatible, check_tag,
+                     parse_shard_name, shard_name)
+from .shard import sha256_file, write_shard
+
+try:  # advisory lock against two live writers with the same tag (POSIX only)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+log = logging.getLogger("ksr.cache")
+
+
+class CacheWriter:
+    """Write utterances into ``root`` as writer ``tag``.
+
+    ``meta`` describes the cache; a directory that already holds shards of another cache
+    (other encoders, dims, classes, ...) is refused with the differences spelled out.
+    ``shard_size`` utterances are buffered in memory per shard (512 at the default dims in
+    float16 is 256 MB).
+
+    Use as a context manager; leaving the block (also on an exception: every utterance that
+    ``add`` accepted is complete) writes the last, partial shard.
+    """
+
+    def __init__(self, root: str | Path, meta: CacheMeta, tag: str = "w0", shard_size: int = 512):
+        self.root = Path(root)
+        self.meta = meta
+        self.tag = check_tag(tag)
+        if shard_size < 1:
+            raise ValueError("shard_size must be at least 1")
+        self.shard_size = int(shard_size)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._lock()
+        self._closed = False
+        self._failed = False
+        try:
+            self._index, self._stored = self._resume()
+        except BaseException:
+            self._unlock()
+            raise
+        self._next_seq = 1 + max((parse_shard_name(e.file)[1] for e in self._index.shards), default=-1)
+        self._audio: np.ndarray | None = None  # shard buffers, allocated on the first add
+        self._text: np.ndarray | None = None
+        self._rows: list[tuple] = []
+        self._pending: set[str] = set()
+        self._n = 0
+        self._stored_view: frozenset[str] | None = None
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _lock(self) -> int | None:
+        if fcntl is None:
+            return None
+        path = self.root / f".lock-{self.tag}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise CacheError(f"{self.root}: another process is writing as writer {self.tag!r}; "
+                             f"give each writer (rank) its own tag") from None
+        return fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def _resume(self) -> tuple[WriterIndex, set[str]]:
+        """Check the directory, clean this writer's leftovers, and collect the stored ids."""
+        scan = scan_dir(self.root, allow_empty=True)
+        if scan.problems:
+            raise CacheError(f"cannot add to a damaged cache: {scan.problems[0]}"
+                             + (f" (and {len(scan.problems) - 1} more)" if len(scan.problems) > 1 else ""))
+        if scan.meta is not None:
+            check_compatible(scan.meta, self.meta.to_dict(),
+                             where=f"{self.root} already holds another cache; the writer's meta")
+        own = next((ix for ix in scan.indexes if ix.tag == self.tag), None)
+        for name in scan.leftovers + scan.unindexed:
+            if name.startswith((f"shard-{self.tag}-", f"index-{self.tag}.")):
+                log.warning("%s: removing the leftover of an interrupted writer", self.root / name)
+                (self.root / name).unlink(missing_ok=True)
+        stored: set[str] = set()
+        for _, entry in scan.entries():
+            path = self.root / entry.file
+            try:
+                with h5py.File(path, "r") as f:
+                    ids = f["id"].asstr()[()]
+            except (OSError, KeyError) as e:
+                raise CacheError(f"{path}: cannot read its ids ({e}); run `ksr cache verify`") from None
+            stored.update(ids.tolist())
+        if own is None:
+            own = WriterIndex(self.tag, self.meta, [], __version__, now_iso())
+            write_index(self.root, own)
+        return own, stored
+
+    # -- adding --------------------------------------------------------------------------------
+
+    def stored_ids(self) -> frozenset[str]:
+        """Ids already in finished shards of this directory (all writers, as of this writer's
+        start, plus what it finished since): an extraction rerun skips them. Cheap to call
+        per utterance (rebuilt only when a shard finishes)."""
+        if self._stored_view is None:
+            self._stored_view = frozenset(self._stored)
+        return self._stored_view
+
+    def __contains__(self, utt_id: str) -> bool:
+        return utt_id in self._stored or utt_id in self._pending
+
+    def add(self, id: str, audio: Any, text: Any, label: str | int, *, speaker: str = "",
+            session: str = "", gender: str = "", transcript: str = "") -> None:
+        """Add one utterance: ``audio`` (frames, Da) and ``text`` (tokens, Dt) at their true
+        lengths, as numpy arrays or torch tensors (any device, any float dtype).
+
+        Sequences longer than the cache's max lengths are cut (the true length is kept as
+        ``*_len_full``); shorter ones are zero-padded at the end. ``label`` is a class name
+        or its index in ``meta.classes``.
+        """
+        if self._closed:
+            raise CacheError(f"{self.root}: writer {self.tag!r} is closed")
+        uid = str(id)
+        if not uid:
+            raise ValueError("utterance id must not be empty")
+        if uid in self:
+            raise ValueError(f"utterance {uid!r} is already stored in {self.root} "
+                             f"(skip the ids in writer.stored_ids())")
+        label_i = self._label_index(label, uid)
+        meta = self.meta
+        a = _as_2d(audio, meta.audio_dim, "audio", uid)
+        t = _as_2d(text, meta.text_dim, "text", uid)
+        if self._audio is None:
+            dtype = np.dtype(meta.dtype)
+            self._audio = np.zeros((self.shard_size, meta.max_audio_len, meta.audio_dim), dtype)
+            self._text = np.zeros((self.shard_size, meta.max_text_len, meta.text_dim), dtype)
+        row = self._n
+        la = _put_row(self._audio[row], a, uid, "audio", meta.dtype)
+        lt = _put_row(self._text[row], t, uid, "text", meta.dtype)
+        # The row is complete before it is counted: an interrupt in between leaves it unused.
+        self._rows.append((uid, label_i, la, len(a), lt, len(t), str(speaker or ""),
+                           str(session or ""), str(gender or ""), str(transcript or "")))
+        self._n += 1
+        self._pending.add(uid)
+        if self._n == self.shard_size:
+            self.flush()
+
+    def add_batch(self, ids: Sequence[str], audio: Any, audio_lengths: Any, text: Any, text_lengths: Any,
+                  labels: Sequence[str | int], *, speakers: Sequence[str] | None = None,
+                  sessions: Sequence[str] | None = None, genders: Sequence[str] | None = None,
+                  transcripts: Sequence[str] | None = None) -> None:
+        """Add B utterances from an encoder's padded output: ``audio`` (B, T, Da) with
+        ``audio_lengths`` (B,), ``text`` (B, L, Dt) with ``text_lengths`` (B,); rows past each
+        length are ignored. A GPU batch is copied to the CPU once, not per utterance."""
+        a, t = _as_numpy(audio), _as_numpy(text)
+        la, lt = _as_numpy(audio_lengths).astype(np.int64), _as_numpy(text_lengths).astype(np.int64)
+        b = len(ids)
+        if a.ndim != 3 or t.ndim != 3 or not (len(a) == len(t) == len(la) == len(lt) == len(labels) == b):
+            raise ValueError(f"add_batch: {b} ids, audio {a.shape}, text {t.shape}, {len(la)} audio and "
+                             f"{len(lt)} text lengths, {len(labels)} labels: expected (B, T, D) arrays "
+                             f"and B of everything else")
+        if (la > a.shape[1]).any() or (lt > t.shape[1]).any():
+            raise ValueError(f"add_batch: a length exceeds the padded batch ({a.shape[1]} frames, {t.shape[1]} tokens)")
+        extra = {"speaker": speakers, "session": sessions, "gender": genders, "transcript": transcripts}
+        for i, uid in enumerate(ids):
+            self.add(uid, a[i, :la[i]], t[i, :lt[i]], labels[i],
+                     **{k: v[i] for k, v in extra.items() if v is not None})
+
+    def _label_index(self, label: str | int, uid: str) -> int:
+        classes = self.meta.classes
+        if isinstance(label, str):
+            if label not in classes:
+                raise ValueError(f"utterance {uid!r}: label {label!r} is not one of the cache's "
+                                 f"classes {list(classes)}")
+            return classes.index(label)
+        if isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < len(classes):
+            return int(label)
+        raise ValueError(f"utterance {uid!r}: label {label!r} is neither a class name nor an "
+                         f"index in 0..{len(classes) - 1}")
+
+    # -- finishing -----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write the buffered utterances as one finished shard now (nothing if none)."""
+        if self._n == 0 or self._failed:
+            return
+        n = self._n
+        name = shard_name(self.tag, self._next_seq)
+        tmp, final = self.root / (name + TMP_SUFFIX), self.root / name
+        rows = list(zip(*self._rows[:n]))
+        cols = dict(zip(("id", "label", "audio_len", "audio_len_full", "text_len", "text_len_full",
+                         "speaker", "session", "gender", "transcript"), rows))
+        created = now_iso()
+        try:
+            write_shard(tmp, self.meta, tag=self.tag, seq=self._next_seq, audio=self._audio[:n],
+                        text=self._text[:n], ints={k: np.asarray(cols[k]) for k in INT_FIELDS},
+                        strs={k: list(cols[k]) for k in STR_FIELDS}, created=created,
+                        ksr_version=__version__)
+            fsync_path(tmp)
+            digest, size = sha256_file(tmp), tmp.stat().st_size
+            os.replace(tmp, final)
+            fsync_path(self.root)
+        except BaseException:
+            self._failed = True
+            tmp.unlink(missing_ok=True)
+            raise
+        # Between the rename above and this index update the shard exists but no reader sees
+        # it; a rerun of this writer removes it (its utterances are not in stored_ids()).
+        self._index.shards.append(ShardEntry(name, n, size, digest, created))
+        write_index(self.root, self._index)
+        self._stored.update(cols["id"])
+        self._stored_view = None
+        self._pending.clear()
+        self._rows.clear()
+        self._n = 0
+        self._next_seq += 1
+
+    def close(self) -> None:
+        """Write the last partial shard and release the writer's tag. Safe to call twice."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._audio = self._text = None
+            self._unlock()
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"CacheWriter({str(self.root)!r}, tag={self.tag!r}, stored={len(self._stored)}, "
+                f"buffered={self._n})")
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu")
+        if x.dtype == torch.bfloat16:  # numpy has no bfloat16
+            x = x.float()
+        x = x.numpy()
+    return np.asarray(x)
+
+
+def _as_2d(x: Any, dim: int, what: str, uid: str) -> np.ndarray:
+    x = _as_numpy(x)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"utterance {uid!r}: {what} features of shape {tuple(x.shape)}, expected "
+                         f"(length, {dim})")
+    if x.shape[0] == 0:
+        raise ValueError(f"utterance {uid!r}: empty {what} features (0 rows)")
+    return x
+
+
+def _put_row(row: np.ndarray, x: np.ndarray, uid: str, what: str, dtype: str) -> int:
+    """Copy ``x`` into the padded row (cut at the row's length, zeros after); return the length."""
+    n = min(len(x), len(row))
+    if not all_finite(x[:n]):
+        raise ValueError(f"utterance {uid!r}: {what} features hold NaN or inf")
+    copy_unthreaded(torch.from_numpy(row[:n]), torch.from_numpy(np.ascontiguousarray(x[:n])))
+    row[n:] = 0
+    if not all_finite(row[:n]):
+        raise ValueError(f"utterance {uid!r}: {what} features overflow {dtype} (|x| > 65504)")
+    return n
