@@ -1,0 +1,69 @@
+"""PNG figures for reports: confusion matrices and learning curves (matplotlib, no display)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a screen
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def confusion_figure(confusion: list[list[int]], classes: list[str], title: str, path: Path) -> Path:
+    cm = np.asarray(confusion, dtype=float)
+    rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)  # recall per true class
+    fig, ax = plt.subplots(figsize=(3.6, 3.2), dpi=120)
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{int(cm[i, j])}\n{100 * rows[i, j]:.0f}%", ha="center", va="center", fontsize=7,
+                    color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def learning_curves(folds: dict[str, Any], select: str, title: str, path: Path) -> Path:
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(7.5, 3), dpi=120)
+    for fold, f in folds.items():
+        h = f.get("history") or []
+        if not h:
+            continue
+        epochs = [e["epoch"] for e in h]
+        line, = loss_ax.plot(epochs, [e["train_loss"] for e in h], label=f"fold {fold} train")
+        loss_ax.plot(epochs, [e[f"{select}_loss"] for e in h], "--", color=line.get_color())
+        metric_ax.plot(epochs, [100 * e[f"{select}_ua"] for e in h], color=line.get_color(), label=f"fold {fold}")
+        if f.get("selected_epoch") is not None:
+            metric_ax.axvline(f["selected_epoch"], color=line.get_color(), alpha=0.3, lw=0.8)
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel(f"cross-entropy (solid train, dashed {select})")
+    metric_ax.set_xlabel("epoch")
+    metric_ax.set_ylabel(f"{select} UA %")
+    metric_ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_report(report: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
+    paths = []
+    for seed, sr in report["seeds"].items():
+        paths.append(confusion_figure(sr["pooled"]["confusion"], report["classes"],
+                                      f"pooled over folds {', '.join(sr['folds'])} (seed {seed})",
+                                      out_dir / f"{stem}_confusion_seed{seed}.png"))
+        for fold, f in sr["folds"].items():
+            paths.append(confusion_figure(f["confusion"], report["classes"], f"fold {fold}: {f['test_group']}",
+                                          out_dir / f"{stem}_confusion_seed{seed}_fold{fold}.png"))
+        paths.append(learning_curves(sr["folds"], report["select"], f"{report['run']} seed {seed}",
+                                     out_dir / f"{stem}_curves_seed{seed}.png"))
+    return paths
