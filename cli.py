@@ -92,95 +92,135 @@ def _int_list(text: str | None) -> list[int] | None:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
 
 
+def training_options(f):
+    """The options ksr train and ksr ablate share (recipe, protocol, model sizes, device)."""
+    options = [
+        click.option("--cache", "cache_dir", required=True, type=click.Path(exists=True, file_okay=False), help="The feature cache to train on."),
+        click.option("--recipe", "recipe_name", type=click.Choice(["paper", "official"]), default="paper", show_default=True, help="Preset: paper = SGD lr 5e-4 halved every 30 epochs; official = the public code's SGD momentum 0.9 + cosine."),
+        click.option("--protocol", type=click.Choice(["session", "speaker"]), default="session", show_default=True, help="Leave-one-session-out (fold k tests Session k) or leave-one-speaker-out."),
+        click.option("--fold", "folds", multiple=True, type=int, help="Train only these folds (repeatable); default all."),
+        click.option("--seeds", default=None, help="Comma-separated seeds (default: the recipe's, 123)."),
+        click.option("--select", type=click.Choice(["valid", "test"]), default="valid", show_default=True, help="Pick the epoch on a validation set from the training sessions, or on the TEST set as the public code does (reports are marked)."),
+        click.option("--metric", type=click.Choice(["wa", "ua", "macro_f1", "weighted_f1"]), default="wa", show_default=True, help="Selection metric."),
+        click.option("--val-fraction", default=0.1, show_default=True, help="Share of each class of the training sessions held out for validation."),
+        click.option("--epochs", type=int, default=None, help="Override the recipe's epochs."),
+        click.option("--lr", type=float, default=None, help="Override the recipe's learning rate."),
+        click.option("--batch-size", type=int, default=None, help="Override the recipe's batch size."),
+        click.option("--momentum", type=float, default=None, help="Override the recipe's SGD momentum."),
+        click.option("--schedule", type=click.Choice(["step", "cosine", "constant"]), default=None, help="Override the recipe's schedule."),
+        click.option("--layers", default=None, help="Layer counts 'unimodal,ccab,fusion' (default 5,3,2)."),
+        click.option("--heads", type=int, default=None, help="Attention heads (default 8)."),
+        click.option("--ffn", default=None, help="FFN widths 'audio,text' (default 256,512)."),
+        click.option("--keep-rate", type=float, default=None, help="Key-sparse keep rate (default 0.5)."),
+        click.option("--no-key-sparse", is_flag=True, help="Vanilla attention everywhere (ablation)."),
+        click.option("--modalities", type=click.Choice(["both", "audio", "text"]), default="both", show_default=True, help="Audio-only or text-only models for the unimodal ablations."),
+        click.option("--attention", "attention_impl", type=click.Choice(["fast", "plain"]), default=None, help="Attention implementation (same numbers; plain keeps the public code's operations)."),
+        click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto."),
+        click.option("--amp/--no-amp", default=True, show_default=True, help="bfloat16 autocast on GPU (ignored on CPU)."),
+        click.option("--cache-mode", type=click.Choice(["auto", "memory", "stream"]), default="auto", show_default=True, help="Load the cache into memory or stream it from disk."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _setup_training(o: dict):
+    """(cache, spec, device, ranks, folds, seeds) from the shared training options."""
+    from pathlib import Path
+
+    from ksr.cache import open_cache
+    from ksr.fuse import ModelConfig
+    from ksr.fuse.recipes import recipe
+    from ksr.fuse.train import RunSpec, init_ranks, model_config_for_cache, pick_device
+
+    r = recipe(o["recipe_name"], epochs=o["epochs"], lr=o["lr"], batch_size=o["batch_size"], momentum=o["momentum"],
+               schedule=o["schedule"])
+    dev = pick_device(o["device"])
+    ranks = init_ranks(dev)  # under torchrun: DistributedDataParallel over the ranks
+    cache = open_cache(o["cache_dir"], mode=o["cache_mode"], device=dev if dev.type == "cuda" else "cpu",
+                       progress=None if ranks.main else False)
+    changes = {"classifier_dropout": r.classifier_dropout, "modalities": o["modalities"]}
+    if o["layers"]:
+        changes["num_layers"] = tuple(_int_list(o["layers"]))
+    if o["ffn"]:
+        changes["audio_ffn_dim"], changes["text_ffn_dim"] = _int_list(o["ffn"])
+    if o["heads"]:
+        changes["num_heads"] = o["heads"]
+    if o["keep_rate"] is not None:
+        changes["keep_rate"] = o["keep_rate"]
+    if o["no_key_sparse"]:
+        changes["key_sparse"] = "none"
+    if o["attention_impl"]:
+        changes["attention_impl"] = o["attention_impl"]
+    spec = RunSpec(model=model_config_for_cache(cache, ModelConfig().replace(**changes)), recipe=r,
+                   protocol=o["protocol"], select=o["select"], metric=o["metric"], val_fraction=o["val_fraction"],
+                   cache_meta=cache.meta.to_dict(), cache_dir=str(Path(o["cache_dir"]).resolve()))
+    if o["select"] == "test" and ranks.main:
+        click.echo("warning: --select test picks each fold's epoch on its TEST set (the public code's protocol); "
+                   "reports are marked as such", err=True)
+    return cache, spec, dev, ranks, list(o["folds"]) or None, _int_list(o["seeds"]) or [r.seed]
+
+
 @main.command("train")
-@click.option("--cache", "cache_dir", required=True, type=click.Path(exists=True, file_okay=False), help="The feature cache to train on.")
+@training_options
 @click.option("--run", "--run-dir", "run_dir", default="runs/main", show_default=True, type=click.Path(file_okay=False), help="Run directory (config, checkpoints, reports); under torchrun spell it --run-dir.")
-@click.option("--recipe", "recipe_name", type=click.Choice(["paper", "official"]), default="paper", show_default=True, help="Preset: paper = SGD lr 5e-4 halved every 30 epochs; official = the public code's SGD momentum 0.9 + cosine.")
-@click.option("--protocol", type=click.Choice(["session", "speaker"]), default="session", show_default=True, help="Leave-one-session-out (fold k tests Session k) or leave-one-speaker-out.")
-@click.option("--fold", "folds", multiple=True, type=int, help="Train only these folds (repeatable); default all.")
-@click.option("--seeds", default=None, help="Comma-separated seeds (default: the recipe's, 123).")
-@click.option("--select", type=click.Choice(["valid", "test"]), default="valid", show_default=True, help="Pick the epoch on a validation set from the training sessions, or on the TEST set as the public code does (reports are marked).")
-@click.option("--metric", type=click.Choice(["wa", "ua", "macro_f1", "weighted_f1"]), default="wa", show_default=True, help="Selection metric.")
-@click.option("--val-fraction", default=0.1, show_default=True, help="Share of each class of the training sessions held out for validation.")
-@click.option("--epochs", type=int, default=None, help="Override the recipe's epochs.")
-@click.option("--lr", type=float, default=None, help="Override the recipe's learning rate.")
-@click.option("--batch-size", type=int, default=None, help="Override the recipe's batch size.")
-@click.option("--momentum", type=float, default=None, help="Override the recipe's SGD momentum.")
-@click.option("--schedule", type=click.Choice(["step", "cosine", "constant"]), default=None, help="Override the recipe's schedule.")
-@click.option("--layers", default=None, help="Layer counts 'unimodal,ccab,fusion' (default 5,3,2).")
-@click.option("--heads", type=int, default=None, help="Attention heads (default 8).")
-@click.option("--ffn", default=None, help="FFN widths 'audio,text' (default 256,512).")
-@click.option("--keep-rate", type=float, default=None, help="Key-sparse keep rate (default 0.5).")
-@click.option("--no-key-sparse", is_flag=True, help="Vanilla attention everywhere (ablation).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
-@click.option("--amp/--no-amp", default=True, show_default=True, help="bfloat16 autocast on GPU (ignored on CPU).")
-@click.option("--cache-mode", type=click.Choice(["auto", "memory", "stream"]), default="auto", show_default=True, help="Load the cache into memory or stream it from disk.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
-def train_cmd(cache_dir, run_dir, recipe_name, protocol, folds, seeds, select, metric, val_fraction, epochs, lr,
-              batch_size, momentum, schedule, layers, heads, ffn, keep_rate, no_key_sparse, device, amp, cache_mode,
-              resume) -> None:
+def train_cmd(run_dir, **options) -> None:
     """Train one KS-Transformer per fold on a feature cache, then write the report.
 
     Model dims and classes come from the cache. Every setting is saved in RUN/run.json; a killed
     run continues with --resume. Without --fold, all folds of the protocol are trained.
+    Under torchrun (e.g. torchrun --nproc-per-node 2 --no-python ksr train ...) the ranks train
+    with DistributedDataParallel; rank 0 writes.
     """
     from pathlib import Path
 
-    from ksr.cache import CacheError, open_cache
-    from ksr.fuse import ModelConfig
-    from ksr.fuse.recipes import recipe
-    from ksr.fuse.report import write_report, evaluate_run
-    from ksr.fuse.train import (RunError, RunSpec, init_ranks, model_config_for_cache, num_folds, pick_device,
-                                prepare_run, train_fold)
+    from ksr.cache import CacheError
+    from ksr.fuse.experiment import train_and_report
+    from ksr.fuse.train import RunError
 
+    run = Path(run_dir)
     try:
-        r = recipe(recipe_name, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, schedule=schedule)
-        dev = pick_device(device)
-        ranks = init_ranks(dev)  # under torchrun: DistributedDataParallel over the ranks
-        cache = open_cache(cache_dir, mode=cache_mode, device=dev if dev.type == "cuda" else "cpu",
-                           progress=None if ranks.main else False)
-        model_changes = {"classifier_dropout": r.classifier_dropout}
-        if layers:
-            model_changes["num_layers"] = tuple(_int_list(layers))
-        if ffn:
-            model_changes["audio_ffn_dim"], model_changes["text_ffn_dim"] = _int_list(ffn)
-        if heads:
-            model_changes["num_heads"] = heads
-        if keep_rate is not None:
-            model_changes["keep_rate"] = keep_rate
-        if no_key_sparse:
-            model_changes["key_sparse"] = "none"
-        model_cfg = model_config_for_cache(cache, ModelConfig().replace(**model_changes))
-        spec = RunSpec(model=model_cfg, recipe=r, protocol=protocol, select=select, metric=metric,
-                       val_fraction=val_fraction, cache_meta=cache.meta.to_dict(), cache_dir=str(Path(cache_dir).resolve()))
-        run = Path(run_dir)
-        if ranks.main:
-            spec = prepare_run(run, spec, resume)
-        ranks.barrier()
-        fold_list = list(folds) or list(range(1, num_folds(cache, protocol) + 1))
-        seed_list = _int_list(seeds) or [r.seed]
+        cache, spec, dev, ranks, folds, seeds = _setup_training(options)
         say = click.echo if ranks.main else (lambda *a, **k: None)
-        say(f"training {len(fold_list)} fold(s) x {len(seed_list)} seed(s) on {cache!r} -> {run}"
+        say(f"training {len(folds) if folds else 'all'} fold(s) x {len(seeds)} seed(s) on {cache!r} -> {run}"
             + (f" on {ranks.world} ranks" if ranks.world > 1 else ""))
-        if select == "test" and ranks.main:
-            click.echo("warning: --select test picks each fold's epoch on its TEST set (the public code's protocol); "
-                       "reports are marked as such", err=True)
-        for seed in seed_list:
-            for fold in fold_list:
-                out = train_fold(cache, spec, run, fold, seed, dev, resume=resume, amp=amp, ranks=ranks)
-                say(f"seed {seed} fold {fold}: best epoch {out.best_epoch}, {select} {metric} "
-                    f"{100 * out.best_value:.2f}% ({out.seconds:.0f} s)")
-        if ranks.world > 1:
-            torch_distributed_done()
-        if not ranks.main:
-            return
-        report = evaluate_run(run, cache, spec, device=dev)
-        paths = write_report(report, run)
+        report = train_and_report(cache, spec, run, folds, seeds, dev, ranks, resume=options["resume"],
+                                  amp=options["amp"], say=say)
     except (CacheError, RunError, ValueError) as e:
         raise click.ClickException(str(e)) from None
+    if ranks.world > 1:
+        torch_distributed_done()
+    if report is None:
+        return
     _point_latest(run)
     s = report["summary"]
-    click.echo(f"WA {100 * s['wa']:.2f}%  UA {100 * s['ua']:.2f}%  (mean over folds; report: {paths[1]})")
+    click.echo(f"WA {100 * s['wa']:.2f}%  UA {100 * s['ua']:.2f}%  (mean over folds; report: {run / 'report.md'})")
+
+
+@main.command("ablate")
+@click.argument("kind", type=click.Choice(["keep-rate", "ccabs", "key-sparse", "modality"]))
+@training_options
+@click.option("--root", default=None, type=click.Path(file_okay=False), help="Where the sweep's runs go (default runs/ablate-KIND).")
+@click.option("--values", default=None, help="Comma-separated values (default: keep-rate 0.1..0.9, ccabs 0..4, key-sparse on,off, modality both,audio,text).")
+def ablate_cmd(kind, root, values, **options) -> None:
+    """Train one run per value of an ablation and tabulate them (ablation.md/.csv/.json)."""
+    from pathlib import Path
+
+    from ksr.cache import CacheError
+    from ksr.fuse.experiment import ablation_markdown, run_ablation
+    from ksr.fuse.train import RunError
+
+    try:
+        cache, spec, dev, ranks, folds, seeds = _setup_training(options)
+        if ranks.world > 1:
+            raise click.ClickException("ksr ablate runs in one process; use torchrun with ksr train")
+        summary = run_ablation(kind, values.split(",") if values else None, cache, spec,
+                               Path(root or f"runs/ablate-{kind}"), folds, seeds, dev, resume=options["resume"],
+                               amp=options["amp"], say=click.echo)
+    except (CacheError, RunError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(ablation_markdown(summary))
 
 
 def torch_distributed_done() -> None:
@@ -371,6 +411,78 @@ def encoders_cmd(spec: str | None, tiny_dir: str | None) -> None:
         raise click.ClickException(str(e)) from None
     for key, value in encoder.describe().items():
         click.echo(f"{key:<12} {value}")
+
+
+@prepare_cmd.command("demo")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True, help="Same seed, same corpus (byte for byte).")
+@click.option("--per-speaker", default=32, show_default=True,
+              help="Utterances per speaker (a multiple of 4); 10 speakers.")
+def prepare_demo_cmd(out: str, seed: int, per_speaker: int) -> None:
+    """Write the built-in demo corpus into OUT: OUT/wav/*.wav and OUT/manifest.csv."""
+    from ksr.extract.demo import make_demo_corpus
+
+    try:
+        path = make_demo_corpus(out, seed=seed, per_speaker=per_speaker)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote the demo corpus: {path}")
+
+
+@main.command("extract")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False),
+              help="The cache directory (created; a rerun continues it).")
+@click.option("--audio-encoder", default="paper-audio", show_default=True,
+              help="Audio encoder spec (see `ksr encoders`); paper-audio = wav2vec 1.0 large "
+                   "from $KSR_WAV2VEC_LARGE.")
+@click.option("--text-encoder", default="paper-text", show_default=True,
+              help="Text encoder spec; paper-text = RoBERTa large, last layer.")
+@click.option("--classes", default=None,
+              help="Class order, comma-separated (default: ang,neu,hap,sad for the 4-class "
+                   "IEMOCAP labels, else the manifest's labels sorted); other labels are skipped.")
+@click.option("--corpus", default=None, help="Corpus name in the cache (default: from the manifest path).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
+              show_default=True, help="Storage dtype of the features.")
+@click.option("--batch-seconds", type=float, default=None,
+              help="Padded audio per batch, in seconds (default 120).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (cuda in float16 when present, else cpu), cpu, cuda or cuda:N.")
+@click.option("--shard-size", type=int, default=None,
+              help="Utterances per shard file (default 512).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def extract_cmd(manifest, out, audio_encoder, text_encoder, classes, corpus, dtype, batch_seconds,
+                device, shard_size, no_progress) -> None:
+    """Encode every utterance of MANIFEST with frozen encoders into a feature cache.
+
+    Resumable: a rerun skips what the cache holds. Utterances that cannot be used get one line
+    each in OUT/errors-<writer>.tsv and are counted in the summary. Under torchrun
+    (--nproc-per-node N) each rank extracts its share into its own shards.
+    """
+    from ksr.cache import CacheError
+    from ksr.extract.encoders import EncoderError
+    from ksr.extract.manifest import ManifestError
+    from ksr.extract.pipeline import (DEFAULT_BATCH_SECONDS, DEFAULT_SHARD_SIZE, ExtractError,
+                                      extract_corpus)
+    from ksr.extract.plan import ranks_from_env
+
+    class_list = None
+    if classes is not None:
+        class_list = [c.strip() for c in classes.split(",") if c.strip()]
+        if not class_list or len(set(class_list)) != len(class_list):
+            raise click.BadParameter(f"expected distinct comma-separated names, got {classes!r}",
+                                     param_hint="--classes")
+    try:
+        ranks = ranks_from_env()
+        summary = extract_corpus(
+            manifest, out, audio_encoder, text_encoder, classes=class_list, corpus=corpus,
+            dtype=dtype, batch_seconds=batch_seconds or DEFAULT_BATCH_SECONDS,
+            shard_size=shard_size or DEFAULT_SHARD_SIZE, device=device,
+            progress=not no_progress, ranks=ranks)
+    except (ExtractError, ManifestError, EncoderError, CacheError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    if ranks.main:
+        click.echo(summary.format())
 
 
 if __name__ == "__main__":

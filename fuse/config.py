@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+MODALITIES = ("both", "audio", "text")
 POSITIONAL_TABLES = ("xavier", "sinusoidal")
 POOLINGS = ("all_positions", "masked")
 CCAB_RESIDUALS = ("double", "single")
@@ -36,6 +37,9 @@ class ModelConfig:
     # Which blocks use key-sparse attention. "interaction+fusion" is the paper's model;
     # "none" gives vanilla attention everywhere (the key-sparse-off ablation).
     key_sparse: str = "interaction+fusion"
+    # "both" is the paper's model. "audio" / "text" keep one modality's encoder, deep-fusion
+    # block and pooling (no CCABs: there is nothing to attend to) for the unimodal ablations.
+    modalities: str = "both"
     attention_impl: str = "plain"
 
     # --- fidelity options: the defaults reproduce the public implementation -----------------
@@ -70,6 +74,7 @@ class ModelConfig:
             ("ccab_residual", CCAB_RESIDUALS),
             ("attention_impl", ATTENTION_IMPLS),
             ("key_sparse", ("interaction+fusion", "none")),
+            ("modalities", MODALITIES),
         ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -24,14 +24,18 @@ class KSTransformer(nn.Module):
         n_uni, n_ccab, n_fusion = cfg.num_layers
         da, dt, fa, ft = cfg.audio_dim, cfg.text_dim, cfg.audio_ffn_dim, cfg.text_ffn_dim
         key_sparse = cfg.key_sparse != "none"
+        use_audio, use_text = cfg.modalities in ("both", "audio"), cfg.modalities in ("both", "text")
         # Construction order follows the public code (same seed, same initial weights).
-        self.audio_encoder = Block(n_uni, da, fa, cfg)
-        self.text_encoder = Block(n_uni, dt, ft, cfg)
-        self.audio_ccabs = CCABStack(n_ccab, da, dt, fa, cfg)  # audio attends to text
-        self.text_ccabs = CCABStack(n_ccab, dt, da, ft, cfg)  # text attends to audio
-        self.audio_fusion = Block(n_fusion, da, fa, cfg, key_sparse=key_sparse)
-        self.text_fusion = Block(n_fusion, dt, ft, cfg, key_sparse=key_sparse)
-        width = da + dt
+        self.audio_encoder = Block(n_uni, da, fa, cfg) if use_audio else None
+        self.text_encoder = Block(n_uni, dt, ft, cfg) if use_text else None
+        if cfg.modalities == "both":
+            self.audio_ccabs = CCABStack(n_ccab, da, dt, fa, cfg)  # audio attends to text
+            self.text_ccabs = CCABStack(n_ccab, dt, da, ft, cfg)  # text attends to audio
+        else:
+            self.audio_ccabs = self.text_ccabs = None
+        self.audio_fusion = Block(n_fusion, da, fa, cfg, key_sparse=key_sparse) if use_audio else None
+        self.text_fusion = Block(n_fusion, dt, ft, cfg, key_sparse=key_sparse) if use_text else None
+        width = da * use_audio + dt * use_text
         self.classifier = nn.Sequential(
             nn.Linear(width, width // 2),
             nn.ReLU(),
@@ -62,11 +66,13 @@ class KSTransformer(nn.Module):
 
     def forward(
         self,
-        audio: Tensor,
-        text: Tensor,
+        audio: Tensor | None,
+        text: Tensor | None,
         audio_padding_mask: Tensor | None = None,
         text_padding_mask: Tensor | None = None,
     ) -> Tensor:
+        if self.cfg.modalities != "both":
+            return self.forward_unimodal(audio, text, audio_padding_mask, text_padding_mask)
         self.check_inputs(audio, text, audio_padding_mask, text_padding_mask)
         cfg = self.cfg
         a = self.audio_encoder(audio, key_padding_mask=audio_padding_mask)
@@ -82,6 +88,20 @@ class KSTransformer(nn.Module):
             (quirks.pool(a, audio_padding_mask, cfg), quirks.pool(t, text_padding_mask, cfg)), dim=-1
         )
         return self.classifier(pooled)
+
+    def forward_unimodal(self, audio, text, audio_padding_mask, text_padding_mask) -> Tensor:
+        """Audio-only or text-only: encoder, deep-fusion block, pooling, classifier."""
+        cfg = self.cfg
+        if cfg.modalities == "audio":
+            x, mask, encoder, fusion, dim, name = audio, audio_padding_mask, self.audio_encoder, self.audio_fusion, cfg.audio_dim, "audio"
+        else:
+            x, mask, encoder, fusion, dim, name = text, text_padding_mask, self.text_encoder, self.text_fusion, cfg.text_dim, "text"
+        if x is None or x.dim() != 3 or x.shape[-1] != dim:
+            shape = None if x is None else tuple(x.shape)
+            raise ValueError(f"this {name}-only model needs {name} features (batch, length, {dim}), got {shape}")
+        x = encoder(x, key_padding_mask=mask)
+        x = fusion(x, key_padding_mask=quirks.fusion_mask(mask, cfg))
+        return self.classifier(quirks.pool(x, mask, cfg))
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -126,3 +126,21 @@ def test_gradients_reach_every_trainable_parameter_and_no_table():
         assert torch.equal(model.state_dict()[k], v), k
     # encoders 1 + 1, each CCAB 2 (cross) + 1 (self) per direction, fusion 1 + 1
     assert len(tables_before) == 2 + 3 * 2 * cfg.num_layers[1] + 2
+
+
+@pytest.mark.parametrize("modality", ["audio", "text"])
+def test_unimodal_models_use_one_modality_only(modality):
+    cfg = small_config(modalities=modality)
+    model = KSTransformer(cfg).double().eval()
+    audio, text, am, tm = padded_inputs(cfg, [37, 9], [11, 4], dtype=torch.float64)
+    x, mask = (audio, am) if modality == "audio" else (text, tm)
+    with torch.no_grad():
+        got = model(audio if modality == "audio" else None, text if modality == "text" else None, am, tm)
+        encoder = model.audio_encoder if modality == "audio" else model.text_encoder
+        fusion = model.audio_fusion if modality == "audio" else model.text_fusion
+        want = model.classifier(fusion(encoder(x, key_padding_mask=mask)).mean(dim=1))
+    torch.testing.assert_close(got, want)
+    assert model.classifier[0].in_features == (cfg.audio_dim if modality == "audio" else cfg.text_dim)
+    assert not any(k.startswith("audio_ccabs") or k.startswith("text_ccabs") for k in model.state_dict())
+    with pytest.raises(ValueError, match=f"this {modality}-only model needs {modality} features"):
+        model(None, None, am, tm)

@@ -166,3 +166,21 @@ def test_two_process_torchrun_trains_and_reports(cache_dir, tmp_path):
     assert len(history) == 2
     split = json.loads((run / "seed123/fold4/split.json").read_text())
     assert len(split["train"]) > 0
+
+
+def test_ablation_sweeps_and_tabulates(cache_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, [
+        "ablate", "modality", "--cache", str(cache_dir), "--epochs", "1", "--layers", "1,1,1", "--heads", "2",
+        "--ffn", "8,8", "--batch-size", "32", "--fold", "2", "--values", "both,audio,text"])
+    assert result.exit_code == 0, result.output
+    table = json.loads(Path("runs/ablate-modality/ablation.json").read_text())
+    assert [r["value"] for r in table["rows"]] == ["both", "audio", "text"]
+    for row in table["rows"]:
+        run = json.loads(Path(row["run"], "run.json").read_text())
+        assert run["model"]["modalities"] == row["value"]
+        report = json.loads(Path(row["run"], "report.json").read_text())
+        assert report["summary"]["wa"] == pytest.approx(row["wa"])
+    assert "| audio |" in Path("runs/ablate-modality/ablation.md").read_text()
+    bad = CliRunner().invoke(main, ["ablate", "ccabs", "--cache", str(cache_dir), "--values", "x"])
+    assert bad.exit_code != 0

@@ -1,0 +1,86 @@
+"""Whole experiments: every fold and seed of a run, then its report; sweeps of runs (ablations)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ksr.cache import Cache
+
+from .metrics import mean_std
+from .report import evaluate_run, write_report
+from .train import METRICS, Ranks, RunSpec, num_folds, prepare_run, train_fold, write_json
+
+ABLATIONS = {
+    # kind: (default values, how a value changes the model config, label)
+    "keep-rate": ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], lambda cfg, v: cfg.replace(keep_rate=float(v)), "keep rate"),
+    "ccabs": ([0, 1, 2, 3, 4], lambda cfg, v: cfg.replace(num_layers=(cfg.num_layers[0], int(v), cfg.num_layers[2])), "CCABs"),
+    "key-sparse": (["on", "off"], lambda cfg, v: cfg.replace(key_sparse="interaction+fusion" if v == "on" else "none"), "key-sparse"),
+    "modality": (["both", "audio", "text"], lambda cfg, v: cfg.replace(modalities=str(v)), "modalities"),
+}
+
+
+def train_and_report(cache: Cache, spec: RunSpec, run_dir: Path, folds: list[int] | None, seeds: list[int],
+                     device: torch.device, ranks: Ranks = Ranks(), resume: bool = False, amp: bool = True,
+                     say: Callable[[str], Any] = print) -> dict[str, Any] | None:
+    """Train every requested fold and seed, then evaluate and write the report (rank 0)."""
+    if ranks.main:
+        spec = prepare_run(run_dir, spec, resume)
+    ranks.barrier()
+    fold_list = folds or list(range(1, num_folds(cache, spec.protocol) + 1))
+    for seed in seeds:
+        for fold in fold_list:
+            out = train_fold(cache, spec, run_dir, fold, seed, device, resume=resume, amp=amp, ranks=ranks)
+            if ranks.main:
+                say(f"seed {seed} fold {fold}: best epoch {out.best_epoch}, {spec.select} {spec.metric} "
+                    f"{100 * out.best_value:.2f}% ({out.seconds:.0f} s)")
+    ranks.barrier()
+    if not ranks.main:
+        return None
+    report = evaluate_run(run_dir, cache, spec, device=device)
+    write_report(report, run_dir)
+    return report
+
+
+def sweep_values(kind: str, values: list[str] | None) -> list:
+    if kind not in ABLATIONS:
+        raise ValueError(f"unknown ablation {kind!r}; choose one of {', '.join(ABLATIONS)}")
+    return values or ABLATIONS[kind][0]
+
+
+def run_ablation(kind: str, values: list | None, cache: Cache, base: RunSpec, root: Path, folds: list[int] | None,
+                 seeds: list[int], device: torch.device, resume: bool = False, amp: bool = True,
+                 say: Callable[[str], Any] = print) -> dict[str, Any]:
+    """One run per value under ``root``, then a summary table (JSON, Markdown, CSV) across them."""
+    _, change, label = ABLATIONS[kind]
+    rows = []
+    for value in sweep_values(kind, values):
+        try:
+            model = change(base.model, value)
+        except ValueError as e:
+            raise ValueError(f"{label} value {value!r} does not make a model: {e}") from None
+        spec = RunSpec(**{**base.__dict__, "model": model})
+        run_dir = root / f"{kind}-{value}"
+        say(f"== {label} = {value} -> {run_dir}")
+        report = train_and_report(cache, spec, run_dir, folds, seeds, device, resume=resume, amp=amp, say=say)
+        s = report["summary"]
+        rows.append({"value": value, "run": str(run_dir),
+                     **{m: s[m] for m in METRICS}, **{f"{m}_std_over_folds": s[f"{m}_std_over_folds"] for m in METRICS}})
+    summary = {"ablation": kind, "label": label, "select": base.select, "protocol": base.protocol, "rows": rows}
+    write_json(root / "ablation.json", summary)
+    (root / "ablation.md").write_text(ablation_markdown(summary))
+    (root / "ablation.csv").write_text("value,wa,ua,macro_f1,weighted_f1\n" + "".join(
+        f"{r['value']},{r['wa']:.6f},{r['ua']:.6f},{r['macro_f1']:.6f},{r['weighted_f1']:.6f}\n" for r in rows))
+    return summary
+
+
+def ablation_markdown(summary: dict[str, Any]) -> str:
+    lines = [f"# ablation: {summary['label']}", "",
+             f"Protocol {summary['protocol']}, model selection on {summary['select']}"
+             + (" (TEST-SET SELECTION: optimistic)" if summary["select"] == "test" else "") + "; mean ± std over folds.",
+             "", f"| {summary['label']} | WA % | UA % | macro F1 % | weighted F1 % |", "|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        lines.append(f"| {r['value']} | " + " | ".join(
+            f"{100 * r[m]:.2f} ± {100 * r[m + '_std_over_folds']:.2f}" for m in METRICS) + " |")
+    return "\n".join(lines) + "\n"
