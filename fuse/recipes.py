@@ -19,6 +19,7 @@ import torch
 @dataclass
 class Recipe:
     name: str = "paper"
+    optimizer: str = "sgd"  # "adamw" is a departure from both presets (used by the quick demo)
     lr: float = 5e-4
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -32,6 +33,8 @@ class Recipe:
     seed: int = 123
 
     def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
         if self.schedule not in ("step", "cosine", "constant"):
             raise ValueError(f"schedule must be step, cosine or constant, got {self.schedule!r}")
         for name in ("lr", "epochs", "batch_size"):
@@ -70,6 +73,8 @@ def recipe(name: str, **overrides: Any) -> Recipe:
 
 def build_optimizer(params, r: Recipe) -> torch.optim.Optimizer:
     trainable = [p for p in params if p.requires_grad]  # positional tables stay out
+    if r.optimizer == "adamw":
+        return torch.optim.AdamW(trainable, lr=r.lr, weight_decay=r.weight_decay)
     return torch.optim.SGD(trainable, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
 
 

@@ -111,3 +111,11 @@ def test_overrides_and_unknown_settings():
         recipe("paper", learning_rate=1.0)
     with pytest.raises(ValueError, match="unknown recipe 'fast'"):
         recipe("fast")
+
+
+def test_adamw_is_a_named_departure():
+    assert PRESETS["paper"].optimizer == PRESETS["official"].optimizer == "sgd"
+    opt = build_optimizer(torch.nn.Linear(2, 2).parameters(), recipe("paper", optimizer="adamw", weight_decay=0.01))
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 0.01
+    with pytest.raises(ValueError, match="optimizer must be sgd or adamw"):
+        recipe("paper", optimizer="adam")
