@@ -4,6 +4,10 @@ Self attention projects ``x + P`` with one fused ``project_qkv`` (D -> 3D, split
 attention has ``project_q`` (Dq -> Dq), ``project_k`` and ``project_v`` (Dk -> Dq). Heads take
 consecutive channel groups. Q is scaled by head_dim^-0.5 before Q K^T; padded keys get -inf.
 Key-sparse attention then zeroes the columns of the least-attended keys (``quirks``).
+
+``impl="plain"`` computes this as the public code does (softmax weights materialised, masked,
+dropped out, multiplied by V) and is the reference; ``impl="fast"`` (the default) computes the
+same numbers without keeping the attention maps (``fast_attention``).
 """
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import quirks
+from . import fast_attention, quirks
+
+IMPLS = ("plain", "fast")
 
 
 class MultiheadAttention(nn.Module):
@@ -24,10 +30,13 @@ class MultiheadAttention(nn.Module):
         key_sparse: bool = False,
         keep_rate: float = 0.5,
         renormalise: bool = False,
+        impl: str = "fast",
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        if impl not in IMPLS:
+            raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
         self.is_self = kdim is None
         # Registration order (qkv or q, k, v; then out) follows the public code, so the same
         # seed draws the same default initialisation.
@@ -46,6 +55,9 @@ class MultiheadAttention(nn.Module):
         self.key_sparse = key_sparse
         self.keep_rate = keep_rate
         self.renormalise = renormalise
+        self.impl = impl
+        # None picks fast_attention's default for the device ("chunked" on CPU, "sdpa" on GPU).
+        self.fast_backend: str | None = None
         # When set to a list, forward appends its final (B, H, T, S) weights (for plots).
         self.record_weights: list[Tensor] | None = None
 
@@ -75,6 +87,14 @@ class MultiheadAttention(nn.Module):
     ) -> Tensor:
         """query (B, T, D); key/value (B, S, Dk) for cross attention; mask (B, S) True = padded."""
         q, k, v = self.project(query, key, value)
+        if self.impl == "fast":
+            out = self.fast_forward(q, k, v, key_padding_mask)
+        else:
+            out = self.plain_forward(q, k, v, key_padding_mask)
+        return self.project_out(self.merge_heads(out))
+
+    def plain_forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        """The public code's operations: the reference the fast path is tested against."""
         scores = q @ k.transpose(-2, -1)  # (B, H, T, S)
         if key_padding_mask is not None:
             scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
@@ -86,4 +106,18 @@ class MultiheadAttention(nn.Module):
         if self.record_weights is not None:
             self.record_weights.append(weights.detach())
         weights = F.dropout(weights, p=self.dropout, training=self.training)
-        return self.project_out(self.merge_heads(weights @ v))
+        return weights @ v
+
+    def fast_forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        out, keep = fast_attention.attention(
+            q, k, v, key_padding_mask,
+            key_sparse=self.key_sparse,
+            keep_rate=self.keep_rate,
+            renormalise=self.renormalise,
+            dropout_p=self.dropout if self.training else 0.0,
+            backend=self.fast_backend,
+        )
+        if self.record_weights is not None:
+            self.record_weights.append(
+                fast_attention.recorded_weights(q, k, key_padding_mask, keep, self.renormalise))
+        return out

@@ -27,6 +27,7 @@ class EncoderLayer(nn.Module):
             key_sparse=key_sparse,
             keep_rate=cfg.keep_rate,
             renormalise=cfg.ks_renormalise,
+            impl=cfg.attention_impl,
         )
         self.attention_layer_norm = nn.LayerNorm(embed_dim)
         self.fc1 = nn.Linear(embed_dim, ffn_dim)
