@@ -11,7 +11,20 @@ RUN        ?= runs/$(DATA)
 RECIPE     ?= paper
 TRAIN_ARGS ?=
 
-.PHONY: help venv test demo bench clean train fairseq-parity
+# Extraction: make extract DATA=iemocap IEMOCAP=/path/to/IEMOCAP_full_release | make extract DATA=demo
+# (any other DATA=name extracts data/name/manifest.csv). Encoders default to the paper's pair
+# (paper-audio reads the wav2vec_large.pt path from $$KSR_WAV2VEC_LARGE); the demo's are tiny.
+IEMOCAP      ?=
+EXTRACT_ARGS ?=
+ifeq ($(DATA),demo)
+AUDIO_ENCODER ?= tiny-audio
+TEXT_ENCODER  ?= tiny-text
+else
+AUDIO_ENCODER ?= paper-audio
+TEXT_ENCODER  ?= paper-text
+endif
+
+.PHONY: help venv test demo bench clean train extract fairseq-parity
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -30,6 +43,17 @@ test: $(STAMP)  ## run the test suite (what CI runs)
 
 demo: $(STAMP)  ## run ksr on the built-in demo
 	$(VENV)/bin/ksr demo
+
+extract: $(STAMP)  ## prepare + extract DATA=iemocap (IEMOCAP=path) or DATA=demo into caches/$(DATA)
+ifeq ($(DATA),iemocap)
+	@test -n "$(IEMOCAP)" || { echo "make extract DATA=iemocap: set IEMOCAP=/path/to/IEMOCAP_full_release" >&2; exit 2; }
+	$(VENV)/bin/ksr prepare iemocap "$(IEMOCAP)" --out data/iemocap/manifest.csv
+else ifeq ($(DATA),demo)
+	$(VENV)/bin/ksr prepare demo data/demo
+else
+	@test -f data/$(DATA)/manifest.csv || { echo "make extract DATA=$(DATA): write data/$(DATA)/manifest.csv first (docs/manifest.md)" >&2; exit 2; }
+endif
+	$(VENV)/bin/ksr extract data/$(DATA)/manifest.csv --out $(CACHE) --audio-encoder $(AUDIO_ENCODER) --text-encoder $(TEXT_ENCODER) $(EXTRACT_ARGS)
 
 train: $(STAMP)  ## train all folds on caches/$(DATA) into runs/$(DATA) (RECIPE=paper|official, TRAIN_ARGS=...)
 	$(VENV)/bin/ksr train --cache $(CACHE) --run $(RUN) --recipe $(RECIPE) $(TRAIN_ARGS)

@@ -106,6 +106,11 @@ def _parse_row(raw: dict, root: Path, extra_columns: Sequence[str]) -> Utterance
         have = sum(v is not None for v in raw.values())
         raise ValueError(f"{have} fields, the header has {len(raw)}")
     values = {k: v.strip() for k, v in raw.items()}
+    for column, value in values.items():
+        try:  # the file is read with surrogateescape: bad bytes fail their row only
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{column} is not valid UTF-8") from None
     for column in ("id", "audio", "text", "label", "speaker"):
         if not values[column]:
             what = "transcript" if column == "text" else column
@@ -142,7 +147,7 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
     root = path.resolve().parent
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames
         if not header:

@@ -1,0 +1,110 @@
+"""Planning an extraction: durations, each rank's share, and batches of similar length.
+
+Everything here is decided from the manifest and the audio files' headers alone, never from
+what a cache already holds, so that every rank (and every rerun) computes the same shares:
+two ranks can then never write the same utterance.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import soundfile as sf
+
+from ksr.extract.audio import SAMPLE_RATE
+from ksr.extract.manifest import Utterance
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process stands among the extraction ranks (torchrun's environment)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def tag(self) -> str:
+        """The cache writer tag: ``w0`` for a single process, ``rank<r>`` under torchrun."""
+        return f"rank{self.rank}" if self.world > 1 else "w0"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def tags(self) -> set[str]:
+        """The writer tags of this run, all ranks."""
+        return {Ranks(r, self.world).tag for r in range(self.world)}
+
+
+def ranks_from_env(env: os._Environ | dict | None = None) -> Ranks:
+    """RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them; one process without them."""
+    env = os.environ if env is None else env
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local = int(env.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets "
+                         "them)") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK {rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE {world})")
+    return Ranks(rank, world, local)
+
+
+def probe_seconds(utt: Utterance) -> float:
+    """The utterance's duration in seconds from the file header (cheap: no samples are read).
+
+    A file that cannot be probed gives 0.0: it is planned like any other and reading it
+    later raises the one-line :class:`~ksr.extract.audio.AudioError` that goes to the errors
+    file, so there is a single source of reasons.
+    """
+    try:
+        info = sf.info(str(utt.audio))
+    except Exception:  # noqa: BLE001 - any header problem is reported when the file is read
+        return 0.0
+    if info.samplerate <= 0:
+        return 0.0
+    total = info.frames / info.samplerate
+    start = utt.start or 0.0
+    end = total if utt.end is None else min(utt.end, total)
+    return max(end - start, 0.0)
+
+
+def rank_share(ids: Sequence[str], seconds: Sequence[float], ranks: Ranks) -> list[int]:
+    """Positions (into ``ids``) of this rank's utterances.
+
+    Sorted by (duration, id), dealt out round-robin: each rank gets about the same number of
+    utterances and of audio seconds (within one utterance's duration), so ranks finish
+    together. Deterministic in the manifest and the files alone.
+    """
+    order = sorted(range(len(ids)), key=lambda i: (-seconds[i], ids[i]))
+    return sorted(order[ranks.rank::ranks.world])
+
+
+def plan_batches(positions: Sequence[int], seconds: Sequence[float], batch_seconds: float,
+                 max_items: int = 256) -> list[list[int]]:
+    """Group ``positions`` into batches of similar duration.
+
+    Sorted by duration (longest first, so a memory problem shows in the first batch, not after
+    an hour); a batch holds at most ``max_items`` and its padded size (items x longest) stays
+    within ``batch_seconds`` of audio. An utterance longer than that goes alone.
+    """
+    if batch_seconds <= 0:
+        raise ValueError(f"batch_seconds must be positive, not {batch_seconds}")
+    order = sorted(positions, key=lambda i: (-seconds[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0.0
+    for i in order:
+        s = max(seconds[i], 1.0 / SAMPLE_RATE)
+        grow = max(longest, s)
+        if current and (grow * (len(current) + 1) > batch_seconds or len(current) >= max_items):
+            batches.append(current)
+            current, grow = [], s
+        current.append(i)
+        longest = grow
+    if current:
+        batches.append(current)
+    return batches

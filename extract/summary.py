@@ -1,0 +1,142 @@
+"""What an extraction run did: the errors file (one line per utterance left out) and the summary.
+
+Every manifest row ends in exactly one bucket, so the counts add up to the manifest:
+``total = stored_before + extracted + skipped + sum(failed.values())``, where ``total`` counts
+the rows the manifest reader rejected too (they fail at stage ``manifest``).
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+#: Stages an utterance can be left out at, in pipeline order. ``label`` means skipped (its label
+#: is not one of the classes), every other stage means failed.
+STAGES = ("manifest", "label", "audio", "audio-encoder", "text-encoder", "features")
+HEADER = "id\tstage\treason\n"
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """A reason as one TSV field: no tabs or line breaks, bounded length."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def reason_of(err: BaseException) -> str:
+    """A one-line reason for an exception; our own errors already read as reasons."""
+    from ksr.extract.audio import AudioError
+    from ksr.extract.encoders import EncoderError
+
+    if isinstance(err, (AudioError, EncoderError)):
+        return one_line(str(err))
+    return one_line(f"{type(err).__name__}: {err}")
+
+
+class ErrorLog:
+    """``errors-<tag>.tsv`` (``id<TAB>stage<TAB>reason``), rewritten by every run, a line
+    flushed as soon as it is known (a killed run still shows what failed so far)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.counts: Counter[str] = Counter()
+        # backslashreplace: an id with invalid UTF-8 (a manifest problem) still gets its line.
+        self._file = open(self.path, "w", encoding="utf-8", errors="backslashreplace",
+                          newline="\n")
+        self._file.write(HEADER)
+        self._file.flush()
+
+    def add(self, uid: str, stage: str, reason: str) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}")
+        self._file.write(f"{one_line(uid, 200)}\t{stage}\t{one_line(reason)}\n")
+        self._file.flush()
+        self.counts[stage] += 1
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> ErrorLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_errors(path: str | os.PathLike) -> list[tuple[str, str, str]]:
+    """The ``(id, stage, reason)`` lines of an errors file (for tests and tools)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0] + "\n" != HEADER:
+        raise ValueError(f"{path}: not a ksr errors file (header {HEADER.strip()!r})")
+    return [tuple(line.split("\t", 2)) for line in lines[1:]]  # type: ignore[misc]
+
+
+@dataclass
+class ExtractSummary:
+    """The counts of one run (all ranks, once merged)."""
+
+    cache_dir: Path
+    total: int = 0            # manifest rows, rejected ones included
+    stored_before: int = 0    # already in the cache: skipped without encoding
+    extracted: int = 0        # encoded and stored by this run
+    skipped: int = 0          # label not in the classes
+    failed: dict[str, int] = field(default_factory=dict)  # stage -> utterances
+    audio_seconds: float = 0.0  # audio of the utterances extracted now
+    seconds: float = 0.0      # wall time of the extraction loop (slowest rank)
+    ranks: int = 1
+    errors_files: list[Path] = field(default_factory=list)
+
+    @property
+    def failed_total(self) -> int:
+        return sum(self.failed.values())
+
+    @property
+    def accounted(self) -> int:
+        """Rows in some bucket; equals ``total`` (checked by the tests)."""
+        return self.stored_before + self.extracted + self.skipped + self.failed_total
+
+    @property
+    def utterances_per_second(self) -> float:
+        return self.extracted / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def realtime(self) -> float:
+        """Seconds of audio extracted per second of wall time."""
+        return self.audio_seconds / self.seconds if self.seconds > 0 else 0.0
+
+    @classmethod
+    def merge(cls, parts: Iterable[ExtractSummary]) -> ExtractSummary:
+        """The summary of a multi-rank run from its ranks' summaries."""
+        parts = list(parts)
+        failed: Counter[str] = Counter()
+        for p in parts:
+            failed.update(p.failed)
+        return cls(
+            cache_dir=parts[0].cache_dir, total=sum(p.total for p in parts),
+            stored_before=sum(p.stored_before for p in parts),
+            extracted=sum(p.extracted for p in parts), skipped=sum(p.skipped for p in parts),
+            failed={s: failed[s] for s in STAGES if failed[s]},
+            audio_seconds=sum(p.audio_seconds for p in parts),
+            seconds=max(p.seconds for p in parts), ranks=len(parts),
+            errors_files=[f for p in parts for f in p.errors_files])
+
+    def format(self) -> str:
+        failed = ", ".join(f"{stage} {n}" for stage, n in self.failed.items())
+        lines = [
+            f"{self.total} manifest rows: {self.stored_before} stored before, {self.extracted} "
+            f"extracted now, {self.skipped} skipped (label not in the classes), "
+            f"{self.failed_total} failed" + (f" ({failed})" if failed else ""),
+        ]
+        if self.extracted:
+            lines.append(
+                f"{self.extracted} utterances ({self.audio_seconds / 60:.1f} min of audio) in "
+                f"{self.seconds:.1f} s: {self.utterances_per_second:.1f} utterances/s, "
+                f"{self.realtime:.1f} s of audio per second"
+                + (f" ({self.ranks} ranks)" if self.ranks > 1 else ""))
+        left_out = self.skipped + self.failed_total
+        where = ", ".join(str(p) for p in self.errors_files) or "(none)"
+        lines.append(f"cache: {self.cache_dir}; errors file: {where} ({left_out} lines: one per "
+                     f"utterance left out)")
+        return "\n".join(lines)
