@@ -39,14 +39,19 @@ def save_checkpoint(path: str | os.PathLike, model: KSTransformer, meta: dict[st
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, flushed, then renamed over ``path``:
-    a crash leaves the old file or the new one, never half of one."""
+    """``torch.save`` that a crash cannot leave half written (see ``atomic_write``)."""
+    return atomic_write(path, "wb", lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: str | os.PathLike, mode: str, write: Any) -> Path:
+    """Call ``write(file)`` on a temporary file in the same folder, flush and fsync it, then rename
+    it over ``path``: a crash leaves the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

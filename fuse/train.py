@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,8 @@ from tqdm.auto import tqdm
 from ksr import __version__
 from ksr.cache import Cache, check_compatible
 
-from .checkpoint import CheckpointError, atomic_save, load_state_strict, read_torch_file, save_checkpoint
+from .checkpoint import (CheckpointError, atomic_save, atomic_write, load_state_strict, read_torch_file,
+                         save_checkpoint)
 from .config import ModelConfig
 from .folds import Split, fold_groups, make_split
 from .metrics import scores
@@ -73,18 +73,7 @@ class RunSpec:
 
 def write_json(path: Path, obj: Any) -> None:
     """Atomic JSON write (temporary file, flush, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, "w", lambda f: f.write(json.dumps(obj, indent=1) + "\n"))
 
 
 def model_config_for_cache(cache: Cache, base: ModelConfig) -> ModelConfig:
