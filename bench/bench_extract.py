@@ -6,12 +6,13 @@ median 3.5 s, 0.6 to 30 s; mean about 4.2 s). Encoders have random weights (no d
 the cost of a forward pass does not depend on the weights' values.
 
 - CPU: the same encoder run one utterance at a time (the naive loop: batches of one, no
-  read-ahead) and batched (ksr's default: batches of similar length, audio read ahead by a
-  thread); and batched without read-ahead, to see what the reader thread adds. Two audio
-  encoders: a wav2vec 2.0 base-size model (95 M parameters, layer-norm front end, so it batches
-  with an attention mask) and ``tiny-audio``. Text: ``tiny-text``.
-- GPU (when present): wav2vec 2.0 large (lv60 config, 317 M) + RoBERTa large (355 M), float16,
-  batched: hours of audio per minute.
+  read-ahead), batched at several batch sizes, with and without the reader thread, at 1 torch
+  thread and at the default (one per core). Two audio encoders: a wav2vec 2.0 base-size model
+  (95 M parameters, layer-norm front end, so it batches with an attention mask) and
+  ``tiny-audio`` (where per-call overhead dominates). Text: ``tiny-text``.
+- GPU (when present): wav2vec 2.0 large (lv60 config, 317 M) + RoBERTa large (355 M), float16:
+  one at a time, and batched at 60 / 120 / 300 s with and without read-ahead: hours of audio
+  per minute.
 
 Wall times on a shared machine are noisy: each configuration runs ``repeats`` times,
 interleaved, and the best is kept; CPU time (all threads of this process) is shown too.
@@ -167,8 +168,8 @@ def run(quick: bool = False) -> str:
         f"CPU, wav2vec 2.0 base-size (95 M, layer-norm front end) + tiny-text, {n_base} "
         "utterances", base_manifest, work, base, text, repeats, {
             "one at a time": (1, ONE),
-            "batched 10 s (CPU default)": (1, dict(batch_seconds=10, prefetch=0)),
-            "batched 10 s + read-ahead thread": (1, dict(batch_seconds=10, prefetch=2)),
+            "batched 10 s, no read-ahead": (1, dict(batch_seconds=10, prefetch=0)),
+            "batched 10 s + read-ahead (CPU default)": (1, dict(batch_seconds=10, prefetch=2)),
             "batched 30 s": (1, dict(batch_seconds=30, prefetch=0)),
             "batched 120 s (GPU default)": (1, dict(batch_seconds=120, prefetch=0)),
             f"one at a time, {cores} threads": (cores, ONE),
@@ -183,9 +184,9 @@ def run(quick: bool = False) -> str:
         f"CPU, tiny-audio + tiny-text (per-call overhead dominates), {n_tiny} utterances",
         tiny_manifest, work, tiny, text, repeats, {
             "one at a time": (cores, ONE),
-            "batched 10 s (CPU default)": (cores, dict(batch_seconds=10, prefetch=0)),
+            "batched 10 s, no read-ahead": (cores, dict(batch_seconds=10, prefetch=0)),
             "batched 30 s": (cores, dict(batch_seconds=30, prefetch=0)),
-            "batched 30 s + read-ahead thread": (cores, dict(batch_seconds=30, prefetch=2)),
+            "batched 30 s + read-ahead": (cores, dict(batch_seconds=30, prefetch=2)),
             "one at a time, 1 thread": (1, ONE),
             "batched 30 s, 1 thread": (1, dict(batch_seconds=30, prefetch=0)),
         })

@@ -47,16 +47,17 @@ from ksr.extract.summary import STAGES, ErrorLog, ExtractSummary, reason_of
 #: official checkpoints and our caches agree on what each logit means.
 PAPER_CLASSES: tuple[str, ...] = ("ang", "neu", "hap", "sad")
 MAX_AUDIO_LEN, MAX_TEXT_LEN = 460, 20
-#: Padded audio per batch, by device type. On the CPU a speech model is compute-bound and
-#: batching saves nothing: measured (bench/bench_extract.py, wav2vec 2.0 base size, 2 cores)
-#: batches up to ~10 s cost the same per utterance as one at a time, while 20 s batches were
-#: ~20% and 120 s batches ~2.2x slower (activations far beyond the CPU caches). On a GPU,
-#: batches fill the device; 120 s keeps wav2vec 2.0 large in float16 at a few GiB.
+#: Padded audio per batch, by device type. On the CPU a real speech model is compute-bound
+#: and batching saves nothing: measured (bench/bench_extract.py, wav2vec 2.0 base size, 2
+#: cores) 10 s batches cost the same CPU time per utterance as one at a time, 30 s batches
+#: 1.2x and 120 s batches 1.9x more (activations far beyond the CPU caches); only small models,
+#: where per-call overhead dominates, gain from larger ones. On a GPU, batches fill the
+#: device; 120 s keeps wav2vec 2.0 large in float16 at a few GiB.
 DEFAULT_BATCH_SECONDS = {"cpu": 10.0, "cuda": 120.0}
-#: Batches of audio read ahead by a thread, by device type. On the CPU the reader competes with
-#: the encoder for the same cores: measured no gain (within noise) on 2 cores, so none; with a
-#: GPU the CPU is otherwise idle while the device computes.
-DEFAULT_PREFETCH = {"cpu": 0, "cuda": 2}
+#: Batches of audio read ahead by a thread. Measured on 2 cores: neutral with a compute-bound
+#: encoder (within noise), 1.1x to 1.4x faster end to end with the tiny ones; with a GPU the CPU
+#: is otherwise idle while the device computes.
+DEFAULT_PREFETCH = 2
 DEFAULT_SHARD_SIZE = 512
 #: Stop when the first this-many encoder calls all fail: a broken encoder, not bad items.
 FAILFAST = 16
@@ -242,7 +243,7 @@ def extract_corpus(
     cache; ``compute_dtype``: the encoders' (default float16 on a GPU, float32 on the CPU).
     ``batch_seconds``: padded audio per batch (items x longest); an utterance longer than it
     goes alone (default :data:`DEFAULT_BATCH_SECONDS` for the device). ``prefetch``: batches of
-    audio read ahead by a thread (0: none; default :data:`DEFAULT_PREFETCH` for the device).
+    audio read ahead by a thread (0: none; default :data:`DEFAULT_PREFETCH`).
     ``ranks``: default from torchrun's environment. ``on_batch(done)`` is called after each
     batch is handed to the writer (tests interrupt a run with it).
 
@@ -265,11 +266,13 @@ def extract_corpus(
         raise ExtractError(f"batch_seconds must be a positive number of seconds, not "
                            f"{batch_seconds}")
     if prefetch is None:
-        prefetch = DEFAULT_PREFETCH[where]
+        prefetch = DEFAULT_PREFETCH
     if classes is None:
         classes = default_classes([u.label for u in manifest.rows])
     if not classes:
-        raise ExtractError(f"{manifest.path}: no usable rows, so no classes to extract")
+        first = f" (first: {manifest.problems[0]})" if manifest.problems else ""
+        raise ExtractError(f"{manifest.path}: no usable rows, {len(manifest.problems)} refused"
+                           f"{first}: nothing to extract")
     meta = CacheMeta(corpus=corpus or corpus_name(manifest.path), classes=tuple(classes),
                      audio_encoder=encoder_info(audio), text_encoder=encoder_info(text),
                      sample_rate=SAMPLE_RATE, max_audio_len=max_audio_len,
