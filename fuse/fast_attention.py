@@ -13,22 +13,29 @@ backward pass. Two facts make that unnecessary:
 
 Two routes use these facts (``backend``):
 
-- ``"chunked"`` (CPU default): one autograd Function that walks the batch x head dimension in
-  chunks small enough to stay in cache. It computes scores, softmax, column sums, keep mask,
-  dropout and ``W @ V`` chunk by chunk, stores no (T x S) float map (only the bool dropout mask)
-  and recomputes the softmax in the backward pass. On CPU this removes most of the plain path's
-  cost, which is not arithmetic but fresh multi-hundred-MB allocations (page faults) and
-  torch's serial Bernoulli sampler; see ``bench/results_attention.md``.
+- ``"chunked"`` (CPU default): one autograd Function that walks the batch x head slices in
+  chunks of about one 460 x 460 map, small enough for one core's cache. It computes scores,
+  softmax, column sums, keep mask, dropout and ``W @ V`` chunk by chunk, stores no (T x S)
+  float map (only the bool dropout survivors) and recomputes the softmax in the backward pass.
+  The chunks are spread over ``torch.get_num_threads()`` worker threads that run their ops
+  single-threaded, rather than every small op being split over the cores. On CPU this removes
+  most of the plain path's cost, which is less arithmetic than fresh multi-hundred-MB
+  allocations (page faults), torch's serial Bernoulli sampler and a dozen passes over each map;
+  see ``bench/results.md``.
 - ``"sdpa"`` (GPU default): column sums in chunks under no_grad, then
   ``torch.nn.functional.scaled_dot_product_attention`` on the key-masked V, so the fused GPU
   kernels (memory-efficient / flash) do the heavy product and the dropout. On CPU, SDPA with
-  dropout falls back to its unfused math kernel, which is why CPU uses the chunked route.
+  dropout falls back to its unfused math kernel; without dropout (eval) its flash kernel is at
+  best about 10% faster (vanilla layers, head width 64) and slower on key-sparse layers, which
+  need the extra column-sum pass. So CPU uses the chunked route throughout.
+  ``ks_renormalise`` works on both routes (see fact 1); nothing falls back to the plain path.
 
 Keep mask: both routes compute the column sums with the same kernels as the plain path (bmm on
-the same memory layouts, ``masked_fill``, ``softmax``, ``sum`` over queries) on slices of the
-batch x head dimension. Each slice is computed by the same per-row / per-column arithmetic as in
-the full tensor, so the sums, and hence the keys kept, are those of the plain path (and ties
-built on purpose stay ties). The rule itself stays in ``quirks.key_sparse_keep``.
+the same memory layouts, -inf on padded keys, ``softmax``, ``sum`` over queries) on slices of
+the batch x head dimension. Each slice is computed by the same per-row / per-column arithmetic
+as in the full tensor, so the sums, and hence the keys kept, are bitwise those of the plain path
+(``tests/test_fast_attention.py`` checks this at 460 x 460), and ties built on purpose stay
+ties. The rule itself stays in ``quirks.key_sparse_keep``.
 
 Dropout: the plain path draws an element-wise Bernoulli mask over (B, H, T, S) on the masked
 weights and scales by 1 / (1 - p). ``W_masked * M / (1-p) @ V == (W * M) @ (keep * V / (1-p))``
@@ -52,9 +59,9 @@ from torch import Tensor
 from . import quirks
 
 BACKENDS = ("chunked", "sdpa")
-# Elements of one (chunk, T, S) block on CPU: about 1 MiB of float32 per buffer, so the few
-# buffers a chunk needs stay in the 2 MiB L2 cache and are reused by the allocator instead of
-# being faulted in afresh (bench/results_attention.md has the sweep).
+# Elements of one (chunk, T, S) block on CPU: one 460 x 460 map, under 1 MiB of float32, so
+# the few buffers a chunk needs stay in one core's 2 MiB L2 cache and are reused by the
+# allocator instead of being faulted in afresh.
 CPU_CHUNK_ELEMENTS = 1 << 18
 # On GPU the chunks only bound the no_grad column-sum pass's memory.
 GPU_CHUNK_ELEMENTS = 1 << 26

@@ -181,10 +181,10 @@ def logits_and_grads(model, inputs, labels):
     return logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["eval", "train-no-dropout"])
-@pytest.mark.parametrize("keep_rate", [0.1, 0.5, 0.9])
-def test_model_logits_and_every_gradient_match(keep_rate, mode, backend):
+@pytest.mark.parametrize("keep_rate, backend", [(r, "chunked") for r in KEEP_RATES]
+                         + [(r, "sdpa") for r in (0.1, 0.5, 0.9)])
+def test_model_logits_and_every_gradient_match(keep_rate, backend, mode):
     cfg = small_config(keep_rate=keep_rate, num_layers=(2, 1, 1), dropout=0.0, attention_dropout=0.0,
                        classifier_dropout=0.0)
     plain, fast = model_pair(cfg, backend)
