@@ -1,7 +1,9 @@
 """`make bench`: run every benchmark module and write one results file.
 
 Each module ``bench/bench_*.py`` defines ``run(quick: bool) -> str`` returning a Markdown
-section. Results are written with the machine, the torch version and the command that made them.
+section. Every section is written with the machine, the torch version and the command that made
+it. ``--only NAME`` reruns one module and replaces only its section in the results file, so the
+file always holds the latest measurement of each benchmark.
 """
 from __future__ import annotations
 
@@ -10,10 +12,15 @@ import datetime
 import importlib.util
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+TITLE = "# ksr benchmark results\n\nWritten by `make bench` (bench/run.py); each section says where and how it was measured.\n"
+# A section starts at this marker line and runs to the next one.
+MARKER = "<!-- bench: {} -->"
+MARKER_RE = re.compile(r"^<!-- bench: (\w+) -->$", re.M)
 
 
 def machine_summary() -> str:
@@ -36,25 +43,54 @@ def machine_summary() -> str:
     )
 
 
+def read_sections(path: Path) -> dict[str, str]:
+    """The sections of an existing results file by benchmark name (empty when there is none)."""
+    if not path.exists():
+        return {}
+    text = path.read_text()
+    marks = list(MARKER_RE.finditer(text))
+    return {m.group(1): text[m.end():marks[i + 1].start() if i + 1 < len(marks) else len(text)].strip("\n")
+            for i, m in enumerate(marks)}
+
+
+def write_sections(path: Path, sections: dict[str, str]) -> str:
+    body = "\n\n".join(f"{MARKER.format(name)}\n{text}" for name, text in sorted(sections.items()))
+    text = TITLE + "\n" + body + "\n"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return text
+
+
+def load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(HERE / "results.md"), help="results file (Markdown)")
-    ap.add_argument("--only", default=None, help="run only bench_<ONLY>.py")
+    ap.add_argument("--only", default=None, help="run only bench_<ONLY>.py and replace its section")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     args = ap.parse_args()
     modules = sorted(HERE.glob("bench_*.py"))
     if args.only:
         modules = [m for m in modules if m.stem == f"bench_{args.only}"]
-    sections = []
+        if not modules:
+            names = ", ".join(p.stem[len("bench_"):] for p in sorted(HERE.glob("bench_*.py")))
+            sys.exit(f"bench/run.py: no benchmark named {args.only!r} (have: {names})")
+    out = Path(args.out)
+    sections = read_sections(out)
     for path in modules:
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        print(f"== {path.stem}", flush=True)
-        sections.append(mod.run(quick=args.quick))
-    text = "# ksr benchmark results\n\n" + machine_summary() + "\n" + "\n\n".join(sections) + "\n"
-    Path(args.out).write_text(text)
-    print(text)
+        name = path.stem[len("bench_"):]
+        print(f"== {name}", flush=True)
+        text = load(path).run(quick=args.quick)
+        head, _, rest = text.strip("\n").partition("\n")  # the module's "## title" line, then its body
+        sections[name] = f"{head}\n\n{machine_summary()}{rest}"
+        write_sections(out, sections)  # after each module, so a crash later keeps what was measured
+    print(out.read_text())
 
 
 if __name__ == "__main__":
