@@ -161,15 +161,25 @@ def _find_root(root: Path) -> Path:
 
 def _data_files(folder: Path, suffix: str, report: PrepareReport) -> list[Path]:
     """Files of ``folder`` ending in ``suffix``, sorted; junk and subfolders are counted."""
-    found = []
+    return _scan(folder, report, dirs=False, suffix=suffix)
+
+
+def _data_dirs(folder: Path, report: PrepareReport) -> list[Path]:
+    """Dialog folders of ``sentences/wav``, sorted; junk entries are counted."""
+    return _scan(folder, report, dirs=True)
+
+
+def _scan(folder: Path, report: PrepareReport, *, dirs: bool, suffix: str = "") -> list[Path]:
+    """The entries of ``folder`` that are data (sorted), counting each skipped one by kind."""
     if not folder.is_dir():
-        return found
+        return []
+    found = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.name.startswith("._"):
             report.skipped["AppleDouble ._ files"] += 1
-        elif entry.is_dir():
-            report.skipped["per-annotator and other subfolders"] += 1
-        elif entry.name.startswith(".") or not entry.name.endswith(suffix):
+        elif entry.is_dir() != dirs:
+            report.skipped["other files" if dirs else "per-annotator and other subfolders"] += 1
+        elif not dirs and (entry.name.startswith(".") or not entry.name.endswith(suffix)):
             report.skipped["other files"] += 1
         else:
             found.append(Path(entry.path))
@@ -272,21 +282,6 @@ def prepare_iemocap(root: str | os.PathLike) -> PrepareReport:
             f"a complete release gives {EXPECTED_TOTAL} 4-class utterances, this copy gave "
             f"{report.total}: check that it is complete and unmodified")
     return report
-
-
-def _data_dirs(folder: Path, report: PrepareReport) -> list[Path]:
-    """Dialog folders of ``sentences/wav``, sorted; junk entries are counted."""
-    found = []
-    if not folder.is_dir():
-        return found
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith("._"):
-            report.skipped["AppleDouble ._ files"] += 1
-        elif entry.is_dir():
-            found.append(Path(entry.path))
-        else:
-            report.skipped["other files"] += 1
-    return found
 
 
 def format_report(report: PrepareReport) -> str:

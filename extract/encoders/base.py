@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ksr.extract.audio import AudioError
+
 SAMPLE_RATE = 16000
 
 
@@ -26,6 +28,16 @@ def best_device() -> tuple[torch.device, torch.dtype]:
     if torch.cuda.is_available():
         return torch.device("cuda"), torch.float16
     return torch.device("cpu"), torch.float32
+
+
+def placement(device: torch.device | str | None, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:
+    """Where a loaded encoder runs: the asked device and dtype, else the best device; half
+    precision only on the best device's own kind (a CPU asked for on a GPU machine gets float32)."""
+    default_device, default_dtype = best_device()
+    device = torch.device(device) if device is not None else default_device
+    if dtype is None:
+        dtype = default_dtype if device.type == default_device.type else torch.float32
+    return device, dtype
 
 
 class Encoder(ABC):
@@ -73,6 +85,17 @@ class AudioEncoder(Encoder):
     @abstractmethod
     def encode(self, wavs: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Encode a batch; inputs shorter than :attr:`min_samples` raise ``AudioError``."""
+
+    def checked(self, wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The inputs as float32 arrays; ``AudioError`` for one that is not mono or too short."""
+        out = [np.asarray(w, dtype=np.float32) for w in wavs]
+        for i, w in enumerate(out):
+            if w.ndim != 1:
+                raise AudioError(f"item {i}: expected mono samples (1-D), got shape {w.shape}")
+            if len(w) < self.min_samples:
+                raise AudioError(f"item {i}: {len(w)} samples is shorter than the "
+                                 f"{self.min_samples} that {self.name} needs for one frame")
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "sample_rate": self.sample_rate,

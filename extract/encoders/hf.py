@@ -23,8 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ksr.extract.audio import AudioError
-from ksr.extract.encoders.base import (AudioEncoder, EncoderError, TextEncoder, best_device,
+from ksr.extract.encoders.base import (AudioEncoder, EncoderError, TextEncoder, placement,
                                        SAMPLE_RATE)
 
 #: Files that decide the features besides the weights (configs, tokenizer, preprocessing).
@@ -143,10 +142,7 @@ class _HFMixin:
         source = os.path.expanduser(given)
         folder, commit = _resolve_dir(source, revision)
         model = _load_model(source, revision)
-        default_device, default_dtype = best_device()
-        self.device = torch.device(device) if device is not None else default_device
-        self.dtype = dtype if dtype is not None else (
-            default_dtype if self.device.type == default_device.type else torch.float32)
+        self.device, self.dtype = placement(device, dtype)
         self.model = model.to(device=self.device, dtype=self.dtype)
         config = model.config
         self.model_type = config.model_type
@@ -210,13 +206,7 @@ class HFAudioEncoder(_HFMixin, AudioEncoder):
 
     @torch.inference_mode()
     def encode(self, wavs: Sequence[np.ndarray]) -> list[torch.Tensor]:
-        wavs = [np.asarray(w, dtype=np.float32) for w in wavs]
-        for i, w in enumerate(wavs):
-            if w.ndim != 1:
-                raise AudioError(f"item {i}: expected mono samples (1-D), got shape {w.shape}")
-            if len(w) < self.min_samples:
-                raise AudioError(f"item {i}: {len(w)} samples is shorter than the "
-                                 f"{self.min_samples} that {self.name} needs for one frame")
+        wavs = self.checked(wavs)
         if not wavs:
             return []
         frames = [self.num_frames(len(w)) for w in wavs]

@@ -47,8 +47,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ksr.extract.audio import AudioError
-from ksr.extract.encoders.base import SAMPLE_RATE, AudioEncoder, EncoderError, best_device
+from ksr.extract.encoders.base import SAMPLE_RATE, AudioEncoder, EncoderError, placement
 
 #: The environment variable the ``paper-audio`` preset reads the checkpoint path from.
 PAPER_ENV = "KSR_WAV2VEC_LARGE"
@@ -469,10 +468,7 @@ class Wav2Vec1Encoder(AudioEncoder):
         if not path.is_file():
             raise EncoderError(f"wav2vec checkpoint not found: {given}")
         model = build_model(path)
-        default_device, default_dtype = best_device()
-        self.device = torch.device(device) if device is not None else default_device
-        self.dtype = dtype if dtype is not None else (
-            default_dtype if self.device.type == default_device.type else torch.float32)
+        self.device, self.dtype = placement(device, dtype)
         self.model = model.to(device=self.device, dtype=self.dtype)
         config = model.config
         self.config = config
@@ -490,13 +486,7 @@ class Wav2Vec1Encoder(AudioEncoder):
 
     @torch.inference_mode()
     def encode(self, wavs: Sequence[np.ndarray]) -> list[torch.Tensor]:
-        wavs = [np.asarray(w, dtype=np.float32) for w in wavs]
-        for i, w in enumerate(wavs):
-            if w.ndim != 1:
-                raise AudioError(f"item {i}: expected mono samples (1-D), got shape {w.shape}")
-            if len(w) < self.min_samples:
-                raise AudioError(f"item {i}: {len(w)} samples is shorter than the "
-                                 f"{self.min_samples} that {self.name} needs for one frame")
+        wavs = self.checked(wavs)
         out: list[torch.Tensor | None] = [None] * len(wavs)
         by_length: dict[int, list[int]] = {}
         for i, w in enumerate(wavs):
