@@ -117,9 +117,33 @@ def child(variant: str, config: str, steps: int, threads: int | None) -> dict:
             times.append(time.perf_counter() - w)
             cpu.append(time.process_time() - c)
     peak = rss_kib("VmHWM") if exact_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    shares = time_shares(step) if variant == "fast" else {}
     return dict(variant=variant, config=config, batch=batch, times=times, cpu=cpu,
                 rss_before_mib=rss_before / 1024, peak_mib=peak / 1024, step_mib=(peak - rss_before) / 1024,
-                exact_peak=exact_peak, load=[load_before, os.getloadavg()[0]], threads=torch.get_num_threads())
+                exact_peak=exact_peak, load=[load_before, os.getloadavg()[0]], threads=torch.get_num_threads(),
+                shares=shares)
+
+
+# Profiler op names -> the part of the step they belong to (self CPU time; the rest is "other").
+PARTS = {
+    "linear layers (mm, addmm)": ("aten::mm", "aten::addmm"),
+    "attention (chunked, fwd + bwd)": ("ChunkedAttention", "ChunkedAttentionBackward"),
+    "dropout outside attention (bernoulli_)": ("aten::bernoulli_",),
+}
+
+
+def time_shares(step) -> dict[str, float]:
+    """Where one more step's time goes, as fractions of the profiled self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    shares = {part: sum(e.self_cpu_time_total for e in events if e.key in names) / total
+              for part, names in PARTS.items()}
+    shares["other (norms, activations, copies, optimizer)"] = 1.0 - sum(shares.values())
+    return shares
 
 
 def run_child(variant: str, config: str, steps: int, threads: int | None) -> dict:
@@ -199,6 +223,27 @@ def verdicts(rows: list[dict]) -> list[str]:
     return lines
 
 
+def where_time_goes(results: list[dict], rows: list[dict]) -> str:
+    """The fast step's profile per configuration, and the speed-up bound it implies: linear
+    layers do the same work on every path, so even free attention cannot beat
+    baseline / (fast step x (1 - attention share))."""
+    lines = ["Where the fast step's time goes (torch.profiler, self CPU time of one extra step, median over runs):", "",
+             "| config | " + " | ".join(PARTS) + " | other | bound on speed-up with free attention |",
+             "|---" * (len(PARTS) + 3) + "|"]
+    attention = list(PARTS)[1]
+    for config in CONFIGS:
+        runs = [r for r in results if r["config"] == config and r.get("shares")]
+        if not runs:
+            continue
+        share = {k: statistics.median(r["shares"][k] for r in runs) for k in runs[0]["shares"]}
+        by = {r["variant"]: r for r in rows if r["config"] == config}
+        base = by.get("public", by.get("plain"))
+        bound = base["step_s"] / (by["fast"]["step_s"] * (1 - share[attention]))
+        lines.append(f"| {config} | " + " | ".join(f"{100 * v:.0f}%" for v in share.values())
+                     + f" | {bound:.2f}x vs {base['variant']} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     head = ("| config | variant | batch | step s (median, min, n) | CPU s | utt/s | GFLOP/s | of matmul peak "
             "| step memory MiB | process peak MiB | load avg |\n" + "|---" * 11 + "|\n")
@@ -239,7 +284,7 @@ def run(quick: bool = False, threads: int | None = None, configs=None) -> str:
     out.append(f"- {rounds} rounds x {steps} timed steps per variant after one warm-up step, each variant in "
                f"its own fresh process, variants interleaved; step memory = peak RSS during the steps minus "
                f"RSS before them")
-    out += ["", table(rows), *verdicts(rows)]
+    out += ["", table(rows), *verdicts(rows), "", where_time_goes(results, rows)]
     if torch.cuda.is_available():
         out += ["", gpu_section(quick)]
     else:
