@@ -149,6 +149,7 @@ def training_options(f):
         click.option("--keep-rate", type=float, default=None, help="Key-sparse keep rate (default 0.5)."),
         click.option("--no-key-sparse", is_flag=True, help="Vanilla attention everywhere (ablation)."),
         click.option("--modalities", type=click.Choice(["both", "audio", "text"]), default="both", show_default=True, help="Audio-only or text-only models for the unimodal ablations."),
+        click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE", help="Set any model config field (repeatable), e.g. --model-option pooling=masked; the departures from the public code are listed by `ksr ablate departures --help`."),
         click.option("--attention", "attention_impl", type=click.Choice(["fast", "plain"]), default=None, help="Attention implementation (same numbers; plain keeps the public code's operations)."),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto."),
         click.option("--amp/--no-amp", default=True, show_default=True, help="bfloat16 autocast on GPU (ignored on CPU)."),
@@ -166,6 +167,7 @@ def _setup_training(o: dict):
 
     from ksr.cache import open_cache
     from ksr.fuse import ModelConfig
+    from ksr.fuse.config import parse_model_option
     from ksr.fuse.recipes import recipe
     from ksr.fuse.train import RunSpec, init_ranks, model_config_for_cache, pick_device
 
@@ -188,6 +190,12 @@ def _setup_training(o: dict):
         changes["key_sparse"] = "none"
     if o["attention_impl"]:
         changes["attention_impl"] = o["attention_impl"]
+    for text in o["model_options"]:
+        try:
+            key, value = parse_model_option(text)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--model-option") from None
+        changes[key] = value
     spec = RunSpec(model=model_config_for_cache(cache, ModelConfig().replace(**changes)), recipe=r,
                    protocol=o["protocol"], select=o["select"], metric=o["metric"], val_fraction=o["val_fraction"],
                    cache_meta=cache.meta.to_dict(), cache_dir=str(Path(o["cache_dir"]).resolve()))
@@ -234,12 +242,24 @@ def train_cmd(run_dir, **options) -> None:
 
 
 @main.command("ablate")
-@click.argument("kind", type=click.Choice(["keep-rate", "ccabs", "key-sparse", "modality"]))
+@click.argument("kind", type=click.Choice(["keep-rate", "ccabs", "key-sparse", "modality", "departures"]))
 @training_options
 @click.option("--root", default=None, type=click.Path(file_okay=False), help="Where the sweep's runs go (default runs/ablate-KIND).")
-@click.option("--values", default=None, help="Comma-separated values (default: keep-rate 0.1..0.9, ccabs 0..4, key-sparse on,off, modality both,audio,text).")
+@click.option("--values", default=None, help="Comma-separated values (default: keep-rate 0.1..0.9, ccabs 0..4, key-sparse on,off, modality both,audio,text, departures all of them).")
 def ablate_cmd(kind, root, values, **options) -> None:
-    """Train one run per value of an ablation and tabulate them (ablation.md/.csv/.json)."""
+    """Train one run per value of an ablation and tabulate them (ablation.md/.csv/.json).
+
+    \b
+    departures: the public model against each named departure from it:
+      public                the public implementation's computation (the default model)
+      sinusoidal-positions  sinusoidal positional tables instead of fixed random ones
+      masked-pooling        mean pooling over the true frames/tokens only
+      mask-ccab-self        the CCAB self-attention layer masks padded keys
+      mask-fusion           the deep-fusion layers mask padded keys
+      single-ccab-residual  the CCAB stack's residual is added once, not twice
+      ks-renormalise        key-sparse rows renormalised to sum to 1
+      all                   every departure at once
+    """
     from pathlib import Path
 
     from ksr.cache import CacheError

@@ -98,3 +98,46 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+# Each departure from the public implementation, by name: the config changes it makes. "public"
+# is the default model; "all" takes every departure at once. `ksr ablate departures` trains one
+# run per name, so every improvement is measured against the model it departs from.
+DEPARTURES: dict[str, dict[str, Any]] = {
+    "public": {},
+    "sinusoidal-positions": {"positional_table": "sinusoidal"},
+    "masked-pooling": {"pooling": "masked"},
+    "mask-ccab-self": {"mask_interaction_self": True},
+    "mask-fusion": {"mask_fusion": True},
+    "single-ccab-residual": {"ccab_residual": "single"},
+    "ks-renormalise": {"ks_renormalise": True},
+}
+DEPARTURES["all"] = {k: v for changes in DEPARTURES.values() for k, v in changes.items()}
+
+
+def apply_departure(cfg: ModelConfig, name: str) -> ModelConfig:
+    if name not in DEPARTURES:
+        raise ValueError(f"unknown departure {name!r}; choose from {', '.join(DEPARTURES)}")
+    return cfg.replace(**DEPARTURES[name])
+
+
+def parse_model_option(text: str) -> tuple[str, Any]:
+    """``"pooling=masked"`` -> ("pooling", "masked"), the value read as the field's type."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip().replace("-", "_"), raw.strip()
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig) if f.name != "extra"}
+    if not sep or key not in fields:
+        raise ValueError(f"model option {text!r}: write KEY=VALUE with KEY one of {', '.join(fields)}")
+    default = getattr(ModelConfig(), key)
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return key, raw.lower() in ("true", "1", "yes")
+        if isinstance(default, tuple):
+            return key, tuple(int(v) for v in raw.split(","))
+        return key, type(default)(raw)
+    except ValueError:
+        raise ValueError(f"model option {text!r}: {raw!r} is not a valid {key} "
+                         f"(the default is {default!r})") from None
+

@@ -8,6 +8,7 @@ import torch
 
 from ksr.cache import Cache
 
+from .config import DEPARTURES, apply_departure
 from .metrics import mean_std
 from .report import evaluate_run, write_report
 from .train import METRICS, Ranks, RunSpec, num_folds, prepare_run, train_fold, write_json
@@ -18,6 +19,8 @@ ABLATIONS = {
     "ccabs": ([0, 1, 2, 3, 4], lambda cfg, v: cfg.replace(num_layers=(cfg.num_layers[0], int(v), cfg.num_layers[2])), "CCABs"),
     "key-sparse": (["on", "off"], lambda cfg, v: cfg.replace(key_sparse="interaction+fusion" if v == "on" else "none"), "key-sparse"),
     "modality": (["both", "audio", "text"], lambda cfg, v: cfg.replace(modalities=str(v)), "modalities"),
+    # The public model against each named departure from it (fuse.config.DEPARTURES).
+    "departures": (list(DEPARTURES), apply_departure, "departure"),
 }
 
 

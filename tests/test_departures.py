@@ -1,0 +1,88 @@
+"""Named departures from the public implementation: parsed, applied, trained and tabulated."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
+from ksr.cli import main
+from ksr.fuse import ModelConfig
+from ksr.fuse.config import DEPARTURES, apply_departure, parse_model_option
+
+TINY_ARGS = ["--epochs", "1", "--layers", "1,1,1", "--heads", "2", "--ffn", "8,8", "--batch-size", "32", "--fold", "2"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    meta = synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32")
+    write_synthetic_cache(root, 60, meta, seed=3, audio_lengths=[10 + (7 * i) % 20 for i in range(60)],
+                          text_lengths=[2 + i % 5 for i in range(60)], signal=1.0)
+    return root
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("pooling=masked", ("pooling", "masked")),
+    ("ks-renormalise=true", ("ks_renormalise", True)),
+    ("mask_fusion=0", ("mask_fusion", False)),
+    ("keep_rate=0.3", ("keep_rate", 0.3)),
+    ("num_heads=4", ("num_heads", 4)),
+    ("num_layers=2,1,0", ("num_layers", (2, 1, 0))),
+])
+def test_model_options_are_read_as_their_field_types(text, expected):
+    assert parse_model_option(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("pooling", "write KEY=VALUE"),
+    ("poolng=masked", "write KEY=VALUE with KEY one of audio_dim"),
+    ("mask_fusion=maybe", "'maybe' is not a valid mask_fusion (the default is False)"),
+    ("num_heads=four", "'four' is not a valid num_heads (the default is 8)"),
+])
+def test_bad_model_options_say_what_is_wrong(text, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_model_option(text)
+
+
+def test_each_departure_changes_only_its_own_fields_away_from_the_public_default():
+    base = ModelConfig()
+    assert apply_departure(base, "public") == base
+    changed_by = {}
+    for name, changes in DEPARTURES.items():
+        cfg = apply_departure(base, name)
+        differs = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)}
+        assert differs == set(changes), name  # every listed change departs from the default
+        changed_by[name] = differs
+    singles = [d for n, d in changed_by.items() if n not in ("public", "all")]
+    assert changed_by["all"] == set().union(*singles)
+    with pytest.raises(ValueError, match="unknown departure 'nope'"):
+        apply_departure(base, "nope")
+
+
+def test_train_takes_model_options_into_the_run(cache_dir, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--cache", str(cache_dir), "--run", str(run), *TINY_ARGS,
+                                       "--model-option", "pooling=masked", "--model-option", "ks_renormalise=yes"])
+    assert result.exit_code == 0, result.output
+    model = json.loads((run / "run.json").read_text())["model"]
+    assert (model["pooling"], model["ks_renormalise"], model["mask_fusion"]) == ("masked", True, False)
+    bad = CliRunner().invoke(main, ["train", "--cache", str(cache_dir), "--run", str(tmp_path / "bad"),
+                                    "--model-option", "pooling=nowhere"])
+    assert bad.exit_code == 1
+    assert "Error: invalid model config: pooling must be one of ('all_positions', 'masked'), got 'nowhere'" in bad.output
+
+
+def test_ablate_departures_tabulates_each_against_the_public_model(cache_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["ablate", "departures", "--cache", str(cache_dir), *TINY_ARGS,
+                                       "--values", "public,masked-pooling"])
+    assert result.exit_code == 0, result.output
+    table = json.loads(Path("runs/ablate-departures/ablation.json").read_text())
+    assert [r["value"] for r in table["rows"]] == ["public", "masked-pooling"]
+    pools = [json.loads(Path(r["run"], "run.json").read_text())["model"]["pooling"] for r in table["rows"]]
+    assert pools == ["all_positions", "masked"]
+    assert "| masked-pooling |" in result.output
