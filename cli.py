@@ -335,6 +335,49 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device) -> None:
     click.echo(to_markdown(report))
 
 
+# --- prediction (ksr.predict: extract + fuse) --------------------------------------------------
+
+
+@main.command("predict")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A ksr checkpoint, e.g. runs/main/seed123/fold5/best.pt.")
+@click.option("--audio", "audio_path", default=None, type=click.Path(dir_okay=False), help="The utterance's audio file (any rate or channel count; read as extraction reads it).")
+@click.option("--text", default=None, help="The utterance's transcript (not needed by an audio-only model).")
+@click.option("--audio-encoder", default=None, help="Audio encoder spec (default: the one the checkpoint records); needed when the recorded name is a local folder.")
+@click.option("--text-encoder", default=None, help="Text encoder spec (default: the one the checkpoint records).")
+@click.option("--force", is_flag=True, help="Use the given encoders even when their weights or layer differ from the recorded ones.")
+@click.option("--attention", "attention_png", default=None, type=click.Path(dir_okay=False), help="Also draw the key-sparse cross attention of the last interaction layer into this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+def predict_cmd(checkpoint, audio_path, text, audio_encoder, text_encoder, force, attention_png, as_json, device) -> None:
+    """Predict the emotion of one utterance with a trained checkpoint.
+
+    Features are made with the encoders recorded in the checkpoint (checked by their weights'
+    digest), cut, padded and stored-dtype rounded as the training cache was. Prints the label
+    and the class probabilities. See docs/predict.md.
+    """
+    import json
+
+    from ksr.predict import PredictError, draw_attention, predict
+
+    try:
+        result = predict(checkpoint, audio_path, text, audio_encoder=audio_encoder, text_encoder=text_encoder,
+                         device=device, attention=attention_png is not None, force=force)
+        if attention_png is not None:
+            draw_attention(result, attention_png)
+    except PredictError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        out = result.to_dict()
+        out["attention_png"] = attention_png
+        click.echo(json.dumps(out, indent=1))
+        return
+    click.echo(f"label: {result.label}")
+    for name, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
+        click.echo(f"  {name:<12} {p:7.4f}  {'#' * round(40 * p)}")
+    if attention_png is not None:
+        click.echo(f"attention: {attention_png}")
+
+
 # --- cache commands (ksr.cache) --------------------------------------------------------------
 
 

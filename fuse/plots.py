@@ -67,3 +67,36 @@ def plot_report(report: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
         paths.append(learning_curves(sr["folds"], report["select"], f"{report['run']} seed {seed}",
                                      out_dir / f"{stem}_curves_seed{seed}.png"))
     return paths
+
+
+def attention_figure(panels: dict[str, np.ndarray], tokens: list[str], frame_times: np.ndarray, title: str,
+                     path: Path) -> Path:
+    """Attention maps between words (rows, top to bottom) and audio frames (columns, in seconds).
+
+    ``panels``: panel title -> (words, frames) array, already averaged over heads and without
+    padded positions. Columns or rows that key-sparse attention dropped are exactly zero and
+    show as blank stripes.
+    """
+    frame_times = np.asarray(frame_times, dtype=float)
+    step = float(frame_times[1] - frame_times[0]) if len(frame_times) > 1 else 0.01
+    extent = (frame_times[0] if len(frame_times) else 0.0, (frame_times[-1] if len(frame_times) else 0.0) + step,
+              len(tokens) - 0.5, -0.5)
+    height = 0.9 + len(panels) * (0.6 + 0.16 * len(tokens))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, height), dpi=120, squeeze=False)
+    for ax, (name, weights) in zip(axes[:, 0], panels.items()):
+        weights = np.asarray(weights, dtype=float)
+        if weights.shape != (len(tokens), len(frame_times)):
+            raise ValueError(f"panel {name!r}: weights of shape {weights.shape}, expected "
+                             f"({len(tokens)} words, {len(frame_times)} frames)")
+        image = ax.imshow(weights, aspect="auto", interpolation="nearest", cmap="viridis", extent=extent,
+                          vmin=0.0, vmax=max(float(weights.max()), 1e-12))
+        ax.set_yticks(range(len(tokens)), tokens, fontsize=6)
+        ax.set_xlabel("audio frame start (s)", fontsize=7)
+        ax.tick_params(axis="x", labelsize=6)
+        ax.set_title(name, fontsize=7)
+        fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01).ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

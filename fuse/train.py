@@ -254,7 +254,9 @@ def train_fold(cache: Cache, spec: RunSpec, run_dir: Path, fold: int, seed: int,
                   **{f"{spec.select}_{m}": sel[m] for m in METRICS}}
         history.append(record)
         meta = {"fold": fold, "seed": seed, "epoch": epoch, "select": spec.select, "metric": spec.metric,
-                "test_group": split.test_group, "protocol": spec.protocol}
+                "test_group": split.test_group, "protocol": spec.protocol,
+                # Encoders, classes, max lengths: what `ksr predict` needs to rebuild the features.
+                "cache_meta": spec.cache_meta}
         improved = sel[spec.metric] > best["value"]
         if improved:
             best = {"epoch": epoch, "value": sel[spec.metric]}
