@@ -54,7 +54,7 @@ def convert_official_cmd(best_pt: str, out_pt: str, heads: int, keep_rate: float
 
     try:
         model = convert_official(best_pt, out_pt, num_heads=heads, keep_rate=keep_rate)
-    except CheckpointError as e:
+    except (CheckpointError, OSError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"wrote {out_pt}: {describe(model.cfg)}, {heads} heads, keep rate {keep_rate}")
 
@@ -230,7 +230,7 @@ def train_cmd(run_dir, **options) -> None:
             + (f" on {ranks.world} ranks" if ranks.world > 1 else ""))
         report = train_and_report(cache, spec, run, folds, seeds, dev, ranks, resume=options["resume"],
                                   amp=options["amp"], say=say)
-    except (CacheError, RunError, ValueError) as e:
+    except (CacheError, RunError, ValueError, OSError) as e:  # CheckpointError is a ValueError
         raise click.ClickException(str(e)) from None
     if ranks.world > 1:
         torch_distributed_done()
@@ -273,7 +273,7 @@ def ablate_cmd(kind, root, values, **options) -> None:
         summary = run_ablation(kind, values.split(",") if values else None, cache, spec,
                                Path(root or f"runs/ablate-{kind}"), folds, seeds, dev, resume=options["resume"],
                                amp=options["amp"], say=click.echo)
-    except (CacheError, RunError, ValueError) as e:
+    except (CacheError, RunError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(ablation_markdown(summary))
 
@@ -330,7 +330,7 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device) -> None:
         report = evaluate_run(run, cache, spec, folds=list(folds) or None, device=dev)
         stem = "report" if not folds else "report_fold" + "_".join(str(f) for f in folds)
         write_report(report, Path(out_dir) if out_dir else run, stem)
-    except (CacheError, RunError, ValueError) as e:
+    except (CacheError, RunError, ValueError, OSError) as e:  # CheckpointError is a ValueError
         raise click.ClickException(str(e)) from None
     click.echo(to_markdown(report))
 
@@ -398,7 +398,7 @@ def cache_info_cmd(cache_dir: str, as_json: bool) -> None:
 
     try:
         info = cache_info(cache_dir)
-    except CacheError as e:
+    except (CacheError, OSError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(info, indent=1) if as_json else format_info(info))
 

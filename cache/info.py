@@ -86,5 +86,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"speakers: {_line(info['speakers'])}",
         f"genders: {_line(info['genders'])}",
         f"size on disk: {_size(disk)}; ideal (N x (audio + text) x itemsize): {_size(ideal)} ({over})",
+        # info reads no feature, so it does not hash the shards; say so rather than imply "intact"
+        "checked: indexes, shard sizes, schema and metadata; not the checksums (run `ksr cache verify`)",
     ]
     return "\n".join(lines)

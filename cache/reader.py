@@ -330,26 +330,39 @@ class _MemoryStore(_Store):
 
 class _StreamStore(_Store):
     """Rows read from the shard files per batch with positioned reads (no memory map: a file
-    that shrinks under a reader gives an error naming it, not a crash)."""
+    that shrinks under a reader gives an error naming it, not a crash).
+
+    The files are opened (and their size and modification time noted) before they are hashed,
+    and every batch checks that the shards it reads still have them: a shard written to after
+    the open is refused by name instead of feeding altered rows to training. A shard deleted or
+    replaced by rename after the open is harmless: the open file still holds the checked bytes.
+    """
 
     def __init__(self, shards: list[ShardInfo], meta: CacheMeta, device: torch.device,
                  verify: bool, bar):
         super().__init__(shards, meta)
+        self.paths = [s.path for s in shards]
+        self.fds = [os.open(p, os.O_RDONLY) for p in self.paths]
+        self.stamps = [_stamp(fd) for fd in self.fds]
         if verify:
             def check(s: ShardInfo) -> None:
                 got = sha256_file(s.path, bar)
                 if got != s.entry.sha256:
                     raise CacheError(checksum_problem(s.path, got, s.entry.sha256))
-            map_in_threads(check, shards)
-        self.paths = [s.path for s in shards]
+            try:
+                map_in_threads(check, shards)
+            except BaseException:
+                self.close()
+                raise
         self.starts = np.cumsum([0] + [s.n for s in shards])
         self.offsets = {"audio": [s.audio_offset for s in shards], "text": [s.text_offset for s in shards]}
-        self.fds = [os.open(p, os.O_RDONLY) for p in self.paths]
         self._local = threading.local()  # per-thread staging buffers, reused across batches
 
     def gather(self, phys: np.ndarray, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         shard = np.searchsorted(self.starts, phys, side="right") - 1
         row = phys - self.starts[shard]
+        for s in np.unique(shard).tolist():
+            self._check_unchanged(s)
         out = []
         for key in _KEYS:
             result = self.buffers.empty((len(phys),) + self.shapes[key], dtype)
@@ -367,6 +380,15 @@ class _StreamStore(_Store):
                               self.valid[key][phys].tolist(), k)
             out.append(result)
         return tuple(out)
+
+    def _check_unchanged(self, s: int) -> None:
+        (size, mtime), (was_size, was_mtime) = _stamp(self.fds[s]), self.stamps[s]
+        if size < was_size:
+            raise CacheError(f"{self.paths[s]}: truncated: the file ended at byte {size} (it had {was_size} "
+                             f"bytes when the cache was opened); run `ksr cache verify`")
+        if (size, mtime) != (was_size, was_mtime):
+            raise CacheError(f"{self.paths[s]}: changed on disk after the cache was opened (modified "
+                             f"{'and grew ' if size > was_size else ''}while in use): run `ksr cache verify`")
 
     def _stage(self, key: str, n: int) -> np.ndarray:
         buf = getattr(self._local, key, None)
@@ -390,6 +412,11 @@ class _StreamStore(_Store):
 def _first(problems: list[str], root: Path) -> str:
     more = len(problems) - 1
     return problems[0] + (f" (and {more} more problem(s): run `ksr cache verify {root}`)" if more else "")
+
+
+def _stamp(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_size, st.st_mtime_ns
 
 
 def _available_ram() -> int:

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from ksr.cache import faults
 
 from .config import ModelConfig
 from .model import KSTransformer
@@ -55,30 +60,82 @@ def atomic_write(path: str | os.PathLike, mode: str, write: Any) -> Path:
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
+            faults.point(f"write:{path.name}")  # test-only: a kill here leaves the temporary file unrenamed
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)  # the rename itself survives a power cut
     return path
 
 
+def remove_leftover_temps(folder: Path) -> None:
+    """Delete the temporary files of ``atomic_write`` calls whose process was killed (the files they
+    were to replace are intact). Call it only where no other process is writing."""
+    for leftover in Path(folder).glob(".*.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # a filesystem without directory handles: the rename is all we can do
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def read_torch_file(path: str | os.PathLike) -> Any:
-    """``torch.load`` with ``weights_only=True``; refuses pickled code with a one-line reason."""
+    """``torch.load`` with ``weights_only=True``, after checking the file's CRC-32s (torch does not,
+    and would load altered weights). Raises ``CheckpointError`` with a one-line reason for a damaged
+    file and for a file whose unpickling would import code (nothing of it is run)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: refused: it holds more than tensors and plain containers ({first}); "
-            "ksr only loads weights_only checkpoints"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable torch file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        if zipfile.is_zipfile(path):  # torch's format since 1.6; older files are plain pickles
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+            if bad is not None:
+                raise CheckpointError(f"{path}: damaged: the CRC-32 of its entry {bad!r} does not match "
+                                      "(the file was altered after it was written); restore an intact copy")
+        with warnings.catch_warnings():  # a plain pickle of protocol > 2 warns before it is refused
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as e:  # the unpickler of a damaged file raises almost anything (KeyError, EOFError, ...)
+        code = _pickled_global(e)
+        if code:
+            raise CheckpointError(f"{path}: refused: it holds more than tensors and plain containers (loading "
+                                  f"it would import {code}: pickled code); ksr only loads weights_only "
+                                  "checkpoints") from None
+        first = _first_sentence(e)
+        reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        raise CheckpointError(f"{path}: damaged or not a torch file ({reason}); restore an intact copy") from None
+
+
+def _first_sentence(error: Exception) -> str:
+    """What went wrong, in a few words: torch's messages are paragraphs, the cause near the end."""
+    text = str(error)
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if detail:
+        return detail.group(1).strip()[:160]
+    return re.split(r"(?<=\.)\s", " ".join(text.split()), maxsplit=1)[0][:160]
+
+
+def _pickled_global(error: Exception) -> str:
+    """The code object (``module.name``) a weights_only load refused, or '' for other failures."""
+    if not isinstance(error, pickle.UnpicklingError):
+        return ""
+    found = re.search(r"(?:GLOBAL|Unsupported class) ([\w.]+)", str(error))
+    return found.group(1) if found else ""
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ksr import __version__
-from ksr.cache import Cache, check_compatible
+from ksr.cache import Cache, check_compatible, faults
 
 from .checkpoint import (CheckpointError, atomic_save, atomic_write, load_state_strict, read_torch_file,
-                         save_checkpoint)
+                         remove_leftover_temps, save_checkpoint)
 from .config import ModelConfig
 from .folds import Split, fold_groups, make_split
 from .metrics import scores
@@ -196,6 +196,7 @@ def train_fold(cache: Cache, spec: RunSpec, run_dir: Path, fold: int, seed: int,
     if len(selection) == 0:
         raise RunError(f"fold {fold}: the {spec.select} set is empty; raise --val-fraction or use --select test")
     if ranks.main:
+        remove_leftover_temps(out)  # writes a killed run never finished
         write_json(out / "split.json", {
         "describe": split.describe(), "protocol": split.protocol, "fold": fold, "test_group": split.test_group,
         "select": spec.select,
@@ -215,10 +216,13 @@ def train_fold(cache: Cache, spec: RunSpec, run_dir: Path, fold: int, seed: int,
     if state_path.exists():
         if not resume:
             raise RunError(f"{out} already holds a trained fold; pass --resume to continue it or choose a new --run")
-        state = read_torch_file(state_path)
-        load_state_strict(model, state["model"], str(state_path))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        try:
+            state = read_training_state(state_path)
+            load_state_strict(model, state["model"], str(state_path))
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (CheckpointError, ValueError, KeyError) as e:
+            raise RunError(f"cannot resume fold {fold}: {e} (or remove {out} to train the fold again)") from None
         torch.set_rng_state(state["torch_rng"])
         shuffle.set_state(state["shuffle_rng"])
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
@@ -234,6 +238,7 @@ def train_fold(cache: Cache, spec: RunSpec, run_dir: Path, fold: int, seed: int,
         lr = optimizer.param_groups[0]["lr"]
         loss_sum, seen = 0.0, 0
         for part in epoch_batches(split.train, r.batch_size, shuffle, ranks):
+            faults.point("train-batch")  # test-only: the reliability tests kill the run here
             batch = cache.batch(part).to(device)
             with autocast(device, amp):
                 logits = trainer(batch.audio, batch.text, batch.audio_padding_mask, batch.text_padding_mask)
@@ -277,9 +282,22 @@ def train_fold(cache: Cache, spec: RunSpec, run_dir: Path, fold: int, seed: int,
     return FoldOutcome(fold, seed, best["epoch"], best["value"], len(history), time.perf_counter() - began)
 
 
+STATE_KEYS = ("model", "optimizer", "scheduler", "torch_rng", "shuffle_rng", "history", "best", "epoch")
+
+
+def read_training_state(path: Path) -> dict[str, Any]:
+    """A fold's ``state.pt``, checked (CRC, weights_only, every key present) before any of it is used."""
+    state = read_torch_file(path)
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a ksr training state (missing {', '.join(missing)})")
+    return state
+
+
 def prepare_run(run_dir: Path, spec: RunSpec, resume: bool) -> RunSpec:
     """Create the run directory, or check that a resumed one asks for the same run."""
     path = run_dir / "run.json"
+    remove_leftover_temps(run_dir)
     if path.exists():
         saved = json.loads(path.read_text())
         new = spec.to_dict()
