@@ -99,6 +99,9 @@ def inspect_shard(path: Path, entry: ShardEntry, tag: str, meta: CacheMeta) -> t
     except FileNotFoundError:
         return None, [f"{path}: missing shard (listed in index-{tag}.json with {entry.n} utterances)"]
     if size != entry.bytes:
+        foreign = _foreign_index_problem(path, entry, tag, meta)
+        if foreign:
+            return None, [foreign]
         what = "truncated" if size < entry.bytes else "size changed"
         return None, [f"{path}: {what}: {size} bytes on disk, the index recorded {entry.bytes}"]
     problems: list[str] = []
@@ -109,6 +112,25 @@ def inspect_shard(path: Path, entry: ShardEntry, tag: str, meta: CacheMeta) -> t
         return None, [f"{path}: not a readable shard ({type(e).__name__}: {_short(e)}): the file was "
                       f"damaged; run `ksr cache verify`"]
     return (info if not problems else None), problems
+
+
+def _foreign_index_problem(path: Path, entry: ShardEntry, tag: str, meta: CacheMeta) -> str | None:
+    """When a shard's size disagrees with its index entry, tell a damaged shard from an index
+    that belongs to another cache: an intact shard that records another creation time or
+    another cache meta than the index says the index is the stranger."""
+    try:
+        with h5py.File(path, "r") as f:
+            created = str(f.attrs.get("created", ""))
+            shard_meta = CacheMeta.from_dict(json.loads(f.attrs["meta"]))
+    except (OSError, KeyError, ValueError, TypeError, CacheError):
+        return None  # unreadable: the shard is the damaged one
+    lines = diff_dicts(meta.to_dict(), shard_meta.to_dict(), have_name="index has", want_name="shard has")
+    if not lines and (not entry.created or created == entry.created):
+        return None
+    why = "; ".join(lines) if lines else (f"the index records a shard created {entry.created}, "
+                                          f"this one was created {created}")
+    return (f"{path}: does not belong with index-{tag}.json, which looks copied from another cache "
+            f"({why}); restore this cache's own index-{tag}.json or extract again")
 
 
 def _short(e: Exception) -> str:

@@ -80,7 +80,9 @@ DAMAGE = {
                                            r"[0-9a-f]{16}\.\.\.: the file was altered or damaged"),
     "deleted": (delete, "shard-w0-00000.h5", r"missing shard \(listed in index-w0\.json with 10 utterances\)"),
     # the foreign index records other sizes (its shards are wider): the first shard checked is named
-    "foreign index": (foreign_index, "shard-w0-00000.h5", r"truncated: \d+ bytes on disk, the index recorded \d+"),
+    "foreign index": (foreign_index, "shard-w0-00000.h5",
+                      r"does not belong with index-w0\.json, which looks copied from another cache "
+                      r"\(text_encoder\.dim: index has 7, shard has 6\); restore this cache's own index-w0\.json"),
     "newer schema": (newer_schema, "index-w0.json", r"cache schema version 2, this ksr reads version 1: upgrade ksr"),
 }
 
