@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import faults
 from .errors import CacheError, CacheMismatchError
 from .schema import (INDEX_KIND, SCHEMA_VERSION, CacheMeta, diff_dicts, index_name,
                      parse_index_name, parse_shard_name)
@@ -40,6 +41,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    # tests: complete temporary file, not yet renamed (KSR_TEST_KILL_AT=index-write:N)
+    faults.point("index-write")
     os.replace(tmp, path)
     fsync_path(path.parent)
 

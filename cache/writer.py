@@ -23,8 +23,8 @@ import torch
 from .. import __version__
 from .convert import all_finite, copy_unthreaded
 from .errors import CacheError
-from .index import (TMP_SUFFIX, ShardEntry, WriterIndex, fsync_path, now_iso,
-                    scan_dir, write_index)
+from . import faults
+from .index import TMP_SUFFIX, ShardEntry, WriterIndex, fsync_path, now_iso, scan_dir, write_index
 from .schema import (INT_FIELDS, STR_FIELDS, CacheMeta, check_compatible, check_tag,
                      parse_shard_name, shard_name)
 from .shard import sha256_file, write_shard
@@ -221,6 +221,7 @@ class CacheWriter:
                         text=self._text[:n], ints={k: np.asarray(cols[k]) for k in INT_FIELDS},
                         strs={k: list(cols[k]) for k in STR_FIELDS}, created=created,
                         ksr_version=__version__)
+            faults.point("shard-write")  # tests: the temporary file is written, not renamed
             fsync_path(tmp)
             digest, size = sha256_file(tmp), tmp.stat().st_size
             os.replace(tmp, final)
@@ -231,6 +232,7 @@ class CacheWriter:
             raise
         # Between the rename above and this index update the shard exists but no reader sees
         # it; a rerun of this writer removes it (its utterances are not in stored_ids()).
+        faults.point("shard-renamed")
         self._index.shards.append(ShardEntry(name, n, size, digest, created))
         write_index(self.root, self._index)
         self._stored.update(cols["id"])

@@ -45,12 +45,17 @@ def read_audio(path: str | os.PathLike, *, start: float | None = None,
                end: float | None = None, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Read a file (or its segment ``start``..``end`` seconds) as mono float32 at ``sample_rate``.
 
-    Raises :class:`AudioError` for a missing, unreadable or empty file, a segment outside the
-    file, and samples that are NaN or infinite.
+    Raises :class:`AudioError` for a missing, unreadable or empty file, a path that is not a
+    regular file, a segment outside the file, and samples that are NaN or infinite.
     """
     path = Path(path)
     if not path.is_file():
+        if path.exists():  # never opened: a pipe or a device could block the run forever
+            raise AudioError(f"audio path is not a regular file (a folder, pipe or device): "
+                             f"{path}")
         raise AudioError(f"audio file not found: {path}")
+    if path.stat().st_size == 0:
+        raise AudioError(f"unreadable audio {path.name}: the file is empty (0 bytes)")
     try:
         with sf.SoundFile(path) as f:
             rate, total = f.samplerate, f.frames

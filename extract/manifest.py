@@ -111,6 +111,11 @@ def _parse_row(raw: dict, root: Path, extra_columns: Sequence[str]) -> Utterance
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError(f"{column} is not valid UTF-8") from None
+        if "\x00" in value:  # HDF5 strings end at a NUL: the cache could not store it
+            raise ValueError(f"{column} contains a NUL byte")
+    bad = next((c for c in values["id"] if c < " " or c == "\x7f"), None)
+    if bad is not None:  # a tab or line break in an id would garble the errors file
+        raise ValueError(f"id contains the control character {bad!r}")
     for column in ("id", "audio", "text", "label", "speaker"):
         if not values[column]:
             what = "transcript" if column == "text" else column
@@ -136,6 +141,19 @@ def _parse_row(raw: dict, root: Path, extra_columns: Sequence[str]) -> Utterance
     )
 
 
+def _records(reader: csv.DictReader, path: Path) -> Iterator[dict]:
+    """The reader's records; a CSV syntax error (a field over the size limit, which an
+    unbalanced quote makes of the rest of the file) is a problem of the whole file."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise ManifestError(f"{path} line {reader.line_num + 1}: not readable as CSV "
+                                f"({err}); check the quoting up to this line") from None
+
+
 def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
     """Read and validate a manifest CSV (UTF-8, a BOM is tolerated).
 
@@ -149,7 +167,10 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
     root = path.resolve().parent
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
-        header = reader.fieldnames
+        try:
+            header = reader.fieldnames
+        except csv.Error as err:
+            raise ManifestError(f"{path}: the header line is not readable as CSV ({err})") from None
         if not header:
             raise ManifestError(
                 f"{path} is empty: a manifest starts with a header line naming the columns "
@@ -170,7 +191,7 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
         problems: list[RowProblem] = []
         first_line: dict[str, int] = {}
         line = reader.line_num + 1
-        for raw in reader:
+        for raw in _records(reader, path):
             record_line, line = line, reader.line_num + 1  # a quoted field may span lines
             rid = (raw.get("id") or "").strip()
             try:
@@ -178,7 +199,11 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
                     raise ValueError(f"duplicate id (first on line {first_line[rid]})")
                 row = _parse_row(raw, root, extra_columns)
             except ValueError as err:
-                problem = RowProblem(record_line, rid, str(err))
+                reason = str(err)
+                if line - record_line > 1:  # the rows it swallowed are in no count otherwise
+                    reason += (f" (this record runs over lines {record_line}-{line - 1}: an "
+                               f"unbalanced quote?)")
+                problem = RowProblem(record_line, rid, reason)
                 if strict:
                     raise ManifestError(f"{path} {problem}") from None
                 problems.append(problem)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ksr.cache import CacheMeta, CacheWriter, EncoderInfo
+from ksr.cache import CacheMeta, CacheWriter, EncoderInfo, faults
 from ksr.cache.index import scan_dir
 from ksr.cache.schema import parse_shard_name
 from ksr.extract.audio import SAMPLE_RATE, read_audio
@@ -245,7 +245,8 @@ def extract_corpus(
     goes alone (default :data:`DEFAULT_BATCH_SECONDS` for the device). ``prefetch``: batches of
     audio read ahead by a thread (0: none; default :data:`DEFAULT_PREFETCH`).
     ``ranks``: default from torchrun's environment. ``on_batch(done)`` is called after each
-    batch is handed to the writer (tests interrupt a run with it).
+    batch is handed to the writer, ``done`` counting this run's utterances so far (tests
+    interrupt a run with it).
 
     Returns the summary (every rank's, merged, under torchrun). Raises :class:`ExtractError`,
     ``ManifestError``, ``EncoderError`` or ``CacheError`` (all one line) for whole-run problems.
@@ -313,30 +314,38 @@ def _run(manifest: Manifest, writer: CacheWriter, log: ErrorLog, audio: AudioEnc
     else:
         seconds = [0.0] * len(rows)
         share = list(range(len(rows)))
-    todo: list[int] = []
+    usable: list[int] = []  # rows of the share with a label of the cache, stored ones too
     for i in share:
         u = rows[i]
         if u.label not in classes:
             log.add(u.id, "label", f"label {u.label!r} is not one of the classes "
                                    f"{','.join(meta.classes)}")
             summary.skipped += 1
-        elif u.id in stored:
+            continue
+        usable.append(i)
+        if u.id in stored:
             summary.stored_before += 1
-        else:
-            todo.append(i)
     summary.total += len(share)
     if ranks.world == 1:
-        for i in todo:
+        for i in usable:
             seconds[i] = probe_seconds(rows[i])
+    # Batches are planned over the stored utterances too, and those with nothing new are
+    # dropped: every run then encodes an utterance in the same batch, so a resumed run stores
+    # bit for bit what an uninterrupted one does (a batch's make-up moves float rounding). Only
+    # a batch that a crash cut is encoded again, its stored utterances thrown away.
     batches = [[rows[i] for i in b]
-               for b in plan_batches(todo, seconds, batch_seconds, max_batch_items)]
+               for b in plan_batches(usable, seconds, batch_seconds, max_batch_items)
+               if any(rows[i].id not in stored for i in b)]
+    todo = len(usable) - summary.stored_before
 
-    bar = tqdm(total=len(todo), unit="utt", desc=f"extract {ranks.tag}", file=sys.stderr,
+    bar = tqdm(total=todo, unit="utt", desc=f"extract {ranks.tag}", file=sys.stderr,
                disable=not (progress and ranks.main), dynamic_ncols=True, smoothing=0.05)
     breakers = {s: _Breaker(s) for s in ("audio-encoder", "text-encoder")}
     loop_start = time.perf_counter()
 
     def fail(u: Utterance, stage: str, reason: str) -> None:
+        if u.id in stored:  # encoded again for its batch's sake: it is in the cache already
+            return
         log.add(u.id, stage, reason)
         failed[stage] += 1
 
@@ -346,6 +355,7 @@ def _run(manifest: Manifest, writer: CacheWriter, log: ErrorLog, audio: AudioEnc
     done = 0
     try:
         for batch, wavs in read_ahead(batches, read, depth=prefetch):
+            faults.point("extract-batch")  # tests: SIGKILL here (KSR_TEST_KILL_AT)
             good: list[tuple[Utterance, np.ndarray]] = []
             for u, w in zip(batch, wavs):
                 if isinstance(w, BaseException):
@@ -364,7 +374,7 @@ def _run(manifest: Manifest, writer: CacheWriter, log: ErrorLog, audio: AudioEnc
                               lambda i, r: fail(good[i][0], "text-encoder", r),
                               breakers["text-encoder"])
             for (u, w, a), t in zip(good, t_feats):
-                if t is None:
+                if t is None or u.id in stored:
                     continue
                 problem = (_feature_problem(a, meta.max_audio_len, "audio", meta.dtype)
                            or _feature_problem(t, meta.max_text_len, "text", meta.dtype))
@@ -376,8 +386,10 @@ def _run(manifest: Manifest, writer: CacheWriter, log: ErrorLog, audio: AudioEnc
                            gender=u.gender, transcript=u.text)
                 summary.extracted += 1
                 summary.audio_seconds += len(w) / SAMPLE_RATE
-            done += len(batch)
-            bar.update(len(batch))
+                faults.point("extract-add")
+            new = sum(u.id not in stored for u in batch)
+            done += new
+            bar.update(new)
             elapsed = time.perf_counter() - loop_start
             bar.set_postfix_str(f"{summary.audio_seconds / max(elapsed, 1e-9):.1f} s audio/s, "
                                 f"{sum(failed.values())} failed", refresh=False)

@@ -60,6 +60,8 @@ def probe_seconds(utt: Utterance) -> float:
     later raises the one-line :class:`~ksr.extract.audio.AudioError` that goes to the errors
     file, so there is a single source of reasons.
     """
+    if not os.path.isfile(utt.audio):  # a pipe or device named in a manifest could block
+        return 0.0
     try:
         info = sf.info(str(utt.audio))
     except Exception:  # noqa: BLE001 - any header problem is reported when the file is read
