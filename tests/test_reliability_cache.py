@@ -11,15 +11,15 @@ import shutil
 
 import h5py
 import pytest
-from click.testing import CliRunner
 
 import ksr.cache.faults
 from ksr.cache import CacheWriter
 from ksr.cache.synthetic import synthetic_meta, synthetic_utterances, write_synthetic_cache
-from ksr.cli import main
 from ksr.fuse import ModelConfig
 from ksr.fuse.recipes import recipe
 from ksr.fuse.train import RunSpec, prepare_run
+
+from cli_runner import invoke_ksr
 
 META = dict(audio_dim=8, text_dim=6, max_audio_len=12, max_text_len=5, dtype="float32")
 TRAIN = ["--epochs", "2", "--layers", "1,1,1", "--heads", "2", "--ffn", "8,8", "--batch-size", "8",
@@ -93,13 +93,8 @@ def cache(tmp_path):
 
 
 def invoke(args, cwd):
-    """Run ``ksr ARGS`` in ``cwd``; the result and its output as one string."""
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(main, [str(a) for a in args])
-    finally:
-        os.chdir(old)
+    """Run ``ksr ARGS`` in ``cwd``; the result and its output."""
+    result = invoke_ksr(args, cwd)
     return result, result.output
 
 

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from ksr.cache.faults import ENV as KILL_AT
 from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
-from ksr.cli import main
 from ksr.fuse import CheckpointError, load_checkpoint, load_model
 from ksr.fuse.checkpoint import read_torch_file
 from ksr.fuse.train import read_training_state
+
+from cli_runner import invoke_ksr
 
 TRAIN = ["--epochs", "3", "--layers", "1,1,1", "--heads", "2", "--ffn", "8,8", "--batch-size", "8", "--fold", "2",
          "--recipe", "official", "--lr", "0.05", "--device", "cpu"]
@@ -166,16 +166,6 @@ def copy_run(reference: Path, tmp_path: Path) -> Path:
     return run
 
 
-def invoke(args: list, cwd: Path):
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(main, [str(a) for a in args])
-    finally:
-        os.chdir(old)
-    return result
-
-
 def assert_refused(result, line_pattern: str) -> None:
     """Exit status 1 and one 'Error: ...' line matching, no uncaught exception or traceback."""
     assert result.exit_code == 1, result.output
@@ -190,7 +180,7 @@ def test_resume_refuses_a_damaged_state(cache_dir, reference, tmp_path, damage):
     run = copy_run(reference, tmp_path)
     state = run / FOLD / "state.pt"
     DAMAGE[damage][0](state)
-    result = invoke(["train", "--cache", cache_dir, "--run", run, *TRAIN, "--resume"], tmp_path)
+    result = invoke_ksr(["train", "--cache", cache_dir, "--run", run, *TRAIN, "--resume"], tmp_path)
     assert_refused(result, rf"cannot resume fold 2: {re.escape(str(state))}: {DAMAGE[damage][1]} "
                            rf"\(or remove {re.escape(str(run / FOLD))} to train the fold again\)")
 
@@ -200,7 +190,7 @@ def test_eval_refuses_a_damaged_best_checkpoint(reference, tmp_path, damage):
     run = copy_run(reference, tmp_path)
     best = run / FOLD / "best.pt"
     DAMAGE[damage][0](best)
-    result = invoke(["eval", "--run", run, "--device", "cpu"], tmp_path)
+    result = invoke_ksr(["eval", "--run", run, "--device", "cpu"], tmp_path)
     assert_refused(result, rf"{re.escape(str(best))}: {DAMAGE[damage][1]}")
     with pytest.raises(CheckpointError, match=re.escape(str(best))):
         load_model(best)
@@ -231,15 +221,15 @@ def test_a_checkpoint_carrying_code_is_refused_everywhere_and_never_run(cache_di
         with pytest.raises(CheckpointError, match="^" + re.escape(str(evil)) + refusal + "$"):
             load(evil)
     out = tmp_path / "converted.pt"
-    assert_refused(invoke(["convert-official", evil, out], tmp_path), re.escape(str(evil)) + refusal)
+    assert_refused(invoke_ksr(["convert-official", evil, out], tmp_path), re.escape(str(evil)) + refusal)
     assert not out.exists()
 
     run = copy_run(reference, tmp_path)
     best, state = run / FOLD / "best.pt", run / FOLD / "state.pt"
     shutil.copy(evil, best)
-    assert_refused(invoke(["eval", "--run", run, "--device", "cpu"], tmp_path), re.escape(str(best)) + refusal)
+    assert_refused(invoke_ksr(["eval", "--run", run, "--device", "cpu"], tmp_path), re.escape(str(best)) + refusal)
     torch.save({**payload, "model": RunsAShellCommand(f"touch {marker}")}, state)
-    assert_refused(invoke(["train", "--cache", cache_dir, "--run", run, *TRAIN, "--resume"], tmp_path),
+    assert_refused(invoke_ksr(["train", "--cache", cache_dir, "--run", run, *TRAIN, "--resume"], tmp_path),
                    rf"cannot resume fold 2: {re.escape(str(state))}{refusal} "
                    rf"\(or remove {re.escape(str(run / FOLD))} to train the fold again\)")
     assert not marker.exists()
@@ -252,5 +242,5 @@ def test_a_checkpoint_carrying_code_is_refused_everywhere_and_never_run(cache_di
 def test_eval_that_cannot_write_its_report_says_where_in_one_line(reference, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    result = invoke(["eval", "--run", reference, "--device", "cpu", "--out", blocker / "out"], tmp_path)
+    result = invoke_ksr(["eval", "--run", reference, "--device", "cpu", "--out", blocker / "out"], tmp_path)
     assert_refused(result, rf"\[Errno 20\] Not a directory: '{re.escape(str(blocker / 'out'))}'")
