@@ -143,6 +143,7 @@ def training_options(f):
         click.option("--batch-size", type=int, default=None, help="Override the recipe's batch size."),
         click.option("--momentum", type=float, default=None, help="Override the recipe's SGD momentum."),
         click.option("--schedule", type=click.Choice(["step", "cosine", "constant"]), default=None, help="Override the recipe's schedule."),
+        click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None, help="Override the recipe's optimizer (both presets use SGD; the demo uses AdamW)."),
         click.option("--layers", default=None, help="Layer counts 'unimodal,ccab,fusion' (default 5,3,2)."),
         click.option("--heads", type=int, default=None, help="Attention heads (default 8)."),
         click.option("--ffn", default=None, help="FFN widths 'audio,text' (default 256,512)."),
@@ -172,7 +173,7 @@ def _setup_training(o: dict):
     from ksr.fuse.train import RunSpec, init_ranks, model_config_for_cache, pick_device
 
     r = recipe(o["recipe_name"], epochs=o["epochs"], lr=o["lr"], batch_size=o["batch_size"], momentum=o["momentum"],
-               schedule=o["schedule"])
+               schedule=o["schedule"], optimizer=o["optimizer"])
     dev = pick_device(o["device"])
     ranks = init_ranks(dev)  # under torchrun: DistributedDataParallel over the ranks
     cache = open_cache(o["cache_dir"], mode=o["cache_mode"], device=dev if dev.type == "cuda" else "cpu",

@@ -309,7 +309,7 @@ def predict(checkpoint: str | os.PathLike, audio_path: str | os.PathLike | None 
 
 def readable_token(token: str) -> str:
     """A BPE token for a plot label: the byte-level space marker shown as a plain space."""
-    return token.replace("\u0120", " ").replace("\u2581", " ").strip() or token
+    return token.replace("\u0120", " ").replace("\u2581", " ").strip() or "\u2423"  # a lone space marker: ␣
 
 
 def draw_attention(prediction: Prediction, path: str | os.PathLike) -> Path:

@@ -66,10 +66,13 @@ def test_each_departure_changes_only_its_own_fields_away_from_the_public_default
 def test_train_takes_model_options_into_the_run(cache_dir, tmp_path):
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--cache", str(cache_dir), "--run", str(run), *TINY_ARGS,
-                                       "--model-option", "pooling=masked", "--model-option", "ks_renormalise=yes"])
+                                       "--model-option", "pooling=masked", "--model-option", "ks_renormalise=yes",
+                                       "--optimizer", "adamw"])
     assert result.exit_code == 0, result.output
-    model = json.loads((run / "run.json").read_text())["model"]
+    saved = json.loads((run / "run.json").read_text())
+    model = saved["model"]
     assert (model["pooling"], model["ks_renormalise"], model["mask_fusion"]) == ("masked", True, False)
+    assert saved["recipe"]["optimizer"] == "adamw"
     bad = CliRunner().invoke(main, ["train", "--cache", str(cache_dir), "--run", str(tmp_path / "bad"),
                                     "--model-option", "pooling=nowhere"])
     assert bad.exit_code == 1

@@ -224,3 +224,10 @@ def test_audio_only_model_needs_no_text(demo, utterance):
     assert result.inputs.text is None and result.inputs.tokens == []
     with pytest.raises(PredictError, match=r"^--attention: this audio-only model has no cross-modal attention to draw$"):
         predict(path, utterance.audio, None, device="cpu", attention=True, tiny_root=demo["tiny"])
+
+
+def test_tokens_read_as_words_in_the_figure():
+    from ksr.predict import readable_token
+
+    assert [readable_token(t) for t in ["\u0120phone", "\u0120", "<s>", "\u2581was", "af"]] == \
+        ["phone", "\u2423", "<s>", "was", "af"]
