@@ -84,6 +84,7 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     from ksr.extract.pipeline import extract_corpus
     from ksr.fuse.experiment import train_and_report
     from ksr.fuse.recipes import recipe
+    from ksr.fuse.report import to_markdown
     from ksr.fuse.train import RunSpec, model_config_for_cache, pick_device
 
     began = time.perf_counter()
@@ -103,14 +104,16 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     runs = [("fused", "both", Path(run_dir))]
     if compare:
         runs += [("audio only", "audio", Path(run_dir) / "audio-only"), ("text only", "text", Path(run_dir) / "text-only")]
-    results = {}
+    results, reports = {}, {}
     for label, modalities, path in runs:
         click.echo(f"[3/3] training {label}: 5 folds x {epochs} epochs -> {path}")
         model = model_config_for_cache(cache, _demo_model().replace(modalities=modalities))
         spec = RunSpec(model=model, recipe=r, cache_meta=cache.meta.to_dict(), cache_dir=str(Path(cache_dir).resolve()))
         report = train_and_report(cache, spec, path, None, [r.seed], device, resume=True, say=click.echo)
         results[label] = report["summary"]
+        reports.setdefault("fused", report)
     click.echo("")
+    click.echo(to_markdown(reports["fused"]))  # the fused model's cross-validation report
     click.echo(f"demo: leave-one-session-out, 5 folds, {len(cache)} utterances, UA chance = 25%")
     for label, s in results.items():
         click.echo(f"  {label:<11} WA {100 * s['wa']:6.2f}%  UA {100 * s['ua']:6.2f}%  "

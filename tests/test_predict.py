@@ -36,7 +36,7 @@ def demo(tmp_path_factory):
     assert result.exit_code == 0, result.output
     return {"root": root, "env": env, "tiny": root / "k" / "tiny", "run": root / "run",
             "ckpt": root / "run" / f"seed{SEED}" / f"fold{FOLD}" / "best.pt",
-            "manifest": read_manifest(root / "data" / "manifest.csv")}
+            "manifest": read_manifest(root / "data" / "manifest.csv"), "output": result.output}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,13 @@ def test_demo_pipeline_writes_report_and_records_cache_meta(demo):
     for which in ("best", "last"):
         meta = load_checkpoint(demo["ckpt"].with_name(f"{which}.pt"))["meta"]
         assert meta["cache_meta"] == cache.meta.to_dict()  # what predict rebuilds features from
+
+
+def test_demo_prints_the_cross_validation_report(demo):
+    summary = json.loads((demo["run"] / "report.json").read_text())["summary"]
+    out = demo["output"]
+    assert "| 5 | Session 5 |" in out  # the per-fold table of the fused run
+    assert f"fused       WA {100 * summary['wa']:6.2f}%  UA {100 * summary['ua']:6.2f}%" in out
 
 
 def test_prediction_is_a_distribution_over_the_cache_classes(demo, prediction):
