@@ -24,7 +24,7 @@ from ksr.cache import CacheMeta, EncoderInfo
 from ksr.extract.audio import AudioError, read_audio
 from ksr.extract.encoders import AudioEncoder, EncoderError, TextEncoder, load_encoder, parse_spec
 from ksr.extract.encoders.base import placement
-from ksr.extract.pipeline import _feature_problem, encoder_info
+from ksr.extract.pipeline import feature_problem, encoder_info
 from ksr.fuse.checkpoint import CheckpointError, load_checkpoint, load_state_strict
 from ksr.fuse.config import ModelConfig
 from ksr.fuse.model import KSTransformer
@@ -195,7 +195,7 @@ def audio_inputs(encoder: AudioEncoder, audio_path: str | os.PathLike, meta: Cac
         raise PredictError(f"{audio_path}: too short: {len(wav)} samples at {meta.sample_rate} Hz; "
                            f"{encoder.name} needs {encoder.min_samples} for one frame")
     feats = encoder.encode([wav])[0]
-    problem = _feature_problem(feats, meta.max_audio_len, "audio", meta.dtype)
+    problem = feature_problem(feats, meta.max_audio_len, "audio", meta.dtype)
     if problem:
         raise PredictError(f"{audio_path}: {problem}")
     return cache_row(feats, meta.max_audio_len, meta.dtype)
@@ -205,7 +205,7 @@ def text_inputs(encoder: TextEncoder, text: str, meta: CacheMeta) -> tuple[torch
     if not text.strip():
         raise PredictError("--text is empty; give the utterance's transcript")
     feats = encoder.encode([text])[0]
-    problem = _feature_problem(feats, meta.max_text_len, "text", meta.dtype)
+    problem = feature_problem(feats, meta.max_text_len, "text", meta.dtype)
     if problem:
         raise PredictError(f"--text: {problem}")
     row, n = cache_row(feats, meta.max_text_len, meta.dtype)

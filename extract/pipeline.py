@@ -165,7 +165,7 @@ def _encode(encode: Callable[[list], list], items: list, on_fail: Callable[[int,
     return out
 
 
-def _feature_problem(x: torch.Tensor, keep: int, what: str, dtype: str) -> str | None:
+def feature_problem(x: torch.Tensor, keep: int, what: str, dtype: str) -> str | None:
     """Why features cannot be stored (the writer would refuse them), checked on the kept rows."""
     if x.ndim != 2 or x.shape[0] == 0:
         return f"the {what} encoder returned features of shape {tuple(x.shape)}"
@@ -376,8 +376,8 @@ def _run(manifest: Manifest, writer: CacheWriter, log: ErrorLog, audio: AudioEnc
             for (u, w, a), t in zip(good, t_feats):
                 if t is None or u.id in stored:
                     continue
-                problem = (_feature_problem(a, meta.max_audio_len, "audio", meta.dtype)
-                           or _feature_problem(t, meta.max_text_len, "text", meta.dtype))
+                problem = (feature_problem(a, meta.max_audio_len, "audio", meta.dtype)
+                           or feature_problem(t, meta.max_text_len, "text", meta.dtype))
                 if problem:
                     fail(u, "features", problem)
                     continue
