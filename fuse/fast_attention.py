@@ -17,8 +17,9 @@ Two routes use these facts (``backend``):
   chunks of about one 460 x 460 map, small enough for one core's cache. It computes scores,
   softmax, column sums, keep mask, dropout and ``W @ V`` chunk by chunk, stores no (T x S)
   float map (only the bool dropout survivors) and recomputes the softmax in the backward pass.
-  The chunks are spread over ``torch.get_num_threads()`` worker threads that run their ops
-  single-threaded, rather than every small op being split over the cores. On CPU this removes
+  The chunks of a large call are spread over ``torch.get_num_threads()`` worker threads that
+  run their ops single-threaded, rather than every small op being split over the cores; small
+  calls run in the calling thread (``POOL_MIN_ELEMENTS``). On CPU this removes
   most of the plain path's cost, which is less arithmetic than fresh multi-hundred-MB
   allocations (page faults), torch's serial Bernoulli sampler and a dozen passes over each map;
   see ``bench/results.md``.
@@ -185,6 +186,11 @@ class DropoutSampler:
 # With None, the chunks are spread over torch.get_num_threads() threads, each running its torch
 # ops single-threaded; 1 runs them in the calling thread with torch's own intra-op threads.
 CPU_WORKERS: int | None = None
+# Below this many score elements per call (about 20 maps of 460 x 460) the hand-off to the
+# pool costs more than it saves: the demo's model (16 x 4 maps of 230 x 230, and cross
+# attention over 20 words) trained 1.3-1.8x slower per epoch through the pool than in the
+# calling thread, while the public small configuration (256 maps of 460 x 460) gains 1.3x.
+POOL_MIN_ELEMENTS = 1 << 22
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 
@@ -221,15 +227,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
-def run_chunks(job, chunks: range) -> None:
+def run_chunks(job, chunks: range, elements: int) -> None:
     """``job(index, lo, hi)`` for every chunk of slices, in parallel where that pays.
 
     Chunks write disjoint slices, so the order does not matter. Parallel chunks rather than
     parallel ops: a chunk's ~20 small ops then need no thread synchronisation each, which
-    matters on 2 cores and even more on a loaded machine.
+    matters on 2 cores and even more on a loaded machine. ``elements``: the call's score
+    elements (slices x T x S); small calls run in the calling thread (POOL_MIN_ELEMENTS).
     """
     spans = [(i, lo, min(chunks.stop, lo + chunks.step)) for i, lo in enumerate(chunks)]
     workers = min(len(spans), CPU_WORKERS or torch.get_num_threads())
+    if CPU_WORKERS is None and elements < POOL_MIN_ELEMENTS:
+        workers = 1
     if workers <= 1:
         for span in spans:
             job(*span)
@@ -241,8 +250,16 @@ def run_chunks(job, chunks: range) -> None:
             for span in share:
                 job(*span)
 
-    for f in [pool.submit(run_share, spans[i::workers]) for i in range(workers)]:
-        f.result()
+    # MKL's thread count is process-wide: left at the caller's, each worker's bmm would start
+    # a nested OpenMP team whose spinning threads then slow the caller's own matmuls (3x on
+    # the demo's linear layers). The caller only waits meanwhile.
+    caller = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for f in [pool.submit(run_share, spans[i::workers]) for i in range(workers)]:
+            f.result()
+    finally:
+        torch.set_num_threads(caller)
 
 
 def product_into(out: Tensor, a: Tensor, b: Tensor) -> None:
@@ -289,7 +306,7 @@ class ChunkedAttention(torch.autograd.Function):
                 w.mul_(survivors[lo:hi].view(torch.uint8))  # a uint8 multiply beats masked_fill_
             product_into(out[lo:hi], w, v_eff[lo:hi])
 
-        run_chunks(chunk, chunk_slices(n, t, s, CPU_CHUNK_ELEMENTS))
+        run_chunks(chunk, chunk_slices(n, t, s, CPU_CHUNK_ELEMENTS), n * t * s)
         ctx.save_for_backward(q, k_t, v_eff, out, bias, keep, survivors)
         ctx.key_sparse, ctx.renormalise, ctx.dropout_p = key_sparse, renormalise, dropout_p
         ctx.mark_non_differentiable(keep)
@@ -321,7 +338,7 @@ class ChunkedAttention(torch.autograd.Function):
             product_into(grad_q[lo:hi], grad_scores, k_t[lo:hi].transpose(1, 2))  # dS k
             product_into(grad_k[lo:hi], grad_scores.transpose(1, 2), q[lo:hi])  # dS^T q
 
-        run_chunks(chunk, chunk_slices(n, t, s, CPU_CHUNK_ELEMENTS))
+        run_chunks(chunk, chunk_slices(n, t, s, CPU_CHUNK_ELEMENTS), n * t * s)
         # v_eff = v * scale: chain rule through the per-key scale.
         grad_v.mul_(value_scale(keep if ctx.key_sparse else None, ctx.renormalise, ctx.dropout_p, v_eff.dtype))
         return grad_q, grad_k.transpose(1, 2), grad_v, None, None, None, None, None

@@ -283,3 +283,39 @@ def test_model_trains_with_dropout_on_the_fast_path():
     assert not torch.equal(a, c)
     torch.nn.functional.cross_entropy(a, torch.tensor([0, 1, 3])).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_small_calls_stay_in_the_calling_thread(monkeypatch):
+    """Below POOL_MIN_ELEMENTS score elements a call never hands chunks to the pool; at or above
+    it, the chunks are shared out (with CPU_WORKERS left to choose)."""
+    monkeypatch.setattr(fast_attention, "CPU_WORKERS", None)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    used = []
+    real_pool = fast_attention.worker_pool
+    monkeypatch.setattr(fast_attention, "worker_pool", lambda size: used.append(size) or real_pool(size))
+    ran = []
+    chunks = range(0, 8, 2)  # 4 chunks
+    fast_attention.run_chunks(lambda i, lo, hi: ran.append(i), chunks, fast_attention.POOL_MIN_ELEMENTS - 1)
+    assert used == [] and sorted(ran) == [0, 1, 2, 3]
+    ran.clear()
+    fast_attention.run_chunks(lambda i, lo, hi: ran.append(i), chunks, fast_attention.POOL_MIN_ELEMENTS)
+    assert used == [2] and sorted(ran) == [0, 1, 2, 3]
+
+
+def _mkl_threads() -> int | None:
+    for line in torch.__config__.parallel_info().splitlines():
+        if "mkl_get_max_threads()" in line:
+            return int(line.split(":")[-1])
+    return None
+
+
+@pytest.mark.skipif(_mkl_threads() is None, reason="torch is built without MKL")
+def test_pool_workers_run_mkl_single_threaded(monkeypatch):
+    """MKL's thread count is process-wide: while the pool works it is 1 (no nested OpenMP teams
+    inside the workers), and the caller's count is back afterwards."""
+    monkeypatch.setattr(fast_attention, "CPU_WORKERS", 2)
+    before = _mkl_threads()
+    seen = []
+    fast_attention.run_chunks(lambda i, lo, hi: seen.append(_mkl_threads()), range(0, 4, 1), 1 << 30)
+    assert seen == [1, 1, 1, 1]
+    assert _mkl_threads() == before
