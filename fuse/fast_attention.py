@@ -193,6 +193,7 @@ CPU_WORKERS: int | None = None
 POOL_MIN_ELEMENTS = 1 << 22
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_pool_lock = threading.Lock()
 
 
 def single_threaded_worker() -> None:
@@ -219,8 +220,8 @@ def worker_pool(size: int) -> ThreadPoolExecutor:
 
 def _forget_pool_after_fork() -> None:
     # A forked child has none of the parent's threads: it must start its own pool.
-    global _pool, _pool_size
-    _pool, _pool_size = None, 0
+    global _pool, _pool_size, _pool_lock
+    _pool, _pool_size, _pool_lock = None, 0, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -243,7 +244,6 @@ def run_chunks(job, chunks: range, elements: int) -> None:
         for span in spans:
             job(*span)
         return
-    pool = worker_pool(workers)
 
     def run_share(share):
         with torch.no_grad():  # grad mode is per thread; the Function runs without it
@@ -252,14 +252,17 @@ def run_chunks(job, chunks: range, elements: int) -> None:
 
     # MKL's thread count is process-wide: left at the caller's, each worker's bmm would start
     # a nested OpenMP team whose spinning threads then slow the caller's own matmuls (3x on
-    # the demo's linear layers). The caller only waits meanwhile.
-    caller = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for f in [pool.submit(run_share, spans[i::workers]) for i in range(workers)]:
-            f.result()
-    finally:
-        torch.set_num_threads(caller)
+    # the demo's linear layers). The caller only waits meanwhile. One caller at a time, so
+    # two threads calling attention at once cannot restore each other's setting.
+    with _pool_lock:
+        pool = worker_pool(workers)
+        caller = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for f in [pool.submit(run_share, spans[i::workers]) for i in range(workers)]:
+                f.result()
+        finally:
+            torch.set_num_threads(caller)
 
 
 def product_into(out: Tensor, a: Tensor, b: Tensor) -> None:

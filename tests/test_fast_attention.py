@@ -289,7 +289,10 @@ def test_small_calls_stay_in_the_calling_thread(monkeypatch):
     """Below POOL_MIN_ELEMENTS score elements a call never hands chunks to the pool; at or above
     it, the chunks are shared out (with CPU_WORKERS left to choose)."""
     monkeypatch.setattr(fast_attention, "CPU_WORKERS", None)
+    threads = torch.get_num_threads()
+    fast_attention.worker_pool(2)  # started for real, before the thread calls are faked
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave the real count alone
     used = []
     real_pool = fast_attention.worker_pool
     monkeypatch.setattr(fast_attention, "worker_pool", lambda size: used.append(size) or real_pool(size))
@@ -300,6 +303,8 @@ def test_small_calls_stay_in_the_calling_thread(monkeypatch):
     ran.clear()
     fast_attention.run_chunks(lambda i, lo, hi: ran.append(i), chunks, fast_attention.POOL_MIN_ELEMENTS)
     assert used == [2] and sorted(ran) == [0, 1, 2, 3]
+    monkeypatch.undo()
+    assert torch.get_num_threads() == threads
 
 
 def _mkl_threads() -> int | None:
