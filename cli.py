@@ -104,16 +104,16 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     runs = [("fused", "both", Path(run_dir))]
     if compare:
         runs += [("audio only", "audio", Path(run_dir) / "audio-only"), ("text only", "text", Path(run_dir) / "text-only")]
-    results, reports = {}, {}
+    results, fused_report = {}, None
     for label, modalities, path in runs:
         click.echo(f"[3/3] training {label}: 5 folds x {epochs} epochs -> {path}")
         model = model_config_for_cache(cache, _demo_model().replace(modalities=modalities))
         spec = RunSpec(model=model, recipe=r, cache_meta=cache.meta.to_dict(), cache_dir=str(Path(cache_dir).resolve()))
         report = train_and_report(cache, spec, path, None, [r.seed], device, resume=True, say=click.echo)
         results[label] = report["summary"]
-        reports.setdefault("fused", report)
+        fused_report = fused_report or report  # the first run is the fused model
     click.echo("")
-    click.echo(to_markdown(reports["fused"]))  # the fused model's cross-validation report
+    click.echo(to_markdown(fused_report))  # the fused model's cross-validation report
     click.echo(f"demo: leave-one-session-out, 5 folds, {len(cache)} utterances, UA chance = 25%")
     for label, s in results.items():
         click.echo(f"  {label:<11} WA {100 * s['wa']:6.2f}%  UA {100 * s['ua']:6.2f}%  "
@@ -173,14 +173,10 @@ def _setup_training(o: dict):
     from ksr.fuse import ModelConfig
     from ksr.fuse.config import parse_model_option
     from ksr.fuse.recipes import recipe
-    from ksr.fuse.train import RunSpec, init_ranks, model_config_for_cache, pick_device
+    from ksr.fuse.train import CACHE_FIELDS, RunSpec, init_ranks, model_config_for_cache, pick_device
 
     r = recipe(o["recipe_name"], epochs=o["epochs"], lr=o["lr"], batch_size=o["batch_size"], momentum=o["momentum"],
                schedule=o["schedule"], optimizer=o["optimizer"])
-    dev = pick_device(o["device"])
-    ranks = init_ranks(dev)  # under torchrun: DistributedDataParallel over the ranks
-    cache = open_cache(o["cache_dir"], mode=o["cache_mode"], device=dev if dev.type == "cuda" else "cpu",
-                       progress=None if ranks.main else False)
     changes = {"classifier_dropout": r.classifier_dropout, "modalities": o["modalities"]}
     if o["layers"]:
         changes["num_layers"] = tuple(_int_list(o["layers"]))
@@ -194,13 +190,20 @@ def _setup_training(o: dict):
         changes["key_sparse"] = "none"
     if o["attention_impl"]:
         changes["attention_impl"] = o["attention_impl"]
-    for text in o["model_options"]:
+    for text in o["model_options"]:  # checked before a large cache is read
         try:
             key, value = parse_model_option(text)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--model-option") from None
+        if key in CACHE_FIELDS:
+            raise click.BadParameter(f"{text!r}: {key} comes from the cache's features and classes",
+                                     param_hint="--model-option")
         changes[key] = value
-    spec = RunSpec(model=model_config_for_cache(cache, ModelConfig().replace(**changes)), recipe=r,
+    dev = pick_device(o["device"])
+    ranks = init_ranks(dev)  # under torchrun: DistributedDataParallel over the ranks
+    cache = open_cache(o["cache_dir"], mode=o["cache_mode"], device=dev if dev.type == "cuda" else "cpu",
+                       progress=None if ranks.main else False)
+    spec = RunSpec(model=model_config_for_cache(cache, ModelConfig(), **changes), recipe=r,
                    protocol=o["protocol"], select=o["select"], metric=o["metric"], val_fraction=o["val_fraction"],
                    cache_meta=cache.meta.to_dict(), cache_dir=str(Path(o["cache_dir"]).resolve()))
     if o["select"] == "test" and ranks.main:
@@ -366,10 +369,13 @@ def predict_cmd(checkpoint, audio_path, text, audio_encoder, text_encoder, force
     try:
         result = predict(checkpoint, audio_path, text, audio_encoder=audio_encoder, text_encoder=text_encoder,
                          device=device, attention=attention_png is not None, force=force)
-        if attention_png is not None:
-            draw_attention(result, attention_png)
     except PredictError as e:
         raise click.ClickException(str(e)) from None
+    if attention_png is not None:
+        try:
+            draw_attention(result, attention_png)
+        except OSError as e:  # the figure's folder is missing or not writable
+            raise click.ClickException(f"cannot write {attention_png}: {e.strerror or e}") from None
     if as_json:
         out = result.to_dict()
         out["attention_png"] = attention_png

@@ -234,7 +234,10 @@ def last_cross_attentions(model: KSTransformer) -> tuple[torch.nn.Module, torch.
 def pick_device(name: str | torch.device = "auto") -> torch.device:
     if str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PredictError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise PredictError("--device cuda: no CUDA device is available (use --device cpu)")
     return device

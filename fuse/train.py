@@ -76,11 +76,16 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, "w", lambda f: f.write(json.dumps(obj, indent=1) + "\n"))
 
 
-def model_config_for_cache(cache: Cache, base: ModelConfig) -> ModelConfig:
-    """The model config with dims and classes taken from the cache (the features decide them)."""
+# Model fields the cache decides: the features' dims and the classes.
+CACHE_FIELDS = ("audio_dim", "text_dim", "num_classes")
+
+
+def model_config_for_cache(cache: Cache, base: ModelConfig, **changes: Any) -> ModelConfig:
+    """``base`` with ``changes`` and the cache's dims and classes, checked once as a whole (so
+    e.g. 12 heads fit a 768-dim cache though not the default 512 dims)."""
     meta = cache.meta
-    wanted = {"audio_dim": meta.audio_dim, "text_dim": meta.text_dim, "num_classes": len(meta.classes)}
-    return base.replace(**wanted)
+    wanted = dict(zip(CACHE_FIELDS, (meta.audio_dim, meta.text_dim, len(meta.classes))))
+    return base.replace(**changes, **wanted)
 
 
 def check_run_matches_cache(spec: RunSpec, cache: Cache, run_dir: Path) -> None:

@@ -74,7 +74,7 @@ def test_train_takes_model_options_into_the_run(cache_dir, tmp_path):
     assert (model["pooling"], model["ks_renormalise"], model["mask_fusion"]) == ("masked", True, False)
     assert saved["recipe"]["optimizer"] == "adamw"
     bad = CliRunner().invoke(main, ["train", "--cache", str(cache_dir), "--run", str(tmp_path / "bad"),
-                                    "--model-option", "pooling=nowhere"])
+                                    "--heads", "2", "--model-option", "pooling=nowhere"])
     assert bad.exit_code == 1
     assert "Error: invalid model config: pooling must be one of ('all_positions', 'masked'), got 'nowhere'" in bad.output
 
@@ -89,3 +89,20 @@ def test_ablate_departures_tabulates_each_against_the_public_model(cache_dir, tm
     pools = [json.loads(Path(r["run"], "run.json").read_text())["model"]["pooling"] for r in table["rows"]]
     assert pools == ["all_positions", "masked"]
     assert "| masked-pooling |" in result.output
+
+
+def test_model_options_are_checked_with_the_cache_dims(tmp_path):
+    """3 heads divide the cache's 12/24 dims though not the default 512/1024: the config is
+    checked once, with the cache's dims in it. Dims and classes cannot be set: the cache decides."""
+    cache = tmp_path / "cache"
+    meta = synthetic_meta(audio_dim=12, text_dim=24, max_audio_len=30, max_text_len=6, dtype="float32")
+    write_synthetic_cache(cache, 40, meta, seed=5, signal=1.0)
+    run = tmp_path / "run"
+    args = ["train", "--cache", str(cache), "--epochs", "1", "--layers", "1,1,1", "--ffn", "8,8", "--fold", "2"]
+    result = CliRunner().invoke(main, [*args, "--run", str(run), "--model-option", "num_heads=3"])
+    assert result.exit_code == 0, result.output
+    model = json.loads((run / "run.json").read_text())["model"]
+    assert (model["num_heads"], model["audio_dim"], model["text_dim"]) == (3, 12, 24)
+    refused = CliRunner().invoke(main, [*args, "--run", str(tmp_path / "r2"), "--model-option", "audio_dim=64"])
+    assert refused.exit_code == 2
+    assert "'audio_dim=64': audio_dim comes from the cache's features and classes" in refused.output

@@ -180,6 +180,17 @@ def test_missing_audio_file(demo, tmp_path):
         predict(demo["ckpt"], missing, "hello", device="cpu", tiny_root=demo["tiny"])
 
 
+def test_bad_device_and_unwritable_figure_are_one_line(demo, utterance, tmp_path):
+    base = ["predict", "--checkpoint", str(demo["ckpt"]), "--audio", str(utterance.audio), "--text", utterance.text]
+    result = CliRunner().invoke(main, [*base, "--device", "gpu"], env=demo["env"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: --device gpu: not a device; use auto, cpu, cuda or cuda:N"
+    png = tmp_path / "no-such-folder" / "a.png"
+    result = CliRunner().invoke(main, [*base, "--device", "cpu", "--attention", str(png)], env=demo["env"])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: cannot write {png}: No such file or directory"
+
+
 def without_cache_meta(ckpt_path: Path, out: Path) -> Path:
     """The checkpoint as an older ksr wrote it: no cache_meta in its meta."""
     raw = torch.load(ckpt_path, weights_only=True)
