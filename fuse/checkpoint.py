@@ -53,7 +53,8 @@ def atomic_write(path: str | os.PathLike, mode: str, write: Any) -> Path:
     it over ``path``: a crash leaves the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The writer's process id is in the name: leftovers are removed only once it has died.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give what a plain open() would
@@ -73,9 +74,28 @@ def atomic_write(path: str | os.PathLike, mode: str, write: Any) -> Path:
 
 def remove_leftover_temps(folder: Path) -> None:
     """Delete the temporary files of ``atomic_write`` calls whose process was killed (the files they
-    were to replace are intact). Call it only where no other process is writing."""
+    were to replace are intact). Files of a live process, such as another ``ksr train --fold``
+    or a ``ksr eval`` writing into the same run, are left to it."""
     for leftover in Path(folder).glob(".*.*.tmp"):
-        leftover.unlink(missing_ok=True)
+        if not _writer_alive(leftover.name):
+            leftover.unlink(missing_ok=True)
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process named in ``.{file}.{pid}.{random}.tmp`` is still running."""
+    parts = name[:-len(".tmp")].rsplit(".", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False  # not one of ours, or an older name without a process id
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False  # ours: this process is not writing while it cleans up
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

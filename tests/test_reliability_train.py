@@ -244,3 +244,23 @@ def test_eval_that_cannot_write_its_report_says_where_in_one_line(reference, tmp
     blocker.write_text("")
     result = invoke_ksr(["eval", "--run", reference, "--device", "cpu", "--out", blocker / "out"], tmp_path)
     assert_refused(result, rf"\[Errno 20\] Not a directory: '{re.escape(str(blocker / 'out'))}'")
+
+
+def test_leftover_temps_of_live_writers_are_kept(tmp_path):
+    """Cleaning a run folder removes the temporary files of dead writers and of older ksr
+    versions (no process id in the name), never those of a process still writing."""
+    from ksr.fuse.checkpoint import remove_leftover_temps
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    try:
+        names = {"live": f".best.pt.{live.pid}.abc_1.tmp", "dead": f".best.pt.{int(dead.stdout)}.abc_2.tmp",
+                 "old": ".history.json.k3j_x9.tmp", "mine": f".state.pt.{os.getpid()}.zz.tmp"}
+        for name in names.values():
+            (tmp_path / name).write_text("partial")
+        (tmp_path / "best.pt").write_text("kept")
+        remove_leftover_temps(tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["best.pt", names["live"]])
+    finally:
+        live.kill()
+        live.wait()
