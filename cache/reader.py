@@ -342,18 +342,25 @@ class _StreamStore(_Store):
                  verify: bool, bar):
         super().__init__(shards, meta)
         self.paths = [s.path for s in shards]
-        self.fds = [os.open(p, os.O_RDONLY) for p in self.paths]
-        self.stamps = [_stamp(fd) for fd in self.fds]
-        if verify:
-            def check(s: ShardInfo) -> None:
-                got = sha256_file(s.path, bar)
-                if got != s.entry.sha256:
-                    raise CacheError(checksum_problem(s.path, got, s.entry.sha256))
-            try:
-                map_in_threads(check, shards)
-            except BaseException:
-                self.close()
-                raise
+        self.fds: list[int] = []
+        try:  # a failure part-way closes what was opened
+            for p in self.paths:
+                self.fds.append(os.open(p, os.O_RDONLY))
+            self.stamps = [_stamp(fd) for fd in self.fds]
+            if verify:
+                def check(i: int) -> None:
+                    s = shards[i]
+                    got = sha256_file(s.path, bar)
+                    if got != s.entry.sha256:
+                        raise CacheError(checksum_problem(s.path, got, s.entry.sha256))
+                    # The hash read the path: it must still name the file this reader holds.
+                    held, named = os.fstat(self.fds[i]), os.stat(s.path)
+                    if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
+                        raise CacheError(f"{s.path}: replaced while the cache was being opened; open it again")
+                map_in_threads(check, list(range(len(shards))))
+        except BaseException:
+            self.close()
+            raise
         self.starts = np.cumsum([0] + [s.n for s in shards])
         self.offsets = {"audio": [s.audio_offset for s in shards], "text": [s.text_offset for s in shards]}
         self._local = threading.local()  # per-thread staging buffers, reused across batches
