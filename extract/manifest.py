@@ -114,7 +114,7 @@ def _parse_row(raw: dict, root: Path, extra_columns: Sequence[str]) -> Utterance
         if "\x00" in value:  # HDF5 strings end at a NUL: the cache could not store it
             raise ValueError(f"{column} contains a NUL byte")
     bad = next((c for c in values["id"] if c < " " or c == "\x7f"), None)
-    if bad is not None:  # a tab or line break in an id would garble the errors file
+    if bad is not None:  # ids become HDF5 strings and report keys: refuse, don't rewrite them
         raise ValueError(f"id contains the control character {bad!r}")
     for column in ("id", "audio", "text", "label", "speaker"):
         if not values[column]:

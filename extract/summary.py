@@ -19,8 +19,10 @@ HEADER = "id\tstage\treason\n"
 
 
 def one_line(text: str, limit: int = 400) -> str:
-    """A reason as one TSV field: no tabs or line breaks, bounded length."""
+    """A reason or id as one TSV field: whitespace runs become one space, other control
+    characters (NUL, ESC, ...) are written as \\xNN escapes, the length is bounded."""
     text = " ".join(str(text).split())
+    text = "".join(f"\\x{ord(c):02x}" if c < " " or c == "\x7f" else c for c in text)
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

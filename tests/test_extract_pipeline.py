@@ -395,3 +395,11 @@ def test_two_ranks_under_torchrun(batched, corpus, encoders, tiny_dir, tmp_path)
     again = _extract(corpus, out, encoders, shard_size=2)
     assert (again.stored_before, again.extracted) == (8, 0)
     assert {p.name for p in out.glob("errors-*.tsv")} == {"errors-w0.tsv"}
+
+
+def test_error_fields_are_one_printable_line():
+    from ksr.extract.summary import one_line
+
+    assert one_line("bad\tid\n  here") == "bad id here"
+    assert one_line("a\x00b\x1bc\x7f") == "a\\x00b\\x1bc\\x7f"  # no raw control bytes in the TSV
+    assert one_line("x" * 500, limit=10) == "xxxxxxx..."
