@@ -216,11 +216,16 @@ def test_killed_at_random_moments_then_finished_equals_uninterrupted(corpus, enc
     out = tmp_path / "cache"
     rng = random.Random(20240611)  # fixed: a failure can be replayed
     _, seconds = reference
+    codes = []
     for _ in range(5):  # anywhere in a run: reading, encoding, writing, hashing, renaming
         left = N - len(_stored(out)) if out.exists() else N
-        _fork_run(corpus, out, encoders, kill_after=rng.uniform(0.02, seconds * left / N))
+        codes.append(_fork_run(corpus, out, encoders, kill_after=rng.uniform(0.02, seconds * left / N)))
         if out.exists():
             _after_kill(out, "random")
+    # Each kill comes before the time the remaining work took uninterrupted: a run may still
+    # beat it now and then, but most must have been killed, and none may have crashed.
+    assert set(codes) <= {0, -signal.SIGKILL}, codes
+    assert codes.count(-signal.SIGKILL) >= 2, codes
     _finish_and_check(out, corpus, encoders, reference)
 
 
