@@ -24,7 +24,7 @@ AUDIO_ENCODER ?= paper-audio
 TEXT_ENCODER  ?= paper-text
 endif
 
-.PHONY: help venv test demo bench clean train extract fairseq-parity
+.PHONY: help venv test lint format demo bench clean train extract fairseq-parity
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,7 +39,15 @@ $(STAMP): requirements/test.txt setup.cfg pyproject.toml
 venv: $(STAMP)  ## create or update .venv with ksr and the pinned test environment
 
 test: $(STAMP)  ## run the test suite (what CI runs)
-	$(PY) -m pytest -q tests
+	$(PY) -P -m pytest -q tests
+
+lint: $(STAMP)  ## ruff: lint and check the formatting (what CI runs)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)  ## ruff: fix what can be fixed and reformat
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 demo: $(STAMP)  ## run ksr on the built-in demo
 	$(VENV)/bin/ksr demo

@@ -5,4 +5,4 @@ Two stages joined by one contract: ``ksr.extract`` (frozen encoders -> features)
 evaluation) reads. ``ksr.cli`` is the ``ksr`` command.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -6,9 +6,12 @@ in ``RUN/run.json`` for older ones), the same cut and zero-padding to the cache'
 and the same round trip through the cache's storage dtype. Then the model sees what it would
 have seen had the utterance been in its training cache.
 
-This module joins the stages (it imports ``ksr.extract`` and ``ksr.fuse``), so it lives at the
-top of the package, beside ``cli.py``.
+This module joins the stages (it imports ``ksr.extract``'s encoders and ``ksr.fuse``'s model),
+so it lives at the top of the package, beside ``cli.py``. The cut, padding, rounding and masks
+are ``ksr.cache``'s own (``stored_row``, ``padding_mask``), the same functions the cache writer
+and reader use.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,19 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ksr.cache import CacheMeta, EncoderInfo
-from ksr.extract.audio import AudioError, read_audio
-from ksr.extract.encoders import AudioEncoder, EncoderError, TextEncoder, load_encoder, parse_spec
-from ksr.extract.encoders.base import placement
-from ksr.extract.pipeline import feature_problem, encoder_info
-from ksr.fuse.checkpoint import CheckpointError, load_checkpoint, load_state_strict
-from ksr.fuse.config import ModelConfig
-from ksr.fuse.model import KSTransformer
-
-_STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+from .cache import CacheMeta, EncoderInfo, padding_mask, row_problem, stored_row
+from .common import DeviceError, KsrError, resolve_device
+from .extract.audio import AudioError, read_audio
+from .extract.encoders import AudioEncoder, EncoderError, TextEncoder, load_encoder, parse_spec, placement
+from .fuse.checkpoint import CheckpointError, load_model_and_meta
+from .fuse.config import cache_dims
+from .fuse.model import KSTransformer
+from .fuse.runs import RUN_FILE, run_of_checkpoint
 
 
-class PredictError(ValueError):
+class PredictError(KsrError, ValueError):
     """Prediction cannot go on as asked; the message is one line and says what to do."""
 
 
@@ -77,32 +78,41 @@ class Prediction:
     attention: AttentionMaps | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "probabilities": self.probabilities, "logits": self.logits.tolist(),
-                "classes": list(self.classes), "checkpoint": self.checkpoint, "encoders": self.encoders,
-                "audio_frames": self.inputs.audio_len, "text_tokens": self.inputs.tokens}
+        return {
+            "label": self.label,
+            "probabilities": self.probabilities,
+            "logits": self.logits.tolist(),
+            "classes": list(self.classes),
+            "checkpoint": self.checkpoint,
+            "encoders": self.encoders,
+            "audio_frames": self.inputs.audio_len,
+            "text_tokens": self.inputs.tokens,
+        }
 
 
 # --- the checkpoint and what made its features -------------------------------------------------
 
-def checkpoint_cache_meta(path: str | os.PathLike, ckpt: dict[str, Any]) -> CacheMeta:
-    """The training cache's metadata: from the checkpoint, else from ``RUN/run.json`` for a
-    checkpoint at ``RUN/seedS/foldK/best.pt`` written before checkpoints recorded it."""
-    path = Path(path)
-    recorded = (ckpt.get("meta") or {}).get("cache_meta")
+
+def checkpoint_cache_meta(path: str | os.PathLike, meta: dict[str, Any]) -> CacheMeta:
+    """The training cache's metadata: from the checkpoint's ``meta``, else from ``RUN/run.json``
+    for a checkpoint at ``RUN/seedS/foldK/best.pt`` written before checkpoints recorded it."""
+    recorded = meta.get("cache_meta")
     source = str(path)
     if not recorded:
-        run_json = path.resolve().parents[2] / "run.json" if len(path.resolve().parents) > 2 else None
-        if run_json is None or not run_json.is_file():
-            raise PredictError(f"{path}: the checkpoint records no cache metadata (encoders, classes, max "
-                               f"lengths) and there is no run.json two folders above its fold folder; "
-                               f"predict with a checkpoint written by `ksr train`")
-        source = str(run_json)
+        run = run_of_checkpoint(path)
+        if run is None:
+            raise PredictError(
+                f"{path}: the checkpoint records no cache metadata (encoders, classes, max "
+                f"lengths) and there is no {RUN_FILE} two folders above its fold folder; "
+                f"predict with a checkpoint written by `ksr train`"
+            )
+        source = str(run / RUN_FILE)
         try:
-            recorded = json.loads(run_json.read_text()).get("cache_meta")
+            recorded = json.loads((run / RUN_FILE).read_text()).get("cache_meta")
         except (OSError, ValueError, AttributeError) as e:
-            raise PredictError(f"{run_json}: not a readable run description ({e})") from None
+            raise PredictError(f"{source}: not a readable run description ({e})") from None
         if not recorded:
-            raise PredictError(f"{run_json}: holds no cache_meta; predict with a checkpoint written by `ksr train`")
+            raise PredictError(f"{source}: holds no cache_meta; predict with a checkpoint written by `ksr train`")
     try:
         return CacheMeta.from_dict(recorded)
     except (TypeError, ValueError, KeyError) as e:
@@ -112,20 +122,16 @@ def checkpoint_cache_meta(path: str | os.PathLike, ckpt: dict[str, Any]) -> Cach
 def load_checkpoint_model(path: str | os.PathLike, device: torch.device) -> tuple[KSTransformer, CacheMeta]:
     """The model in eval mode on ``device`` and the cache metadata it was trained with."""
     try:
-        ckpt = load_checkpoint(path)
-        cfg = ModelConfig.from_dict(ckpt["config"])
-        model = KSTransformer(cfg)
-        load_state_strict(model, ckpt["model"], str(path))
+        model, meta = load_model_and_meta(path, device)
     except CheckpointError as e:
         raise PredictError(str(e)) from None
-    except (TypeError, ValueError, KeyError) as e:
-        raise PredictError(f"{path}: bad model config: {e}") from None
-    meta = checkpoint_cache_meta(path, ckpt)
-    wanted = {"num_classes": len(meta.classes), "audio_dim": meta.audio_dim, "text_dim": meta.text_dim}
-    differs = [f"{k} {getattr(cfg, k)} != {v}" for k, v in wanted.items() if getattr(cfg, k) != v]
+    cache_meta = checkpoint_cache_meta(path, meta)
+    differs = [
+        f"{k} {getattr(model.cfg, k)} != {v}" for k, v in cache_dims(cache_meta).items() if getattr(model.cfg, k) != v
+    ]
     if differs:
         raise PredictError(f"{path}: the model does not fit its recorded cache metadata ({', '.join(differs)})")
-    return model.to(device).eval(), meta
+    return model, cache_meta
 
 
 def recorded_spec(info: EncoderInfo) -> str:
@@ -146,8 +152,14 @@ def with_recorded_layer(spec: str, info: EncoderInfo) -> str:
     return spec
 
 
-def load_matching_encoder(modality: str, info: EncoderInfo, override: str | None, device: torch.device,
-                          force: bool, tiny_root: str | os.PathLike | None):
+def load_matching_encoder(
+    modality: str,
+    info: EncoderInfo,
+    override: str | None,
+    device: torch.device,
+    force: bool,
+    tiny_root: str | os.PathLike | None,
+):
     """The encoder that made the cache's ``modality`` features, checked by its fingerprint."""
     option = f"--{modality}-encoder"
     spec = with_recorded_layer(override, info) if override else recorded_spec(info)
@@ -157,33 +169,31 @@ def load_matching_encoder(modality: str, info: EncoderInfo, override: str | None
     except EncoderError as e:
         if override:
             raise PredictError(f"{option} {override}: {e}") from None
-        raise PredictError(f"cannot load the {modality} encoder the checkpoint records ({spec}): {e}; pass "
-                           f"{option} SPEC (a local folder is recorded by its last path part only)") from None
-    got = encoder_info(encoder)
+        raise PredictError(
+            f"cannot load the {modality} encoder the checkpoint records ({spec}): {e}; pass "
+            f"{option} SPEC (a local folder is recorded by its last path part only)"
+        ) from None
+    got = encoder.cache_record()
     if got.dim != info.dim:
-        raise PredictError(f"{modality} encoder {spec} gives {got.dim}-dim features; the checkpoint was "
-                           f"trained on {info.dim}-dim features from {info.name}")
-    if not force and info.checkpoint_digest and (got.checkpoint_digest, got.layer) != (info.checkpoint_digest, info.layer):
-        raise PredictError(f"{modality} encoder {spec} (weights {got.checkpoint_digest or '?'}, layer {got.layer}) "
-                           f"is not the one the checkpoint was trained with ({info.name}, weights "
-                           f"{info.checkpoint_digest}, layer {info.layer}); pass that encoder with {option}, "
-                           f"or --force to predict anyway")
+        raise PredictError(
+            f"{modality} encoder {spec} gives {got.dim}-dim features; the checkpoint was "
+            f"trained on {info.dim}-dim features from {info.name}"
+        )
+    if (
+        not force
+        and info.checkpoint_digest
+        and (got.checkpoint_digest, got.layer) != (info.checkpoint_digest, info.layer)
+    ):
+        raise PredictError(
+            f"{modality} encoder {spec} (weights {got.checkpoint_digest or '?'}, layer {got.layer}) "
+            f"is not the one the checkpoint was trained with ({info.name}, weights "
+            f"{info.checkpoint_digest}, layer {info.layer}); pass that encoder with {option}, "
+            f"or --force to predict anyway"
+        )
     return encoder, spec
 
 
 # --- features as the cache stores them ----------------------------------------------------------
-
-def cache_row(x: torch.Tensor, max_len: int, storage: str) -> tuple[torch.Tensor, int]:
-    """``(max_len, D)`` float32 as a cache row reads back: cut to ``max_len``, cast to the
-    storage dtype and back (as the writer stores and the reader loads it), zero-padded."""
-    n = min(len(x), max_len)
-    row = torch.zeros((max_len, x.shape[1]), dtype=torch.float32)
-    row[:n] = x[:n].float().cpu().to(_STORAGE_DTYPES[storage]).float()
-    return row, n
-
-
-def padding_mask(length: int, max_len: int) -> torch.Tensor:
-    return (torch.arange(max_len) >= length)[None, :]
 
 
 def audio_inputs(encoder: AudioEncoder, audio_path: str | os.PathLike, meta: CacheMeta) -> tuple[torch.Tensor, int]:
@@ -192,61 +202,62 @@ def audio_inputs(encoder: AudioEncoder, audio_path: str | os.PathLike, meta: Cac
     except AudioError as e:
         raise PredictError(f"--audio: {e}") from None
     if len(wav) < encoder.min_samples:
-        raise PredictError(f"{audio_path}: too short: {len(wav)} samples at {meta.sample_rate} Hz; "
-                           f"{encoder.name} needs {encoder.min_samples} for one frame")
+        raise PredictError(
+            f"{audio_path}: too short: {len(wav)} samples at {meta.sample_rate} Hz; "
+            f"{encoder.name} needs {encoder.min_samples} for one frame"
+        )
     feats = encoder.encode([wav])[0]
-    problem = feature_problem(feats, meta.max_audio_len, "audio", meta.dtype)
+    problem = row_problem(feats, meta.max_audio_len, "audio", meta.dtype)
     if problem:
         raise PredictError(f"{audio_path}: {problem}")
-    return cache_row(feats, meta.max_audio_len, meta.dtype)
+    return stored_row(feats, meta.max_audio_len, meta.dtype)
 
 
 def text_inputs(encoder: TextEncoder, text: str, meta: CacheMeta) -> tuple[torch.Tensor, int, list[str]]:
     if not text.strip():
         raise PredictError("--text is empty; give the utterance's transcript")
     feats = encoder.encode([text])[0]
-    problem = feature_problem(feats, meta.max_text_len, "text", meta.dtype)
+    problem = row_problem(feats, meta.max_text_len, "text", meta.dtype)
     if problem:
         raise PredictError(f"--text: {problem}")
-    row, n = cache_row(feats, meta.max_text_len, meta.dtype)
+    row, n = stored_row(feats, meta.max_text_len, meta.dtype)
     return row, n, encoder.tokenize(text)[:n]
 
 
 # --- attention ----------------------------------------------------------------------------------
 
-def last_cross_attentions(model: KSTransformer) -> tuple[torch.nn.Module, torch.nn.Module, str]:
-    """(words -> frames, frames -> words) attention modules of the last CCAB's cross layer: the
-    last layer where the two modalities meet (deep fusion is per modality)."""
+
+def check_has_cross_attention(model: KSTransformer) -> None:
     if model.cfg.modalities != "both":
-        raise PredictError(f"--attention: this {model.cfg.modalities}-only model has no cross-modal "
-                           "attention to draw")
-    if not len(model.text_ccabs.blocks):
-        raise PredictError("--attention: this model has no CCAB (0 interaction layers), so no cross-modal "
-                           "attention to draw")
-    i = len(model.text_ccabs.blocks) - 1
-    text_to_audio = model.text_ccabs.blocks[i].cross_block.layers[-1].attention
-    audio_to_text = model.audio_ccabs.blocks[i].cross_block.layers[-1].attention
-    return text_to_audio, audio_to_text, f"CCAB {i + 1} cross layer"
+        raise PredictError(f"--attention: this {model.cfg.modalities}-only model has no cross-modal attention to draw")
+    if not model.cfg.num_layers[1]:
+        raise PredictError(
+            "--attention: this model has no CCAB (0 interaction layers), so no cross-modal attention to draw"
+        )
 
 
 # --- the whole prediction -----------------------------------------------------------------------
 
+
 def pick_device(name: str | torch.device = "auto") -> torch.device:
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise PredictError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PredictError("--device cuda: no CUDA device is available (use --device cpu)")
-    return device
+        return resolve_device(name)
+    except DeviceError as e:
+        raise PredictError(str(e)) from None
 
 
-def predict(checkpoint: str | os.PathLike, audio_path: str | os.PathLike | None = None, text: str | None = None,
-            *, audio_encoder: str | None = None, text_encoder: str | None = None,
-            device: str | torch.device = "auto", attention: bool = False, force: bool = False,
-            tiny_root: str | os.PathLike | None = None) -> Prediction:
+def predict(
+    checkpoint: str | os.PathLike,
+    audio_path: str | os.PathLike | None = None,
+    text: str | None = None,
+    *,
+    audio_encoder: str | None = None,
+    text_encoder: str | None = None,
+    device: str | torch.device = "auto",
+    attention: bool = False,
+    force: bool = False,
+    tiny_root: str | os.PathLike | None = None,
+) -> Prediction:
     """Label and class probabilities of one utterance (``audio_path`` and its transcript ``text``).
 
     Encoders are the ones the checkpoint records, unless ``audio_encoder``/``text_encoder``
@@ -266,47 +277,55 @@ def predict(checkpoint: str | os.PathLike, audio_path: str | os.PathLike | None 
     if uses_audio and not Path(audio_path).is_file():  # before the (slow) encoders load
         raise PredictError(f"--audio: audio file not found: {audio_path}")
     if attention:
-        modules = last_cross_attentions(model)
+        check_has_cross_attention(model)
 
     specs: dict[str, str] = {}
     inputs = ModelInputs(None, None, None, None)
     if uses_audio:
         enc, specs["audio"] = load_matching_encoder("audio", meta.audio_encoder, audio_encoder, dev, force, tiny_root)
         row, inputs.audio_len = audio_inputs(enc, audio_path, meta)
-        inputs.audio, inputs.audio_padding_mask = row[None], padding_mask(inputs.audio_len, meta.max_audio_len)
+        inputs.audio, inputs.audio_padding_mask = (
+            row[None],
+            padding_mask(torch.tensor([inputs.audio_len]), meta.max_audio_len),
+        )
         frame_rate = meta.audio_encoder.frame_rate or enc.frame_rate
         del enc
     if uses_text:
         enc, specs["text"] = load_matching_encoder("text", meta.text_encoder, text_encoder, dev, force, tiny_root)
         row, inputs.text_len, inputs.tokens = text_inputs(enc, text, meta)
-        inputs.text, inputs.text_padding_mask = row[None], padding_mask(inputs.text_len, meta.max_text_len)
+        inputs.text, inputs.text_padding_mask = (
+            row[None],
+            padding_mask(torch.tensor([inputs.text_len]), meta.max_text_len),
+        )
         del enc
 
-    recorded: list[list[torch.Tensor]] = [[], []]
-    if attention:
-        for module, store in zip(modules[:2], recorded):
-            module.record_weights = store
-    try:
-        with torch.no_grad():
-            args = [t.to(dev) if t is not None else None
-                    for t in (inputs.audio, inputs.text, inputs.audio_padding_mask, inputs.text_padding_mask)]
-            logits = model(*args)[0].float().cpu()
-    finally:
-        if attention:
-            for module in modules[:2]:
-                module.record_weights = None
+    with torch.no_grad():
+        args = [
+            t.to(dev) if t is not None else None
+            for t in (inputs.audio, inputs.text, inputs.audio_padding_mask, inputs.text_padding_mask)
+        ]
+        logits, maps = model(*args, return_attention=True) if attention else (model(*args), None)
+        logits = logits[0].float().cpu()
     probs = logits.softmax(-1).numpy().astype(np.float64)
     classes = tuple(meta.classes)
-    result = Prediction(label=classes[int(np.argmax(probs))],
-                        probabilities={c: float(p) for c, p in zip(classes, probs)},
-                        logits=logits.numpy(), classes=classes, checkpoint=str(checkpoint), encoders=specs,
-                        inputs=inputs)
+    result = Prediction(
+        label=classes[int(np.argmax(probs))],
+        probabilities={c: float(p) for c, p in zip(classes, probs)},
+        logits=logits.numpy(),
+        classes=classes,
+        checkpoint=str(checkpoint),
+        encoders=specs,
+        inputs=inputs,
+    )
     if attention:
         la, lt = inputs.audio_len, inputs.text_len
         result.attention = AttentionMaps(
-            text_to_audio=recorded[0][-1][0, :, :lt, :la].float().cpu().numpy(),
-            audio_to_text=recorded[1][-1][0, :, :la, :lt].float().cpu().numpy(),
-            tokens=inputs.tokens, frame_times=np.arange(la) / float(frame_rate), layer=modules[2])
+            text_to_audio=maps["text_to_audio"][-1][0, :, :lt, :la].float().cpu().numpy(),
+            audio_to_text=maps["audio_to_text"][-1][0, :, :la, :lt].float().cpu().numpy(),
+            tokens=inputs.tokens,
+            frame_times=np.arange(la) / float(frame_rate),
+            layer=f"CCAB {model.cfg.num_layers[1]} cross layer",
+        )
     return result
 
 
@@ -318,7 +337,7 @@ def readable_token(token: str) -> str:
 def draw_attention(prediction: Prediction, path: str | os.PathLike) -> Path:
     """The PNG of ``prediction.attention`` (averaged over heads): words by audio frames, words
     attending to frames on top, frames attending to words (transposed) below."""
-    from ksr.fuse.plots import attention_figure
+    from .fuse.plots import attention_figure
 
     maps = prediction.attention
     if maps is None:
@@ -329,6 +348,8 @@ def draw_attention(prediction: Prediction, path: str | os.PathLike) -> Path:
         "text -> audio: each word (query) over the audio frames (keys); key sparsity drops frames": top,
         "audio -> text, transposed: each frame (query) over the words (keys); key sparsity drops words": bottom,
     }
-    title = (f"key-sparse cross attention, {maps.layer} (last interaction layer), mean over heads; "
-             f"predicted {prediction.label} ({100 * prediction.probabilities[prediction.label]:.0f}%)")
+    title = (
+        f"key-sparse cross attention, {maps.layer} (last interaction layer), mean over heads; "
+        f"predicted {prediction.label} ({100 * prediction.probabilities[prediction.label]:.0f}%)"
+    )
     return attention_figure(panels, [readable_token(t) for t in maps.tokens], maps.frame_times, title, Path(path))

@@ -17,6 +17,7 @@ If ``KSR_OFFICIAL_CODE`` names a folder holding the public implementation's ``mo
 the public model itself is timed too, in the same rounds.
 With a GPU, ``gpu_section`` also times bf16/fp16 autocast and ``torch.compile`` variants.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,12 @@ def build_model(variant: str, changes: dict) -> torch.nn.Module:
 
         cfg = ModelConfig(**changes)
         return KS_transformer_model(
-            input_dim=[cfg.audio_dim, cfg.text_dim], ffn_embed_dim=[cfg.audio_ffn_dim, cfg.text_ffn_dim],
-            num_layers=list(cfg.num_layers), num_heads=cfg.num_heads, num_classes=cfg.num_classes)
+            input_dim=[cfg.audio_dim, cfg.text_dim],
+            ffn_embed_dim=[cfg.audio_ffn_dim, cfg.text_ffn_dim],
+            num_layers=list(cfg.num_layers),
+            num_heads=cfg.num_heads,
+            num_classes=cfg.num_classes,
+        )
     from ksr.fuse import KSTransformer, ModelConfig
 
     return KSTransformer(ModelConfig(attention_impl=variant, **changes))
@@ -118,10 +123,20 @@ def child(variant: str, config: str, steps: int, threads: int | None) -> dict:
             cpu.append(time.process_time() - c)
     peak = rss_kib("VmHWM") if exact_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     shares = time_shares(step) if variant == "fast" else {}
-    return dict(variant=variant, config=config, batch=batch, times=times, cpu=cpu,
-                rss_before_mib=rss_before / 1024, peak_mib=peak / 1024, step_mib=(peak - rss_before) / 1024,
-                exact_peak=exact_peak, load=[load_before, os.getloadavg()[0]], threads=torch.get_num_threads(),
-                shares=shares)
+    return dict(
+        variant=variant,
+        config=config,
+        batch=batch,
+        times=times,
+        cpu=cpu,
+        rss_before_mib=rss_before / 1024,
+        peak_mib=peak / 1024,
+        step_mib=(peak - rss_before) / 1024,
+        exact_peak=exact_peak,
+        load=[load_before, os.getloadavg()[0]],
+        threads=torch.get_num_threads(),
+        shares=shares,
+    )
 
 
 # Profiler op names -> the part of the step they belong to (self CPU time; the rest is "other").
@@ -140,8 +155,9 @@ def time_shares(step) -> dict[str, float]:
         step()
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
-    shares = {part: sum(e.self_cpu_time_total for e in events if e.key in names) / total
-              for part, names in PARTS.items()}
+    shares = {
+        part: sum(e.self_cpu_time_total for e in events if e.key in names) / total for part, names in PARTS.items()
+    }
     shares["other (norms, activations, copies, optimizer)"] = 1.0 - sum(shares.values())
     return shares
 
@@ -192,14 +208,23 @@ def summarise(results: list[dict], gflop: dict, peak_rate: float) -> list[dict]:
             step = statistics.median(times)
             batch = runs[0]["batch"]
             rate = 3 * gflop[config] * batch / step
-            rows.append(dict(
-                config=config, variant=variant, batch=batch, step_s=step, min_s=min(times), n=len(times),
-                cpu_s=statistics.median([c for r in runs for c in r["cpu"]]),
-                utt_per_s=batch / step, gflops=rate, of_peak=rate / peak_rate,
-                step_mib=statistics.median(r["step_mib"] for r in runs),
-                peak_mib=statistics.median(r["peak_mib"] for r in runs),
-                load=(min(r["load"][0] for r in runs), max(r["load"][1] for r in runs)),
-            ))
+            rows.append(
+                dict(
+                    config=config,
+                    variant=variant,
+                    batch=batch,
+                    step_s=step,
+                    min_s=min(times),
+                    n=len(times),
+                    cpu_s=statistics.median([c for r in runs for c in r["cpu"]]),
+                    utt_per_s=batch / step,
+                    gflops=rate,
+                    of_peak=rate / peak_rate,
+                    step_mib=statistics.median(r["step_mib"] for r in runs),
+                    peak_mib=statistics.median(r["peak_mib"] for r in runs),
+                    load=(min(r["load"][0] for r in runs), max(r["load"][1] for r in runs)),
+                )
+            )
     return rows
 
 
@@ -213,12 +238,16 @@ def verdicts(rows: list[dict]) -> list[str]:
             if base not in by:
                 continue
             speed = by[base]["step_s"] / by["fast"]["step_s"]
-            line = f"- {config}: fast vs {base}: {speed:.2f}x faster (goal {goal['speed']}x: " \
-                   f"{'met' if speed >= goal['speed'] else 'NOT met'})"
+            line = (
+                f"- {config}: fast vs {base}: {speed:.2f}x faster (goal {goal['speed']}x: "
+                f"{'met' if speed >= goal['speed'] else 'NOT met'})"
+            )
             if "memory" in goal:
                 mem = by[base]["step_mib"] / by["fast"]["step_mib"]
-                line += f"; {mem:.1f}x less step memory (goal {goal['memory']}x: " \
-                        f"{'met' if mem >= goal['memory'] else 'NOT met'})"
+                line += (
+                    f"; {mem:.1f}x less step memory (goal {goal['memory']}x: "
+                    f"{'met' if mem >= goal['memory'] else 'NOT met'})"
+                )
             lines.append(line)
     return lines
 
@@ -227,9 +256,12 @@ def where_time_goes(results: list[dict], rows: list[dict]) -> str:
     """The fast step's profile per configuration, and the speed-up bound it implies: linear
     layers do the same work on every path, so even free attention cannot beat
     baseline / (fast step x (1 - attention share))."""
-    lines = ["Where the fast step's time goes (torch.profiler, self CPU time of one extra step, median over runs):", "",
-             "| config | " + " | ".join(PARTS) + " | other | bound on speed-up with free attention |",
-             "|---" * (len(PARTS) + 3) + "|"]
+    lines = [
+        "Where the fast step's time goes (torch.profiler, self CPU time of one extra step, median over runs):",
+        "",
+        "| config | " + " | ".join(PARTS) + " | other | bound on speed-up with free attention |",
+        "|---" * (len(PARTS) + 3) + "|",
+    ]
     attention = list(PARTS)[1]
     for config in CONFIGS:
         runs = [r for r in results if r["config"] == config and r.get("shares")]
@@ -239,19 +271,25 @@ def where_time_goes(results: list[dict], rows: list[dict]) -> str:
         by = {r["variant"]: r for r in rows if r["config"] == config}
         base = by.get("public", by.get("plain"))
         bound = base["step_s"] / (by["fast"]["step_s"] * (1 - share[attention]))
-        lines.append(f"| {config} | " + " | ".join(f"{100 * v:.0f}%" for v in share.values())
-                     + f" | {bound:.2f}x vs {base['variant']} |")
+        lines.append(
+            f"| {config} | "
+            + " | ".join(f"{100 * v:.0f}%" for v in share.values())
+            + f" | {bound:.2f}x vs {base['variant']} |"
+        )
     return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| config | variant | batch | step s (median, min, n) | CPU s | utt/s | GFLOP/s | of matmul peak "
-            "| step memory MiB | process peak MiB | load avg |\n" + "|---" * 11 + "|\n")
+    head = (
+        "| config | variant | batch | step s (median, min, n) | CPU s | utt/s | GFLOP/s | of matmul peak "
+        "| step memory MiB | process peak MiB | load avg |\n" + "|---" * 11 + "|\n"
+    )
     body = "".join(
         f"| {r['config']} | {r['variant']} | {r['batch']} | {r['step_s']:.2f} ({r['min_s']:.2f}, {r['n']}) "
         f"| {r['cpu_s']:.2f} | {r['utt_per_s']:.2f} | {r['gflops']:.0f} | {100 * r['of_peak']:.0f}% "
         f"| {r['step_mib']:.0f} | {r['peak_mib']:.0f} | {r['load'][0]:.1f}-{r['load'][1]:.1f} |\n"
-        for r in rows)
+        for r in rows
+    )
     return head + body
 
 
@@ -270,20 +308,29 @@ def run(quick: bool = False, threads: int | None = None, configs=None) -> str:
         for config in configs:
             for variant in variants:
                 res = run_child(variant, config, steps, threads)
-                print(f"  round {r + 1}: {config} {variant}: {statistics.median(res['times']):.2f} s/step, "
-                      f"+{res['step_mib']:.0f} MiB, load {res['load'][0]:.1f}", flush=True)
+                print(
+                    f"  round {r + 1}: {config} {variant}: {statistics.median(res['times']):.2f} s/step, "
+                    f"+{res['step_mib']:.0f} MiB, load {res['load'][0]:.1f}",
+                    flush=True,
+                )
                 results.append(res)
     rows = summarise(results, gflop, peak_rate)
     out = ["## Attention: one training step, plain vs fast (issue 3)", ""]
-    out.append(f"- float32 matmul rate of this machine (2048^3, {torch.get_num_threads()} threads): "
-               f"{peak_rate:.0f} GFLOP/s")
+    out.append(
+        f"- float32 matmul rate of this machine (2048^3, {torch.get_num_threads()} threads): {peak_rate:.0f} GFLOP/s"
+    )
     for c in configs:
-        out.append(f"- forward FLOPs per utterance ({c}, FlopCounterMode, plain path): {gflop[c]:.2f} GFLOP; "
-                   f"a step counts 3x")
-    out.append(f"- public implementation: {'timed from ' + official if have_public else 'not available (set KSR_OFFICIAL_CODE to a folder holding its model/ package)'}")
-    out.append(f"- {rounds} rounds x {steps} timed steps per variant after one warm-up step, each variant in "
-               f"its own fresh process, variants interleaved; step memory = peak RSS during the steps minus "
-               f"RSS before them")
+        out.append(
+            f"- forward FLOPs per utterance ({c}, FlopCounterMode, plain path): {gflop[c]:.2f} GFLOP; a step counts 3x"
+        )
+    out.append(
+        f"- public implementation: {'timed from ' + official if have_public else 'not available (set KSR_OFFICIAL_CODE to a folder holding its model/ package)'}"
+    )
+    out.append(
+        f"- {rounds} rounds x {steps} timed steps per variant after one warm-up step, each variant in "
+        f"its own fresh process, variants interleaved; step memory = peak RSS during the steps minus "
+        f"RSS before them"
+    )
     out += ["", table(rows), *verdicts(rows), "", where_time_goes(results, rows)]
     if torch.cuda.is_available():
         out += ["", gpu_section(quick)]
@@ -293,8 +340,15 @@ def run(quick: bool = False, threads: int | None = None, configs=None) -> str:
 
 
 # --- GPU variants -------------------------------------------------------------------------------
-def gpu_step_timing(config: str, impl: str, amp: torch.dtype | None, compiled: bool, steps: int,
-                    device: str = "cuda", batch: int | None = None) -> dict:
+def gpu_step_timing(
+    config: str,
+    impl: str,
+    amp: torch.dtype | None,
+    compiled: bool,
+    steps: int,
+    device: str = "cuda",
+    batch: int | None = None,
+) -> dict:
     """Time a training step on ``device`` under optional autocast and torch.compile."""
     changes, default_batch = CONFIGS[config]
     batch = batch or default_batch
@@ -327,7 +381,7 @@ def gpu_step_timing(config: str, impl: str, amp: torch.dtype | None, compiled: b
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     peak = torch.cuda.max_memory_allocated() / 2**20 if is_cuda else float("nan")
-    del model, opt
+    del step, model  # the closure holds the model and the optimiser
     if is_cuda:
         torch.cuda.empty_cache()
     return dict(step_s=statistics.median(times), batch=batch, peak_mib=peak)
@@ -348,8 +402,12 @@ GPU_VARIANTS = [
 def gpu_section(quick: bool, device: str = "cuda") -> str:
     steps = 3 if quick else 10
     name = torch.cuda.get_device_name(0) if device.startswith("cuda") else device
-    lines = [f"### GPU: {name}", "",
-             "| config | variant | batch | step s | utt/s | peak allocated MiB |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"### GPU: {name}",
+        "",
+        "| config | variant | batch | step s | utt/s | peak allocated MiB |",
+        "|---|---|---|---|---|---|",
+    ]
     for config in CONFIGS:
         for label, impl, amp, compiled in GPU_VARIANTS:
             try:
@@ -357,8 +415,10 @@ def gpu_section(quick: bool, device: str = "cuda") -> str:
             except Exception as exc:  # a variant that fails (e.g. no compiler) is reported, not fatal
                 lines.append(f"| {config} | {label} | | failed: {type(exc).__name__}: {str(exc)[:80]} | | |")
                 continue
-            lines.append(f"| {config} | {label} | {r['batch']} | {r['step_s']:.4f} | "
-                         f"{r['batch'] / r['step_s']:.1f} | {r['peak_mib']:.0f} |")
+            lines.append(
+                f"| {config} | {label} | {r['batch']} | {r['step_s']:.4f} | "
+                f"{r['batch'] / r['step_s']:.1f} | {r['peak_mib']:.0f} |"
+            )
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ section. Every section is written with the machine, the torch version and the co
 it. ``--only NAME`` reruns one module and replaces only its section in the results file, so the
 file always holds the latest measurement of each benchmark.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,10 @@ def read_sections(path: Path) -> dict[str, str]:
         return {}
     text = path.read_text()
     marks = list(MARKER_RE.finditer(text))
-    return {m.group(1): text[m.end():marks[i + 1].start() if i + 1 < len(marks) else len(text)].strip("\n")
-            for i, m in enumerate(marks)}
+    return {
+        m.group(1): text[m.end() : marks[i + 1].start() if i + 1 < len(marks) else len(text)].strip("\n")
+        for i, m in enumerate(marks)
+    }
 
 
 def write_sections(path: Path, sections: dict[str, str]) -> str:
@@ -79,12 +82,12 @@ def main() -> None:
     if args.only:
         modules = [m for m in modules if m.stem == f"bench_{args.only}"]
         if not modules:
-            names = ", ".join(p.stem[len("bench_"):] for p in sorted(HERE.glob("bench_*.py")))
+            names = ", ".join(p.stem[len("bench_") :] for p in sorted(HERE.glob("bench_*.py")))
             sys.exit(f"bench/run.py: no benchmark named {args.only!r} (have: {names})")
     out = Path(args.out)
     sections = read_sections(out)
     for path in modules:
-        name = path.stem[len("bench_"):]
+        name = path.stem[len("bench_") :]
         print(f"== {name}", flush=True)
         text = load(path).run(quick=args.quick)
         head, _, rest = text.strip("\n").partition("\n")  # the module's "## title" line, then its body

@@ -19,15 +19,33 @@ Reading (training)::
 
 The schema is documented in docs/cache.md.
 """
+
 from .errors import CacheError, CacheMismatchError
 from .info import cache_info, format_info
 from .reader import Batch, BatchLoader, Cache, open_cache
+from .rows import STORAGE_DTYPES, padding_mask, row_problem, stored_row
 from .schema import SCHEMA_VERSION, CacheMeta, EncoderInfo, check_compatible
 from .verify import VerifyReport, verify_cache
 from .writer import CacheWriter
 
 __all__ = [
-    "SCHEMA_VERSION", "Batch", "BatchLoader", "Cache", "CacheError", "CacheMeta", "CacheMismatchError",
-    "CacheWriter", "EncoderInfo", "VerifyReport", "cache_info", "check_compatible", "format_info",
-    "open_cache", "verify_cache",
+    "SCHEMA_VERSION",
+    "Batch",
+    "BatchLoader",
+    "Cache",
+    "CacheError",
+    "CacheMeta",
+    "CacheMismatchError",
+    "CacheWriter",
+    "EncoderInfo",
+    "VerifyReport",
+    "cache_info",
+    "check_compatible",
+    "format_info",
+    "open_cache",
+    "verify_cache",
+    "STORAGE_DTYPES",
+    "padding_mask",
+    "row_problem",
+    "stored_row",
 ]

@@ -1,19 +1,19 @@
 """Array helpers shared by the writer and the reader.
 
 Copies here run on the calling thread only. Torch's intra-op threads meet at a spinning barrier
-after every op: on the 2-core development machine, shared with other work, per-row
-multi-threaded copies measured 5-10x slower than the same copies cut into pieces that torch
-runs inline (an element-wise op of fewer than ``_GRAIN`` elements, torch's internal
-GRAIN_SIZE). Splitting a batch's rows over two plain threads did not pay either: 6,100
-against 9,100 utterances per CPU-second (bench/bench_cache.py): the copy is bound by memory
+after every op: on a small machine shared with other work, per-row multi-threaded copies are
+several times slower than the same copies cut into pieces that torch runs inline (an
+element-wise op of fewer than ``_GRAIN`` elements, torch's internal GRAIN_SIZE). Splitting a
+batch's rows over two plain threads did not pay either (bench/results.md): the copy is bound by memory
 bandwidth, which a second thread on that machine does not add.
 """
+
 from __future__ import annotations
 
 import math
 import threading
 import weakref
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -41,8 +41,9 @@ def row_pieces(rows: torch.Tensor, k: int) -> list[torch.Tensor]:
     return list(rows.reshape(len(rows) * k, math.prod(rows.shape[1:]) // k).unbind(0))
 
 
-def gather_pieces(dst: torch.Tensor, src: Sequence[torch.Tensor], starts: Sequence[int],
-                  valid: Sequence[int], k: int) -> None:
+def gather_pieces(
+    dst: torch.Tensor, src: Sequence[torch.Tensor], starts: Sequence[int], valid: Sequence[int], k: int
+) -> None:
     """``dst[j]`` = the row made of pieces ``src[starts[j]:starts[j] + k]``, converting the dtype.
 
     Only its first ``valid[j]`` pieces (those holding frames before the padding) are read;
@@ -52,9 +53,9 @@ def gather_pieces(dst: torch.Tensor, src: Sequence[torch.Tensor], starts: Sequen
     out = row_pieces(dst, k)
     copy_to, copy_from, zero = [], [], []
     for j, (start, v) in enumerate(zip(starts, valid)):
-        copy_to += out[j * k:j * k + v]
-        copy_from += src[start:start + v]
-        zero += out[j * k + v:(j + 1) * k]
+        copy_to += out[j * k : j * k + v]
+        copy_from += src[start : start + v]
+        zero += out[j * k + v : (j + 1) * k]
     if _foreach_copy is not None:
         if copy_to:
             _foreach_copy(copy_to, copy_from)
@@ -76,7 +77,7 @@ def valid_pieces(lengths: np.ndarray, width: int, dim: int, k: int) -> np.ndarra
 
 def all_finite(a: np.ndarray) -> bool:
     """No NaN or inf in ``a``. float16 is tested on its exponent bits: numpy has no vectorised
-    float16 ``isfinite`` (measured 20x slower than float32)."""
+    float16 ``isfinite`` (far slower than float32's)."""
     if a.dtype == np.float16:
         return not ((a.view(np.uint16) & 0x7C00) == 0x7C00).any()
     if a.dtype.kind in "fc":
@@ -88,8 +89,7 @@ class BufferPool:
     """Fresh-looking output tensors whose memory is reused once the consumer lets go of them.
 
     A batch is ~30 MB; allocated anew each time, glibc hands such blocks back to the system and
-    faults them in again page by page: measured up to 200k page faults per 2,000-utterance pass,
-    half of its time. Here each tensor wraps a numpy array view; when the last tensor or view
+    faults them in again page by page, which can take half of a pass's time. Here each tensor wraps a numpy array view; when the last tensor or view
     using that memory dies, numpy's view object dies with it and its block returns to the pool,
     so memory is never reused while anything can still read it.
     """

@@ -1,8 +1,11 @@
 """Exceptions raised by ``ksr.cache``: one line each, naming the file and the problem."""
+
 from __future__ import annotations
 
+from ..common.errors import KsrError
 
-class CacheError(Exception):
+
+class CacheError(KsrError):
     """A cache directory is damaged, incomplete, or cannot be used as asked.
 
     The message names the file (shard or index) and says what is wrong and what to do.

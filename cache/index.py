@@ -5,6 +5,7 @@ finished shards with their size and SHA-256; no two processes ever write the sam
 reader merges all of them. Every write goes to a temporary name, is flushed to disk, and is
 renamed over the old file, so a reader sees the old index or the new one, never half of one.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -13,10 +14,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import faults
+from ..common.files import write_then_rename
 from .errors import CacheError, CacheMismatchError
-from .schema import (INDEX_KIND, SCHEMA_VERSION, CacheMeta, diff_dicts, index_name,
-                     parse_index_name, parse_shard_name)
+from .schema import INDEX_KIND, SCHEMA_VERSION, CacheMeta, diff_dicts, index_name, parse_index_name, parse_shard_name
 
 TMP_SUFFIX = ".tmp"
 
@@ -25,35 +25,24 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def fsync_path(path: Path) -> None:
-    """Flush a file's bytes, or a directory's entries (which makes a rename in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``path`` so that readers see either its old content or the whole new one."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    # One writer owns each index, so its temporary name is fixed: a rerun of that writer finds it.
     # tests: complete temporary file, not yet renamed (KSR_TEST_KILL_AT=index-write:N)
-    faults.point("index-write")
-    os.replace(tmp, path)
-    fsync_path(path.parent)
+    write_then_rename(path.with_name(path.name + TMP_SUFFIX), path, "w", lambda f: f.write(text), "index-write")
 
 
 def check_schema_version(version, where: str) -> None:
     if version != SCHEMA_VERSION:
-        hint = ("upgrade ksr" if isinstance(version, int) and version > SCHEMA_VERSION
-                else "extract the cache again with this ksr")
+        hint = (
+            "upgrade ksr"
+            if isinstance(version, int) and version > SCHEMA_VERSION
+            else "extract the cache again with this ksr"
+        )
         raise CacheMismatchError(
             f"{where}: cache schema version {version!r}, this ksr reads version {SCHEMA_VERSION}: {hint}",
-            [f"schema_version: cache has {version!r}, expected {SCHEMA_VERSION}"])
+            [f"schema_version: cache has {version!r}, expected {SCHEMA_VERSION}"],
+        )
 
 
 @dataclass
@@ -97,7 +86,7 @@ def read_index(path: Path) -> WriterIndex:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CacheError(f"{path}: unreadable index ({e}): restore it or remove the cache") from None
     if not isinstance(doc, dict) or doc.get("kind") != INDEX_KIND:
-        raise CacheError(f"{path}: not a ksr cache index (no \"kind\": \"{INDEX_KIND}\")")
+        raise CacheError(f'{path}: not a ksr cache index (no "kind": "{INDEX_KIND}")')
     check_schema_version(doc.get("schema_version"), str(path))
     try:
         meta = CacheMeta.from_dict(doc["meta"])
@@ -112,8 +101,14 @@ def read_index(path: Path) -> WriterIndex:
         raise CacheError(f"{path}: malformed index ({type(e).__name__}: {e})") from None
     if parse_index_name(Path(path).name) != tag:
         raise CacheError(f"{path}: index of writer {tag!r} under the wrong file name")
-    return WriterIndex(tag=tag, meta=meta, shards=shards, ksr_version=doc.get("ksr_version", ""),
-                       created=doc.get("created", ""), updated=doc.get("updated", ""))
+    return WriterIndex(
+        tag=tag,
+        meta=meta,
+        shards=shards,
+        ksr_version=doc.get("ksr_version", ""),
+        created=doc.get("created", ""),
+        updated=doc.get("updated", ""),
+    )
 
 
 def write_index(root: Path, index: WriterIndex) -> None:
@@ -148,13 +143,18 @@ class Scan:
         out = []
         for name in self.unindexed:
             tag = parse_shard_name(name)[0]
-            out.append(f"{self.root / name}: shard not listed in any index (left by an interrupted "
-                       f"writer, or index-{tag}.json was lost): rerun writer {tag!r} or remove it")
+            out.append(
+                f"{self.root / name}: shard not listed in any index (left by an interrupted "
+                f"writer, or index-{tag}.json was lost): rerun writer {tag!r} or remove it"
+            )
         return out
 
     def leftover_notes(self) -> list[str]:
-        return [f"{self.root / name}: unfinished file of an interrupted writer (readers ignore "
-                f"it; the writer's rerun removes it)" for name in self.leftovers]
+        return [
+            f"{self.root / name}: unfinished file of an interrupted writer (readers ignore "
+            f"it; the writer's rerun removes it)"
+            for name in self.leftovers
+        ]
 
 
 def scan_dir(root: Path | str, allow_empty: bool = False) -> Scan:
@@ -180,12 +180,17 @@ def scan_dir(root: Path | str, allow_empty: bool = False) -> Scan:
 
     meta = indexes[0].meta if indexes else None
     for ix in indexes[1:]:
-        lines = diff_dicts(meta.to_dict(), ix.meta.to_dict(),
-                           have_name=f"index-{indexes[0].tag}.json has",
-                           want_name=f"index-{ix.tag}.json has")
+        lines = diff_dicts(
+            meta.to_dict(),
+            ix.meta.to_dict(),
+            have_name=f"index-{indexes[0].tag}.json has",
+            want_name=f"index-{ix.tag}.json has",
+        )
         if lines:
-            problems.append(f"{root / index_name(ix.tag)}: written for another cache than "
-                            f"{index_name(indexes[0].tag)}: " + "; ".join(lines))
+            problems.append(
+                f"{root / index_name(ix.tag)}: written for another cache than "
+                f"{index_name(indexes[0].tag)}: " + "; ".join(lines)
+            )
 
     listed: dict[str, str] = {}
     present = set(names)
@@ -193,14 +198,17 @@ def scan_dir(root: Path | str, allow_empty: bool = False) -> Scan:
         for e in ix.shards:
             parsed = parse_shard_name(e.file)
             if parsed is None or parsed[0] != ix.tag:
-                problems.append(f"{root / index_name(ix.tag)}: lists {e.file!r}, which is not a "
-                                f"shard name of writer {ix.tag!r}")
+                problems.append(
+                    f"{root / index_name(ix.tag)}: lists {e.file!r}, which is not a shard name of writer {ix.tag!r}"
+                )
             elif e.file in listed:
-                problems.append(f"{root / e.file}: listed twice (in {index_name(listed[e.file])} "
-                                f"and {index_name(ix.tag)})")
+                problems.append(
+                    f"{root / e.file}: listed twice (in {index_name(listed[e.file])} and {index_name(ix.tag)})"
+                )
             elif e.file not in present:
-                problems.append(f"{root / e.file}: missing shard (listed in {index_name(ix.tag)} "
-                                f"with {e.n} utterances)")
+                problems.append(
+                    f"{root / e.file}: missing shard (listed in {index_name(ix.tag)} with {e.n} utterances)"
+                )
             listed.setdefault(e.file, ix.tag)
     unindexed = [n for n in names if parse_shard_name(n) is not None and n not in listed]
     leftovers = [n for n in names if n.endswith(TMP_SUFFIX)]

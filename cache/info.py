@@ -1,4 +1,5 @@
 """``ksr cache info``: what a cache holds, from its metadata alone (no feature is read)."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -23,15 +24,25 @@ def cache_info(root: str | Path) -> dict[str, Any]:
             "meta": meta.to_dict(),
             "utterances": n,
             "shards": len(cache.shards),
-            "writers": [{"tag": ix.tag, "shards": len(ix.shards), "utterances": sum(e.n for e in ix.shards),
-                         "created": ix.created, "updated": ix.updated, "ksr_version": ix.ksr_version}
-                        for ix in cache.indexes],
+            "writers": [
+                {
+                    "tag": ix.tag,
+                    "shards": len(ix.shards),
+                    "utterances": sum(e.n for e in ix.shards),
+                    "created": ix.created,
+                    "updated": ix.updated,
+                    "ksr_version": ix.ksr_version,
+                }
+                for ix in cache.indexes
+            ],
             "classes": {c: int((cache.labels == i).sum()) for i, c in enumerate(meta.classes)},
             "sessions": _counts(cache.sessions),
             "speakers": _counts(cache.speakers),
             "genders": _counts(cache.genders),
-            "cut": {"audio": int((cache.audio_lengths_full > meta.max_audio_len).sum()),
-                    "text": int((cache.text_lengths_full > meta.max_text_len).sum())},
+            "cut": {
+                "audio": int((cache.audio_lengths_full > meta.max_audio_len).sum()),
+                "text": int((cache.text_lengths_full > meta.max_text_len).sum()),
+            },
             "size_on_disk": disk,
             "ideal_size": cache.feature_bytes,
         }
@@ -73,8 +84,11 @@ def format_info(info: dict[str, Any]) -> str:
 
     ideal, disk = info["ideal_size"], info["size_on_disk"]
     over = f"{100 * (disk - ideal) / ideal:+.2f}%" if ideal else "n/a"
-    writers = "; ".join(f"{w['tag']}: {w['shards']} shards, {w['utterances']} utterances, created "
-                        f"{w['created']}, ksr {w['ksr_version']}" for w in info["writers"])
+    writers = "; ".join(
+        f"{w['tag']}: {w['shards']} shards, {w['utterances']} utterances, created "
+        f"{w['created']}, ksr {w['ksr_version']}"
+        for w in info["writers"]
+    )
     lines = [
         f"cache {info['root']} (schema v{info['schema_version']}), corpus {m['corpus']!r}",
         f"utterances: {info['utterances']} in {info['shards']} shards; writers: {writers}",

@@ -11,22 +11,26 @@ Utterances are numbered in id order (independent of how many writers made the ca
 ``Batch`` is built from those numbers only, so both modes give the same batches, in the same
 order for the same ``torch.Generator`` seed.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..common.files import sha256_file
 from .convert import BufferPool, gather_pieces, pieces_per_row, row_pieces, valid_pieces
 from .errors import CacheError
+from .rows import padding_mask
 from .schema import INT_FIELDS, STR_FIELDS, CacheMeta, check_compatible
-from .shard import ShardInfo, checksum_problem, pread_exact, read_extents_hashed, sha256_file
+from .shard import ShardInfo, checksum_problem, pread_exact, read_extents_hashed
 from .util import byte_bar, map_in_threads
 from .verify import inspect_cache
 
@@ -37,14 +41,14 @@ MODES = ("auto", "memory", "stream")
 class Batch:
     """A batch as the model takes it. Masks are True where a position is padding."""
 
-    audio: torch.Tensor                # (B, max_audio_len, Da) float
-    text: torch.Tensor                 # (B, max_text_len, Dt) float
-    audio_padding_mask: torch.Tensor   # (B, max_audio_len) bool
-    text_padding_mask: torch.Tensor    # (B, max_text_len) bool
-    labels: torch.Tensor               # (B,) long, indices into Cache.classes
-    audio_lengths: torch.Tensor        # (B,) long, valid frames (<= max_audio_len)
-    text_lengths: torch.Tensor         # (B,) long
-    indices: torch.Tensor              # (B,) long, utterance numbers in the cache
+    audio: torch.Tensor  # (B, max_audio_len, Da) float
+    text: torch.Tensor  # (B, max_text_len, Dt) float
+    audio_padding_mask: torch.Tensor  # (B, max_audio_len) bool
+    text_padding_mask: torch.Tensor  # (B, max_text_len) bool
+    labels: torch.Tensor  # (B,) long, indices into Cache.classes
+    audio_lengths: torch.Tensor  # (B,) long, valid frames (<= max_audio_len)
+    text_lengths: torch.Tensor  # (B,) long
+    indices: torch.Tensor  # (B,) long, utterance numbers in the cache
     ids: list[str]
 
     def __len__(self) -> int:
@@ -58,9 +62,14 @@ class Batch:
         return Batch(**moved)
 
 
-def open_cache(root: str | Path, mode: str = "auto", device: str | torch.device = "cpu",
-               verify: bool = True, progress: bool | None = None,
-               expected: dict[str, Any] | None = None) -> Cache:
+def open_cache(
+    root: str | Path,
+    mode: str = "auto",
+    device: str | torch.device = "cpu",
+    verify: bool = True,
+    progress: bool | None = None,
+    expected: dict[str, Any] | None = None,
+) -> Cache:
     """Open the cache in ``root``.
 
     mode: ``memory`` (load all features; onto ``device``), ``stream`` (read from disk per
@@ -86,8 +95,15 @@ class Cache:
     ``audio_lengths_full``, ``text_lengths_full`` (before cutting).
     """
 
-    def __init__(self, root: Path, mode: str, device: torch.device, verify: bool,
-                 progress: bool | None, expected: dict[str, Any] | None):
+    def __init__(
+        self,
+        root: Path,
+        mode: str,
+        device: torch.device,
+        verify: bool,
+        progress: bool | None,
+        expected: dict[str, Any] | None,
+    ):
         self.root = root
         ins = inspect_cache(root)
         if ins.problems:
@@ -98,9 +114,12 @@ class Cache:
         self.indexes = ins.scan.indexes  # one per writer: tag, creation time, ksr version
         self.shards: list[ShardInfo] = ins.shards
 
-        phys = {k: np.concatenate([s.fields[k] for s in self.shards]) if self.shards
-                else np.zeros(0, dtype=object if k in STR_FIELDS else np.int64)
-                for k in INT_FIELDS + STR_FIELDS}
+        phys = {
+            k: np.concatenate([s.fields[k] for s in self.shards])
+            if self.shards
+            else np.zeros(0, dtype=object if k in STR_FIELDS else np.int64)
+            for k in INT_FIELDS + STR_FIELDS
+        }
         order = np.argsort(phys["id"], kind="stable") if len(phys["id"]) else np.zeros(0, np.int64)
         self._phys = order.astype(np.int64)  # utterance number -> row in shard-file order
         g = {k: v[order] for k, v in phys.items()}
@@ -121,12 +140,13 @@ class Cache:
         self._labels_t = torch.as_tensor(self.labels, device=device)
         self._alen_t = torch.as_tensor(self.audio_lengths, device=device)
         self._tlen_t = torch.as_tensor(self.text_lengths, device=device)
-        self._arange_a = torch.arange(self.meta.max_audio_len, device=device)
-        self._arange_t = torch.arange(self.meta.max_text_len, device=device)
         # Progress over the bytes read at open: whole files when hashing, feature rows otherwise.
-        bar = byte_bar(self.disk_bytes if verify else self.feature_bytes,
-                       f"{'loading' if mode == 'memory' else 'checking'} {root.name}", progress,
-                       enabled=verify or mode == "memory")
+        bar = byte_bar(
+            self.disk_bytes if verify else self.feature_bytes,
+            f"{'loading' if mode == 'memory' else 'checking'} {root.name}",
+            progress,
+            enabled=verify or mode == "memory",
+        )
         try:
             store = _MemoryStore if mode == "memory" else _StreamStore
             self._store = store(self.shards, self.meta, device, verify, bar)
@@ -151,15 +171,19 @@ class Cache:
     def disk_bytes(self) -> int:
         return sum(s.entry.bytes for s in self.shards)
 
-    def select(self, *, sessions: Any = None, speakers: Any = None, ids: Iterable[str] | None = None,
-               exclude: bool = False) -> np.ndarray:
+    def select(
+        self, *, sessions: Any = None, speakers: Any = None, ids: Iterable[str] | None = None, exclude: bool = False
+    ) -> np.ndarray:
         """Utterance numbers (sorted) matching every criterion given; ``exclude`` takes the
         complement. Leave-one-session-out: ``test = select(sessions="5")``,
         ``train = select(sessions="5", exclude=True)``. A value the cache does not hold is an
         error (a typo must not make an empty fold)."""
         keep = np.ones(len(self), dtype=bool)
-        for values, column, what in ((sessions, self.sessions, "session"),
-                                     (speakers, self.speakers, "speaker"), (ids, self._id_array, "id")):
+        for values, column, what in (
+            (sessions, self.sessions, "session"),
+            (speakers, self.speakers, "speaker"),
+            (ids, self._id_array, "id"),
+        ):
             if values is None:
                 continue
             values = [str(v) for v in ([values] if isinstance(values, (str, int)) else values)]
@@ -167,30 +191,42 @@ class Cache:
             unknown = [v for v in values if v not in known]
             if unknown:
                 shown = sorted(known) if what != "id" else []
-                raise CacheError(f"{self.root}: {len(unknown)} unknown {what}(s) {unknown[:5]}"
-                                 + (f"; the cache has {shown}" if shown else ""))
+                raise CacheError(
+                    f"{self.root}: {len(unknown)} unknown {what}(s) {unknown[:5]}"
+                    + (f"; the cache has {shown}" if shown else "")
+                )
             keep &= np.isin(column, values)
         return np.flatnonzero(~keep if exclude else keep)
 
     # -- batches -------------------------------------------------------------------------------
 
-    def batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor,
-              dtype: torch.dtype = torch.float32) -> Batch:
+    def batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> Batch:
         """The batch of the given utterance numbers, in that order."""
         idx = self._check_indices(indices)
         audio, text = self._store.gather(self._phys[idx], dtype)
         it = torch.as_tensor(idx, device=self.device)
         alen, tlen = self._alen_t[it], self._tlen_t[it]
         return Batch(
-            audio=audio, text=text,
-            audio_padding_mask=self._arange_a[None, :] >= alen[:, None],
-            text_padding_mask=self._arange_t[None, :] >= tlen[:, None],
-            labels=self._labels_t[it], audio_lengths=alen, text_lengths=tlen, indices=it,
-            ids=[self.ids[i] for i in idx.tolist()])
+            audio=audio,
+            text=text,
+            audio_padding_mask=padding_mask(alen, self.meta.max_audio_len),
+            text_padding_mask=padding_mask(tlen, self.meta.max_text_len),
+            labels=self._labels_t[it],
+            audio_lengths=alen,
+            text_lengths=tlen,
+            indices=it,
+            ids=[self.ids[i] for i in idx.tolist()],
+        )
 
-    def loader(self, indices: Sequence[int] | np.ndarray | None = None, batch_size: int = 32,
-               shuffle: bool = False, generator: torch.Generator | None = None,
-               drop_last: bool = False, dtype: torch.dtype = torch.float32) -> BatchLoader:
+    def loader(
+        self,
+        indices: Sequence[int] | np.ndarray | None = None,
+        batch_size: int = 32,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> BatchLoader:
         """An iterable of batches over ``indices`` (all utterances if None); each iteration is
         one epoch and, with ``shuffle``, draws a new order from ``generator``."""
         idx = np.arange(len(self)) if indices is None else self._check_indices(indices)
@@ -217,15 +253,25 @@ class Cache:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"Cache({str(self.root)!r}, {len(self)} utterances, {len(self.shards)} shards, "
-                f"mode={self.mode!r}, device={str(self.device)!r})")
+        return (
+            f"Cache({str(self.root)!r}, {len(self)} utterances, {len(self.shards)} shards, "
+            f"mode={self.mode!r}, device={str(self.device)!r})"
+        )
 
 
 class BatchLoader:
     """Re-iterable batches of a ``Cache``; ``len()`` is the number of batches per epoch."""
 
-    def __init__(self, cache: Cache, indices: np.ndarray, batch_size: int, shuffle: bool,
-                 generator: torch.Generator | None, drop_last: bool, dtype: torch.dtype):
+    def __init__(
+        self,
+        cache: Cache,
+        indices: np.ndarray,
+        batch_size: int,
+        shuffle: bool,
+        generator: torch.Generator | None,
+        drop_last: bool,
+        dtype: torch.dtype,
+    ):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.cache, self.indices, self.batch_size = cache, indices, int(batch_size)
@@ -240,7 +286,7 @@ class BatchLoader:
         if self.shuffle:
             idx = idx[torch.randperm(len(idx), generator=self.generator).numpy()]
         for b in range(len(self)):
-            yield self.cache.batch(idx[b * self.batch_size:(b + 1) * self.batch_size], self.dtype)
+            yield self.cache.batch(idx[b * self.batch_size : (b + 1) * self.batch_size], self.dtype)
 
 
 # -- storage -----------------------------------------------------------------------------------
@@ -275,8 +321,7 @@ class _Store:
 class _MemoryStore(_Store):
     """All rows of the cache in one tensor per modality, rows in shard-file order."""
 
-    def __init__(self, shards: list[ShardInfo], meta: CacheMeta, device: torch.device,
-                 verify: bool, bar):
+    def __init__(self, shards: list[ShardInfo], meta: CacheMeta, device: torch.device, verify: bool, bar):
         super().__init__(shards, meta)
         n = sum(s.n for s in shards)
         self.device = device
@@ -287,11 +332,16 @@ class _MemoryStore(_Store):
         def load(i: int) -> None:
             s, lo, hi = shards[i], int(starts[i]), int(starts[i + 1])
             # Read straight into the final tensor on the CPU; through a staging copy for a GPU.
-            dest = {k: self.rows[k][lo:hi] if on_cpu else
-                    torch.empty((s.n,) + self.shapes[k], dtype=self.torch_dtype,
-                                pin_memory=device.type == "cuda") for k in _KEYS}
-            extents = [(s.audio_offset, memoryview(dest["audio"].numpy())),
-                       (s.text_offset, memoryview(dest["text"].numpy()))]
+            dest = {
+                k: self.rows[k][lo:hi]
+                if on_cpu
+                else torch.empty((s.n,) + self.shapes[k], dtype=self.torch_dtype, pin_memory=device.type == "cuda")
+                for k in _KEYS
+            }
+            extents = [
+                (s.audio_offset, memoryview(dest["audio"].numpy())),
+                (s.text_offset, memoryview(dest["text"].numpy())),
+            ]
             if verify:
                 got = read_extents_hashed(s.path, extents, bar)
                 if got != s.entry.sha256:
@@ -338,8 +388,7 @@ class _StreamStore(_Store):
     replaced by rename after the open is harmless: the open file still holds the checked bytes.
     """
 
-    def __init__(self, shards: list[ShardInfo], meta: CacheMeta, device: torch.device,
-                 verify: bool, bar):
+    def __init__(self, shards: list[ShardInfo], meta: CacheMeta, device: torch.device, verify: bool, bar):
         super().__init__(shards, meta)
         self.paths = [s.path for s in shards]
         self.fds: list[int] = []
@@ -348,6 +397,7 @@ class _StreamStore(_Store):
                 self.fds.append(os.open(p, os.O_RDONLY))
             self.stamps = [_stamp(fd) for fd in self.fds]
             if verify:
+
                 def check(i: int) -> None:
                     s = shards[i]
                     got = sha256_file(s.path, bar)
@@ -357,6 +407,7 @@ class _StreamStore(_Store):
                     held, named = os.fstat(self.fds[i]), os.stat(s.path)
                     if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
                         raise CacheError(f"{s.path}: replaced while the cache was being opened; open it again")
+
                 map_in_threads(check, list(range(len(shards))))
         except BaseException:
             self.close()
@@ -379,23 +430,33 @@ class _StreamStore(_Store):
             row_bytes = math.prod(self.shapes[key]) * target.itemsize
             for j in np.argsort(phys, kind="stable").tolist():  # read in file order
                 s = int(shard[j])
-                pread_exact(self.fds[s], memoryview(target[j]).cast("B"),
-                            offsets[s] + int(row[j]) * row_bytes, self.paths[s])
+                pread_exact(
+                    self.fds[s], memoryview(target[j]).cast("B"), offsets[s] + int(row[j]) * row_bytes, self.paths[s]
+                )
             if not direct:
                 k = self.pieces[key]
-                gather_pieces(result, row_pieces(torch.from_numpy(target), k), range(0, len(phys) * k, k),
-                              self.valid[key][phys].tolist(), k)
+                gather_pieces(
+                    result,
+                    row_pieces(torch.from_numpy(target), k),
+                    range(0, len(phys) * k, k),
+                    self.valid[key][phys].tolist(),
+                    k,
+                )
             out.append(result)
         return tuple(out)
 
     def _check_unchanged(self, s: int) -> None:
         (size, mtime), (was_size, was_mtime) = _stamp(self.fds[s]), self.stamps[s]
         if size < was_size:
-            raise CacheError(f"{self.paths[s]}: truncated: the file ended at byte {size} (it had {was_size} "
-                             f"bytes when the cache was opened); run `ksr cache verify`")
+            raise CacheError(
+                f"{self.paths[s]}: truncated: the file ended at byte {size} (it had {was_size} "
+                f"bytes when the cache was opened); run `ksr cache verify`"
+            )
         if (size, mtime) != (was_size, was_mtime):
-            raise CacheError(f"{self.paths[s]}: changed on disk after the cache was opened (modified "
-                             f"{'and grew ' if size > was_size else ''}while in use): run `ksr cache verify`")
+            raise CacheError(
+                f"{self.paths[s]}: changed on disk after the cache was opened (modified "
+                f"{'and grew ' if size > was_size else ''}while in use): run `ksr cache verify`"
+            )
 
     def _stage(self, key: str, n: int) -> np.ndarray:
         buf = getattr(self._local, key, None)
@@ -415,6 +476,7 @@ class _StreamStore(_Store):
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
 
 def _first(problems: list[str], root: Path) -> str:
     more = len(problems) - 1

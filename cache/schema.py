@@ -3,6 +3,7 @@
 docs/cache.md is the human-readable form of this module; change both together, and bump
 ``SCHEMA_VERSION`` whenever a reader of the old version could misread a new file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -179,8 +180,13 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def diff_dicts(have: dict[str, Any], want: dict[str, Any], prefix: str = "",
-               have_name: str = "cache has", want_name: str = "expected") -> list[str]:
+def diff_dicts(
+    have: dict[str, Any],
+    want: dict[str, Any],
+    prefix: str = "",
+    have_name: str = "cache has",
+    want_name: str = "expected",
+) -> list[str]:
     """One line per key of ``want`` whose value differs in ``have`` (nested dicts by dotted key).
 
     Keys of ``have`` that ``want`` leaves out are not compared: ``want`` may be partial.

@@ -3,10 +3,10 @@
 A shard is an HDF5 file whose ``audio`` and ``text`` datasets are stored contiguously (no
 chunks, no filters), so utterance ``r`` of ``audio`` is the byte range
 ``offset + r * row_bytes`` of the file. Readers fetch rows with plain positioned reads: for the
-random single-utterance access of a shuffled epoch they measured 1.2-2x faster than HDF5's own
-reads of any layout, and 6x faster than chunks with HDF5 checksums (docs/cache.md,
-bench/bench_cache.py). HDF5 still makes every file self-describing and readable by any tool.
+random single-utterance access of a shuffled epoch they beat HDF5's own reads of any layout,
+and chunks with HDF5 checksums by more (bench/results.md, docs/cache.md). HDF5 still makes every file self-describing and readable by any tool.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,27 +18,37 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..common.files import HASH_BLOCK
 from .errors import CacheError
 from .index import ShardEntry, check_schema_version
-from .schema import (AUDIO, INT_FIELDS, SCHEMA_VERSION, SHARD_KIND, STR_FIELDS, TEXT, CacheMeta,
-                     diff_dicts)
+from .schema import AUDIO, INT_FIELDS, SCHEMA_VERSION, SHARD_KIND, STR_FIELDS, TEXT, CacheMeta, diff_dicts
 
 # Byte granularity of hashing and copying: big enough for full disk and hash speed, small
 # enough that the scratch buffer does not matter.
-BLOCK = 8 << 20
+BLOCK = HASH_BLOCK
 
 # Align the big datasets to 4 KiB pages (an audio row of 460 x 512 float16 is exactly 115 pages).
 _ALIGN = {"alignment_threshold": 1 << 16, "alignment_interval": 4096}
 
 
-def write_shard(path: Path, meta: CacheMeta, *, tag: str, seq: int, audio: np.ndarray,
-                text: np.ndarray, ints: dict[str, np.ndarray], strs: dict[str, list[str]],
-                created: str, ksr_version: str) -> None:
+def write_shard(
+    path: Path,
+    meta: CacheMeta,
+    *,
+    tag: str,
+    seq: int,
+    audio: np.ndarray,
+    text: np.ndarray,
+    ints: dict[str, np.ndarray],
+    strs: dict[str, list[str]],
+    created: str,
+    ksr_version: str,
+) -> None:
     """Write one complete shard at ``path`` (the caller flushes and renames it afterwards).
 
     HDF5 lays out the file with the feature datasets allocated (contiguous, no fill); their
-    bytes are then written with plain positioned writes, as large as the arrays: measured 2-3x
-    faster than passing them through HDF5, and the layout the reader relies on is guaranteed.
+    bytes are then written with plain positioned writes, as large as the arrays: faster than
+    passing them through HDF5 (bench/results.md), and the layout the reader relies on is guaranteed.
     """
     n = len(audio)
     features = ((AUDIO, np.ascontiguousarray(audio)), (TEXT, np.ascontiguousarray(text)))
@@ -57,14 +67,14 @@ def write_shard(path: Path, meta: CacheMeta, *, tag: str, seq: int, audio: np.nd
             dcpl.set_layout(h5py.h5d.CONTIGUOUS)
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
             dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-            dset = h5py.h5d.create(f.id, name.encode(), h5py.h5t.py_create(arr.dtype),
-                                   h5py.h5s.create_simple(arr.shape), dcpl=dcpl)
+            dset = h5py.h5d.create(
+                f.id, name.encode(), h5py.h5t.py_create(arr.dtype), h5py.h5s.create_simple(arr.shape), dcpl=dcpl
+            )
             offsets.append(dset.get_offset())
         for name in INT_FIELDS:
             f.create_dataset(name, data=np.asarray(ints[name], dtype=np.int32))
         for name in STR_FIELDS:
-            f.create_dataset(name, data=np.array(strs[name], dtype=object),
-                             dtype=h5py.string_dtype("utf-8"))
+            f.create_dataset(name, data=np.array(strs[name], dtype=object), dtype=h5py.string_dtype("utf-8"))
     fd = os.open(path, os.O_WRONLY)
     try:
         for (_, arr), offset in zip(features, offsets):
@@ -109,8 +119,10 @@ def inspect_shard(path: Path, entry: ShardEntry, tag: str, meta: CacheMeta) -> t
         with h5py.File(path, "r") as f:
             info = _inspect_open(f, path, entry, tag, meta, size, problems)
     except (OSError, KeyError, ValueError, TypeError) as e:
-        return None, [f"{path}: not a readable shard ({type(e).__name__}: {_short(e)}): the file was "
-                      f"damaged; run `ksr cache verify`"]
+        return None, [
+            f"{path}: not a readable shard ({type(e).__name__}: {_short(e)}): the file was "
+            f"damaged; run `ksr cache verify`"
+        ]
     return (info if not problems else None), problems
 
 
@@ -127,18 +139,24 @@ def _foreign_index_problem(path: Path, entry: ShardEntry, tag: str, meta: CacheM
     lines = diff_dicts(meta.to_dict(), shard_meta.to_dict(), have_name="index has", want_name="shard has")
     if not lines and (not entry.created or created == entry.created):
         return None
-    why = "; ".join(lines) if lines else (f"the index records a shard created {entry.created}, "
-                                          f"this one was created {created}")
-    return (f"{path}: does not belong with index-{tag}.json, which looks copied from another cache "
-            f"({why}); restore this cache's own index-{tag}.json or extract again")
+    why = (
+        "; ".join(lines)
+        if lines
+        else (f"the index records a shard created {entry.created}, this one was created {created}")
+    )
+    return (
+        f"{path}: does not belong with index-{tag}.json, which looks copied from another cache "
+        f"({why}); restore this cache's own index-{tag}.json or extract again"
+    )
 
 
 def _short(e: Exception) -> str:
     return " ".join(str(e).split())[:200]
 
 
-def _inspect_open(f: h5py.File, path: Path, entry: ShardEntry, tag: str, meta: CacheMeta,
-                  size: int, problems: list[str]) -> ShardInfo | None:
+def _inspect_open(
+    f: h5py.File, path: Path, entry: ShardEntry, tag: str, meta: CacheMeta, size: int, problems: list[str]
+) -> ShardInfo | None:
     attrs = f.attrs
     if attrs.get("kind") != SHARD_KIND:
         problems.append(f"{path}: not a ksr cache shard (attribute kind={attrs.get('kind')!r})")
@@ -170,8 +188,10 @@ def _inspect_open(f: h5py.File, path: Path, entry: ShardEntry, tag: str, meta: C
             problems.append(f"{path}: no dataset {name!r}")
             continue
         if d.shape != (entry.n, width, dim) or d.dtype != np.dtype(meta.dtype):
-            problems.append(f"{path}: dataset {name!r} is {d.shape} {d.dtype}, the cache says "
-                            f"({entry.n}, {width}, {dim}) {meta.dtype}")
+            problems.append(
+                f"{path}: dataset {name!r} is {d.shape} {d.dtype}, the cache says "
+                f"({entry.n}, {width}, {dim}) {meta.dtype}"
+            )
             continue
         offset = d.id.get_offset()
         layout = d.id.get_create_plist().get_layout()
@@ -209,8 +229,7 @@ def _check_fields(path: Path, fields: dict[str, np.ndarray], meta: CacheMeta) ->
     bad(np.array([not s for s in ids]), "an empty id")
     if len(set(ids.tolist())) != len(ids):
         out.append(f"{path}: duplicate ids inside the shard")
-    bad((fields["label"] < 0) | (fields["label"] >= len(meta.classes)),
-        f"a label outside 0..{len(meta.classes) - 1}")
+    bad((fields["label"] < 0) | (fields["label"] >= len(meta.classes)), f"a label outside 0..{len(meta.classes) - 1}")
     for mod, top in (("audio", meta.max_audio_len), ("text", meta.max_text_len)):
         length, full = fields[f"{mod}_len"], fields[f"{mod}_len_full"]
         bad((length < 1) | (length > top), f"{mod}_len outside 1..{top}")
@@ -231,24 +250,10 @@ def duplicate_ids(shards: list[ShardInfo]) -> list[str]:
 
 
 def checksum_problem(path: Path, got: str, recorded: str) -> str:
-    return (f"{path}: checksum mismatch: SHA-256 {got[:16]}..., the index recorded {recorded[:16]}...: "
-            f"the file was altered or damaged")
-
-
-def sha256_file(path: Path, progress=None) -> str:
-    """SHA-256 of a whole file, read in large blocks (``progress``: a tqdm bar counting bytes)."""
-    h = hashlib.sha256()
-    buf = bytearray(BLOCK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            got = f.readinto(view)
-            if not got:
-                break
-            h.update(view[:got])
-            if progress is not None:
-                progress.update(got)
-    return h.hexdigest()
+    return (
+        f"{path}: checksum mismatch: SHA-256 {got[:16]}..., the index recorded {recorded[:16]}...: "
+        f"the file was altered or damaged"
+    )
 
 
 def read_extents_hashed(path: Path, extents: list[tuple[int, memoryview]], progress=None) -> str:
@@ -267,7 +272,7 @@ def read_extents_hashed(path: Path, extents: list[tuple[int, memoryview]], progr
             _hash_span(f, h, scratch, offset - pos, path, progress)
             dest = dest.cast("B")
             for start in range(0, len(dest), BLOCK):
-                part = dest[start:start + BLOCK]
+                part = dest[start : start + BLOCK]
                 _readinto_exact(f, part, path)
                 h.update(part)
                 if progress is not None:
@@ -283,7 +288,7 @@ def read_extents_hashed(path: Path, extents: list[tuple[int, memoryview]], progr
 
 def _hash_span(f, h, scratch: memoryview, nbytes: int, path: Path, progress) -> None:
     while nbytes > 0:
-        part = scratch[:min(nbytes, len(scratch))]
+        part = scratch[: min(nbytes, len(scratch))]
         _readinto_exact(f, part, path)
         h.update(part)
         nbytes -= len(part)
@@ -307,6 +312,8 @@ def pread_exact(fd: int, view: memoryview, offset: int, path: Path) -> None:
     while done < len(view):
         got = os.preadv(fd, [view[done:]], offset + done)
         if not got:
-            raise CacheError(f"{path}: truncated: the file ended at byte {offset + done} while "
-                             f"reading features; run `ksr cache verify`")
+            raise CacheError(
+                f"{path}: truncated: the file ended at byte {offset + done} while "
+                f"reading features; run `ksr cache verify`"
+            )
         done += got

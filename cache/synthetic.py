@@ -3,10 +3,11 @@
 Used by the tests and the benchmark, and by anyone who needs a cache to train on without
 extracting one. Features carry a small class-dependent offset so a model can learn the labels.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -14,19 +15,35 @@ from .schema import CacheMeta, EncoderInfo
 from .writer import CacheWriter
 
 
-def synthetic_meta(audio_dim: int = 512, text_dim: int = 1024, dtype: str = "float16",
-                   classes: tuple[str, ...] = ("ang", "neu", "hap", "sad"), corpus: str = "synthetic",
-                   max_audio_len: int = 460, max_text_len: int = 20) -> CacheMeta:
+def synthetic_meta(
+    audio_dim: int = 512,
+    text_dim: int = 1024,
+    dtype: str = "float16",
+    classes: tuple[str, ...] = ("ang", "neu", "hap", "sad"),
+    corpus: str = "synthetic",
+    max_audio_len: int = 460,
+    max_text_len: int = 20,
+) -> CacheMeta:
     return CacheMeta(
-        corpus=corpus, classes=classes, dtype=dtype, max_audio_len=max_audio_len,
+        corpus=corpus,
+        classes=classes,
+        dtype=dtype,
+        max_audio_len=max_audio_len,
         max_text_len=max_text_len,
         audio_encoder=EncoderInfo("synthetic-audio", audio_dim, "none", "0", 100.0),
-        text_encoder=EncoderInfo("synthetic-text", text_dim, "none", "0"))
+        text_encoder=EncoderInfo("synthetic-text", text_dim, "none", "0"),
+    )
 
 
-def synthetic_utterances(n: int, meta: CacheMeta, seed: int = 0, sessions: int = 5,
-                         audio_lengths: list[int] | None = None, text_lengths: list[int] | None = None,
-                         signal: float = 0.5) -> Iterator[dict]:
+def synthetic_utterances(
+    n: int,
+    meta: CacheMeta,
+    seed: int = 0,
+    sessions: int = 5,
+    audio_lengths: list[int] | None = None,
+    text_lengths: list[int] | None = None,
+    signal: float = 0.5,
+) -> Iterator[dict]:
     """``n`` utterances as ``CacheWriter.add`` keyword arguments, float32 features at their true
     lengths (audio 80..999 frames, text 3..39 tokens unless given). Session ``k`` has speakers
     ``S{k}F`` and ``S{k}M``; ids sort in generation order."""
@@ -44,13 +61,27 @@ def synthetic_utterances(n: int, meta: CacheMeta, seed: int = 0, sessions: int =
         audio += signal * dirs_a[label]
         text = rng.standard_normal((lt, meta.text_dim), dtype=np.float32)
         text += signal * dirs_t[label]
-        yield {"id": f"utt{i:06d}", "audio": audio, "text": text, "label": meta.classes[label],
-               "speaker": f"S{session}{gender}", "session": str(session), "gender": gender,
-               "transcript": f"synthetic utterance {i} ({meta.classes[label]})"}
+        yield {
+            "id": f"utt{i:06d}",
+            "audio": audio,
+            "text": text,
+            "label": meta.classes[label],
+            "speaker": f"S{session}{gender}",
+            "session": str(session),
+            "gender": gender,
+            "transcript": f"synthetic utterance {i} ({meta.classes[label]})",
+        }
 
 
-def write_synthetic_cache(root: str | Path, n: int, meta: CacheMeta | None = None, seed: int = 0,
-                          tag: str = "w0", shard_size: int = 512, **kwargs) -> CacheMeta:
+def write_synthetic_cache(
+    root: str | Path,
+    n: int,
+    meta: CacheMeta | None = None,
+    seed: int = 0,
+    tag: str = "w0",
+    shard_size: int = 512,
+    **kwargs,
+) -> CacheMeta:
     """Write ``synthetic_utterances(n, meta, seed, **kwargs)`` into ``root``; returns the meta."""
     meta = meta or synthetic_meta()
     with CacheWriter(root, meta, tag=tag, shard_size=shard_size) as w:

@@ -1,9 +1,10 @@
 """Small helpers for the cache's long operations: threads over shards and progress bars."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 from tqdm.auto import tqdm
 

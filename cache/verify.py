@@ -1,11 +1,13 @@
 """Checking a whole cache directory; ``ksr cache verify`` reports every problem at once."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common.files import sha256_file
 from .index import Scan, scan_dir
-from .shard import ShardInfo, checksum_problem, duplicate_ids, inspect_shard, sha256_file
+from .shard import ShardInfo, checksum_problem, duplicate_ids, inspect_shard
 from .util import byte_bar, map_in_threads
 
 
@@ -49,9 +51,9 @@ def inspect_cache(root: str | Path, checksums: bool = False, progress: bool | No
 class VerifyReport:
     root: Path
     problems: list[str] = field(default_factory=list)  # each makes the cache unusable
-    notes: list[str] = field(default_factory=list)     # harmless leftovers of interrupted writers
-    shards: int = 0                                    # usable shards
-    utterances: int = 0                                # in usable shards
+    notes: list[str] = field(default_factory=list)  # harmless leftovers of interrupted writers
+    shards: int = 0  # usable shards
+    utterances: int = 0  # in usable shards
     bytes_hashed: int = 0
 
     @property
@@ -63,5 +65,11 @@ def verify_cache(root: str | Path, checksums: bool = True, progress: bool | None
     """Check indexes, files, sizes, schema, metadata, duplicate ids, shards no index lists, and
     (``checksums``) every shard's SHA-256; collect all problems instead of stopping at the first."""
     ins = inspect_cache(root, checksums, progress)
-    return VerifyReport(Path(root), ins.problems + ins.scan.unindexed_problems(), ins.scan.leftover_notes(),
-                        len(ins.shards), sum(s.n for s in ins.shards), ins.bytes_hashed)
+    return VerifyReport(
+        Path(root),
+        ins.problems + ins.scan.unindexed_problems(),
+        ins.scan.leftover_notes(),
+        len(ins.shards),
+        sum(s.n for s in ins.shards),
+        ins.bytes_hashed,
+    )

@@ -9,25 +9,27 @@ leftovers and skips the ids already stored (``stored_ids()``).
 Several writers (e.g. ``torchrun`` extraction ranks) may fill one directory at once, each with
 its own tag: they never write the same file.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
 import torch
 
 from .. import __version__
-from .convert import all_finite, copy_unthreaded
+from ..common import faults
+from ..common.files import fsync_path, sha256_file
 from .errors import CacheError
-from . import faults
-from .index import TMP_SUFFIX, ShardEntry, WriterIndex, fsync_path, now_iso, scan_dir, write_index
-from .schema import (INT_FIELDS, STR_FIELDS, CacheMeta, check_compatible, check_tag,
-                     parse_shard_name, shard_name)
-from .shard import sha256_file, write_shard
+from .index import TMP_SUFFIX, ShardEntry, WriterIndex, now_iso, scan_dir, write_index
+from .rows import fill_row
+from .schema import INT_FIELDS, STR_FIELDS, CacheMeta, check_compatible, check_tag, parse_shard_name, shard_name
+from .shard import write_shard
 
 try:  # advisory lock against two live writers with the same tag (POSIX only)
     import fcntl
@@ -84,8 +86,9 @@ class CacheWriter:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise CacheError(f"{self.root}: another process is writing as writer {self.tag!r}; "
-                             f"give each writer (rank) its own tag") from None
+            raise CacheError(
+                f"{self.root}: another process is writing as writer {self.tag!r}; give each writer (rank) its own tag"
+            ) from None
         return fd
 
     def _unlock(self) -> None:
@@ -97,11 +100,14 @@ class CacheWriter:
         """Check the directory, clean this writer's leftovers, and collect the stored ids."""
         scan = scan_dir(self.root, allow_empty=True)
         if scan.problems:
-            raise CacheError(f"cannot add to a damaged cache: {scan.problems[0]}"
-                             + (f" (and {len(scan.problems) - 1} more)" if len(scan.problems) > 1 else ""))
+            raise CacheError(
+                f"cannot add to a damaged cache: {scan.problems[0]}"
+                + (f" (and {len(scan.problems) - 1} more)" if len(scan.problems) > 1 else "")
+            )
         if scan.meta is not None:
-            check_compatible(scan.meta, self.meta.to_dict(),
-                             where=f"{self.root} already holds another cache; the writer's meta")
+            check_compatible(
+                scan.meta, self.meta.to_dict(), where=f"{self.root} already holds another cache; the writer's meta"
+            )
         own = next((ix for ix in scan.indexes if ix.tag == self.tag), None)
         for name in scan.leftovers + scan.unindexed:
             if name.startswith((f"shard-{self.tag}-", f"index-{self.tag}.")):
@@ -134,8 +140,18 @@ class CacheWriter:
     def __contains__(self, utt_id: str) -> bool:
         return utt_id in self._stored or utt_id in self._pending
 
-    def add(self, id: str, audio: Any, text: Any, label: str | int, *, speaker: str = "",
-            session: str = "", gender: str = "", transcript: str = "") -> None:
+    def add(
+        self,
+        id: str,
+        audio: Any,
+        text: Any,
+        label: str | int,
+        *,
+        speaker: str = "",
+        session: str = "",
+        gender: str = "",
+        transcript: str = "",
+    ) -> None:
         """Add one utterance: ``audio`` (frames, Da) and ``text`` (tokens, Dt) at their true
         lengths, as numpy arrays or torch tensors (any device, any float dtype).
 
@@ -149,8 +165,9 @@ class CacheWriter:
         if not uid:
             raise ValueError("utterance id must not be empty")
         if uid in self:
-            raise ValueError(f"utterance {uid!r} is already stored in {self.root} "
-                             f"(skip the ids in writer.stored_ids())")
+            raise ValueError(
+                f"utterance {uid!r} is already stored in {self.root} (skip the ids in writer.stored_ids())"
+            )
         label_i = self._label_index(label, uid)
         meta = self.meta
         a = _as_2d(audio, meta.audio_dim, "audio", uid)
@@ -160,20 +177,42 @@ class CacheWriter:
             self._audio = np.zeros((self.shard_size, meta.max_audio_len, meta.audio_dim), dtype)
             self._text = np.zeros((self.shard_size, meta.max_text_len, meta.text_dim), dtype)
         row = self._n
-        la = _put_row(self._audio[row], a, uid, "audio", meta.dtype)
-        lt = _put_row(self._text[row], t, uid, "text", meta.dtype)
+        la = _put_row(self._audio[row], a, uid, "audio")
+        lt = _put_row(self._text[row], t, uid, "text")
         # The row is complete before it is counted: an interrupt in between leaves it unused.
-        self._rows.append((uid, label_i, la, len(a), lt, len(t), str(speaker or ""),
-                           str(session or ""), str(gender or ""), str(transcript or "")))
+        self._rows.append(
+            (
+                uid,
+                label_i,
+                la,
+                len(a),
+                lt,
+                len(t),
+                str(speaker or ""),
+                str(session or ""),
+                str(gender or ""),
+                str(transcript or ""),
+            )
+        )
         self._n += 1
         self._pending.add(uid)
         if self._n == self.shard_size:
             self.flush()
 
-    def add_batch(self, ids: Sequence[str], audio: Any, audio_lengths: Any, text: Any, text_lengths: Any,
-                  labels: Sequence[str | int], *, speakers: Sequence[str] | None = None,
-                  sessions: Sequence[str] | None = None, genders: Sequence[str] | None = None,
-                  transcripts: Sequence[str] | None = None) -> None:
+    def add_batch(
+        self,
+        ids: Sequence[str],
+        audio: Any,
+        audio_lengths: Any,
+        text: Any,
+        text_lengths: Any,
+        labels: Sequence[str | int],
+        *,
+        speakers: Sequence[str] | None = None,
+        sessions: Sequence[str] | None = None,
+        genders: Sequence[str] | None = None,
+        transcripts: Sequence[str] | None = None,
+    ) -> None:
         """Add B utterances from an encoder's padded output: ``audio`` (B, T, Da) with
         ``audio_lengths`` (B,), ``text`` (B, L, Dt) with ``text_lengths`` (B,); rows past each
         length are ignored. A GPU batch is copied to the CPU once, not per utterance."""
@@ -181,27 +220,32 @@ class CacheWriter:
         la, lt = _as_numpy(audio_lengths).astype(np.int64), _as_numpy(text_lengths).astype(np.int64)
         b = len(ids)
         if a.ndim != 3 or t.ndim != 3 or not (len(a) == len(t) == len(la) == len(lt) == len(labels) == b):
-            raise ValueError(f"add_batch: {b} ids, audio {a.shape}, text {t.shape}, {len(la)} audio and "
-                             f"{len(lt)} text lengths, {len(labels)} labels: expected (B, T, D) arrays "
-                             f"and B of everything else")
+            raise ValueError(
+                f"add_batch: {b} ids, audio {a.shape}, text {t.shape}, {len(la)} audio and "
+                f"{len(lt)} text lengths, {len(labels)} labels: expected (B, T, D) arrays "
+                f"and B of everything else"
+            )
         if (la > a.shape[1]).any() or (lt > t.shape[1]).any():
             raise ValueError(f"add_batch: a length exceeds the padded batch ({a.shape[1]} frames, {t.shape[1]} tokens)")
         extra = {"speaker": speakers, "session": sessions, "gender": genders, "transcript": transcripts}
         for i, uid in enumerate(ids):
-            self.add(uid, a[i, :la[i]], t[i, :lt[i]], labels[i],
-                     **{k: v[i] for k, v in extra.items() if v is not None})
+            self.add(
+                uid, a[i, : la[i]], t[i, : lt[i]], labels[i], **{k: v[i] for k, v in extra.items() if v is not None}
+            )
 
     def _label_index(self, label: str | int, uid: str) -> int:
         classes = self.meta.classes
         if isinstance(label, str):
             if label not in classes:
-                raise ValueError(f"utterance {uid!r}: label {label!r} is not one of the cache's "
-                                 f"classes {list(classes)}")
+                raise ValueError(
+                    f"utterance {uid!r}: label {label!r} is not one of the cache's classes {list(classes)}"
+                )
             return classes.index(label)
         if isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < len(classes):
             return int(label)
-        raise ValueError(f"utterance {uid!r}: label {label!r} is neither a class name nor an "
-                         f"index in 0..{len(classes) - 1}")
+        raise ValueError(
+            f"utterance {uid!r}: label {label!r} is neither a class name nor an index in 0..{len(classes) - 1}"
+        )
 
     # -- finishing -----------------------------------------------------------------------------
 
@@ -213,14 +257,37 @@ class CacheWriter:
         name = shard_name(self.tag, self._next_seq)
         tmp, final = self.root / (name + TMP_SUFFIX), self.root / name
         rows = list(zip(*self._rows[:n]))
-        cols = dict(zip(("id", "label", "audio_len", "audio_len_full", "text_len", "text_len_full",
-                         "speaker", "session", "gender", "transcript"), rows))
+        cols = dict(
+            zip(
+                (
+                    "id",
+                    "label",
+                    "audio_len",
+                    "audio_len_full",
+                    "text_len",
+                    "text_len_full",
+                    "speaker",
+                    "session",
+                    "gender",
+                    "transcript",
+                ),
+                rows,
+            )
+        )
         created = now_iso()
         try:
-            write_shard(tmp, self.meta, tag=self.tag, seq=self._next_seq, audio=self._audio[:n],
-                        text=self._text[:n], ints={k: np.asarray(cols[k]) for k in INT_FIELDS},
-                        strs={k: list(cols[k]) for k in STR_FIELDS}, created=created,
-                        ksr_version=__version__)
+            write_shard(
+                tmp,
+                self.meta,
+                tag=self.tag,
+                seq=self._next_seq,
+                audio=self._audio[:n],
+                text=self._text[:n],
+                ints={k: np.asarray(cols[k]) for k in INT_FIELDS},
+                strs={k: list(cols[k]) for k in STR_FIELDS},
+                created=created,
+                ksr_version=__version__,
+            )
             faults.point("shard-write")  # tests: the temporary file is written, not renamed
             fsync_path(tmp)
             digest, size = sha256_file(tmp), tmp.stat().st_size
@@ -260,8 +327,7 @@ class CacheWriter:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"CacheWriter({str(self.root)!r}, tag={self.tag!r}, stored={len(self._stored)}, "
-                f"buffered={self._n})")
+        return f"CacheWriter({str(self.root)!r}, tag={self.tag!r}, stored={len(self._stored)}, buffered={self._n})"
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -276,20 +342,14 @@ def _as_numpy(x: Any) -> np.ndarray:
 def _as_2d(x: Any, dim: int, what: str, uid: str) -> np.ndarray:
     x = _as_numpy(x)
     if x.ndim != 2 or x.shape[1] != dim:
-        raise ValueError(f"utterance {uid!r}: {what} features of shape {tuple(x.shape)}, expected "
-                         f"(length, {dim})")
+        raise ValueError(f"utterance {uid!r}: {what} features of shape {tuple(x.shape)}, expected (length, {dim})")
     if x.shape[0] == 0:
         raise ValueError(f"utterance {uid!r}: empty {what} features (0 rows)")
     return x
 
 
-def _put_row(row: np.ndarray, x: np.ndarray, uid: str, what: str, dtype: str) -> int:
-    """Copy ``x`` into the padded row (cut at the row's length, zeros after); return the length."""
-    n = min(len(x), len(row))
-    if not all_finite(x[:n]):
-        raise ValueError(f"utterance {uid!r}: {what} features hold NaN or inf")
-    copy_unthreaded(torch.from_numpy(row[:n]), torch.from_numpy(np.ascontiguousarray(x[:n])))
-    row[n:] = 0
-    if not all_finite(row[:n]):
-        raise ValueError(f"utterance {uid!r}: {what} features overflow {dtype} (|x| > 65504)")
-    return n
+def _put_row(row: np.ndarray, x: np.ndarray, uid: str, what: str) -> int:
+    try:
+        return fill_row(row, x)
+    except ValueError as e:
+        raise ValueError(f"utterance {uid!r}: {what} {e}") from None

@@ -4,6 +4,7 @@ Every encoder takes 16 kHz mono float32. A file that cannot give that raises :cl
 with a one-line reason; the extraction loop catches it per utterance, writes the reason to its
 errors file and goes on.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,13 +14,14 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16000
+from ..common import SAMPLE_RATE, KsrError
+
 #: A segment end past the end of the file by at most this much (rounding in segment lists) is
 #: clamped; more is an error.
 END_TOLERANCE_S = 0.1
 
 
-class AudioError(ValueError):
+class AudioError(KsrError, ValueError):
     """An utterance whose audio cannot be used; the message is a one-line reason."""
 
 
@@ -41,8 +43,9 @@ def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.nd
     return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32, copy=False)
 
 
-def read_audio(path: str | os.PathLike, *, start: float | None = None,
-               end: float | None = None, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def read_audio(
+    path: str | os.PathLike, *, start: float | None = None, end: float | None = None, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
     """Read a file (or its segment ``start``..``end`` seconds) as mono float32 at ``sample_rate``.
 
     Raises :class:`AudioError` for a missing, unreadable or empty file, a path that is not a
@@ -51,8 +54,7 @@ def read_audio(path: str | os.PathLike, *, start: float | None = None,
     path = Path(path)
     if not path.is_file():
         if path.exists():  # never opened: a pipe or a device could block the run forever
-            raise AudioError(f"audio path is not a regular file (a folder, pipe or device): "
-                             f"{path}")
+            raise AudioError(f"audio path is not a regular file (a folder, pipe or device): {path}")
         raise AudioError(f"audio file not found: {path}")
     if path.stat().st_size == 0:
         raise AudioError(f"unreadable audio {path.name}: the file is empty (0 bytes)")
@@ -63,13 +65,10 @@ def read_audio(path: str | os.PathLike, *, start: float | None = None,
             last = total if end is None else int(round(end * rate))
             if end is not None and last > total:
                 if last - total > END_TOLERANCE_S * rate:
-                    raise AudioError(
-                        f"segment end {end:.3f} s is past the end of {path.name} "
-                        f"({total / rate:.3f} s)")
+                    raise AudioError(f"segment end {end:.3f} s is past the end of {path.name} ({total / rate:.3f} s)")
                 last = total
             if first >= total and total > 0:
-                raise AudioError(f"segment start {start:.3f} s is past the end of {path.name} "
-                                 f"({total / rate:.3f} s)")
+                raise AudioError(f"segment start {start:.3f} s is past the end of {path.name} ({total / rate:.3f} s)")
             f.seek(first)
             samples = f.read(max(last - first, 0), dtype="float32", always_2d=True)
     except AudioError:
@@ -78,8 +77,9 @@ def read_audio(path: str | os.PathLike, *, start: float | None = None,
         reason = " ".join(str(err).split())  # one line
         raise AudioError(f"unreadable audio {path.name}: {reason}") from None
     if samples.shape[0] == 0:
-        raise AudioError(f"empty audio: {path.name} has no samples"
-                         + ("" if start is None and end is None else " in the segment"))
+        raise AudioError(
+            f"empty audio: {path.name} has no samples" + ("" if start is None and end is None else " in the segment")
+        )
     if not np.isfinite(samples).all():
         raise AudioError(f"audio {path.name} contains NaN or infinite samples")
     return np.ascontiguousarray(resample(to_mono(samples), rate, sample_rate))

@@ -45,6 +45,7 @@ raised, with wide pitch movements, moderately fast; sad soft, slow, low and flat
 neutral medium in everything. Each utterance draws its own variation around its style, and each
 speaker has their own pitch (women higher), vocal tract and loudness.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ksr.extract.demo_voice import SAMPLE_RATE, Speaker, VoiceStyle, synthesize
-from ksr.extract.manifest import Utterance, write_manifest
+from ..common import SAMPLE_RATE
+from .demo_voice import Speaker, VoiceStyle, synthesize
+from .manifest import Utterance, write_manifest
 
 CLASSES: tuple[str, ...] = ("ang", "hap", "neu", "sad")
 SESSIONS: tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -66,65 +68,113 @@ CUES: tuple[str, ...] = ("voice", "words", "both", "joint")
 CUE_CYCLE: tuple[str, ...] = ("joint", "voice", "joint", "words", "joint", "both", "voice", "words")
 DEFAULT_PER_SPEAKER = 32
 
-_ANGRY = VoiceStyle(pitch_st=3.5, range_st=4.0, rate=5.6, gain_db=7.0, open_quotient=0.35,
-                    tilt_hz=6000.0, breath=0.005, jitter=0.015)
-_HAPPY = VoiceStyle(pitch_st=7.5, range_st=9.0, rate=5.0, gain_db=4.0, open_quotient=0.6,
-                    tilt_hz=4000.0, breath=0.015, jitter=0.004)
-_NEUTRAL = VoiceStyle(pitch_st=0.0, range_st=3.0, rate=4.0, gain_db=0.0, open_quotient=0.6,
-                      tilt_hz=2500.0, breath=0.03, jitter=0.004)
-_SAD = VoiceStyle(pitch_st=-3.0, range_st=1.2, rate=2.8, gain_db=-7.0, open_quotient=0.85,
-                  tilt_hz=1000.0, breath=0.30, jitter=0.012)
+_ANGRY = VoiceStyle(
+    pitch_st=3.5, range_st=4.0, rate=5.6, gain_db=7.0, open_quotient=0.35, tilt_hz=6000.0, breath=0.005, jitter=0.015
+)
+_HAPPY = VoiceStyle(
+    pitch_st=7.5, range_st=9.0, rate=5.0, gain_db=4.0, open_quotient=0.6, tilt_hz=4000.0, breath=0.015, jitter=0.004
+)
+_NEUTRAL = VoiceStyle(
+    pitch_st=0.0, range_st=3.0, rate=4.0, gain_db=0.0, open_quotient=0.6, tilt_hz=2500.0, breath=0.03, jitter=0.004
+)
+_SAD = VoiceStyle(
+    pitch_st=-3.0, range_st=1.2, rate=2.8, gain_db=-7.0, open_quotient=0.85, tilt_hz=1000.0, breath=0.30, jitter=0.012
+)
 #: The voice styles by name; ``aroused`` and ``calm`` sit between two classes on purpose.
 VOICE_STYLES: dict[str, VoiceStyle] = {
-    "angry": _ANGRY, "happy": _HAPPY, "neutral": _NEUTRAL, "sad": _SAD,
-    "aroused": _ANGRY.mix(_HAPPY), "calm": _NEUTRAL.mix(_SAD),
+    "angry": _ANGRY,
+    "happy": _HAPPY,
+    "neutral": _NEUTRAL,
+    "sad": _SAD,
+    "aroused": _ANGRY.mix(_HAPPY),
+    "calm": _NEUTRAL.mix(_SAD),
 }
 
 #: The transcripts: per pool, three sentences of each length 3, 4, 5 and 6 words. Pools share no
 #: sentence; ``negative`` fits anger and sadness alike, ``positive`` joy and a plain mood alike.
 WORD_POOLS: dict[str, tuple[str, ...]] = {
     "neutral": (
-        "The train leaves.", "Here's the form.", "Turn left there.",
-        "The meeting is tomorrow.", "I parked outside today.", "We need more paper.",
-        "The office opens at nine.", "Put the box over there.", "My brother lives in town.",
-        "The bus stops at the corner.", "I will send the report Monday.",
+        "The train leaves.",
+        "Here's the form.",
+        "Turn left there.",
+        "The meeting is tomorrow.",
+        "I parked outside today.",
+        "We need more paper.",
+        "The office opens at nine.",
+        "Put the box over there.",
+        "My brother lives in town.",
+        "The bus stops at the corner.",
+        "I will send the report Monday.",
         "Let's meet at the station tonight.",
     ),
     "angry": (
-        "Get out now!", "Stop lying, idiot!", "I'm absolutely furious!",
-        "I hate this place!", "Shut up and listen!", "This is completely ridiculous!",
-        "I've had enough of you!", "Don't you dare touch that!", "How dare you insult me!",
-        "Get out of my way, now!", "I am sick of your excuses!",
+        "Get out now!",
+        "Stop lying, idiot!",
+        "I'm absolutely furious!",
+        "I hate this place!",
+        "Shut up and listen!",
+        "This is completely ridiculous!",
+        "I've had enough of you!",
+        "Don't you dare touch that!",
+        "How dare you insult me!",
+        "Get out of my way, now!",
+        "I am sick of your excuses!",
         "You never listen to me, ever!",
     ),
     "happy": (
-        "This is wonderful!", "I love it!", "We won, yay!",
-        "What a fantastic surprise!", "I'm so thrilled, honestly!", "Congratulations, you did it!",
-        "This is the best day!", "I love you so much!", "Amazing, thank you so much!",
-        "Oh wow, I'm so very happy!", "We did it, this is fantastic!",
+        "This is wonderful!",
+        "I love it!",
+        "We won, yay!",
+        "What a fantastic surprise!",
+        "I'm so thrilled, honestly!",
+        "Congratulations, you did it!",
+        "This is the best day!",
+        "I love you so much!",
+        "Amazing, thank you so much!",
+        "Oh wow, I'm so very happy!",
+        "We did it, this is fantastic!",
         "Hooray, the best gift in years!",
     ),
     "sad": (
-        "I miss her.", "Everything feels empty.", "Nobody came back.",
-        "I feel so alone.", "Grandpa died last spring.", "Tears keep on falling.",
-        "I miss them so much.", "Nothing matters to me anymore.",
+        "I miss her.",
+        "Everything feels empty.",
+        "Nobody came back.",
+        "I feel so alone.",
+        "Grandpa died last spring.",
+        "Tears keep on falling.",
+        "I miss them so much.",
+        "Nothing matters to me anymore.",
         "She died without saying goodbye.",
-        "I am so tired and lonely.", "My old dog died this morning.",
+        "I am so tired and lonely.",
+        "My old dog died this morning.",
         "I just want to cry forever.",
     ),
     "negative": (
-        "That went wrong.", "They cancelled it.", "It failed again.",
-        "The results were bad.", "We lost the house.", "That was so unfair.",
-        "They turned down my application.", "The whole plan fell apart.",
+        "That went wrong.",
+        "They cancelled it.",
+        "It failed again.",
+        "The results were bad.",
+        "We lost the house.",
+        "That was so unfair.",
+        "They turned down my application.",
+        "The whole plan fell apart.",
         "He broke his promise again.",
-        "They took away our only car.", "It was the worst news possible.",
+        "They took away our only car.",
+        "It was the worst news possible.",
         "My phone was stolen this afternoon.",
     ),
     "positive": (
-        "That sounds good.", "Okay, that works.", "Sure, why not.",
-        "The numbers look fine.", "Yes, it arrived safely.", "That seems like progress.",
-        "We can do that, sure.", "The package is here already.", "All set for Friday, then.",
-        "Thanks, that should work perfectly well.", "The new schedule suits me fine.",
+        "That sounds good.",
+        "Okay, that works.",
+        "Sure, why not.",
+        "The numbers look fine.",
+        "Yes, it arrived safely.",
+        "That seems like progress.",
+        "We can do that, sure.",
+        "The package is here already.",
+        "All set for Friday, then.",
+        "Thanks, that should work perfectly well.",
+        "The new schedule suits me fine.",
         "Okay, we received the approval letter.",
     ),
 }
@@ -132,14 +182,22 @@ SENTENCE_LENGTHS: tuple[int, ...] = (3, 4, 5, 6)
 
 #: (cue, label) -> (voice style, word pool): the whole design.
 DESIGN: dict[tuple[str, str], tuple[str, str]] = {
-    ("voice", "ang"): ("angry", "neutral"), ("voice", "hap"): ("happy", "neutral"),
-    ("voice", "neu"): ("neutral", "neutral"), ("voice", "sad"): ("sad", "neutral"),
-    ("words", "ang"): ("neutral", "angry"), ("words", "hap"): ("neutral", "happy"),
-    ("words", "neu"): ("neutral", "neutral"), ("words", "sad"): ("neutral", "sad"),
-    ("both", "ang"): ("angry", "angry"), ("both", "hap"): ("happy", "happy"),
-    ("both", "neu"): ("neutral", "neutral"), ("both", "sad"): ("sad", "sad"),
-    ("joint", "ang"): ("aroused", "negative"), ("joint", "hap"): ("aroused", "positive"),
-    ("joint", "neu"): ("calm", "positive"), ("joint", "sad"): ("calm", "negative"),
+    ("voice", "ang"): ("angry", "neutral"),
+    ("voice", "hap"): ("happy", "neutral"),
+    ("voice", "neu"): ("neutral", "neutral"),
+    ("voice", "sad"): ("sad", "neutral"),
+    ("words", "ang"): ("neutral", "angry"),
+    ("words", "hap"): ("neutral", "happy"),
+    ("words", "neu"): ("neutral", "neutral"),
+    ("words", "sad"): ("neutral", "sad"),
+    ("both", "ang"): ("angry", "angry"),
+    ("both", "hap"): ("happy", "happy"),
+    ("both", "neu"): ("neutral", "neutral"),
+    ("both", "sad"): ("sad", "sad"),
+    ("joint", "ang"): ("aroused", "negative"),
+    ("joint", "hap"): ("aroused", "positive"),
+    ("joint", "neu"): ("calm", "positive"),
+    ("joint", "sad"): ("calm", "negative"),
 }
 
 
@@ -182,16 +240,19 @@ def plan_demo(seed: int = 0, per_speaker: int = DEFAULT_PER_SPEAKER) -> list[Dem
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, not {seed!r}")
     if per_speaker < len(CLASSES) or per_speaker % len(CLASSES):
-        raise ValueError(f"per_speaker must be a positive multiple of {len(CLASSES)} "
-                         f"(balanced classes), not {per_speaker}")
+        raise ValueError(
+            f"per_speaker must be a positive multiple of {len(CLASSES)} (balanced classes), not {per_speaker}"
+        )
     by_length = _sentences_by_length()
     items: list[DemoItem] = []
     for s_index, (name, session, gender) in enumerate(speaker_names()):
         speaker = Speaker.draw(name, session, gender, _rng(seed, 1, s_index))
         rng = _rng(seed, 2, s_index)
-        slots = [(label, CUE_CYCLE[(k + 4 * s_index + 3 * c_index) % len(CUE_CYCLE)])
-                 for c_index, label in enumerate(CLASSES)
-                 for k in range(per_speaker // len(CLASSES))]
+        slots = [
+            (label, CUE_CYCLE[(k + 4 * s_index + 3 * c_index) % len(CUE_CYCLE)])
+            for c_index, label in enumerate(CLASSES)
+            for k in range(per_speaker // len(CLASSES))
+        ]
         order = rng.permutation(len(slots))
         for index, slot in enumerate(order):
             label, cue = slots[slot]
@@ -199,9 +260,18 @@ def plan_demo(seed: int = 0, per_speaker: int = DEFAULT_PER_SPEAKER) -> list[Dem
             length = SENTENCE_LENGTHS[rng.integers(len(SENTENCE_LENGTHS))]
             choices = by_length[pool][length]
             text = choices[rng.integers(len(choices))]
-            items.append(DemoItem(id=f"{name}_demo_{gender}{index:03d}", speaker=speaker,
-                                  label=label, cue=cue, voice_style=style, word_pool=pool,
-                                  text=text, index=index))
+            items.append(
+                DemoItem(
+                    id=f"{name}_demo_{gender}{index:03d}",
+                    speaker=speaker,
+                    label=label,
+                    cue=cue,
+                    voice_style=style,
+                    word_pool=pool,
+                    text=text,
+                    index=index,
+                )
+            )
     return items
 
 
@@ -213,8 +283,7 @@ def render(item: DemoItem, seed: int = 0) -> np.ndarray:
     return synthesize(item.n_words, item.speaker, style, rng)
 
 
-def make_demo_corpus(out_dir: str | os.PathLike, seed: int = 0,
-                     per_speaker: int = DEFAULT_PER_SPEAKER) -> Path:
+def make_demo_corpus(out_dir: str | os.PathLike, seed: int = 0, per_speaker: int = DEFAULT_PER_SPEAKER) -> Path:
     """Generate the demo corpus into ``out_dir`` and return the path of its manifest.
 
     Writes ``wav/<id>.wav`` (16 kHz mono, 16-bit PCM) and ``manifest.csv`` with the required
@@ -232,15 +301,32 @@ def make_demo_corpus(out_dir: str | os.PathLike, seed: int = 0,
     for item in items:
         path = wav_dir / f"{item.id}.wav"
         sf.write(path, render(item, seed), SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        rows.append(Utterance(
-            id=item.id, audio=path.resolve(), text=item.text, label=item.label,
-            speaker=item.speaker.name, session=item.speaker.session,
-            gender=item.speaker.gender,
-            extra={"cue": item.cue, "voice_style": item.voice_style,
-                   "word_pool": item.word_pool}))
+        rows.append(
+            Utterance(
+                id=item.id,
+                audio=path.resolve(),
+                text=item.text,
+                label=item.label,
+                speaker=item.speaker.name,
+                session=item.speaker.session,
+                gender=item.speaker.gender,
+                extra={"cue": item.cue, "voice_style": item.voice_style, "word_pool": item.word_pool},
+            )
+        )
     return write_manifest(out_dir / "manifest.csv", rows)
 
 
-__all__ = ["CLASSES", "CUES", "CUE_CYCLE", "DESIGN", "DemoItem", "SENTENCE_LENGTHS",
-           "VOICE_STYLES", "WORD_POOLS", "make_demo_corpus", "plan_demo", "render",
-           "speaker_names"]
+__all__ = [
+    "CLASSES",
+    "CUES",
+    "CUE_CYCLE",
+    "DESIGN",
+    "DemoItem",
+    "SENTENCE_LENGTHS",
+    "VOICE_STYLES",
+    "WORD_POOLS",
+    "make_demo_corpus",
+    "plan_demo",
+    "render",
+    "speaker_names",
+]

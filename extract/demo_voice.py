@@ -21,13 +21,15 @@ The voice does not spell the words: each word of the transcript becomes one or t
 but nothing of its identity. Every random draw comes from the generator passed in: same
 generator state, same samples.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from ..common import SAMPLE_RATE
+
 #: Utterances are kept within these durations (seconds): the model reads at most 460 frames of
 #: 10 ms, and short clips keep extraction fast.
 MIN_SECONDS = 1.0
@@ -37,15 +39,18 @@ BASE_RMS = 0.035
 NOISE_RMS = 3e-4
 #: Formants (Hz) of a few vowels for an adult male vocal tract (scaled per speaker), their
 #: bandwidths (Hz) and the relative heights of their peaks.
-VOWELS = np.array([
-    [730, 1090, 2440],  # a
-    [270, 2290, 3010],  # i
-    [300, 870, 2240],   # u
-    [530, 1840, 2480],  # e
-    [570, 840, 2410],   # o
-    [660, 1720, 2410],  # ae
-    [520, 1190, 2390],  # uh
-], dtype=np.float64)
+VOWELS = np.array(
+    [
+        [730, 1090, 2440],  # a
+        [270, 2290, 3010],  # i
+        [300, 870, 2240],  # u
+        [530, 1840, 2480],  # e
+        [570, 840, 2410],  # o
+        [660, 1720, 2410],  # ae
+        [520, 1190, 2390],  # uh
+    ],
+    dtype=np.float64,
+)
 BANDWIDTHS = np.array([80.0, 100.0, 150.0])
 FORMANT_WEIGHTS = (1.0, 0.7, 0.4)
 #: Peak amplitude of a consonant burst, relative to the glottal source's RMS.
@@ -65,15 +70,18 @@ class VoiceStyle:
     breath: float
     jitter: float
 
-    def mix(self, other: "VoiceStyle", weight: float = 0.5) -> "VoiceStyle":
+    def mix(self, other: VoiceStyle, weight: float = 0.5) -> VoiceStyle:
         """The style between this one and ``other`` (``weight`` = share of ``other``)."""
-        return VoiceStyle(**{f.name: (1 - weight) * getattr(self, f.name)
-                             + weight * getattr(other, f.name) for f in fields(self)})
+        return VoiceStyle(
+            **{f.name: (1 - weight) * getattr(self, f.name) + weight * getattr(other, f.name) for f in fields(self)}
+        )
 
-    def vary(self, rng: np.random.Generator) -> "VoiceStyle":
+    def vary(self, rng: np.random.Generator) -> VoiceStyle:
         """One utterance's draw around this style: nobody says two sentences the same way."""
+
         def lognormal(sd: float) -> float:
             return float(np.exp(rng.normal(0.0, sd)))
+
         return replace(
             self,
             pitch_st=self.pitch_st + float(rng.normal(0.0, 0.8)),
@@ -99,7 +107,7 @@ class Speaker:
     gain_db: float  # how loud this speaker talks
 
     @classmethod
-    def draw(cls, name: str, session: int, gender: str, rng: np.random.Generator) -> "Speaker":
+    def draw(cls, name: str, session: int, gender: str, rng: np.random.Generator) -> Speaker:
         if gender == "F":
             f0, scale = rng.uniform(185.0, 230.0), rng.uniform(1.12, 1.2)
         else:
@@ -126,8 +134,7 @@ def _glottal_flow(frac: np.ndarray, open_quotient: float) -> np.ndarray:
     return flow
 
 
-def _vowel_envelope(freqs: np.ndarray, formants: np.ndarray,
-                    bandwidths: np.ndarray) -> np.ndarray:
+def _vowel_envelope(freqs: np.ndarray, formants: np.ndarray, bandwidths: np.ndarray) -> np.ndarray:
     """Spectral envelope of a vowel: a peak at each formant (weaker ones higher up) on a small
     floor. Unlike a cascade of resonators it has no slope of its own above the formants: the
     voice's brightness is set by the source and the style's tilt alone."""
@@ -157,8 +164,7 @@ def _timeline(n_words: int, style: VoiceStyle, rng: np.random.Generator):
     return starts, starts + durations, lead + speech + trail
 
 
-def synthesize(n_words: int, speaker: Speaker, style: VoiceStyle,
-               rng: np.random.Generator) -> np.ndarray:
+def synthesize(n_words: int, speaker: Speaker, style: VoiceStyle, rng: np.random.Generator) -> np.ndarray:
     """An utterance of ``n_words`` words by ``speaker`` in ``style``: float32 mono 16 kHz,
     between :data:`MIN_SECONDS` and :data:`MAX_SECONDS` long, samples within [-1, 1]."""
     if n_words < 1:
@@ -201,22 +207,23 @@ def synthesize(n_words: int, speaker: Speaker, style: VoiceStyle,
         freqs = np.fft.rfftfreq(nfft, 1.0 / sr)
         vowel = VOWELS[rng.integers(len(VOWELS))] * speaker.formant_scale
         buffer = np.zeros(nfft)
-        buffer[pad:pad + length] = source[i:j] * envelope
+        buffer[pad : pad + length] = source[i:j] * envelope
         spectrum = np.fft.rfft(buffer) * _vowel_envelope(freqs, vowel, bandwidths)
         # Consonant onset: a short burst of high-passed noise (no formants, same tilt).
         burst_len = min(int(rng.uniform(0.015, 0.035) * sr), length)
         buffer[:] = 0.0
-        buffer[pad:pad + burst_len] = (BURST * stress * np.hanning(burst_len)
-                                       * np.diff(rng.normal(0.0, 1.0, burst_len + 1)))
+        buffer[pad : pad + burst_len] = (
+            BURST * stress * np.hanning(burst_len) * np.diff(rng.normal(0.0, 1.0, burst_len + 1))
+        )
         spectrum += np.fft.rfft(buffer)
         spectrum /= np.sqrt(1.0 + (freqs / style.tilt_hz) ** 2)  # the voice's brightness
         segment = np.fft.irfft(spectrum, nfft)
         lo = i - pad
         keep = slice(max(lo, 0), min(lo + nfft, n))
-        out[keep] += segment[keep.start - lo:keep.stop - lo]
+        out[keep] += segment[keep.start - lo : keep.stop - lo]
 
     voiced = out[first:last]
     level = BASE_RMS * 10.0 ** ((style.gain_db + speaker.gain_db) / 20.0)
-    out *= level / (np.sqrt(np.mean(voiced ** 2)) + 1e-12)
+    out *= level / (np.sqrt(np.mean(voiced**2)) + 1e-12)
     out += NOISE_RMS * rng.normal(0.0, 1.0, n)
     return np.clip(out, -0.99, 0.99).astype(np.float32)

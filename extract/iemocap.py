@@ -13,6 +13,7 @@ that matter here:
   ``Ses05M_script01_1b``) and the dialog letter only says who wore the markers;
 - AppleDouble ``._*`` files from macOS copies are junk.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ksr.extract.manifest import Utterance
+from ..common import KsrError
+from .manifest import Utterance
 
 #: The 4-class task: hap and exc are merged into hap; every other label is dropped.
 FOUR_CLASS: dict[str, str] = {"ang": "ang", "hap": "hap", "exc": "hap", "neu": "neu", "sad": "sad"}
@@ -44,10 +46,11 @@ _ID = re.compile(r"^Ses(?P<session>\d{2})[FM]_(?P<rest>.+)_(?P<gender>[FM])(?P<n
 # [6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5000, 2.5000, 2.5000]
 _SUMMARY = re.compile(
     r"^\[\s*(?P<start>\d+(?:\.\d*)?)\s*-\s*(?P<end>\d+(?:\.\d*)?)\s*\]\s+(?P<id>\S+)\s+"
-    r"(?P<label>\S+)\s+\[(?P<vad>[^\]]*)\]")
+    r"(?P<label>\S+)\s+\[(?P<vad>[^\]]*)\]"
+)
 
 
-class IemocapError(ValueError):
+class IemocapError(KsrError, ValueError):
     """The folder given is not an IEMOCAP release."""
 
 
@@ -106,8 +109,7 @@ def parse_emo_evaluation(path: Path) -> tuple[list[Evaluation], int]:
                 continue
             vad = tuple(v.strip() for v in m["vad"].split(","))
             vad = (vad + ("", "", ""))[:3]
-            entries.append(Evaluation(m["id"], float(m["start"]), float(m["end"]),
-                                      m["label"], vad))
+            entries.append(Evaluation(m["id"], float(m["start"]), float(m["end"]), m["label"], vad))
     return entries, malformed
 
 
@@ -129,7 +131,7 @@ def parse_transcription(path: Path) -> tuple[dict[str, str], int, int]:
                 not_utterances += 1
                 continue
             token = line.split(None, 1)[0]
-            after = line[len(token):]
+            after = line[len(token) :]
             if token.endswith(":"):  # "Ses01F_impro01_F000: text", no times
                 text = after
             else:
@@ -140,7 +142,7 @@ def parse_transcription(path: Path) -> tuple[dict[str, str], int, int]:
                 if cut < 0:
                     not_utterances += 1
                     continue
-                text = after[cut + width:]
+                text = after[cut + width :]
             uid = token.rstrip(":")
             if parse_utterance_id(uid) is None:
                 unlabelled += 1
@@ -155,8 +157,7 @@ def _find_root(root: Path) -> Path:
     for candidate in (root, root / "IEMOCAP_full_release"):
         if any((candidate / f"Session{s}").is_dir() for s in SESSIONS):
             return candidate
-    raise IemocapError(
-        f"no Session1..Session5 folders in {root}: give the path of IEMOCAP_full_release/")
+    raise IemocapError(f"no Session1..Session5 folders in {root}: give the path of IEMOCAP_full_release/")
 
 
 def _data_files(folder: Path, suffix: str, report: PrepareReport) -> list[Path]:
@@ -204,9 +205,7 @@ def prepare_iemocap(root: str | os.PathLike) -> PrepareReport:
     report.sessions = [s for s in SESSIONS if (root / f"Session{s}").is_dir()]
     missing_sessions = [s for s in SESSIONS if s not in report.sessions]
     if missing_sessions:
-        report.warnings.append(
-            "partial release: Session" + ", Session".join(map(str, missing_sessions))
-            + " not found")
+        report.warnings.append("partial release: Session" + ", Session".join(map(str, missing_sessions)) + " not found")
     seen: set[str] = set()
     no_wav: list[str] = []
     no_text: list[str] = []
@@ -253,62 +252,83 @@ def prepare_iemocap(root: str | os.PathLike) -> PrepareReport:
                 _, dialog, gender = parsed
                 counts[label] += 1
                 genders[gender] += 1
-                report.rows.append(Utterance(
-                    id=e.id, audio=wavs[e.id].resolve(), text=texts[e.id], label=label,
-                    speaker=f"Ses{session:02d}{gender}", session=session, gender=gender,
-                    extra={"raw_label": e.label, "dialog": dialog,
-                           "dialog_start": f"{e.start:.4f}", "dialog_end": f"{e.end:.4f}",
-                           "valence": e.vad[0], "activation": e.vad[1], "dominance": e.vad[2]}))
+                report.rows.append(
+                    Utterance(
+                        id=e.id,
+                        audio=wavs[e.id].resolve(),
+                        text=texts[e.id],
+                        label=label,
+                        speaker=f"Ses{session:02d}{gender}",
+                        session=session,
+                        gender=gender,
+                        extra={
+                            "raw_label": e.label,
+                            "dialog": dialog,
+                            "dialog_start": f"{e.start:.4f}",
+                            "dialog_end": f"{e.end:.4f}",
+                            "valence": e.vad[0],
+                            "activation": e.vad[1],
+                            "dominance": e.vad[2],
+                        },
+                    )
+                )
         unmatched = [t for t in texts if t not in labelled]
         report.skipped["transcript lines without a labelled id"] += len(unmatched)
     if malformed:
         report.warnings.append(f"{malformed} EmoEvaluation summary lines could not be read")
     if duplicates:
-        report.warnings.append(f"{len(duplicates)} ids labelled twice, first kept: "
-                               + _sample(duplicates))
+        report.warnings.append(f"{len(duplicates)} ids labelled twice, first kept: " + _sample(duplicates))
     if no_wav:
-        report.warnings.append(f"{len(no_wav)} 4-class utterances left out, no wav: "
-                               + _sample(no_wav))
+        report.warnings.append(f"{len(no_wav)} 4-class utterances left out, no wav: " + _sample(no_wav))
     if no_text:
-        report.warnings.append(f"{len(no_text)} 4-class utterances left out, no transcript: "
-                               + _sample(no_text))
+        report.warnings.append(f"{len(no_text)} 4-class utterances left out, no transcript: " + _sample(no_text))
     for session in report.sessions:
         got, want = sum(report.counts[session].values()), sum(EXPECTED_COUNTS[session].values())
         if got != want:
-            report.warnings.append(
-                f"Session{session} gives {got} 4-class utterances, the release has {want}")
+            report.warnings.append(f"Session{session} gives {got} 4-class utterances, the release has {want}")
     if report.complete and report.total != EXPECTED_TOTAL:
         report.warnings.append(
             f"a complete release gives {EXPECTED_TOTAL} 4-class utterances, this copy gave "
-            f"{report.total}: check that it is complete and unmodified")
+            f"{report.total}: check that it is complete and unmodified"
+        )
     return report
 
 
 def format_report(report: PrepareReport) -> str:
     """The counts table and the account of what was skipped, as printed by ``ksr prepare``."""
-    lines = [f"IEMOCAP 4-class manifest from {report.root}",
-             f"{'session':<8}" + "".join(f"{c:>7}" for c in CLASSES)
-             + f"{'total':>8}{'F/M':>10}{'release':>9}"]
+    lines = [
+        f"IEMOCAP 4-class manifest from {report.root}",
+        f"{'session':<8}" + "".join(f"{c:>7}" for c in CLASSES) + f"{'total':>8}{'F/M':>10}{'release':>9}",
+    ]
     totals: Counter = Counter()
     for session in report.sessions:
         counts, genders = report.counts[session], report.genders[session]
         totals.update(counts)
         fm = f"{genders['F']}/{genders['M']}"
-        lines.append(f"{session:<8}" + "".join(f"{counts[c]:>7}" for c in CLASSES)
-                     + f"{sum(counts.values()):>8}{fm:>10}"
-                     + f"{sum(EXPECTED_COUNTS[session].values()):>9}")
-    lines.append(f"{'all':<8}" + "".join(f"{totals[c]:>7}" for c in CLASSES)
-                 + f"{report.total:>8}{'':>10}{EXPECTED_TOTAL if report.complete else '':>9}")
-    lines.append(f"hap = {report.raw_counts['hap']} hap + {report.raw_counts['exc']} exc "
-                 "(merged); raw labels kept in column raw_label")
+        lines.append(
+            f"{session:<8}"
+            + "".join(f"{counts[c]:>7}" for c in CLASSES)
+            + f"{sum(counts.values()):>8}{fm:>10}"
+            + f"{sum(EXPECTED_COUNTS[session].values()):>9}"
+        )
+    lines.append(
+        f"{'all':<8}"
+        + "".join(f"{totals[c]:>7}" for c in CLASSES)
+        + f"{report.total:>8}{'':>10}{EXPECTED_TOTAL if report.complete else '':>9}"
+    )
+    lines.append(
+        f"hap = {report.raw_counts['hap']} hap + {report.raw_counts['exc']} exc "
+        "(merged); raw labels kept in column raw_label"
+    )
     dropped = [(k, n) for k, n in report.raw_counts.most_common() if k not in FOUR_CLASS]
     if dropped:
-        lines.append("dropped (not in the 4 classes): "
-                     + ", ".join(f"{k} {n}" for k, n in dropped))
+        lines.append("dropped (not in the 4 classes): " + ", ".join(f"{k} {n}" for k, n in dropped))
     skipped = [(k, n) for k, n in sorted(report.skipped.items()) if n]
     if skipped:
-        lines.append(f"skipped {sum(n for _, n in skipped)} entries that are not data: "
-                     + ", ".join(f"{n} {k}" for k, n in skipped))
+        lines.append(
+            f"skipped {sum(n for _, n in skipped)} entries that are not data: "
+            + ", ".join(f"{n} {k}" for k, n in skipped)
+        )
     else:
         lines.append("skipped nothing: no junk found")
     return "\n".join(lines)

@@ -12,22 +12,25 @@ with a one-line message naming the file and line; with ``strict=False`` problems
 out, so that the extraction loop can report each one and go on. Problems of the file itself
 (missing, empty, missing columns) always raise.
 """
+
 from __future__ import annotations
 
 import csv
 import math
 import os
-import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+
+from ..common import KsrError, atomic_write
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "audio", "text", "label", "speaker", "session", "gender")
 SEGMENT_COLUMNS: tuple[str, ...] = ("start", "end")
 GENDERS: tuple[str, ...] = ("F", "M", "U")  # U: unknown
 
 
-class ManifestError(ValueError):
+class ManifestError(KsrError, ValueError):
     """A manifest that cannot be used; the message is one line and names the file (and line)."""
 
 
@@ -135,8 +138,15 @@ def _parse_row(raw: dict, root: Path, extra_columns: Sequence[str]) -> Utterance
     if not audio.is_absolute():
         audio = root / audio
     return Utterance(
-        id=values["id"], audio=audio, text=values["text"], label=values["label"],
-        speaker=values["speaker"], session=session, gender=gender, start=start, end=end,
+        id=values["id"],
+        audio=audio,
+        text=values["text"],
+        label=values["label"],
+        speaker=values["speaker"],
+        session=session,
+        gender=gender,
+        start=start,
+        end=end,
         extra={c: values[c] for c in extra_columns},
     )
 
@@ -150,8 +160,9 @@ def _records(reader: csv.DictReader, path: Path) -> Iterator[dict]:
         except StopIteration:
             return
         except csv.Error as err:
-            raise ManifestError(f"{path} line {reader.line_num + 1}: not readable as CSV "
-                                f"({err}); check the quoting up to this line") from None
+            raise ManifestError(
+                f"{path} line {reader.line_num + 1}: not readable as CSV ({err}); check the quoting up to this line"
+            ) from None
 
 
 def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
@@ -174,7 +185,8 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
         if not header:
             raise ManifestError(
                 f"{path} is empty: a manifest starts with a header line naming the columns "
-                f"{', '.join(REQUIRED_COLUMNS)}")
+                f"{', '.join(REQUIRED_COLUMNS)}"
+            )
         header = [h.strip() for h in header]
         repeated = sorted({h for h in header if header.count(h) > 1})
         if repeated:
@@ -182,11 +194,10 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
             raise ManifestError(
-                f"{path}: missing column(s) {', '.join(missing)} (a manifest needs "
-                f"{', '.join(REQUIRED_COLUMNS)})")
+                f"{path}: missing column(s) {', '.join(missing)} (a manifest needs {', '.join(REQUIRED_COLUMNS)})"
+            )
         reader.fieldnames = header
-        extra_columns = tuple(
-            c for c in header if c not in REQUIRED_COLUMNS and c not in SEGMENT_COLUMNS)
+        extra_columns = tuple(c for c in header if c not in REQUIRED_COLUMNS and c not in SEGMENT_COLUMNS)
         rows: list[Utterance] = []
         problems: list[RowProblem] = []
         first_line: dict[str, int] = {}
@@ -201,8 +212,7 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
             except ValueError as err:
                 reason = str(err)
                 if line - record_line > 1:  # the rows it swallowed are in no count otherwise
-                    reason += (f" (this record runs over lines {record_line}-{line - 1}: an "
-                               f"unbalanced quote?)")
+                    reason += f" (this record runs over lines {record_line}-{line - 1}: an unbalanced quote?)"
                 problem = RowProblem(record_line, rid, reason)
                 if strict:
                     raise ManifestError(f"{path} {problem}") from None
@@ -219,8 +229,9 @@ def _format_seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-def write_manifest(path: str | os.PathLike, rows: Iterable[Utterance],
-                   extra_columns: Sequence[str] | None = None) -> Path:
+def write_manifest(
+    path: str | os.PathLike, rows: Iterable[Utterance], extra_columns: Sequence[str] | None = None
+) -> Path:
     """Write rows as a manifest CSV, atomically (temporary file, then rename).
 
     ``audio`` is written relative to the manifest's folder when the file lies under it, absolute
@@ -242,24 +253,38 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[Utterance],
     header = list(REQUIRED_COLUMNS) + (list(SEGMENT_COLUMNS) if has_segments else [])
     header += list(extra_columns)
     root = path.resolve().parent
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(header)
-            for r in rows:
-                audio = Path(r.audio)
-                if audio.is_absolute() and audio.resolve().is_relative_to(root):
-                    audio = audio.resolve().relative_to(root)
-                record = [r.id, audio.as_posix(), r.text, r.label, r.speaker, r.session, r.gender]
-                if has_segments:
-                    record += [_format_seconds(r.start), _format_seconds(r.end)]
-                record += [r.extra.get(c, "") for c in extra_columns]
-                writer.writerow(record)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def write(f) -> None:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        for r in rows:
+            audio = Path(r.audio)
+            if audio.is_absolute() and audio.resolve().is_relative_to(root):
+                audio = audio.resolve().relative_to(root)
+            record = [r.id, audio.as_posix(), r.text, r.label, r.speaker, r.session, r.gender]
+            if has_segments:
+                record += [_format_seconds(r.start), _format_seconds(r.end)]
+            record += [r.extra.get(c, "") for c in extra_columns]
+            writer.writerow(record)
+
+    atomic_write(path, "w", write)
     return path
+
+
+def check_manifest(m: Manifest, limit: int = 10) -> tuple[list[str], list[str]]:
+    """What ``ksr prepare check`` prints: (summary lines, error lines). Audio files are checked
+    to exist; at most ``limit`` missing ones are named."""
+    missing = [r for r in m.rows if not r.audio.is_file()]
+    labels = Counter(r.label for r in m.rows)
+    sessions = Counter(r.session for r in m.rows)
+    summary = [
+        f"{m.path}: {len(m)} usable rows, {len({r.speaker for r in m.rows})} speakers",
+        "labels: " + ", ".join(f"{k} {n}" for k, n in sorted(labels.items())),
+        "sessions: " + ", ".join(f"{k}: {n}" for k, n in sorted(sessions.items())),
+    ]
+    errors = list(m.problems) + [f"{r.id}: audio file not found: {r.audio}" for r in missing[:limit]]
+    if len(missing) > limit:
+        errors.append(f"... {len(missing) - limit} more audio files not found")
+    if m.problems or missing:
+        errors.append(f"{len(m.problems)} bad rows, {len(missing)} missing audio files")
+    return summary, errors

@@ -17,6 +17,7 @@ one-line message.
 ksr writes only inside the output directory: the errors file and the cache files have fixed
 names there, and nothing taken from a manifest (ids, paths) is ever used as a file name.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,47 +25,50 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ksr.cache import CacheMeta, CacheWriter, EncoderInfo, faults
-from ksr.cache.index import scan_dir
-from ksr.cache.schema import parse_shard_name
-from ksr.extract.audio import SAMPLE_RATE, read_audio
-from ksr.extract.encoders import (AudioEncoder, Encoder, EncoderError, TextEncoder,
-                                  best_device, load_encoder)
-from ksr.extract.manifest import Manifest, Utterance, read_manifest
-from ksr.extract.plan import Ranks, plan_batches, probe_seconds, rank_share, ranks_from_env
-from ksr.extract.prefetch import read_ahead
-from ksr.extract.summary import STAGES, ErrorLog, ExtractSummary, reason_of
+from ..cache import CacheMeta, CacheWriter, row_problem
+from ..cache.index import scan_dir
+from ..cache.schema import parse_shard_name
+from ..common import (
+    MAX_AUDIO_FRAMES,
+    MAX_TEXT_TOKENS,
+    PAPER_CLASSES,
+    SAMPLE_RATE,
+    KsrError,
+    Ranks,
+    faults,
+    ranks_from_env,
+    resolve_device,
+)
+from .audio import read_audio
+from .encoders import AudioEncoder, Encoder, EncoderError, TextEncoder, load_encoder
+from .manifest import Manifest, Utterance, read_manifest
+from .plan import plan_batches, probe_seconds, rank_share
+from .prefetch import read_ahead
+from .summary import STAGES, ErrorLog, ExtractSummary, reason_of
 
-#: The public implementation's class indexes for the 4-class IEMOCAP task (ang 0, neu 1,
-#: hap+exc 2, sad 3): a manifest with exactly these labels gets this order, so converted
-#: official checkpoints and our caches agree on what each logit means.
-PAPER_CLASSES: tuple[str, ...] = ("ang", "neu", "hap", "sad")
-MAX_AUDIO_LEN, MAX_TEXT_LEN = 460, 20
 #: Padded audio per batch, by device type. On the CPU a real speech model is compute-bound
-#: and batching saves nothing: measured (bench/bench_extract.py, wav2vec 2.0 base size, 2
-#: cores) 10 s batches cost the same CPU time per utterance as one at a time, 30 s batches
-#: 1.2x and 120 s batches 1.9x more (activations far beyond the CPU caches); only small models,
-#: where per-call overhead dominates, gain from larger ones. On a GPU, batches fill the
-#: device; 120 s keeps wav2vec 2.0 large in float16 at a few GiB.
+#: and batching saves nothing: 10 s batches cost the same CPU time per utterance as one at a
+#: time, larger ones more (activations far beyond the CPU caches; docs/extract.md and
+#: bench/results.md); only small models, where per-call overhead dominates, gain from larger
+#: ones. On a GPU, batches fill the device; 120 s keeps wav2vec 2.0 large in float16 at a few GiB.
 DEFAULT_BATCH_SECONDS = {"cpu": 10.0, "cuda": 120.0}
-#: Batches of audio read ahead by a thread. Measured on 2 cores: neutral with a compute-bound
-#: encoder (within noise), 1.1x to 1.4x faster end to end with the tiny ones; with a GPU the CPU
-#: is otherwise idle while the device computes.
+#: Batches of audio read ahead by a thread: neutral with a compute-bound encoder on the CPU,
+#: faster with small ones (bench/results.md); with a GPU the CPU is otherwise idle while the
+#: device computes.
 DEFAULT_PREFETCH = 2
 DEFAULT_SHARD_SIZE = 512
 #: Stop when the first this-many encoder calls all fail: a broken encoder, not bad items.
 FAILFAST = 16
-_FLOAT16_MAX = 65504.0
 
 
-class ExtractError(RuntimeError):
+class ExtractError(KsrError, RuntimeError):
     """A problem of the whole run (not of one utterance); the message is one line."""
 
 
@@ -83,41 +87,14 @@ def corpus_name(manifest_path: str | os.PathLike) -> str:
     return path.parent.name if path.stem == "manifest" and path.parent.name else path.stem
 
 
-def encoder_info(encoder: Encoder) -> EncoderInfo:
-    """What the cache records about an encoder. A local path in the name is reduced to its last
-    part: the digest identifies the checkpoint, and a cache stays resumable when the
-    checkpoint moves or another machine continues the run."""
-    d = encoder.describe()
-    kind, sep, source = d["name"].partition(":")
-    name = d["name"]
-    if sep and source.startswith(("/", ".", "~")):
-        name = f"{kind}:{Path(source).name}"
-    return EncoderInfo(name=name, dim=int(d["dim"]), checkpoint_digest=d["digest"] or "",
-                       layer=str(d["layer"]), frame_rate=d["frame_rate"])
-
-
-def resolve_device(device: str | torch.device | None, ranks: Ranks) -> torch.device:
-    """``auto``/None: the best device (under torchrun, GPU ``LOCAL_RANK``); ``cuda`` must exist."""
-    if device in (None, "auto"):
-        device = best_device()[0]
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ExtractError("--device cuda: no CUDA device is available (use --device cpu)")
-        if device.index is None:
-            device = torch.device("cuda", ranks.local_rank % torch.cuda.device_count())
-    return device
-
-
-def _load(spec: str | Encoder, modality: str, device: torch.device,
-          compute_dtype: torch.dtype | None, tiny_root) -> Encoder:
+def _load(
+    spec: str | Encoder, modality: str, device: torch.device, compute_dtype: torch.dtype | None, tiny_root
+) -> Encoder:
     if isinstance(spec, Encoder):
         if spec.modality != modality:
-            raise EncoderError(f"encoder {spec.name!r} is a {spec.modality} encoder, not "
-                               f"{modality}")
+            raise EncoderError(f"encoder {spec.name!r} is a {spec.modality} encoder, not {modality}")
         return spec
-    return load_encoder(spec, modality=modality, device=device, dtype=compute_dtype,
-                        tiny_root=tiny_root)
+    return load_encoder(spec, modality=modality, device=device, dtype=compute_dtype, tiny_root=tiny_root)
 
 
 class _Breaker:
@@ -130,12 +107,14 @@ class _Breaker:
         self.ok += ok
         self.failed += failed
         if self.ok == 0 and self.failed >= FAILFAST:
-            raise ExtractError(f"the {self.stage} failed on the first {self.failed} utterances "
-                               f"(last: {reason}); stopping")
+            raise ExtractError(
+                f"the {self.stage} failed on the first {self.failed} utterances (last: {reason}); stopping"
+            )
 
 
-def _encode(encode: Callable[[list], list], items: list, on_fail: Callable[[int, str], None],
-            breaker: _Breaker) -> list[torch.Tensor | None]:
+def _encode(
+    encode: Callable[[list], list], items: list, on_fail: Callable[[int, str], None], breaker: _Breaker
+) -> list[torch.Tensor | None]:
     """Encode a batch; if it fails, encode its items one at a time so that one bad item (or a
     GPU out of memory on a large batch) costs only itself."""
     if not items:
@@ -165,23 +144,11 @@ def _encode(encode: Callable[[list], list], items: list, on_fail: Callable[[int,
     return out
 
 
-def feature_problem(x: torch.Tensor, keep: int, what: str, dtype: str) -> str | None:
-    """Why features cannot be stored (the writer would refuse them), checked on the kept rows."""
-    if x.ndim != 2 or x.shape[0] == 0:
-        return f"the {what} encoder returned features of shape {tuple(x.shape)}"
-    kept = x[:keep]
-    if not torch.isfinite(kept).all():
-        return f"{what} features hold NaN or inf"
-    if dtype == "float16" and kept.abs().max().item() > _FLOAT16_MAX:
-        return f"{what} features overflow float16 (|x| > 65504); use --dtype float32"
-    return None
-
-
 def _tidy_other_writers(root: Path, meta: CacheMeta, ranks: Ranks) -> None:
     """Remove what killed writers of OTHER runs left (a 4-rank run continued by 1 process):
     their writer would clean it on its rerun, but it may never run again. Opening a writer
     with their tag does that cleaning; a tag held by a live process is left alone."""
-    from ksr.cache import CacheError
+    from ..cache import CacheError
 
     scan = scan_dir(root, allow_empty=True)
     tags = set()
@@ -190,14 +157,14 @@ def _tidy_other_writers(root: Path, meta: CacheMeta, ranks: Ranks) -> None:
         if parsed is not None:
             tags.add(parsed[0])
         elif name.startswith("index-") and name.endswith(".json.tmp"):
-            tags.add(name[len("index-"):-len(".json.tmp")])
+            tags.add(name[len("index-") : -len(".json.tmp")])
     for tag in sorted(tags - ranks.tags()):
         try:
             CacheWriter(root, meta, tag=tag).close()
         except (CacheError, ValueError):
             pass  # live, or not ours to judge: verify reports it
     for path in root.glob("errors-*.tsv"):  # last run's errors of writers not in this run
-        if path.name[len("errors-"):-len(".tsv")] not in ranks.tags():
+        if path.name[len("errors-") : -len(".tsv")] not in ranks.tags():
             path.unlink(missing_ok=True)
 
 
@@ -217,24 +184,37 @@ def _gather(summary: ExtractSummary, ranks: Ranks) -> ExtractSummary:
         dist.all_gather_object(parts, summary)
         dist.destroy_process_group()
     except (RuntimeError, ValueError) as err:
-        print(f"warning: rank {ranks.rank}: cannot gather the other ranks' counts "
-              f"({reason_of(err)}); this summary is this rank's only", file=sys.stderr)
+        print(
+            f"warning: rank {ranks.rank}: cannot gather the other ranks' counts "
+            f"({reason_of(err)}); this summary is this rank's only",
+            file=sys.stderr,
+        )
         return summary
     return ExtractSummary.merge(parts)
 
 
 def extract_corpus(
-        manifest: str | os.PathLike | Manifest, out_dir: str | os.PathLike,
-        audio_encoder: str | AudioEncoder = "paper-audio",
-        text_encoder: str | TextEncoder = "paper-text", *,
-        classes: Sequence[str] | None = None, corpus: str | None = None,
-        batch_seconds: float | None = None, max_batch_items: int = 256,
-        shard_size: int = DEFAULT_SHARD_SIZE, device: str | torch.device | None = None,
-        compute_dtype: torch.dtype | None = None, dtype: str = "float16",
-        max_audio_len: int = MAX_AUDIO_LEN, max_text_len: int = MAX_TEXT_LEN,
-        prefetch: int | None = None, progress: bool = True, ranks: Ranks | None = None,
-        tiny_root: str | os.PathLike | None = None,
-        on_batch: Callable[[int], None] | None = None) -> ExtractSummary:
+    manifest: str | os.PathLike | Manifest,
+    out_dir: str | os.PathLike,
+    audio_encoder: str | AudioEncoder = "paper-audio",
+    text_encoder: str | TextEncoder = "paper-text",
+    *,
+    classes: Sequence[str] | None = None,
+    corpus: str | None = None,
+    batch_seconds: float | None = None,
+    max_batch_items: int = 256,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    device: str | torch.device | None = None,
+    compute_dtype: torch.dtype | None = None,
+    dtype: str = "float16",
+    max_audio_len: int = MAX_AUDIO_FRAMES,
+    max_text_len: int = MAX_TEXT_TOKENS,
+    prefetch: int | None = None,
+    progress: bool = True,
+    ranks: Ranks | None = None,
+    tiny_root: str | os.PathLike | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> ExtractSummary:
     """Extract every utterance of ``manifest`` into the cache ``out_dir``; resumable.
 
     ``audio_encoder`` / ``text_encoder``: spec strings (``docs/encoders.md``) or loaded
@@ -257,35 +237,55 @@ def extract_corpus(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExtractError(f"{out_dir} is a file, not a cache directory")
-    dev = resolve_device(device, ranks)
+    dev = resolve_device(device, ranks.local_rank)
     audio = _load(audio_encoder, "audio", dev, compute_dtype, tiny_root)
     text = _load(text_encoder, "text", dev, compute_dtype, tiny_root)
     where = "cuda" if audio.device.type == "cuda" else "cpu"
     if batch_seconds is None:
         batch_seconds = DEFAULT_BATCH_SECONDS[where]
     if not (batch_seconds > 0 and math.isfinite(batch_seconds)):
-        raise ExtractError(f"batch_seconds must be a positive number of seconds, not "
-                           f"{batch_seconds}")
+        raise ExtractError(f"batch_seconds must be a positive number of seconds, not {batch_seconds}")
     if prefetch is None:
         prefetch = DEFAULT_PREFETCH
     if classes is None:
         classes = default_classes([u.label for u in manifest.rows])
     if not classes:
         first = f" (first: {manifest.problems[0]})" if manifest.problems else ""
-        raise ExtractError(f"{manifest.path}: no usable rows, {len(manifest.problems)} refused"
-                           f"{first}: nothing to extract")
-    meta = CacheMeta(corpus=corpus or corpus_name(manifest.path), classes=tuple(classes),
-                     audio_encoder=encoder_info(audio), text_encoder=encoder_info(text),
-                     sample_rate=SAMPLE_RATE, max_audio_len=max_audio_len,
-                     max_text_len=max_text_len, dtype=dtype)
+        raise ExtractError(
+            f"{manifest.path}: no usable rows, {len(manifest.problems)} refused{first}: nothing to extract"
+        )
+    meta = CacheMeta(
+        corpus=corpus or corpus_name(manifest.path),
+        classes=tuple(classes),
+        audio_encoder=audio.cache_record(),
+        text_encoder=text.cache_record(),
+        sample_rate=SAMPLE_RATE,
+        max_audio_len=max_audio_len,
+        max_text_len=max_text_len,
+        dtype=dtype,
+    )
     started = time.perf_counter()  # the summary's rate leaves model loading out
     try:  # audio read errors are per utterance (caught in _run): an OSError here is the cache's
-        with CacheWriter(out_dir, meta, tag=ranks.tag, shard_size=shard_size) as writer, \
-                ErrorLog(out_dir / f"errors-{ranks.tag}.tsv") as log:
+        with (
+            CacheWriter(out_dir, meta, tag=ranks.tag, shard_size=shard_size) as writer,
+            ErrorLog(out_dir / f"errors-{ranks.tag}.tsv") as log,
+        ):
             if ranks.main:
                 _tidy_other_writers(out_dir, meta, ranks)
-            summary = _run(manifest, writer, log, audio, text, meta, ranks, batch_seconds,
-                           max_batch_items, prefetch, progress, on_batch)
+            summary = _run(
+                manifest,
+                writer,
+                log,
+                audio,
+                text,
+                meta,
+                ranks,
+                batch_seconds,
+                max_batch_items,
+                prefetch,
+                progress,
+                on_batch,
+            )
     except OSError as err:
         raise ExtractError(f"cannot write the cache in {out_dir}: {err}") from None
     summary.errors_files = [log.path]
@@ -293,10 +293,20 @@ def extract_corpus(
     return _gather(summary, ranks)
 
 
-def _run(manifest: Manifest, writer: CacheWriter, log: ErrorLog, audio: AudioEncoder,
-         text: TextEncoder, meta: CacheMeta, ranks: Ranks, batch_seconds: float,
-         max_batch_items: int, prefetch: int, progress: bool,
-         on_batch: Callable[[int], None] | None) -> ExtractSummary:
+def _run(
+    manifest: Manifest,
+    writer: CacheWriter,
+    log: ErrorLog,
+    audio: AudioEncoder,
+    text: TextEncoder,
+    meta: CacheMeta,
+    ranks: Ranks,
+    batch_seconds: float,
+    max_batch_items: int,
+    prefetch: int,
+    progress: bool,
+    on_batch: Callable[[int], None] | None,
+) -> ExtractSummary:
     summary = ExtractSummary(cache_dir=writer.root, ranks=ranks.world)
     failed: Counter[str] = Counter()
     if ranks.main:  # rows the reader rejected belong to no share: rank 0 reports them
@@ -318,8 +328,7 @@ def _run(manifest: Manifest, writer: CacheWriter, log: ErrorLog, audio: AudioEnc
     for i in share:
         u = rows[i]
         if u.label not in classes:
-            log.add(u.id, "label", f"label {u.label!r} is not one of the classes "
-                                   f"{','.join(meta.classes)}")
+            log.add(u.id, "label", f"label {u.label!r} is not one of the classes {','.join(meta.classes)}")
             summary.skipped += 1
             continue
         usable.append(i)
@@ -333,13 +342,22 @@ def _run(manifest: Manifest, writer: CacheWriter, log: ErrorLog, audio: AudioEnc
     # dropped: every run then encodes an utterance in the same batch, so a resumed run stores
     # bit for bit what an uninterrupted one does (a batch's make-up moves float rounding). Only
     # a batch that a crash cut is encoded again, its stored utterances thrown away.
-    batches = [[rows[i] for i in b]
-               for b in plan_batches(usable, seconds, batch_seconds, max_batch_items)
-               if any(rows[i].id not in stored for i in b)]
+    batches = [
+        [rows[i] for i in b]
+        for b in plan_batches(usable, seconds, batch_seconds, max_batch_items)
+        if any(rows[i].id not in stored for i in b)
+    ]
     todo = len(usable) - summary.stored_before
 
-    bar = tqdm(total=todo, unit="utt", desc=f"extract {ranks.tag}", file=sys.stderr,
-               disable=not (progress and ranks.main), dynamic_ncols=True, smoothing=0.05)
+    bar = tqdm(
+        total=todo,
+        unit="utt",
+        desc=f"extract {ranks.tag}",
+        file=sys.stderr,
+        disable=not (progress and ranks.main),
+        dynamic_ncols=True,
+        smoothing=0.05,
+    )
     breakers = {s: _Breaker(s) for s in ("audio-encoder", "text-encoder")}
     loop_start = time.perf_counter()
 
@@ -361,29 +379,41 @@ def _run(manifest: Manifest, writer: CacheWriter, log: ErrorLog, audio: AudioEnc
                 if isinstance(w, BaseException):
                     fail(u, "audio", reason_of(w))
                 elif len(w) < audio.min_samples:
-                    fail(u, "audio", f"too short: {len(w)} samples ({len(w) / SAMPLE_RATE:.3f} s)"
-                                     f" at 16 kHz; {audio.name} needs {audio.min_samples} for "
-                                     f"one frame")
+                    fail(
+                        u,
+                        "audio",
+                        f"too short: {len(w)} samples ({len(w) / SAMPLE_RATE:.3f} s)"
+                        f" at 16 kHz; {audio.name} needs {audio.min_samples} for "
+                        f"one frame",
+                    )
                 else:
                     good.append((u, w))
-            a_feats = _encode(audio.encode, [w for _, w in good],
-                              lambda i, r: fail(good[i][0], "audio-encoder", r),
-                              breakers["audio-encoder"])
+            a_feats = _encode(
+                audio.encode,
+                [w for _, w in good],
+                lambda i, r, good=good: fail(good[i][0], "audio-encoder", r),
+                breakers["audio-encoder"],
+            )
             good = [(u, w, a) for (u, w), a in zip(good, a_feats) if a is not None]
-            t_feats = _encode(text.encode, [u.text for u, _, _ in good],
-                              lambda i, r: fail(good[i][0], "text-encoder", r),
-                              breakers["text-encoder"])
+            t_feats = _encode(
+                text.encode,
+                [u.text for u, _, _ in good],
+                lambda i, r, good=good: fail(good[i][0], "text-encoder", r),
+                breakers["text-encoder"],
+            )
             for (u, w, a), t in zip(good, t_feats):
                 if t is None or u.id in stored:
                     continue
-                problem = (feature_problem(a, meta.max_audio_len, "audio", meta.dtype)
-                           or feature_problem(t, meta.max_text_len, "text", meta.dtype))
+                problem = row_problem(a, meta.max_audio_len, "audio", meta.dtype) or row_problem(
+                    t, meta.max_text_len, "text", meta.dtype
+                )
                 if problem:
                     fail(u, "features", problem)
                     continue
                 # Any error from here on is the cache's (disk full, ...): it stops the run.
-                writer.add(u.id, a, t, u.label, speaker=u.speaker, session=str(u.session),
-                           gender=u.gender, transcript=u.text)
+                writer.add(
+                    u.id, a, t, u.label, speaker=u.speaker, session=str(u.session), gender=u.gender, transcript=u.text
+                )
                 summary.extracted += 1
                 summary.audio_seconds += len(w) / SAMPLE_RATE
                 faults.point("extract-add")
@@ -391,8 +421,10 @@ def _run(manifest: Manifest, writer: CacheWriter, log: ErrorLog, audio: AudioEnc
             done += new
             bar.update(new)
             elapsed = time.perf_counter() - loop_start
-            bar.set_postfix_str(f"{summary.audio_seconds / max(elapsed, 1e-9):.1f} s audio/s, "
-                                f"{sum(failed.values())} failed", refresh=False)
+            bar.set_postfix_str(
+                f"{summary.audio_seconds / max(elapsed, 1e-9):.1f} s audio/s, {sum(failed.values())} failed",
+                refresh=False,
+            )
             if on_batch is not None:
                 on_batch(done)
     finally:

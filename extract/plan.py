@@ -4,53 +4,16 @@ Everything here is decided from the manifest and the audio files' headers alone,
 what a cache already holds, so that every rank (and every rerun) computes the same shares:
 two ranks can then never write the same utterance.
 """
+
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import soundfile as sf
 
-from ksr.extract.audio import SAMPLE_RATE
-from ksr.extract.manifest import Utterance
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """Where this process stands among the extraction ranks (torchrun's environment)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def tag(self) -> str:
-        """The cache writer tag: ``w0`` for a single process, ``rank<r>`` under torchrun."""
-        return f"rank{self.rank}" if self.world > 1 else "w0"
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def tags(self) -> set[str]:
-        """The writer tags of this run, all ranks."""
-        return {Ranks(r, self.world).tag for r in range(self.world)}
-
-
-def ranks_from_env(env: os._Environ | dict | None = None) -> Ranks:
-    """RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them; one process without them."""
-    env = os.environ if env is None else env
-    try:
-        world = int(env.get("WORLD_SIZE", "1"))
-        rank = int(env.get("RANK", "0"))
-        local = int(env.get("LOCAL_RANK", str(rank)))
-    except ValueError:
-        raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets "
-                         "them)") from None
-    if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"RANK {rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE {world})")
-    return Ranks(rank, world, local)
+from ..common import SAMPLE_RATE, Ranks
+from .manifest import Utterance
 
 
 def probe_seconds(utt: Utterance) -> float:
@@ -82,11 +45,12 @@ def rank_share(ids: Sequence[str], seconds: Sequence[float], ranks: Ranks) -> li
     together. Deterministic in the manifest and the files alone.
     """
     order = sorted(range(len(ids)), key=lambda i: (-seconds[i], ids[i]))
-    return sorted(order[ranks.rank::ranks.world])
+    return sorted(order[ranks.rank :: ranks.world])
 
 
-def plan_batches(positions: Sequence[int], seconds: Sequence[float], batch_seconds: float,
-                 max_items: int = 256) -> list[list[int]]:
+def plan_batches(
+    positions: Sequence[int], seconds: Sequence[float], batch_seconds: float, max_items: int = 256
+) -> list[list[int]]:
     """Group ``positions`` into batches of similar duration.
 
     Sorted by duration (longest first, so a memory problem shows in the first batch, not after

@@ -4,11 +4,13 @@ soundfile and soxr do their work in C with the GIL released, so one reader threa
 decoding and resampling with the encoder's forward pass. ``depth`` bounds how many batches
 are read ahead (memory stays a few batches of audio). ``depth=0`` reads inline.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Iterator, Sequence, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -27,8 +29,9 @@ def _read_batch(batch: Sequence[T], read: Callable[[T], R]) -> list[R | BaseExce
     return out
 
 
-def read_ahead(batches: Sequence[Sequence[T]], read: Callable[[T], R],
-               depth: int = 2) -> Iterator[tuple[Sequence[T], list[R | BaseException]]]:
+def read_ahead(
+    batches: Sequence[Sequence[T]], read: Callable[[T], R], depth: int = 2
+) -> Iterator[tuple[Sequence[T], list[R | BaseException]]]:
     """Yield ``(batch, results)`` in order, reading up to ``depth`` batches ahead in a thread.
 
     Closing the generator early (an exception in the consumer) stops the thread.

@@ -4,13 +4,14 @@ Every manifest row ends in exactly one bucket, so the counts add up to the manif
 ``total = stored_before + extracted + skipped + sum(failed.values())``, where ``total`` counts
 the rows the manifest reader rejected too (they fail at stage ``manifest``).
 """
+
 from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 #: Stages an utterance can be left out at, in pipeline order. ``label`` means skipped (its label
 #: is not one of the classes), every other stage means failed.
@@ -23,13 +24,13 @@ def one_line(text: str, limit: int = 400) -> str:
     characters (NUL, ESC, ...) are written as \\xNN escapes, the length is bounded."""
     text = " ".join(str(text).split())
     text = "".join(f"\\x{ord(c):02x}" if c < " " or c == "\x7f" else c for c in text)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def reason_of(err: BaseException) -> str:
     """A one-line reason for an exception; our own errors already read as reasons."""
-    from ksr.extract.audio import AudioError
-    from ksr.extract.encoders import EncoderError
+    from .audio import AudioError
+    from .encoders import EncoderError
 
     if isinstance(err, (AudioError, EncoderError)):
         return one_line(str(err))
@@ -44,8 +45,7 @@ class ErrorLog:
         self.path = Path(path)
         self.counts: Counter[str] = Counter()
         # backslashreplace: an id with invalid UTF-8 (a manifest problem) still gets its line.
-        self._file = open(self.path, "w", encoding="utf-8", errors="backslashreplace",
-                          newline="\n")
+        self._file = open(self.path, "w", encoding="utf-8", errors="backslashreplace", newline="\n")
         self._file.write(HEADER)
         self._file.flush()
 
@@ -80,13 +80,13 @@ class ExtractSummary:
     """The counts of one run (all ranks, once merged)."""
 
     cache_dir: Path
-    total: int = 0            # manifest rows, rejected ones included
-    stored_before: int = 0    # already in the cache: skipped without encoding
-    extracted: int = 0        # encoded and stored by this run
-    skipped: int = 0          # label not in the classes
+    total: int = 0  # manifest rows, rejected ones included
+    stored_before: int = 0  # already in the cache: skipped without encoding
+    extracted: int = 0  # encoded and stored by this run
+    skipped: int = 0  # label not in the classes
     failed: dict[str, int] = field(default_factory=dict)  # stage -> utterances
     audio_seconds: float = 0.0  # audio of the utterances extracted now
-    seconds: float = 0.0      # wall time of the extraction loop (slowest rank)
+    seconds: float = 0.0  # wall time of the extraction loop (slowest rank)
     ranks: int = 1
     errors_files: list[Path] = field(default_factory=list)
 
@@ -116,13 +116,17 @@ class ExtractSummary:
         for p in parts:
             failed.update(p.failed)
         return cls(
-            cache_dir=parts[0].cache_dir, total=sum(p.total for p in parts),
+            cache_dir=parts[0].cache_dir,
+            total=sum(p.total for p in parts),
             stored_before=sum(p.stored_before for p in parts),
-            extracted=sum(p.extracted for p in parts), skipped=sum(p.skipped for p in parts),
+            extracted=sum(p.extracted for p in parts),
+            skipped=sum(p.skipped for p in parts),
             failed={s: failed[s] for s in STAGES if failed[s]},
             audio_seconds=sum(p.audio_seconds for p in parts),
-            seconds=max(p.seconds for p in parts), ranks=len(parts),
-            errors_files=[f for p in parts for f in p.errors_files])
+            seconds=max(p.seconds for p in parts),
+            ranks=len(parts),
+            errors_files=[f for p in parts for f in p.errors_files],
+        )
 
     def format(self) -> str:
         failed = ", ".join(f"{stage} {n}" for stage, n in self.failed.items())
@@ -135,10 +139,9 @@ class ExtractSummary:
             lines.append(
                 f"{self.extracted} utterances ({self.audio_seconds / 60:.1f} min of audio) in "
                 f"{self.seconds:.1f} s: {self.utterances_per_second:.1f} utterances/s, "
-                f"{self.realtime:.1f} s of audio per second"
-                + (f" ({self.ranks} ranks)" if self.ranks > 1 else ""))
+                f"{self.realtime:.1f} s of audio per second" + (f" ({self.ranks} ranks)" if self.ranks > 1 else "")
+            )
         left_out = self.skipped + self.failed_total
         where = ", ".join(str(p) for p in self.errors_files) or "(none)"
-        lines.append(f"cache: {self.cache_dir}; errors file: {where} ({left_out} lines: one per "
-                     f"utterance left out)")
+        lines.append(f"cache: {self.cache_dir}; errors file: {where} ({left_out} lines: one per utterance left out)")
         return "\n".join(lines)

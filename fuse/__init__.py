@@ -2,6 +2,7 @@
 
 Reads features only through ``ksr.cache``; never imports ``ksr.extract`` or an encoder library.
 """
+
 from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from .config import ModelConfig
 from .model import KSTransformer, count_parameters

@@ -3,21 +3,22 @@
 Self attention projects ``x + P`` with one fused ``project_qkv`` (D -> 3D, split q|k|v); cross
 attention has ``project_q`` (Dq -> Dq), ``project_k`` and ``project_v`` (Dk -> Dq). Heads take
 consecutive channel groups. Q is scaled by head_dim^-0.5 before Q K^T; padded keys get -inf.
-Key-sparse attention then zeroes the columns of the least-attended keys (``quirks``).
+Key-sparse attention then zeroes the columns of the least-attended keys (``key_sparse``).
 
 ``impl="plain"`` computes this as the public code does (softmax weights materialised, masked,
 dropped out, multiplied by V) and is the reference; ``impl="fast"`` (the default) computes the
 same numbers without keeping the attention maps (``fast_attention``).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import fast_attention, quirks
-
-IMPLS = ("plain", "fast")
+from . import fast_attention
+from . import key_sparse as ks
+from .config import ATTENTION_IMPLS
 
 
 class MultiheadAttention(nn.Module):
@@ -35,8 +36,8 @@ class MultiheadAttention(nn.Module):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        if impl not in IMPLS:
-            raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
         self.is_self = kdim is None
         # Registration order (qkv or q, k, v; then out) follows the public code, so the same
         # seed draws the same default initialisation.
@@ -58,8 +59,6 @@ class MultiheadAttention(nn.Module):
         self.impl = impl
         # None picks fast_attention's default for the device ("chunked" on CPU, "sdpa" on GPU).
         self.fast_backend: str | None = None
-        # When set to a list, forward appends its final (B, H, T, S) weights (for plots).
-        self.record_weights: list[Tensor] | None = None
 
     def project(self, query: Tensor, key: Tensor | None, value: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """Q (scaled), K, V as (B, H, L, head_dim)."""
@@ -93,31 +92,46 @@ class MultiheadAttention(nn.Module):
             out = self.plain_forward(q, k, v, key_padding_mask)
         return self.project_out(self.merge_heads(out))
 
-    def plain_forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-        """The public code's operations: the reference the fast path is tested against."""
-        scores = q @ k.transpose(-2, -1)  # (B, H, T, S)
+    def final_weights(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        """(B, H, T, S): softmax over the keys (padded keys get -inf), then the key-sparse step."""
+        scores = q @ k.transpose(-2, -1)
         if key_padding_mask is not None:
             scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
         weights = torch.softmax(scores, dim=-1)
         if self.key_sparse:
-            # KS_COLUMN_SUMS_OVER_ALL_QUERIES: every query row counts, padded ones too.
-            keep = quirks.key_sparse_keep(weights.sum(dim=-2), self.keep_rate)
-            weights = quirks.apply_key_sparse(weights, keep, self.renormalise)
-        if self.record_weights is not None:
-            self.record_weights.append(weights.detach())
-        weights = F.dropout(weights, p=self.dropout, training=self.training)
+            # Quirk KS_COLUMN_SUMS_OVER_ALL_QUERIES: every query row counts, padded ones too.
+            keep = ks.select_keys(weights.sum(dim=-2), self.keep_rate)
+            weights = ks.sparsify(weights, keep, self.renormalise)
+        return weights
+
+    @torch.no_grad()
+    def attention_map(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        """The (B, H, T, S) weights this module applies (without dropout) to these inputs, whatever
+        its ``impl``: for plots (see ``KSTransformer.forward(return_attention=True)``)."""
+        q, k, _ = self.project(query, key, value)
+        return self.final_weights(q, k, key_padding_mask)
+
+    def plain_forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        """The public code's operations: the reference the fast path is tested against."""
+        weights = F.dropout(self.final_weights(q, k, key_padding_mask), p=self.dropout, training=self.training)
         return weights @ v
 
     def fast_forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-        out, keep = fast_attention.attention(
-            q, k, v, key_padding_mask,
+        out, _ = fast_attention.attention(
+            q,
+            k,
+            v,
+            key_padding_mask,
             key_sparse=self.key_sparse,
             keep_rate=self.keep_rate,
             renormalise=self.renormalise,
             dropout_p=self.dropout if self.training else 0.0,
             backend=self.fast_backend,
         )
-        if self.record_weights is not None:
-            self.record_weights.append(
-                fast_attention.recorded_weights(q, k, key_padding_mask, keep, self.renormalise))
         return out

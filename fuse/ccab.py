@@ -1,11 +1,11 @@
 """Cascaded Cross-Attention Blocks: modality A attends to modality B, then to itself."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from . import quirks
-from .block import Block
 from .config import ModelConfig
+from .layers import LayerStack
 
 
 class CCAB(nn.Module):
@@ -14,15 +14,16 @@ class CCAB(nn.Module):
     def __init__(self, embed_dim: int, kdim: int, ffn_dim: int, cfg: ModelConfig) -> None:
         super().__init__()
         key_sparse = cfg.key_sparse != "none"
-        self.cross_block = Block(1, embed_dim, ffn_dim, cfg, kdim=kdim, key_sparse=key_sparse)
-        self.self_block = Block(1, embed_dim, ffn_dim, cfg, key_sparse=key_sparse)
-        self.cfg = cfg
+        self.cross_block = LayerStack(1, embed_dim, ffn_dim, cfg, kdim=kdim, key_sparse=key_sparse)
+        self.self_block = LayerStack(1, embed_dim, ffn_dim, cfg, key_sparse=key_sparse)
+        self.mask_self = cfg.mask_interaction_self
 
-    def forward(self, x: Tensor, other: Tensor, other_padding_mask: Tensor | None, own_padding_mask: Tensor | None) -> Tensor:
-        # MASKS_ONLY_WHERE_USED: the cross layer masks the other modality's padding; the self
-        # layer masks nothing unless mask_interaction_self is set.
+    def forward(
+        self, x: Tensor, other: Tensor, other_padding_mask: Tensor | None, own_padding_mask: Tensor | None
+    ) -> Tensor:
         x = self.cross_block(x, other, key_padding_mask=other_padding_mask)
-        return self.self_block(x, key_padding_mask=quirks.interaction_self_mask(own_padding_mask, self.cfg))
+        # Quirk MASKS_ONLY_WHERE_USED: the self layer attends over padding (mask_interaction_self masks it).
+        return self.self_block(x, key_padding_mask=own_padding_mask if self.mask_self else None)
 
 
 class CCABStack(nn.Module):
@@ -38,4 +39,5 @@ class CCABStack(nn.Module):
         out = x
         for block in self.blocks:
             out = block(out, other, other_padding_mask, own_padding_mask)
-        return quirks.ccab_stack_residual(out, x)
+        # Quirk DOUBLE_CCAB_RESIDUAL (first half): the stack adds its input back (0 CCABs give 2x).
+        return out + x

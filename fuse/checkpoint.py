@@ -4,12 +4,12 @@ Layout: ``{"format": "ksr-checkpoint", "format_version": 1, "config": ModelConfi
 "model": state_dict, "meta": {...}}``. Nothing in it needs pickle beyond tensors and plain
 containers, so ``torch.load(path, weights_only=True)`` reads it and refuses anything else.
 """
+
 from __future__ import annotations
 
 import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -18,8 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ksr.cache import faults
-
+from ..common import KsrError, atomic_save
 from .config import ModelConfig
 from .model import KSTransformer
 
@@ -27,7 +26,7 @@ FORMAT = "ksr-checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(KsrError, ValueError):
     """A checkpoint that cannot be read as what the caller asked for (the message says why)."""
 
 
@@ -43,74 +42,6 @@ def save_checkpoint(path: str | os.PathLike, model: KSTransformer, meta: dict[st
     return atomic_save(payload, path)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` that a crash cannot leave half written (see ``atomic_write``)."""
-    return atomic_write(path, "wb", lambda f: torch.save(obj, f))
-
-
-def atomic_write(path: str | os.PathLike, mode: str, write: Any) -> Path:
-    """Call ``write(file)`` on a temporary file in the same folder, flush and fsync it, then rename
-    it over ``path``: a crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The writer's process id is in the name: leftovers are removed only once it has died.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give what a plain open() would
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            faults.point(f"write:{path.name}")  # test-only: a kill here leaves the temporary file unrenamed
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)  # the rename itself survives a power cut
-    return path
-
-
-def remove_leftover_temps(folder: Path) -> None:
-    """Delete the temporary files of ``atomic_write`` calls whose process was killed (the files they
-    were to replace are intact). Files of a live process, such as another ``ksr train --fold``
-    or a ``ksr eval`` writing into the same run, are left to it."""
-    for leftover in Path(folder).glob(".*.*.tmp"):
-        if not _writer_alive(leftover.name):
-            leftover.unlink(missing_ok=True)
-
-
-def _writer_alive(name: str) -> bool:
-    """Whether the process named in ``.{file}.{pid}.{random}.tmp`` is still running."""
-    parts = name[:-len(".tmp")].rsplit(".", 2)
-    if len(parts) != 3 or not parts[1].isdigit():
-        return False  # not one of ours, or an older name without a process id
-    pid = int(parts[1])
-    if pid == os.getpid():
-        return False  # ours: this process is not writing while it cleans up
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's live process
-    return True
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # a filesystem without directory handles: the rename is all we can do
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def read_torch_file(path: str | os.PathLike) -> Any:
     """``torch.load`` with ``weights_only=True``, after checking the file's CRC-32s (torch does not,
     and would load altered weights). Raises ``CheckpointError`` with a one-line reason for a damaged
@@ -123,8 +54,10 @@ def read_torch_file(path: str | os.PathLike) -> Any:
             with zipfile.ZipFile(path) as z:
                 bad = z.testzip()
             if bad is not None:
-                raise CheckpointError(f"{path}: damaged: the CRC-32 of its entry {bad!r} does not match "
-                                      "(the file was altered after it was written); restore an intact copy")
+                raise CheckpointError(
+                    f"{path}: damaged: the CRC-32 of its entry {bad!r} does not match "
+                    "(the file was altered after it was written); restore an intact copy"
+                )
         with warnings.catch_warnings():  # a plain pickle of protocol > 2 warns before it is refused
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -133,9 +66,11 @@ def read_torch_file(path: str | os.PathLike) -> Any:
     except Exception as e:  # the unpickler of a damaged file raises almost anything (KeyError, EOFError, ...)
         code = _pickled_global(e)
         if code:
-            raise CheckpointError(f"{path}: refused: it holds more than tensors and plain containers (loading "
-                                  f"it would import {code}: pickled code); ksr only loads weights_only "
-                                  "checkpoints") from None
+            raise CheckpointError(
+                f"{path}: refused: it holds more than tensors and plain containers (loading "
+                f"it would import {code}: pickled code); ksr only loads weights_only "
+                "checkpoints"
+            ) from None
         first = _first_sentence(e)
         reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
         raise CheckpointError(f"{path}: damaged or not a torch file ({reason}); restore an intact copy") from None
@@ -173,23 +108,35 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> KSTransformer:
-    """The model stored in a ksr checkpoint, in eval mode, on ``device``."""
+def load_model_and_meta(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[KSTransformer, dict[str, Any]]:
+    """The model stored in a ksr checkpoint (eval mode, on ``device``) and the checkpoint's
+    ``meta`` (fold, seed, epoch, and the training cache's metadata). The one checkpoint loader:
+    ``ksr eval``, ``ksr predict`` and :func:`load_model` all read checkpoints through it."""
     ckpt = load_checkpoint(path)
     try:
         cfg = ModelConfig.from_dict(ckpt["config"])
-    except (TypeError, ValueError) as e:
+        state = ckpt["model"]
+    except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: bad model config: {e}") from None
     model = KSTransformer(cfg)
-    load_state_strict(model, ckpt["model"], str(path))
-    return model.to(device).eval()
+    load_state_strict(model, state, str(path))
+    meta = ckpt.get("meta")
+    return model.to(device).eval(), dict(meta) if isinstance(meta, dict) else {}
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> KSTransformer:
+    """The model stored in a ksr checkpoint, in eval mode, on ``device``."""
+    return load_model_and_meta(path, device)[0]
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load every tensor; refuse missing, unexpected or mis-shaped entries, naming them."""
     expected = model.state_dict()
-    problems = describe_key_mismatch({k: tuple(v.shape) for k, v in expected.items()},
-                                     {k: tuple(v.shape) for k, v in state.items()})
+    problems = describe_key_mismatch(
+        {k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(v.shape) for k, v in state.items()}
+    )
     if problems:
         raise CheckpointError(f"{source}: {problems}")
     model.load_state_dict(state, strict=True)
@@ -197,6 +144,7 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
 
 def describe_key_mismatch(expected: dict[str, tuple], found: dict[str, tuple], limit: int = 8) -> str:
     """'' when the key sets and shapes agree, else one line naming the missing, extra and mis-shaped keys."""
+
     def names(keys: list[str]) -> str:
         more = f" (and {len(keys) - limit} more)" if len(keys) > limit else ""
         return ", ".join(keys[:limit]) + more

@@ -2,12 +2,24 @@
 
 The defaults are the public implementation's default model (dims 512/1024, FFN 256/512,
 layers (5, 3, 2), 8 heads, keep rate 0.5, 4 classes). The fidelity options at the end all
-default to what the public implementation computes; each names one of its quirks (see
-``ksr.fuse.quirks``) so that a departure is a visible, named choice.
+default to what the public implementation computes; each names one of its quirks, so that a
+departure is a visible, named choice. A comment tagged with the quirk's name marks the line
+where each quirk acts, and ``tests/fuse/test_quirks.py`` pins every one:
+
+- FIXED_RANDOM_POSITIONS (``positions.py``): the positional tables are fixed xavier-random matrices.
+- POSITIONS_IN_EVERY_LAYER (``layers.EncoderLayer``): the table is re-added to every layer's
+  attention input; the residual path and the cross-attention values never see it.
+- KS_COLUMN_SUMS_OVER_ALL_QUERIES, KS_TIES_KEEP_MORE, KS_NO_RENORMALISATION (``key_sparse.py``).
+- MASKS_ONLY_WHERE_USED (``ccab.CCAB``, ``model``): the CCAB self layer and deep fusion attend
+  over padding.
+- DOUBLE_CCAB_RESIDUAL (``ccab.CCABStack``, ``model``): ``x + (stack(x) + x)``.
+- POOLING_OVER_PADDING (``model.pool``): the mean runs over all 460 / 20 positions.
 """
+
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,41 +28,104 @@ POSITIONAL_TABLES = ("xavier", "sinusoidal")
 POOLINGS = ("all_positions", "masked")
 CCAB_RESIDUALS = ("double", "single")
 ATTENTION_IMPLS = ("fast", "plain")
+KEY_SPARSE_PLACES = ("interaction+fusion", "none")
+# Model fields the cache decides: the features' dims and the classes.
+CACHE_FIELDS = ("audio_dim", "text_dim", "num_classes")
+
+
+def cache_dims(meta: Any) -> dict[str, int]:
+    """The CACHE_FIELDS values a cache's metadata (``ksr.cache.CacheMeta``) gives a model."""
+    return {"audio_dim": meta.audio_dim, "text_dim": meta.text_dim, "num_classes": len(meta.classes)}
+
+
+def setting(
+    default: Any,
+    help: str,
+    flag: str = "",
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    choices: tuple[str, ...] = (),
+) -> Any:
+    """A ModelConfig field that users set from the command line: its help, its flag (default
+    ``--field-name``) and its allowed values, all in one place; ``ksr train`` builds its model
+    options from these."""
+    meta = {
+        "help": help,
+        "flag": flag,
+        "low": low,
+        "high": high,
+        "low_open": low_open,
+        "high_open": high_open,
+        "choices": choices,
+    }
+    return field(default=default, metadata={"cli": meta})
 
 
 @dataclass
 class ModelConfig:
+    # Dims and classes come from the cache's features (CACHE_FIELDS): never set by hand.
     audio_dim: int = 512
     text_dim: int = 1024
-    audio_ffn_dim: int = 256
-    text_ffn_dim: int = 512
+    audio_ffn_dim: int = setting(256, "FFN width of the audio stacks (default 256).", low=1)
+    text_ffn_dim: int = setting(512, "FFN width of the text stacks (default 512).", low=1)
     # (unimodal encoder layers, CCABs per direction, deep-fusion layers); the public
     # implementation uses the same counts for audio and text.
-    num_layers: tuple[int, int, int] = (5, 3, 2)
-    num_heads: int = 8
-    keep_rate: float = 0.5
+    num_layers: tuple[int, int, int] = setting(
+        (5, 3, 2), "Layer counts 'unimodal,ccab,fusion' (default 5,3,2).", flag="--layers", low=0
+    )
+    num_heads: int = setting(8, "Attention heads (default 8); must divide both feature dims.", flag="--heads", low=1)
+    keep_rate: float = setting(0.5, "Key-sparse keep rate, in (0, 1] (default 0.5).", low=0.0, high=1.0, low_open=True)
     num_classes: int = 4
-    dropout: float = 0.1  # after attention, inside the FFN, after the FFN
-    attention_dropout: float = 0.1  # on the attention weights
-    classifier_dropout: float = 0.5
-    max_positions: int = 2000  # rows of each positional table
-    # Which blocks use key-sparse attention. "interaction+fusion" is the paper's model;
+    dropout: float = setting(
+        0.1, "Dropout after attention, inside and after the FFN (default 0.1).", low=0.0, high=1.0, high_open=True
+    )
+    attention_dropout: float = setting(
+        0.1, "Dropout on the attention weights (default 0.1).", low=0.0, high=1.0, high_open=True
+    )
+    classifier_dropout: float = setting(
+        0.5, "Dropout in the classifier (default 0.5).", low=0.0, high=1.0, high_open=True
+    )
+    max_positions: int = setting(2000, "Rows of each positional table (default 2000).", low=1)
+    # Which stacks use key-sparse attention. "interaction+fusion" is the paper's model;
     # "none" gives vanilla attention everywhere (the key-sparse-off ablation).
-    key_sparse: str = "interaction+fusion"
+    key_sparse: str = setting(
+        "interaction+fusion",
+        "Where key-sparse attention is used; none = vanilla attention everywhere (ablation).",
+        choices=KEY_SPARSE_PLACES,
+    )
     # "both" is the paper's model. "audio" / "text" keep one modality's encoder, deep-fusion
-    # block and pooling (no CCABs: there is nothing to attend to) for the unimodal ablations.
-    modalities: str = "both"
+    # stack and pooling (no CCABs: there is nothing to attend to) for the unimodal ablations.
+    modalities: str = setting(
+        "both", "Audio-only or text-only models for the unimodal ablations (default both).", choices=MODALITIES
+    )
     # "fast" (fuse.fast_attention) computes what "plain" computes, without keeping the
     # attention maps; "plain" performs the public code's operations and is the reference.
-    attention_impl: str = "fast"
+    attention_impl: str = setting(
+        "fast",
+        "Attention implementation (same numbers; plain keeps the public code's operations).",
+        flag="--attention",
+        choices=ATTENTION_IMPLS,
+    )
 
     # --- fidelity options: the defaults reproduce the public implementation -----------------
-    positional_table: str = "xavier"  # quirk FIXED_RANDOM_POSITIONS
-    pooling: str = "all_positions"  # quirk POOLING_OVER_PADDING
-    mask_interaction_self: bool = False  # quirk MASKS_ONLY_WHERE_USED (CCAB self layer)
-    mask_fusion: bool = False  # quirk MASKS_ONLY_WHERE_USED (deep-fusion layers)
-    ccab_residual: str = "double"  # quirk DOUBLE_CCAB_RESIDUAL
-    ks_renormalise: bool = False  # quirk KS_NO_RENORMALISATION
+    positional_table: str = setting(
+        "xavier",
+        "Departure: sinusoidal positional tables instead of the public code's fixed random ones.",
+        choices=POSITIONAL_TABLES,
+    )
+    pooling: str = setting(
+        "all_positions", "Departure: masked = mean over the true frames/tokens only.", choices=POOLINGS
+    )
+    mask_interaction_self: bool = setting(
+        False, "Departure: the CCAB self layer masks padded keys.", flag="--mask-ccab-self"
+    )
+    mask_fusion: bool = setting(False, "Departure: the deep-fusion layers mask padded keys.")
+    ccab_residual: str = setting(
+        "double", "Departure: single = the CCAB stack's residual is added once.", choices=CCAB_RESIDUALS
+    )
+    ks_renormalise: bool = setting(False, "Departure: key-sparse rows renormalised to sum to 1.")
 
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (provenance)
 
@@ -59,27 +134,15 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        problems = []
-        if len(self.num_layers) != 3 or min(self.num_layers) < 0:
-            problems.append(f"num_layers must be 3 counts >= 0, got {self.num_layers}")
+        problems = [problem for f in cli_settings() if (problem := setting_problem(f, getattr(self, f.name)))]
+        if len(self.num_layers) != 3:
+            problems.append(f"num_layers must be 3 counts (unimodal, ccab, fusion), got {self.num_layers}")
         for name in ("audio_dim", "text_dim"):
             dim = getattr(self, name)
-            if dim <= 0 or dim % self.num_heads:
+            if dim <= 0 or (self.num_heads >= 1 and dim % self.num_heads):
                 problems.append(f"{name}={dim} must be a positive multiple of num_heads={self.num_heads}")
-        if not 0.0 < self.keep_rate <= 1.0:
-            problems.append(f"keep_rate must be in (0, 1], got {self.keep_rate}")
         if self.num_classes < 2:
             problems.append(f"num_classes must be >= 2, got {self.num_classes}")
-        for name, allowed in (
-            ("positional_table", POSITIONAL_TABLES),
-            ("pooling", POOLINGS),
-            ("ccab_residual", CCAB_RESIDUALS),
-            ("attention_impl", ATTENTION_IMPLS),
-            ("key_sparse", ("interaction+fusion", "none")),
-            ("modalities", MODALITIES),
-        ):
-            if getattr(self, name) not in allowed:
-                problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 
@@ -89,14 +152,14 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
         return cls(**d)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -115,29 +178,36 @@ DEPARTURES: dict[str, dict[str, Any]] = {
 DEPARTURES["all"] = {k: v for changes in DEPARTURES.values() for k, v in changes.items()}
 
 
+def cli_settings() -> list[dataclasses.Field]:
+    """The fields users set from the command line, in declaration order."""
+    return [f for f in dataclasses.fields(ModelConfig) if "cli" in f.metadata]
+
+
+def setting_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """Why ``value`` is not allowed for the setting ``f`` (None when it is)."""
+    rule = f.metadata["cli"]
+    if rule["choices"]:
+        return None if value in rule["choices"] else f"{f.name} must be one of {rule['choices']}, got {value!r}"
+    for v in value if isinstance(value, tuple) else (value,):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if not math.isfinite(v):
+            return f"{f.name} must be a finite number, got {v}"
+        low, high = rule["low"], rule["high"]
+        too_low = low is not None and (v <= low if rule["low_open"] else v < low)
+        too_high = high is not None and (v >= high if rule["high_open"] else v > high)
+        if too_low or too_high:
+            if low is not None and high is not None:
+                bounds = f"in {'(' if rule['low_open'] else '['}{low:g}, {high:g}{')' if rule['high_open'] else ']'}"
+            elif low is not None:
+                bounds = f"{'>' if rule['low_open'] else '>='} {low:g}"
+            else:
+                bounds = f"{'<' if rule['high_open'] else '<='} {high:g}"
+            return f"{f.name} must be {bounds}, got {v}"
+    return None
+
+
 def apply_departure(cfg: ModelConfig, name: str) -> ModelConfig:
     if name not in DEPARTURES:
         raise ValueError(f"unknown departure {name!r}; choose from {', '.join(DEPARTURES)}")
     return cfg.replace(**DEPARTURES[name])
-
-
-def parse_model_option(text: str) -> tuple[str, Any]:
-    """``"pooling=masked"`` -> ("pooling", "masked"), the value read as the field's type."""
-    key, sep, raw = text.partition("=")
-    key, raw = key.strip().replace("-", "_"), raw.strip()
-    fields = {f.name: f for f in dataclasses.fields(ModelConfig) if f.name != "extra"}
-    if not sep or key not in fields:
-        raise ValueError(f"model option {text!r}: write KEY=VALUE with KEY one of {', '.join(fields)}")
-    default = getattr(ModelConfig(), key)
-    try:
-        if isinstance(default, bool):
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return key, raw.lower() in ("true", "1", "yes")
-        if isinstance(default, tuple):
-            return key, tuple(int(v) for v in raw.split(","))
-        return key, type(default)(raw)
-    except ValueError:
-        raise ValueError(f"model option {text!r}: {raw!r} is not a valid {key} "
-                         f"(the default is {default!r})") from None
-

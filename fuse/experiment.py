@@ -1,32 +1,101 @@
 """Whole experiments: every fold and seed of a run, then its report; sweeps of runs (ablations)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from ksr.cache import Cache
-
-from .config import DEPARTURES, apply_departure
-from .metrics import mean_std
+from ..cache import Cache, open_cache
+from ..common import Ranks, join_process_group, resolve_device, write_json
+from .config import DEPARTURES, ModelConfig, apply_departure
+from .metrics import METRICS
+from .recipes import Recipe
 from .report import evaluate_run, write_report
-from .train import METRICS, Ranks, RunSpec, num_folds, prepare_run, train_fold, write_json
+from .runs import RunSpec, model_config_for_cache, num_folds, prepare_run
+from .training import train_fold
 
 ABLATIONS = {
     # kind: (default values, how a value changes the model config, label)
-    "keep-rate": ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], lambda cfg, v: cfg.replace(keep_rate=float(v)), "keep rate"),
-    "ccabs": ([0, 1, 2, 3, 4], lambda cfg, v: cfg.replace(num_layers=(cfg.num_layers[0], int(v), cfg.num_layers[2])), "CCABs"),
-    "key-sparse": (["on", "off"], lambda cfg, v: cfg.replace(key_sparse="interaction+fusion" if v == "on" else "none"), "key-sparse"),
+    "keep-rate": (
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        lambda cfg, v: cfg.replace(keep_rate=float(v)),
+        "keep rate",
+    ),
+    "ccabs": (
+        [0, 1, 2, 3, 4],
+        lambda cfg, v: cfg.replace(num_layers=(cfg.num_layers[0], int(v), cfg.num_layers[2])),
+        "CCABs",
+    ),
+    "key-sparse": (
+        ["on", "off"],
+        lambda cfg, v: cfg.replace(key_sparse="interaction+fusion" if v == "on" else "none"),
+        "key-sparse",
+    ),
     "modality": (["both", "audio", "text"], lambda cfg, v: cfg.replace(modalities=str(v)), "modalities"),
     # The public model against each named departure from it (fuse.config.DEPARTURES).
     "departures": (list(DEPARTURES), apply_departure, "departure"),
 }
 
 
-def train_and_report(cache: Cache, spec: RunSpec, run_dir: Path, folds: list[int] | None, seeds: list[int],
-                     device: torch.device, ranks: Ranks = Ranks(), resume: bool = False, amp: bool = True,
-                     say: Callable[[str], Any] = print) -> dict[str, Any] | None:
+@dataclass
+class Setup:
+    """What a training command works with, made once from its options."""
+
+    cache: Cache
+    spec: RunSpec
+    device: torch.device
+    ranks: Ranks
+
+
+def setup_training(
+    cache_dir: str | Path,
+    recipe: Recipe,
+    model_changes: dict[str, Any],
+    *,
+    protocol: str = "session",
+    select: str = "valid",
+    metric: str = "wa",
+    val_fraction: float = 0.1,
+    device: str = "auto",
+    cache_mode: str = "auto",
+) -> Setup:
+    """Device, ranks (under torchrun), the cache and the RunSpec: the default model with
+    ``model_changes`` and the cache's dims and classes."""
+    dev = resolve_device(device)
+    ranks = join_process_group(dev)  # under torchrun: DistributedDataParallel over the ranks
+    cache = open_cache(
+        cache_dir, mode=cache_mode, device=dev if dev.type == "cuda" else "cpu", progress=None if ranks.main else False
+    )
+    model = model_config_for_cache(cache, ModelConfig(), **model_changes)
+    spec = RunSpec(
+        model=model,
+        recipe=recipe,
+        protocol=protocol,
+        select=select,
+        metric=metric,
+        val_fraction=val_fraction,
+        cache_meta=cache.meta.to_dict(),
+        cache_dir=str(Path(cache_dir).resolve()),
+    )
+    return Setup(cache, spec, dev, ranks)
+
+
+def train_and_report(
+    cache: Cache,
+    spec: RunSpec,
+    run_dir: Path,
+    folds: list[int] | None,
+    seeds: list[int],
+    device: torch.device,
+    ranks: Ranks = Ranks(),
+    resume: bool = False,
+    amp: bool = True,
+    say: Callable[[str], Any] = print,
+) -> dict[str, Any] | None:
     """Train every requested fold and seed, then evaluate and write the report (rank 0)."""
     if ranks.main:
         spec = prepare_run(run_dir, spec, resume)
@@ -36,8 +105,10 @@ def train_and_report(cache: Cache, spec: RunSpec, run_dir: Path, folds: list[int
         for fold in fold_list:
             out = train_fold(cache, spec, run_dir, fold, seed, device, resume=resume, amp=amp, ranks=ranks)
             if ranks.main:
-                say(f"seed {seed} fold {fold}: best epoch {out.best_epoch}, {spec.select} {spec.metric} "
-                    f"{100 * out.best_value:.2f}% ({out.seconds:.0f} s)")
+                say(
+                    f"seed {seed} fold {fold}: best epoch {out.best_epoch}, {spec.select} {spec.metric} "
+                    f"{100 * out.best_value:.2f}% ({out.seconds:.0f} s)"
+                )
     ranks.barrier()
     if not ranks.main:
         return None
@@ -52,9 +123,19 @@ def sweep_values(kind: str, values: list[str] | None) -> list:
     return values or ABLATIONS[kind][0]
 
 
-def run_ablation(kind: str, values: list | None, cache: Cache, base: RunSpec, root: Path, folds: list[int] | None,
-                 seeds: list[int], device: torch.device, resume: bool = False, amp: bool = True,
-                 say: Callable[[str], Any] = print) -> dict[str, Any]:
+def run_ablation(
+    kind: str,
+    values: list | None,
+    cache: Cache,
+    base: RunSpec,
+    root: Path,
+    folds: list[int] | None,
+    seeds: list[int],
+    device: torch.device,
+    resume: bool = False,
+    amp: bool = True,
+    say: Callable[[str], Any] = print,
+) -> dict[str, Any]:
     """One run per value under ``root``, then a summary table (JSON, Markdown, CSV) across them."""
     _, change, label = ABLATIONS[kind]
     rows = []
@@ -68,22 +149,41 @@ def run_ablation(kind: str, values: list | None, cache: Cache, base: RunSpec, ro
         say(f"== {label} = {value} -> {run_dir}")
         report = train_and_report(cache, spec, run_dir, folds, seeds, device, resume=resume, amp=amp, say=say)
         s = report["summary"]
-        rows.append({"value": value, "run": str(run_dir),
-                     **{m: s[m] for m in METRICS}, **{f"{m}_std_over_folds": s[f"{m}_std_over_folds"] for m in METRICS}})
+        rows.append(
+            {
+                "value": value,
+                "run": str(run_dir),
+                **{m: s[m] for m in METRICS},
+                **{f"{m}_std_over_folds": s[f"{m}_std_over_folds"] for m in METRICS},
+            }
+        )
     summary = {"ablation": kind, "label": label, "select": base.select, "protocol": base.protocol, "rows": rows}
     write_json(root / "ablation.json", summary)
     (root / "ablation.md").write_text(ablation_markdown(summary))
-    (root / "ablation.csv").write_text("value,wa,ua,macro_f1,weighted_f1\n" + "".join(
-        f"{r['value']},{r['wa']:.6f},{r['ua']:.6f},{r['macro_f1']:.6f},{r['weighted_f1']:.6f}\n" for r in rows))
+    (root / "ablation.csv").write_text(
+        "value,wa,ua,macro_f1,weighted_f1\n"
+        + "".join(
+            f"{r['value']},{r['wa']:.6f},{r['ua']:.6f},{r['macro_f1']:.6f},{r['weighted_f1']:.6f}\n" for r in rows
+        )
+    )
     return summary
 
 
 def ablation_markdown(summary: dict[str, Any]) -> str:
-    lines = [f"# ablation: {summary['label']}", "",
-             f"Protocol {summary['protocol']}, model selection on {summary['select']}"
-             + (" (TEST-SET SELECTION: optimistic)" if summary["select"] == "test" else "") + "; mean ± std over folds.",
-             "", f"| {summary['label']} | WA % | UA % | macro F1 % | weighted F1 % |", "|---|---|---|---|---|"]
+    lines = [
+        f"# ablation: {summary['label']}",
+        "",
+        f"Protocol {summary['protocol']}, model selection on {summary['select']}"
+        + (" (TEST-SET SELECTION: optimistic)" if summary["select"] == "test" else "")
+        + "; mean ± std over folds.",
+        "",
+        f"| {summary['label']} | WA % | UA % | macro F1 % | weighted F1 % |",
+        "|---|---|---|---|---|",
+    ]
     for r in summary["rows"]:
-        lines.append(f"| {r['value']} | " + " | ".join(
-            f"{100 * r[m]:.2f} ± {100 * r[m + '_std_over_folds']:.2f}" for m in METRICS) + " |")
+        lines.append(
+            f"| {r['value']} | "
+            + " | ".join(f"{100 * r[m]:.2f} ± {100 * r[m + '_std_over_folds']:.2f}" for m in METRICS)
+            + " |"
+        )
     return "\n".join(lines) + "\n"

@@ -26,9 +26,9 @@ Two routes use these facts (``backend``):
 - ``"sdpa"`` (GPU default): column sums in chunks under no_grad, then
   ``torch.nn.functional.scaled_dot_product_attention`` on the key-masked V, so the fused GPU
   kernels (memory-efficient / flash) do the heavy product and the dropout. On CPU, SDPA with
-  dropout falls back to its unfused math kernel; without dropout (eval) its flash kernel is at
-  best about 10% faster (vanilla layers, head width 64) and slower on key-sparse layers, which
-  need the extra column-sum pass. So CPU uses the chunked route throughout.
+  dropout falls back to its unfused math kernel, and without dropout (eval) its flash kernel gains
+  little on vanilla layers and loses on key-sparse ones, which need the extra column-sum pass
+  (bench/results.md). So CPU uses the chunked route throughout.
   ``ks_renormalise`` works on both routes (see fact 1); nothing falls back to the plain path.
 
 Keep mask: both routes compute the column sums with the same kernels as the plain path (bmm on
@@ -36,7 +36,8 @@ the same memory layouts, -inf on padded keys, ``softmax``, ``sum`` over queries)
 the batch x head dimension. Each slice is computed by the same per-row / per-column arithmetic
 as in the full tensor, so the sums, and hence the keys kept, are bitwise those of the plain path
 (``tests/test_fast_attention.py`` checks this at 460 x 460), and ties built on purpose stay
-ties. The rule itself stays in ``quirks.key_sparse_keep``.
+ties. The rule itself is ``ks.select_keys``
+(``fuse/key_sparse.py``).
 
 Dropout: the plain path draws an element-wise Bernoulli mask over (B, H, T, S) on the masked
 weights and scales by 1 / (1 - p). ``W_masked * M / (1-p) @ V == (W * M) @ (keep * V / (1-p))``
@@ -46,6 +47,7 @@ route draws M with ``DropoutSampler``: one uniform 32-bit word per element, P(dr
 default generator. SDPA's own ``dropout_p`` is the same Bernoulli on the softmax weights before
 the product with V.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import quirks
+from . import key_sparse as ks
 
 BACKENDS = ("chunked", "sdpa")
 # Elements of one (chunk, T, S) block on CPU: one 460 x 460 map, under 1 MiB of float32, so
@@ -134,17 +136,6 @@ def softmax_weights(q: Tensor, k_t: Tensor, bias: Tensor | None) -> Tensor:
     return torch.softmax(scores, dim=-1)
 
 
-def value_scale(keep: Tensor | None, renormalise: bool, dropout_p: float, dtype: torch.dtype) -> Tensor | float:
-    """What V's rows are multiplied by: keep (unless renormalised) and 1 / (1 - p).
-
-    keep (c, S) -> (c, S, 1), to scale V (c, S, dv).
-    """
-    scale = 1.0 / (1.0 - dropout_p)
-    if keep is None or renormalise:
-        return scale
-    return keep.to(dtype).unsqueeze(-1) * scale
-
-
 # --- the chunked route (CPU) ---------------------------------------------------------------------
 def chunked_attention(q, k, v, key_padding_mask, key_sparse, keep_rate, renormalise, dropout_p):
     b, h, t, _ = q.shape
@@ -165,8 +156,8 @@ class DropoutSampler:
     word (read as int32) is below round(p * 2**32) - 2**31: P(drop) = p within 2**-33. Every
     chunk has its own stream, spawned from a seed drawn from torch's default generator, so
     ``torch.manual_seed`` fixes every mask whichever thread fills which chunk. numpy fills words
-    about 2.5x faster than torch's CPU ``random_`` (4x faster than ``bernoulli_``): on CPU the
-    random numbers are the largest single cost of attention dropout.
+    faster than torch's CPU ``random_`` or ``bernoulli_`` (bench/results.md): on CPU the random
+    numbers are the largest single cost of attention dropout.
     """
 
     def __init__(self, p: float) -> None:
@@ -187,9 +178,8 @@ class DropoutSampler:
 # ops single-threaded; 1 runs them in the calling thread with torch's own intra-op threads.
 CPU_WORKERS: int | None = None
 # Below this many score elements per call (about 20 maps of 460 x 460) the hand-off to the
-# pool costs more than it saves: the demo's model (16 x 4 maps of 230 x 230, and cross
-# attention over 20 words) trained 1.3-1.8x slower per epoch through the pool than in the
-# calling thread, while the public small configuration (256 maps of 460 x 460) gains 1.3x.
+# pool costs more than it saves: small models train faster in the calling thread, the public
+# small configuration (256 maps of 460 x 460) faster through the pool (bench/results.md).
 POOL_MIN_ELEMENTS = 1 << 22
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
@@ -299,10 +289,10 @@ class ChunkedAttention(torch.autograd.Function):
             w = softmax_weights(q[lo:hi], k_t[lo:hi], None if bias is None else bias[lo:hi])
             if key_sparse:
                 # KS_COLUMN_SUMS_OVER_ALL_QUERIES: every query row of the slice counts.
-                keep[lo:hi] = quirks.key_sparse_keep(w.sum(dim=-2), keep_rate)
+                keep[lo:hi] = ks.select_keys(w.sum(dim=-2), keep_rate)
                 if renormalise:
-                    w = quirks.apply_key_sparse(w, keep[lo:hi], True)
-            scale = value_scale(keep[lo:hi] if key_sparse else None, renormalise, dropout_p, v.dtype)
+                    w = ks.sparsify(w, keep[lo:hi], True)
+            scale = ks.value_scale(keep[lo:hi] if key_sparse else None, renormalise, dropout_p, v.dtype)
             torch.mul(v[lo:hi], scale, out=v_eff[lo:hi])
             if sampler is not None:
                 sampler.fill(survivors[lo:hi], index)
@@ -330,7 +320,7 @@ class ChunkedAttention(torch.autograd.Function):
         def chunk(_index, lo, hi):
             w = softmax_weights(q[lo:hi], k_t[lo:hi], None if bias is None else bias[lo:hi])
             if renormalised:
-                w = quirks.apply_key_sparse(w, keep[lo:hi], True)
+                w = ks.sparsify(w, keep[lo:hi], True)
             mask = None if survivors is None else survivors[lo:hi].view(torch.uint8)
             dropped_w = w if mask is None else w * mask
             product_into(grad_v[lo:hi], dropped_w.transpose(1, 2), grad_out[lo:hi])  # P^T dO
@@ -343,7 +333,7 @@ class ChunkedAttention(torch.autograd.Function):
 
         run_chunks(chunk, chunk_slices(n, t, s, CPU_CHUNK_ELEMENTS), n * t * s)
         # v_eff = v * scale: chain rule through the per-key scale.
-        grad_v.mul_(value_scale(keep if ctx.key_sparse else None, ctx.renormalise, ctx.dropout_p, v_eff.dtype))
+        grad_v.mul_(ks.value_scale(keep if ctx.key_sparse else None, ctx.renormalise, ctx.dropout_p, v_eff.dtype))
         return grad_q, grad_k.transpose(1, 2), grad_v, None, None, None, None, None
 
 
@@ -372,26 +362,13 @@ def sdpa_attention(q, k, v, key_padding_mask, key_sparse, keep_rate, renormalise
     keep = None
     if key_sparse:
         # KS_COLUMN_SUMS_OVER_ALL_QUERIES: padded query rows count too.
-        keep = quirks.key_sparse_keep(column_sums(q, k, key_padding_mask), keep_rate)
+        keep = ks.select_keys(column_sums(q, k, key_padding_mask), keep_rate)
         if renormalise:
             # Renormalised KS weights are a softmax over the kept keys: mask the others.
             kept = keep.unsqueeze(-2)
             allowed = kept if allowed is None else allowed & kept
         else:
-            v = v * keep.unsqueeze(-1).to(v.dtype)
+            v = v * ks.value_scale(keep, False, 0.0, v.dtype)
     # q is already scaled by head_dim**-0.5, as in the plain path.
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p, scale=1.0)
     return out, keep
-
-
-@torch.no_grad()
-def recorded_weights(q: Tensor, k: Tensor, key_padding_mask: Tensor | None, keep: Tensor | None,
-                     renormalise: bool) -> Tensor:
-    """The (B, H, T, S) weights the plain path would record, rebuilt on demand (for plots)."""
-    scores = q @ k.transpose(-2, -1)
-    if key_padding_mask is not None:
-        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
-    if keep is not None:
-        weights = quirks.apply_key_sparse(weights, keep, renormalise)
-    return weights

@@ -11,10 +11,11 @@ Validation for ``session`` folds is drawn from the training sessions only: a see
 stratified ``val_fraction`` of the training utterances (at least one per class present). Test
 utterances never appear in training or validation.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -31,8 +32,10 @@ class Split:
     test: np.ndarray
 
     def describe(self) -> str:
-        return (f"fold {self.fold} ({self.protocol} protocol): test = {self.test_group}; "
-                f"{len(self.train)} train / {len(self.valid)} valid / {len(self.test)} test")
+        return (
+            f"fold {self.fold} ({self.protocol} protocol): test = {self.test_group}; "
+            f"{len(self.train)} train / {len(self.valid)} valid / {len(self.test)} test"
+        )
 
 
 def _natural(value: str) -> tuple:
@@ -54,7 +57,9 @@ def public_fold_name(session: int, num_sessions: int = 5) -> int:
     return num_sessions + 1 - session
 
 
-def stratified_holdout(indices: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+def stratified_holdout(
+    indices: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
     """A seeded ``fraction`` of ``indices`` per label (at least one of each label present)."""
     picked = []
     for label in np.unique(labels[indices]):
@@ -66,14 +71,23 @@ def stratified_holdout(indices: np.ndarray, labels: np.ndarray, fraction: float,
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
-def make_split(protocol: str, fold: int, sessions: Sequence, speakers: Sequence, labels: Sequence,
-               val_fraction: float = 0.1, seed: int = 0) -> Split:
+def make_split(
+    protocol: str,
+    fold: int,
+    sessions: Sequence,
+    speakers: Sequence,
+    labels: Sequence,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> Split:
     sessions = np.asarray([str(s) for s in sessions])
     speakers = np.asarray([str(s) for s in speakers])
     labels = np.asarray(labels)
     groups = fold_groups(protocol, sessions, speakers)
     if not 1 <= fold <= len(groups):
-        raise ValueError(f"fold {fold} does not exist: the {protocol} protocol has folds 1..{len(groups)} on this cache")
+        raise ValueError(
+            f"fold {fold} does not exist: the {protocol} protocol has folds 1..{len(groups)} on this cache"
+        )
     held = groups[fold - 1]
     everything = np.arange(len(sessions))
     if protocol == "session":

@@ -5,11 +5,15 @@ recalls; macro F1 averages the per-class F1; weighted F1 weights it by class sup
 average runs over the full class list given (a class absent from a fold counts with recall and
 F1 0, and the report says so), which is scikit-learn's ``labels=range(K), zero_division=0``.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
+#: The metrics every report gives, in this order; any of them can select the epoch.
+METRICS = ("wa", "ua", "macro_f1", "weighted_f1")
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:

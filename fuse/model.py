@@ -1,13 +1,29 @@
-"""The KS-Transformer: unimodal encoders, CCAB interaction both ways, deep fusion, classifier."""
+"""The KS-Transformer: unimodal stacks, CCAB interaction both ways, deep fusion, classifier.
+
+The attribute names (``audio_encoder``, ``audio_ccabs``, ``audio_fusion``, ...) are the
+checkpoint keys and stay; ``audio_encoder`` is the model's own unimodal Transformer stack over
+the cached features, not an extraction encoder.
+"""
+
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
-from . import quirks
-from .block import Block
 from .ccab import CCABStack
 from .config import ModelConfig
+from .layers import LayerStack
+
+
+def pool(x: Tensor, padding_mask: Tensor | None, masked: bool) -> Tensor:
+    """(B, T, D) -> (B, D). Quirk POOLING_OVER_PADDING: the public code averages over all T
+    positions, padding included; ``pooling="masked"`` averages over the true positions only."""
+    if not masked or padding_mask is None:
+        return x.mean(dim=1)
+    keep = (~padding_mask).to(x.dtype).unsqueeze(-1)
+    return (x * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
 
 
 class KSTransformer(nn.Module):
@@ -26,15 +42,15 @@ class KSTransformer(nn.Module):
         key_sparse = cfg.key_sparse != "none"
         use_audio, use_text = cfg.modalities in ("both", "audio"), cfg.modalities in ("both", "text")
         # Construction order follows the public code (same seed, same initial weights).
-        self.audio_encoder = Block(n_uni, da, fa, cfg) if use_audio else None
-        self.text_encoder = Block(n_uni, dt, ft, cfg) if use_text else None
+        self.audio_encoder = LayerStack(n_uni, da, fa, cfg) if use_audio else None
+        self.text_encoder = LayerStack(n_uni, dt, ft, cfg) if use_text else None
         if cfg.modalities == "both":
             self.audio_ccabs = CCABStack(n_ccab, da, dt, fa, cfg)  # audio attends to text
             self.text_ccabs = CCABStack(n_ccab, dt, da, ft, cfg)  # text attends to audio
         else:
             self.audio_ccabs = self.text_ccabs = None
-        self.audio_fusion = Block(n_fusion, da, fa, cfg, key_sparse=key_sparse) if use_audio else None
-        self.text_fusion = Block(n_fusion, dt, ft, cfg, key_sparse=key_sparse) if use_text else None
+        self.audio_fusion = LayerStack(n_fusion, da, fa, cfg, key_sparse=key_sparse) if use_audio else None
+        self.text_fusion = LayerStack(n_fusion, dt, ft, cfg, key_sparse=key_sparse) if use_text else None
         width = da * use_audio + dt * use_text
         self.classifier = nn.Sequential(
             nn.Linear(width, width // 2),
@@ -70,38 +86,88 @@ class KSTransformer(nn.Module):
         text: Tensor | None,
         audio_padding_mask: Tensor | None = None,
         text_padding_mask: Tensor | None = None,
-    ) -> Tensor:
-        if self.cfg.modalities != "both":
+        return_attention: bool = False,
+    ) -> Tensor | tuple[Tensor, dict[str, list[Tensor]]]:
+        """Logits (B, num_classes). With ``return_attention``: ``(logits, maps)``, where
+        ``maps["text_to_audio"][i]`` (B, H, Tt, Ta) holds the weights with which the words attend to
+        the frames in the cross layer of CCAB ``i + 1``, after the key-sparse step and without
+        dropout, and ``maps["audio_to_text"][i]`` (B, H, Ta, Tt) the other direction."""
+        if not return_attention:
+            return self._logits(audio, text, audio_padding_mask, text_padding_mask)
+        with self._recording_cross_attention() as maps:
+            logits = self._logits(audio, text, audio_padding_mask, text_padding_mask)
+        return logits, maps
+
+    def _logits(self, audio, text, audio_padding_mask, text_padding_mask) -> Tensor:
+        cfg = self.cfg
+        if cfg.modalities != "both":
             return self.forward_unimodal(audio, text, audio_padding_mask, text_padding_mask)
         self.check_inputs(audio, text, audio_padding_mask, text_padding_mask)
-        cfg = self.cfg
         a = self.audio_encoder(audio, key_padding_mask=audio_padding_mask)
         t = self.text_encoder(text, key_padding_mask=text_padding_mask)
         # Both directions read the unimodal outputs; neither sees the other's interaction output.
         a_int = self.audio_ccabs(a, t, text_padding_mask, audio_padding_mask)
         t_int = self.text_ccabs(t, a, audio_padding_mask, text_padding_mask)
-        a = quirks.merge_interaction(a, a_int, cfg)
-        t = quirks.merge_interaction(t, t_int, cfg)
-        a = self.audio_fusion(a, key_padding_mask=quirks.fusion_mask(audio_padding_mask, cfg))
-        t = self.text_fusion(t, key_padding_mask=quirks.fusion_mask(text_padding_mask, cfg))
-        pooled = torch.cat(
-            (quirks.pool(a, audio_padding_mask, cfg), quirks.pool(t, text_padding_mask, cfg)), dim=-1
-        )
+        # Quirk DOUBLE_CCAB_RESIDUAL (second half): the unimodal output is added once more,
+        # x + (stack(x) + x); ccab_residual="single" uses the stack's output as it is.
+        if cfg.ccab_residual == "double":
+            a_int, t_int = a + a_int, t + t_int
+        # Quirk MASKS_ONLY_WHERE_USED: deep fusion attends over padding unless mask_fusion is set.
+        a = self.audio_fusion(a_int, key_padding_mask=audio_padding_mask if cfg.mask_fusion else None)
+        t = self.text_fusion(t_int, key_padding_mask=text_padding_mask if cfg.mask_fusion else None)
+        masked = cfg.pooling == "masked"
+        pooled = torch.cat((pool(a, audio_padding_mask, masked), pool(t, text_padding_mask, masked)), dim=-1)
         return self.classifier(pooled)
 
     def forward_unimodal(self, audio, text, audio_padding_mask, text_padding_mask) -> Tensor:
-        """Audio-only or text-only: encoder, deep-fusion block, pooling, classifier."""
+        """Audio-only or text-only: unimodal stack, deep-fusion stack, pooling, classifier."""
         cfg = self.cfg
         if cfg.modalities == "audio":
-            x, mask, encoder, fusion, dim, name = audio, audio_padding_mask, self.audio_encoder, self.audio_fusion, cfg.audio_dim, "audio"
+            x, mask, unimodal, fusion, dim, name = (
+                audio,
+                audio_padding_mask,
+                self.audio_encoder,
+                self.audio_fusion,
+                cfg.audio_dim,
+                "audio",
+            )
         else:
-            x, mask, encoder, fusion, dim, name = text, text_padding_mask, self.text_encoder, self.text_fusion, cfg.text_dim, "text"
+            x, mask, unimodal, fusion, dim, name = (
+                text,
+                text_padding_mask,
+                self.text_encoder,
+                self.text_fusion,
+                cfg.text_dim,
+                "text",
+            )
         if x is None or x.dim() != 3 or x.shape[-1] != dim:
             shape = None if x is None else tuple(x.shape)
             raise ValueError(f"this {name}-only model needs {name} features (batch, length, {dim}), got {shape}")
-        x = encoder(x, key_padding_mask=mask)
-        x = fusion(x, key_padding_mask=quirks.fusion_mask(mask, cfg))
-        return self.classifier(quirks.pool(x, mask, cfg))
+        x = unimodal(x, key_padding_mask=mask)
+        x = fusion(x, key_padding_mask=mask if cfg.mask_fusion else None)
+        return self.classifier(pool(x, mask, cfg.pooling == "masked"))
+
+    @contextmanager
+    def _recording_cross_attention(self):
+        """Forward hooks on every CCAB's cross attention that store its weights, removed after."""
+        maps: dict[str, list[Tensor]] = {"text_to_audio": [], "audio_to_text": []}
+        if self.cfg.modalities != "both":
+            yield maps
+            return
+        handles = []
+        for name, stack in (("text_to_audio", self.text_ccabs), ("audio_to_text", self.audio_ccabs)):
+            for ccab in stack.blocks:
+                attention = ccab.cross_block.layers[-1].attention
+                handles.append(
+                    attention.register_forward_hook(
+                        lambda module, args, _out, store=maps[name]: store.append(module.attention_map(*args))
+                    )
+                )
+        try:
+            yield maps
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

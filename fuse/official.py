@@ -4,6 +4,7 @@ The public code saves ``{"epoch", "model": state_dict, "optimizer"}`` (keys pref
 when saved from DistributedDataParallel). Inside a block its tensor names equal ksr's; only the
 stacks are named differently, so conversion is a rename of prefixes plus checks.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,7 +45,7 @@ def _rename(key: str, table: list[tuple[re.Pattern, str]]) -> str | None:
         m = pattern.match(key)
         if m:
             prefix = template.format(i=m.group(1)) if m.groups() else template
-            return prefix + key[m.end():]
+            return prefix + key[m.end() :]
     return None
 
 
@@ -68,7 +69,7 @@ def to_official_state_dict(model: KSTransformer) -> dict[str, torch.Tensor]:
 def strip_module_prefix(state: dict[str, Any]) -> dict[str, Any]:
     """Drop the ``module.`` prefix DistributedDataParallel adds (all keys or none carry it)."""
     if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -95,27 +96,43 @@ def infer_config(state: dict[str, torch.Tensor], num_heads: int = 8, keep_rate: 
     """
     keys = list(state)
     audio_dim, text_dim = (
-        _first_shape(state, [rf"{s}_self_Trans\.query_input_norm\.weight", rf"last_{s}_self_Trans\.query_input_norm\.weight"],
-                     f"{s} dim")[0]
+        _first_shape(
+            state,
+            [rf"{s}_self_Trans\.query_input_norm\.weight", rf"last_{s}_self_Trans\.query_input_norm\.weight"],
+            f"{s} dim",
+        )[0]
         for s in ("audio", "text")
     )
     audio_ffn, text_ffn = (
-        _first_shape(state, [rf"{s}_self_Trans\.layers\.\d+\.fc1\.weight", rf"last_{s}_self_Trans\.layers\.\d+\.fc1\.weight",
-                             rf"{c}_cross_Trans\.CCABs_model\.\d+\.ks_tra[in]s_\d\.layers\.\d+\.fc1\.weight"],
-                     f"{s} FFN width")[0]
+        _first_shape(
+            state,
+            [
+                rf"{s}_self_Trans\.layers\.\d+\.fc1\.weight",
+                rf"last_{s}_self_Trans\.layers\.\d+\.fc1\.weight",
+                rf"{c}_cross_Trans\.CCABs_model\.\d+\.ks_tra[in]s_\d\.layers\.\d+\.fc1\.weight",
+            ],
+            f"{s} FFN width",
+        )[0]
         for s, c in (("audio", "at"), ("text", "ta"))
     )
-    rows = _first_shape(state, [r"audio_self_Trans\.query_position", r"text_self_Trans\.query_position"],
-                        "positional table rows")[0]
+    rows = _first_shape(
+        state, [r"audio_self_Trans\.query_position", r"text_self_Trans\.query_position"], "positional table rows"
+    )[0]
     num_classes = _first_shape(state, [r"classifier\.6\.weight", r"classifier\.6\.bias"], "class count")[0]
     uni = max(_count(keys, rf"{s}_self_Trans\.layers\.(\d+)\.") for s in ("audio", "text"))
     ccab = max(_count(keys, rf"{c}_cross_Trans\.CCABs_model\.(\d+)\.") for c in ("at", "ta"))
     fusion = max(_count(keys, rf"last_{s}_self_Trans\.layers\.(\d+)\.") for s in ("audio", "text"))
     try:
         return ModelConfig(
-            audio_dim=audio_dim, text_dim=text_dim, audio_ffn_dim=audio_ffn, text_ffn_dim=text_ffn,
-            num_layers=(uni, ccab, fusion), num_heads=num_heads, keep_rate=keep_rate,
-            num_classes=num_classes, max_positions=rows,
+            audio_dim=audio_dim,
+            text_dim=text_dim,
+            audio_ffn_dim=audio_ffn,
+            text_ffn_dim=text_ffn,
+            num_layers=(uni, ccab, fusion),
+            num_heads=num_heads,
+            keep_rate=keep_rate,
+            num_classes=num_classes,
+            max_positions=rows,
         )
     except ValueError as e:
         raise CheckpointError(str(e)) from None
@@ -131,17 +148,23 @@ def model_from_official_state(
     expected = {to_official_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
     problems = describe_key_mismatch(expected, {k: tuple(v.shape) for k, v in state.items()})
     if problems:
-        raise CheckpointError(f"{source}: does not match the public KS-Transformer layout for {describe(cfg)}: {problems}")
+        raise CheckpointError(
+            f"{source}: does not match the public KS-Transformer layout for {describe(cfg)}: {problems}"
+        )
     model.load_state_dict({to_ksr_key(k): v.float() for k, v in state.items()}, strict=True)
     return model.eval()
 
 
 def describe(cfg: ModelConfig) -> str:
-    return (f"dims {cfg.audio_dim}/{cfg.text_dim}, FFN {cfg.audio_ffn_dim}/{cfg.text_ffn_dim}, "
-            f"layers {tuple(cfg.num_layers)}, {cfg.num_classes} classes")
+    return (
+        f"dims {cfg.audio_dim}/{cfg.text_dim}, FFN {cfg.audio_ffn_dim}/{cfg.text_ffn_dim}, "
+        f"layers {tuple(cfg.num_layers)}, {cfg.num_classes} classes"
+    )
 
 
-def convert_official(src: str | os.PathLike, dst: str | os.PathLike, num_heads: int = 8, keep_rate: float = 0.5) -> KSTransformer:
+def convert_official(
+    src: str | os.PathLike, dst: str | os.PathLike, num_heads: int = 8, keep_rate: float = 0.5
+) -> KSTransformer:
     """Read a public-implementation checkpoint and write the equivalent ksr checkpoint."""
     raw = read_torch_file(src)
     if isinstance(raw, dict) and isinstance(raw.get("model"), dict):

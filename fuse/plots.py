@@ -1,4 +1,5 @@
 """PNG figures for reports: confusion matrices and learning curves (matplotlib, no display)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,15 @@ def confusion_figure(confusion: list[list[int]], classes: list[str], title: str,
     ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, f"{int(cm[i, j])}\n{100 * rows[i, j]:.0f}%", ha="center", va="center", fontsize=7,
-                    color="white" if rows[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{int(cm[i, j])}\n{100 * rows[i, j]:.0f}%",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if rows[i, j] > 0.5 else "black",
+            )
     ax.set_xticks(range(len(classes)), classes)
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
@@ -38,7 +46,7 @@ def learning_curves(folds: dict[str, Any], select: str, title: str, path: Path) 
         if not h:
             continue
         epochs = [e["epoch"] for e in h]
-        line, = loss_ax.plot(epochs, [e["train_loss"] for e in h], label=f"fold {fold} train")
+        (line,) = loss_ax.plot(epochs, [e["train_loss"] for e in h], label=f"fold {fold} train")
         loss_ax.plot(epochs, [e[f"{select}_loss"] for e in h], "--", color=line.get_color())
         metric_ax.plot(epochs, [100 * e[f"{select}_ua"] for e in h], color=line.get_color(), label=f"fold {fold}")
         if f.get("selected_epoch") is not None:
@@ -58,19 +66,34 @@ def learning_curves(folds: dict[str, Any], select: str, title: str, path: Path) 
 def plot_report(report: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
     paths = []
     for seed, sr in report["seeds"].items():
-        paths.append(confusion_figure(sr["pooled"]["confusion"], report["classes"],
-                                      f"pooled over folds {', '.join(sr['folds'])} (seed {seed})",
-                                      out_dir / f"{stem}_confusion_seed{seed}.png"))
+        paths.append(
+            confusion_figure(
+                sr["pooled"]["confusion"],
+                report["classes"],
+                f"pooled over folds {', '.join(sr['folds'])} (seed {seed})",
+                out_dir / f"{stem}_confusion_seed{seed}.png",
+            )
+        )
         for fold, f in sr["folds"].items():
-            paths.append(confusion_figure(f["confusion"], report["classes"], f"fold {fold}: {f['test_group']}",
-                                          out_dir / f"{stem}_confusion_seed{seed}_fold{fold}.png"))
-        paths.append(learning_curves(sr["folds"], report["select"], f"{report['run']} seed {seed}",
-                                     out_dir / f"{stem}_curves_seed{seed}.png"))
+            paths.append(
+                confusion_figure(
+                    f["confusion"],
+                    report["classes"],
+                    f"fold {fold}: {f['test_group']}",
+                    out_dir / f"{stem}_confusion_seed{seed}_fold{fold}.png",
+                )
+            )
+        paths.append(
+            learning_curves(
+                sr["folds"], report["select"], f"{report['run']} seed {seed}", out_dir / f"{stem}_curves_seed{seed}.png"
+            )
+        )
     return paths
 
 
-def attention_figure(panels: dict[str, np.ndarray], tokens: list[str], frame_times: np.ndarray, title: str,
-                     path: Path) -> Path:
+def attention_figure(
+    panels: dict[str, np.ndarray], tokens: list[str], frame_times: np.ndarray, title: str, path: Path
+) -> Path:
     """Attention maps between words (rows, top to bottom) and audio frames (columns, in seconds).
 
     ``panels``: panel title -> (words, frames) array, already averaged over heads and without
@@ -79,17 +102,30 @@ def attention_figure(panels: dict[str, np.ndarray], tokens: list[str], frame_tim
     """
     frame_times = np.asarray(frame_times, dtype=float)
     step = float(frame_times[1] - frame_times[0]) if len(frame_times) > 1 else 0.01
-    extent = (frame_times[0] if len(frame_times) else 0.0, (frame_times[-1] if len(frame_times) else 0.0) + step,
-              len(tokens) - 0.5, -0.5)
+    extent = (
+        frame_times[0] if len(frame_times) else 0.0,
+        (frame_times[-1] if len(frame_times) else 0.0) + step,
+        len(tokens) - 0.5,
+        -0.5,
+    )
     height = 0.9 + len(panels) * (0.6 + 0.16 * len(tokens))
     fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, height), dpi=120, squeeze=False)
     for ax, (name, weights) in zip(axes[:, 0], panels.items()):
         weights = np.asarray(weights, dtype=float)
         if weights.shape != (len(tokens), len(frame_times)):
-            raise ValueError(f"panel {name!r}: weights of shape {weights.shape}, expected "
-                             f"({len(tokens)} words, {len(frame_times)} frames)")
-        image = ax.imshow(weights, aspect="auto", interpolation="nearest", cmap="viridis", extent=extent,
-                          vmin=0.0, vmax=max(float(weights.max()), 1e-12))
+            raise ValueError(
+                f"panel {name!r}: weights of shape {weights.shape}, expected "
+                f"({len(tokens)} words, {len(frame_times)} frames)"
+            )
+        image = ax.imshow(
+            weights,
+            aspect="auto",
+            interpolation="nearest",
+            cmap="viridis",
+            extent=extent,
+            vmin=0.0,
+            vmax=max(float(weights.max()), 1e-12),
+        )
         ax.set_yticks(range(len(tokens)), tokens, fontsize=6)
         ax.set_xlabel("audio frame start (s)", fontsize=7)
         ax.tick_params(axis="x", labelsize=6)

@@ -1,11 +1,14 @@
 """Training recipes: named presets of optimiser, schedule and batch, every value overridable.
 
-- ``paper``: what the paper states: SGD, lr 5e-4, lr halved every 30 epochs, batch 32,
-  classifier dropout 0.5. It states no momentum (0 here), epoch count or seed (120 and 123 here,
-  as in the public code).
+- ``paper``: what the paper states: SGD, lr 5e-4, lr halved every 30 epochs, batch 32. It states
+  no momentum (0 here), epoch count or seed (120 and 123 here, as in the public code).
 - ``official``: what the public implementation runs: SGD with momentum 0.9, lr 5e-4, cosine
   annealing to lr/1000 over 120 epochs, batch 32 (16 per GPU on 2 GPUs), seed 123.
+
+A recipe holds optimisation only; every model setting (classifier dropout included) lives in
+``ModelConfig``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine", "constant")
 
 
 @dataclass
@@ -29,20 +35,24 @@ class Recipe:
     min_lr_ratio: float = 1e-3  # cosine: final lr = lr * min_lr_ratio
     epochs: int = 120
     batch_size: int = 32
-    classifier_dropout: float = 0.5
     seed: int = 123
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
-        if self.schedule not in ("step", "cosine", "constant"):
-            raise ValueError(f"schedule must be step, cosine or constant, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         for name in ("lr", "epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        # Runs written by ksr 0.1 also recorded the model's classifier dropout here.
+        return cls(**{k: v for k, v in d.items() if k != "classifier_dropout"})
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate used during 0-based ``epoch`` (closed form, for reports and tests)."""

@@ -1,4 +1,5 @@
 """Evaluation reports: per fold, over folds (mean, std, pooled), over seeds; JSON, Markdown, CSV, PNG."""
+
 from __future__ import annotations
 
 import csv
@@ -9,24 +10,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from ksr.cache import Cache
-
+from ..cache import Cache, open_cache
+from ..common import resolve_device, write_json
+from .checkpoint import load_model_and_meta
 from .folds import public_fold_name
-from .metrics import mean_std, scores
-from .train import (METRICS, RunError, RunSpec, cache_split, check_run_matches_cache, fold_dir, load_fold_model,
-                    predict, write_json)
+from .inference import infer
+from .metrics import METRICS, mean_std, scores
+from .runs import (
+    RunError,
+    RunSpec,
+    cache_split,
+    check_run_matches_cache,
+    fold_checkpoint,
+    history_of,
+    load_run,
+    trained_folds,
+)
 
-TEST_SELECTION_NOTE = ("MODEL SELECTED ON THE TEST SET (--select test): this reproduces the public implementation's "
-                       "protocol and overstates the accuracy a new speaker would get")
-
-
-def trained_folds(run_dir: Path) -> dict[int, list[int]]:
-    """{seed: [folds with a best.pt]} found in the run directory."""
-    found: dict[int, list[int]] = {}
-    for best in sorted(run_dir.glob("seed*/fold*/best.pt")):
-        seed = int(best.parent.parent.name[len("seed"):])
-        found.setdefault(seed, []).append(int(best.parent.name[len("fold"):]))
-    return {s: sorted(f) for s, f in sorted(found.items())}
+TEST_SELECTION_NOTE = (
+    "MODEL SELECTED ON THE TEST SET (--select test): this reproduces the public implementation's "
+    "protocol and overstates the accuracy a new speaker would get"
+)
 
 
 def fold_naming(spec: RunSpec) -> str:
@@ -35,8 +39,14 @@ def fold_naming(spec: RunSpec) -> str:
     return "fold k tests the k-th speaker in sorted order; its session partner validates"
 
 
-def evaluate_run(run_dir: Path, cache: Cache, spec: RunSpec, folds: list[int] | None = None,
-                 device: torch.device = torch.device("cpu"), batch_size: int = 64) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path,
+    cache: Cache,
+    spec: RunSpec,
+    folds: list[int] | None = None,
+    device: torch.device = torch.device("cpu"),
+    batch_size: int = 64,
+) -> dict[str, Any]:
     check_run_matches_cache(spec, cache, run_dir)
     available = trained_folds(run_dir)
     if not available:
@@ -51,46 +61,66 @@ def evaluate_run(run_dir: Path, cache: Cache, spec: RunSpec, folds: list[int] | 
             raise RunError(f"{run_dir}: fold(s) {missing} of seed {seed} are not trained (trained: {seed_folds})")
         fold_reports, y_all, p_all = {}, [], []
         for fold in wanted:
-            model, meta = load_fold_model(run_dir, seed, fold)
-            model.to(device)
+            model, meta = load_model_and_meta(fold_checkpoint(run_dir, seed, fold), device)
             split = cache_split(cache, spec, fold, seed)
-            preds, _, loss = predict(model, cache, split.test, batch_size, device)
+            result = infer(model, cache, split.test, batch_size, device)
             y = cache.labels[split.test]
-            s = scores(y, preds, k)
-            s.update(test_group=split.test_group, selected_epoch=meta.get("epoch"), test_loss=loss,
-                     history=history_of(run_dir, seed, fold))
+            s = scores(y, result.preds, k)
+            s.update(
+                test_group=split.test_group,
+                selected_epoch=meta.get("epoch"),
+                test_loss=result.loss,
+                history=history_of(run_dir, seed, fold),
+            )
             if spec.protocol == "session":
                 s["public_fold_name"] = public_fold_name(fold_index_session(split.test_group))
             fold_reports[str(fold)] = s
             y_all.append(y)
-            p_all.append(preds)
+            p_all.append(result.preds)
         summary = {m: mean_std([f[m] for f in fold_reports.values()]) for m in METRICS}
         pooled = scores(np.concatenate(y_all), np.concatenate(p_all), k)
         per_seed[str(seed)] = {"folds": fold_reports, "mean_std_over_folds": summary, "pooled": pooled}
     seed_means = {m: [s["mean_std_over_folds"][m][0] for s in per_seed.values()] for m in METRICS}
     summary = {m: float(np.mean(v)) for m, v in seed_means.items()}
-    summary.update({f"{m}_std_over_folds": float(np.mean([s["mean_std_over_folds"][m][1] for s in per_seed.values()]))
-                    for m in METRICS})
+    summary.update(
+        {
+            f"{m}_std_over_folds": float(np.mean([s["mean_std_over_folds"][m][1] for s in per_seed.values()]))
+            for m in METRICS
+        }
+    )
     if len(per_seed) > 1:
         summary.update({f"{m}_std_over_seeds": mean_std(v)[1] for m, v in seed_means.items()})
     return {
-        "run": str(run_dir), "protocol": spec.protocol, "fold_naming": fold_naming(spec), "select": spec.select,
-        "selection_metric": spec.metric, "note": TEST_SELECTION_NOTE if spec.select == "test" else
-        "model selected on a validation set drawn from the training sessions only",
-        "classes": classes, "seeds": per_seed, "folds": sorted({int(f) for s in per_seed.values() for f in s["folds"]}),
+        "run": str(run_dir),
+        "protocol": spec.protocol,
+        "fold_naming": fold_naming(spec),
+        "select": spec.select,
+        "selection_metric": spec.metric,
+        "note": TEST_SELECTION_NOTE
+        if spec.select == "test"
+        else "model selected on a validation set drawn from the training sessions only",
+        "classes": classes,
+        "seeds": per_seed,
+        "folds": sorted({int(f) for s in per_seed.values() for f in s["folds"]}),
         "summary": summary,
     }
 
 
+def evaluate_saved_run(
+    run_dir: Path, cache_dir: str | None = None, folds: list[int] | None = None, device: str = "auto"
+) -> dict[str, Any]:
+    """``ksr eval``: the run's report on ``cache_dir`` (default: the cache it was trained on)."""
+    spec = load_run(run_dir)
+    source = cache_dir or spec.cache_dir
+    if not source or not Path(source).is_dir():
+        raise RunError(f"the run's cache {source!r} is not there; pass --cache")
+    dev = resolve_device(device)
+    cache = open_cache(source, device=dev if dev.type == "cuda" else "cpu")
+    return evaluate_run(run_dir, cache, spec, folds=folds, device=dev)
+
+
 def fold_index_session(test_group: str) -> int:
     return int(test_group.split()[-1])
-
-
-def history_of(run_dir: Path, seed: int, fold: int) -> list[dict]:
-    import json
-
-    path = fold_dir(run_dir, seed, fold) / "history.json"
-    return json.loads(path.read_text())["epochs"] if path.is_file() else []
 
 
 def pct(x: float) -> str:
@@ -103,22 +133,42 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += [f"**{report['note']}.**", ""]
     else:
         lines += [f"Model selection: {report['note']} (metric: {report['selection_metric']}).", ""]
-    lines += [f"Protocol: {report['protocol']}; {report['fold_naming']}.", f"Classes: {', '.join(report['classes'])}.", ""]
+    lines += [
+        f"Protocol: {report['protocol']}; {report['fold_naming']}.",
+        f"Classes: {', '.join(report['classes'])}.",
+        "",
+    ]
     s = report["summary"]
-    lines += ["| | WA % | UA % | macro F1 % | weighted F1 % |", "|---|---|---|---|---|",
-              "| mean over folds | " + " | ".join(f"{pct(s[m])} ± {pct(s[m + '_std_over_folds'])}" for m in METRICS) + " |"]
+    lines += [
+        "| | WA % | UA % | macro F1 % | weighted F1 % |",
+        "|---|---|---|---|---|",
+        "| mean over folds | " + " | ".join(f"{pct(s[m])} ± {pct(s[m + '_std_over_folds'])}" for m in METRICS) + " |",
+    ]
     if "wa_std_over_seeds" in s:
         lines.append("| std over seeds | " + " | ".join(pct(s[m + "_std_over_seeds"]) for m in METRICS) + " |")
     for seed, sr in report["seeds"].items():
-        lines += ["", f"## seed {seed}", "", "| fold | test | selected epoch (from 0) | n | WA % | UA % | macro F1 % | weighted F1 % |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## seed {seed}",
+            "",
+            "| fold | test | selected epoch (from 0) | n | WA % | UA % | macro F1 % | weighted F1 % |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for fold, f in sr["folds"].items():
-            lines.append(f"| {fold} | {f['test_group']} | {f['selected_epoch']} | {f['n']} | "
-                         + " | ".join(pct(f[m]) for m in METRICS) + " |")
+            lines.append(
+                f"| {fold} | {f['test_group']} | {f['selected_epoch']} | {f['n']} | "
+                + " | ".join(pct(f[m]) for m in METRICS)
+                + " |"
+            )
         p = sr["pooled"]
         lines.append(f"| pooled | all folds | | {p['n']} | " + " | ".join(pct(p[m]) for m in METRICS) + " |")
-        lines += ["", "Confusion matrix, pooled (rows: true, columns: predicted):", "",
-                  "| | " + " | ".join(report["classes"]) + " |", "|---" * (len(report["classes"]) + 1) + "|"]
+        lines += [
+            "",
+            "Confusion matrix, pooled (rows: true, columns: predicted):",
+            "",
+            "| | " + " | ".join(report["classes"]) + " |",
+            "|---" * (len(report["classes"]) + 1) + "|",
+        ]
         for name, row in zip(report["classes"], p["confusion"]):
             lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
@@ -155,7 +205,8 @@ def write_report(report: dict[str, Any], out_dir: Path, stem: str = "report") ->
 def strip_histories(report: dict[str, Any]) -> dict[str, Any]:
     """The report without per-epoch histories (they stay in each fold's history.json)."""
     slim = dict(report)
-    slim["seeds"] = {seed: {**sr, "folds": {k: {kk: vv for kk, vv in f.items() if kk != "history"}
-                                             for k, f in sr["folds"].items()}}
-                     for seed, sr in report["seeds"].items()}
+    slim["seeds"] = {
+        seed: {**sr, "folds": {k: {kk: vv for kk, vv in f.items() if kk != "history"} for k, f in sr["folds"].items()}}
+        for seed, sr in report["seeds"].items()
+    }
     return slim

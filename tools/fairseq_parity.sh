@@ -3,7 +3,7 @@
 #
 # fairseq is never a dependency of ksr: it goes into a separate virtual environment,
 # .venv-fairseq (override with FAIRSEQ_VENV=...), together with ksr and its extract/test extras,
-# and tests/test_extract_wav2vec1.py runs there, where its fairseq tests are not skipped.
+# and tests/extract/test_extract_wav2vec1.py runs there, where its fairseq tests are not skipped.
 #
 #   tools/fairseq_parity.sh            create or reuse the environment, then run the test
 #                                      (extra arguments go to pytest); it prints the measured
@@ -57,4 +57,4 @@ fi
 # fairseq 0.12's own checkpoint reading predates torch's weights_only default; ksr's loader
 # never relies on this variable (it passes weights_only=True itself).
 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 KSR_REQUIRE_FAIRSEQ=1 \
-    "$PY" -m pytest -q -s -rs tests/test_extract_wav2vec1.py "$@"
+    "$PY" -P -m pytest -q -s -rs tests/extract/test_extract_wav2vec1.py "$@"

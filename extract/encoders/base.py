@@ -6,41 +6,34 @@ tensor per text. Both return float32 CPU tensors of each item's true length (nev
 caller cuts or zero-pads to its fixed length (460 frames, 20 tokens). Each encoder declares what
 the cache must record about it (:meth:`Encoder.describe`).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from ksr.extract.audio import AudioError
+from ...cache import EncoderInfo
+from ...common import SAMPLE_RATE, KsrError, default_compute_dtype, resolve_device
+from ..audio import AudioError
 
-SAMPLE_RATE = 16000
 
-
-class EncoderError(RuntimeError):
+class EncoderError(KsrError, RuntimeError):
     """An encoder that cannot be built or loaded; the message is one line."""
-
-
-def best_device() -> tuple[torch.device, torch.dtype]:
-    """``cuda`` in half precision when a GPU is present, else the CPU in float32."""
-    if torch.cuda.is_available():
-        return torch.device("cuda"), torch.float16
-    return torch.device("cpu"), torch.float32
 
 
 def placement(device: torch.device | str | None, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:
     """Where a loaded encoder runs: the asked device and dtype, else the best device; half
     precision only on the best device's own kind (a CPU asked for on a GPU machine gets float32)."""
-    default_device, default_dtype = best_device()
-    device = torch.device(device) if device is not None else default_device
-    if dtype is None:
-        dtype = default_dtype if device.type == default_device.type else torch.float32
-    return device, dtype
+    device = resolve_device(device)
+    return device, dtype or default_compute_dtype(device)
 
 
-class Encoder(ABC):
+class Encoder(ABC):  # noqa: B024 (a base for the two abstract kinds below)
     """What every encoder declares. Set by subclasses before use."""
 
     modality: str = ""  # "audio" or "text"
@@ -59,15 +52,40 @@ class Encoder(ABC):
     def describe(self) -> dict[str, Any]:
         """A JSON-able record of this encoder, for the cache metadata."""
         return {
-            "modality": self.modality, "spec": self.spec, "name": self.name,
-            "model_type": self.model_type, "dim": self.dim, "layer": self.layer,
-            "num_layers": self.num_layers, "digest": self.digest, "revision": self.revision,
-            "frame_rate": self.frame_rate, "dtype": str(self.dtype).replace("torch.", ""),
+            "modality": self.modality,
+            "spec": self.spec,
+            "name": self.name,
+            "model_type": self.model_type,
+            "dim": self.dim,
+            "layer": self.layer,
+            "num_layers": self.num_layers,
+            "digest": self.digest,
+            "revision": self.revision,
+            "frame_rate": self.frame_rate,
+            "dtype": str(self.dtype).replace("torch.", ""),
         }
 
+    def cache_record(self) -> EncoderInfo:
+        """What the cache records about this encoder. A local path in the name is reduced to its
+        last part: the digest identifies the checkpoint, and a cache stays resumable when the
+        checkpoint moves or another machine continues the run."""
+        kind, sep, source = self.name.partition(":")
+        name = self.name
+        if sep and source.startswith(("/", ".", "~")):
+            name = f"{kind}:{Path(source).name}"
+        return EncoderInfo(
+            name=name,
+            dim=int(self.dim),
+            checkpoint_digest=self.digest or "",
+            layer=str(self.layer),
+            frame_rate=self.frame_rate,
+        )
+
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.spec!r}, dim={self.dim}, layer={self.layer}, "
-                f"device={self.device}, dtype={self.dtype})")
+        return (
+            f"{type(self).__name__}({self.spec!r}, dim={self.dim}, layer={self.layer}, "
+            f"device={self.device}, dtype={self.dtype})"
+        )
 
 
 class AudioEncoder(Encoder):
@@ -93,13 +111,14 @@ class AudioEncoder(Encoder):
             if w.ndim != 1:
                 raise AudioError(f"item {i}: expected mono samples (1-D), got shape {w.shape}")
             if len(w) < self.min_samples:
-                raise AudioError(f"item {i}: {len(w)} samples is shorter than the "
-                                 f"{self.min_samples} that {self.name} needs for one frame")
+                raise AudioError(
+                    f"item {i}: {len(w)} samples is shorter than the "
+                    f"{self.min_samples} that {self.name} needs for one frame"
+                )
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "sample_rate": self.sample_rate,
-                "min_samples": self.min_samples}
+        return {**super().describe(), "sample_rate": self.sample_rate, "min_samples": self.min_samples}
 
 
 class TextEncoder(Encoder):

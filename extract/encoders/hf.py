@@ -12,27 +12,36 @@ others are run one utterance at a time: a group-norm front end (wav2vec2-base, H
 WavLM base) normalises over time including the padding and takes no attention mask, and
 data2vec-audio's stack of positional convolutions carries padding into the last frames.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ksr.extract.encoders.base import (AudioEncoder, EncoderError, TextEncoder, placement,
-                                       SAMPLE_RATE)
+from ...common import SAMPLE_RATE, sha256_file
+from .base import AudioEncoder, EncoderError, TextEncoder, placement
 
 #: Files that decide the features besides the weights (configs, tokenizer, preprocessing).
-_SETTINGS_FILES = ("config.json", "preprocessor_config.json", "tokenizer.json",
-                   "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "vocab.txt",
-                   "merges.txt", "sentencepiece.bpe.model", "spiece.model")
+_SETTINGS_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+)
 #: Weight files by preference, as ``from_pretrained`` picks them.
-_WEIGHT_PATTERNS = (("*.safetensors", "model.safetensors.index.json"),
-                    ("*.bin", "pytorch_model.bin.index.json"))
+_WEIGHT_PATTERNS = (("*.safetensors", "model.safetensors.index.json"), ("*.bin", "pytorch_model.bin.index.json"))
 _PROBE_TEXT = "Hello world, this is a test."
 
 
@@ -40,6 +49,7 @@ _PROBE_TEXT = "Hello world, this is a test."
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' progress bars and load reports while loading (we check ourselves)."""
     from transformers.utils import logging as hf_logging
+
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -49,14 +59,6 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def checkpoint_digest(model_dir: str | os.PathLike) -> str:
@@ -76,7 +78,7 @@ def checkpoint_digest(model_dir: str | os.PathLike) -> str:
         raise EncoderError(f"no weight files (*.safetensors or *.bin) in {model_dir}")
     h = hashlib.sha256()
     for path in sorted(files, key=lambda p: p.name):
-        h.update(path.name.encode() + b"\0" + _file_sha256(path).encode() + b"\n")
+        h.update(path.name.encode() + b"\0" + sha256_file(path).encode() + b"\n")
     return "sha256:" + h.hexdigest()
 
 
@@ -92,12 +94,12 @@ def _resolve_dir(source: str, revision: str | None) -> tuple[Path, str | None]:
     if Path(source).is_dir():
         return Path(source).resolve(), None
     from transformers.utils import cached_file
+
     try:
         config = cached_file(source, "config.json", revision=revision)
     except (OSError, ValueError) as err:
         reason = " ".join(str(err).split())[:300]
-        raise EncoderError(f"cannot find model {source!r} (not a local folder, and the hub "
-                           f"gave: {reason})") from None
+        raise EncoderError(f"cannot find model {source!r} (not a local folder, and the hub gave: {reason})") from None
     folder = Path(config).parent
     commit = folder.name if folder.parent.name == "snapshots" else revision
     return folder, commit
@@ -106,25 +108,26 @@ def _resolve_dir(source: str, revision: str | None) -> tuple[Path, str | None]:
 def _load_model(source: str, revision: str | None):
     """``AutoModel`` in eval mode; a checkpoint missing weights the model needs is refused."""
     from transformers import AutoModel
+
     try:
         with quiet_transformers():
-            model, info = AutoModel.from_pretrained(source, revision=revision,
-                                                    output_loading_info=True)
+            model, info = AutoModel.from_pretrained(source, revision=revision, output_loading_info=True)
     except (OSError, ValueError, KeyError) as err:
         reason = " ".join(str(err).split())[:300]
         raise EncoderError(f"cannot load model {source!r}: {reason}") from None
     # The pooler is not used (hidden states are); anything else missing would be random.
     missing = [k for k in info.get("missing_keys", ()) if not k.startswith("pooler.")]
     if missing:
-        raise EncoderError(f"{source!r} lacks {len(missing)} weights of {type(model).__name__} "
-                           f"(e.g. {missing[0]}): its features would be random")
+        raise EncoderError(
+            f"{source!r} lacks {len(missing)} weights of {type(model).__name__} "
+            f"(e.g. {missing[0]}): its features would be random"
+        )
     return model.eval()
 
 
 def _layer_index(layer: int, num_layers: int, source: str) -> int:
     if not -(num_layers + 1) <= layer <= num_layers:
-        raise EncoderError(f"layer {layer} is out of range for {source}: 0..{num_layers} "
-                           f"(or -{num_layers + 1}..-1)")
+        raise EncoderError(f"layer {layer} is out of range for {source}: 0..{num_layers} (or -{num_layers + 1}..-1)")
     return layer % (num_layers + 1)
 
 
@@ -135,8 +138,14 @@ def _spec(source: str, layer: int, revision: str | None) -> str:
 class _HFMixin:
     """Loading shared by the audio and text encoders."""
 
-    def _setup(self, source: str, layer: int, revision: str | None,
-               device: torch.device | str | None, dtype: torch.dtype | None) -> str:
+    def _setup(
+        self,
+        source: str,
+        layer: int,
+        revision: str | None,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> str:
         """Load the model and set the declared attributes; returns the source as loaded."""
         given = str(source)
         source = os.path.expanduser(given)
@@ -159,25 +168,33 @@ class _HFMixin:
 class HFAudioEncoder(_HFMixin, AudioEncoder):
     """A transformers speech model (wav2vec 2.0, HuBERT, WavLM, data2vec-audio)."""
 
-    def __init__(self, source: str | os.PathLike, *, layer: int = -1,
-                 revision: str | None = None, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        source: str | os.PathLike,
+        *,
+        layer: int = -1,
+        revision: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         from transformers import AutoFeatureExtractor
+
         source = self._setup(source, layer, revision, device, dtype)
         config = self.model.config
-        if not hasattr(self.model, "_get_feat_extract_output_lengths") or not hasattr(
-                config, "conv_stride"):
-            raise EncoderError(f"{source!r} is a {config.model_type} model, not a speech model "
-                               "with a convolutional front end (wav2vec2, HuBERT, WavLM, "
-                               "data2vec-audio)")
+        if not hasattr(self.model, "_get_feat_extract_output_lengths") or not hasattr(config, "conv_stride"):
+            raise EncoderError(
+                f"{source!r} is a {config.model_type} model, not a speech model "
+                "with a convolutional front end (wav2vec2, HuBERT, WavLM, "
+                "data2vec-audio)"
+            )
         try:
             with quiet_transformers():
-                self.feature_extractor = AutoFeatureExtractor.from_pretrained(
-                    source, revision=revision)
+                self.feature_extractor = AutoFeatureExtractor.from_pretrained(source, revision=revision)
         except (OSError, ValueError, KeyError) as err:
             reason = " ".join(str(err).split())[:200]
-            raise EncoderError(f"{source!r} has no usable feature extractor "
-                               f"(preprocessor_config.json): {reason}") from None
+            raise EncoderError(
+                f"{source!r} has no usable feature extractor (preprocessor_config.json): {reason}"
+            ) from None
         rate = getattr(self.feature_extractor, "sampling_rate", SAMPLE_RATE)
         if rate != SAMPLE_RATE:
             raise EncoderError(f"{source!r} expects {rate} Hz audio; ksr feeds {SAMPLE_RATE} Hz")
@@ -197,8 +214,9 @@ class HFAudioEncoder(_HFMixin, AudioEncoder):
         return max(int(lengths[0]), 0)
 
     def _forward(self, wavs: list[np.ndarray], mask: bool) -> torch.Tensor:
-        inputs = self.feature_extractor(wavs, sampling_rate=SAMPLE_RATE, padding=True,
-                                        return_attention_mask=mask, return_tensors="pt")
+        inputs = self.feature_extractor(
+            wavs, sampling_rate=SAMPLE_RATE, padding=True, return_attention_mask=mask, return_tensors="pt"
+        )
         values = inputs["input_values"].to(device=self.device, dtype=self.dtype)
         kwargs = {"attention_mask": inputs["attention_mask"].to(self.device)} if mask else {}
         out = self.model(values, output_hidden_states=True, **kwargs)
@@ -217,18 +235,24 @@ class HFAudioEncoder(_HFMixin, AudioEncoder):
             rows = [self._forward([w], mask=False)[0] for w in wavs]
         for r, n in zip(rows, frames):
             if r.shape[0] != n:  # the conv formula and the model must agree
-                raise EncoderError(f"{self.name} gave {r.shape[0]} frames where its conv "
-                                   f"formula says {n}")
+                raise EncoderError(f"{self.name} gave {r.shape[0]} frames where its conv formula says {n}")
         return [r.float().cpu() for r in rows]
 
 
 class HFTextEncoder(_HFMixin, TextEncoder):
     """A transformers text model (RoBERTa, BERT and kin) with its own tokenizer."""
 
-    def __init__(self, source: str | os.PathLike, *, layer: int = -1,
-                 revision: str | None = None, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        source: str | os.PathLike,
+        *,
+        layer: int = -1,
+        revision: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         from transformers import AutoTokenizer
+
         source = self._setup(source, layer, revision, device, dtype)
         try:
             with quiet_transformers():
@@ -246,8 +270,11 @@ class HFTextEncoder(_HFMixin, TextEncoder):
         positions = getattr(self.model.config, "max_position_embeddings", None)
         if positions:
             # RoBERTa-style position ids start after the padding index.
-            offset = (self.model.config.pad_token_id or 0) + 1 if self.model_type in (
-                "roberta", "xlm-roberta", "camembert", "data2vec-text") else 0
+            offset = (
+                (self.model.config.pad_token_id or 0) + 1
+                if self.model_type in ("roberta", "xlm-roberta", "camembert", "data2vec-text")
+                else 0
+            )
             limit = min(limit, positions - offset)
         return int(limit)
 
@@ -256,8 +283,9 @@ class HFTextEncoder(_HFMixin, TextEncoder):
         ids = self.tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"]
         specials = set(self.tokenizer.all_special_ids)
         if not ids or all(i in specials for i in ids):
-            raise EncoderError(f"the tokenizer of {source!r} turns text into no tokens: its "
-                               "vocabulary is empty or was not loaded")
+            raise EncoderError(
+                f"the tokenizer of {source!r} turns text into no tokens: its vocabulary is empty or was not loaded"
+            )
 
     def tokenize(self, text: str) -> list[str]:
         ids = self.tokenizer(text, truncation=True, max_length=self.max_tokens)["input_ids"]
@@ -268,8 +296,7 @@ class HFTextEncoder(_HFMixin, TextEncoder):
         texts = list(texts)
         if not texts:
             return []
-        inputs = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens,
-                                return_tensors="pt")
+        inputs = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         hidden = self.model(**inputs, output_hidden_states=True).hidden_states[self.layer]

@@ -13,16 +13,17 @@ Options come last, each ``@key=value``; they are read from the right, so a path 
 contain ``@``. Whether an ``hf:`` model is audio or text is read from its config. Other kinds
 (the paper's fairseq wav2vec 1.0) register a loader with :func:`register_kind`.
 """
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
-from ksr.extract.encoders.base import AudioEncoder, Encoder, EncoderError, TextEncoder
+from .base import AudioEncoder, Encoder, EncoderError, TextEncoder
 
 _OPTION = re.compile(r"@(?P<key>[A-Za-z_]+)=(?P<value>[^@]*)$")
 _KNOWN_OPTIONS = ("layer", "revision")
@@ -66,40 +67,46 @@ def parse_spec(text: str) -> EncoderSpec:
     while (m := _OPTION.search(spec)) is not None:
         key = m["key"]
         if key not in _KNOWN_OPTIONS:
-            raise EncoderError(f"encoder spec {text!r}: unknown option @{key} "
-                               f"(known: {', '.join('@' + k for k in _KNOWN_OPTIONS)})")
+            raise EncoderError(
+                f"encoder spec {text!r}: unknown option @{key} (known: {', '.join('@' + k for k in _KNOWN_OPTIONS)})"
+            )
         if key in options:
             raise EncoderError(f"encoder spec {text!r}: @{key} given twice")
         options[key] = m["value"]
-        spec = spec[:m.start()]
+        spec = spec[: m.start()]
     layer = None
     if "layer" in options:
         try:
             layer = int(options["layer"])
         except ValueError:
-            raise EncoderError(f"encoder spec {text!r}: layer {options['layer']!r} is not an "
-                               "integer") from None
+            raise EncoderError(f"encoder spec {text!r}: layer {options['layer']!r} is not an integer") from None
     revision = options.get("revision") or None
     if spec in PRESETS:
         base = parse_spec(PRESETS[spec])
-        return EncoderSpec(base.kind, base.source, layer if layer is not None else base.layer,
-                           revision or base.revision)
-    from ksr.extract.encoders.tiny import TINY_NAMES
+        return EncoderSpec(
+            base.kind, base.source, layer if layer is not None else base.layer, revision or base.revision
+        )
+    from .tiny import TINY_NAMES
+
     if spec in TINY_NAMES:
         if revision:
             raise EncoderError(f"encoder spec {text!r}: built-in encoders have no @revision")
         return EncoderSpec("tiny", spec, layer)
     kind, sep, source = spec.partition(":")
     if not sep or not source or (kind != "hf" and kind not in _KINDS):
-        known = ["hf:<hub id or folder>", *(f"{k}:<...>" for k in _KINDS), *PRESETS,
-                 *TINY_NAMES]
+        known = ["hf:<hub id or folder>", *(f"{k}:<...>" for k in _KINDS), *PRESETS, *TINY_NAMES]
         raise EncoderError(f"unknown encoder spec {text!r}: use one of {', '.join(known)}")
     return EncoderSpec(kind, source, layer, revision)
 
 
-def load_encoder(spec: str | EncoderSpec, *, modality: str | None = None,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                 tiny_root: str | os.PathLike | None = None) -> Encoder:
+def load_encoder(
+    spec: str | EncoderSpec,
+    *,
+    modality: str | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    tiny_root: str | os.PathLike | None = None,
+) -> Encoder:
     """Build the encoder a spec names, on ``device`` (default: the best one, see
     :func:`~ksr.extract.encoders.base.best_device`). ``modality`` ("audio"/"text"), when given,
     must match the model's, so that a text model is never taken for the audio side."""
@@ -108,8 +115,9 @@ def load_encoder(spec: str | EncoderSpec, *, modality: str | None = None,
     if parsed.kind in _KINDS:
         encoder = _KINDS[parsed.kind](parsed, device=device, dtype=dtype, tiny_root=tiny_root)
     elif parsed.kind == "tiny":
-        from ksr.extract.encoders.hf import HFAudioEncoder, HFTextEncoder
-        from ksr.extract.encoders.tiny import ensure_tiny
+        from .hf import HFAudioEncoder, HFTextEncoder
+        from .tiny import ensure_tiny
+
         folder = ensure_tiny(parsed.source, tiny_root)
         cls = HFAudioEncoder if parsed.source == "tiny-audio" else HFTextEncoder
         encoder = cls(folder, layer=layer, device=device, dtype=dtype)
@@ -118,15 +126,16 @@ def load_encoder(spec: str | EncoderSpec, *, modality: str | None = None,
     else:
         encoder = _load_hf(parsed.source, layer, parsed.revision, device, dtype)
     if modality is not None and encoder.modality != modality:
-        raise EncoderError(f"encoder {encoder.name!r} is a {encoder.modality} encoder, "
-                           f"not {modality}")
+        raise EncoderError(f"encoder {encoder.name!r} is a {encoder.modality} encoder, not {modality}")
     return encoder
 
 
 def _hf_modality(source: str, revision: str | None) -> str:
     """``audio`` for models with a convolutional waveform front end, else ``text``."""
     from transformers import AutoConfig
-    from ksr.extract.encoders.hf import quiet_transformers
+
+    from .hf import quiet_transformers
+
     try:
         with quiet_transformers():
             config = AutoConfig.from_pretrained(source, revision=revision)
@@ -137,7 +146,8 @@ def _hf_modality(source: str, revision: str | None) -> str:
 
 
 def _load_hf(source: str, layer: int, revision: str | None, device, dtype) -> Encoder:
-    from ksr.extract.encoders.hf import HFAudioEncoder, HFTextEncoder, check_local_folder
+    from .hf import HFAudioEncoder, HFTextEncoder, check_local_folder
+
     check_local_folder(source)
     modality = _hf_modality(os.path.expanduser(source), revision)
     cls = HFAudioEncoder if modality == "audio" else HFTextEncoder
@@ -146,22 +156,35 @@ def _load_hf(source: str, layer: int, revision: str | None, device, dtype) -> En
 
 def available_specs() -> list[tuple[str, str]]:
     """(spec, what it is) for the listing of ``ksr encoders``."""
-    from ksr.extract.encoders.tiny import TINY_NAMES
-    rows = [("hf:<hub id or folder>[@layer=N][@revision=R]",
-             "a transformers model: wav2vec2, HuBERT, WavLM, data2vec-audio; RoBERTa, BERT, ...")]
+    from .tiny import TINY_NAMES
+
+    rows = [
+        (
+            "hf:<hub id or folder>[@layer=N][@revision=R]",
+            "a transformers model: wav2vec2, HuBERT, WavLM, data2vec-audio; RoBERTa, BERT, ...",
+        )
+    ]
     rows += [(name, f"= {target}") for name, target in PRESETS.items()]
-    rows += [(name, "built-in tiny encoder for tests and the demo (random weights)")
-             for name in TINY_NAMES]
+    rows += [(name, "built-in tiny encoder for tests and the demo (random weights)") for name in TINY_NAMES]
     rows += [(f"{kind}:<...>", "registered kind") for kind in _KINDS]
     return rows
 
 
 def _load_wav2vec1(spec: EncoderSpec, **kwargs) -> Encoder:
-    from ksr.extract.encoders.wav2vec1 import load_wav2vec1
+    from .wav2vec1 import load_wav2vec1
+
     return load_wav2vec1(spec, **kwargs)
 
 
 register_kind("w2v1", _load_wav2vec1)
 
-__all__ = ["EncoderSpec", "PRESETS", "parse_spec", "load_encoder", "register_kind",
-           "available_specs", "AudioEncoder", "TextEncoder"]
+__all__ = [
+    "EncoderSpec",
+    "PRESETS",
+    "parse_spec",
+    "load_encoder",
+    "register_kind",
+    "available_specs",
+    "AudioEncoder",
+    "TextEncoder",
+]

@@ -15,14 +15,15 @@ Folders live under ``$KSR_CACHE_DIR/tiny`` (default ``~/.cache/ksr/tiny``) or a 
 per name and version, and are rebuilt when absent or incomplete. A build is written to a
 temporary folder and renamed, so concurrent builders never see half a checkpoint.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -63,10 +64,20 @@ def tiny_root(root: str | os.PathLike | None = None) -> Path:
 def _save_tiny_audio(folder: Path, *, norm: str = "layer", model_type: str = "wav2vec2") -> None:
     """A tiny speech model of ``model_type`` (wav2vec2, hubert, wavlm, data2vec-audio)."""
     from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
-    kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=64, conv_dim=(32, 32, 32, 32), conv_kernel=(10, 8, 8, 4),
-                  conv_stride=(5, 4, 4, 2), num_conv_pos_embeddings=16,
-                  num_conv_pos_embedding_groups=4, vocab_size=8, mask_time_prob=0.0)
+
+    kwargs = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32, 32, 32, 32),
+        conv_kernel=(10, 8, 8, 4),
+        conv_stride=(5, 4, 4, 2),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        vocab_size=8,
+        mask_time_prob=0.0,
+    )
     if model_type == "data2vec-audio":
         kwargs.update(conv_pos_kernel_size=5, num_conv_pos_embeddings=5)
     else:
@@ -77,17 +88,19 @@ def _save_tiny_audio(folder: Path, *, norm: str = "layer", model_type: str = "wa
     torch.manual_seed(SEED)
     AutoModel.from_config(config).save_pretrained(folder)
     # Layer-norm front ends take an attention mask; group norm ones do not (as released).
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                             do_normalize=True, return_attention_mask=norm == "layer"
-                             ).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=norm == "layer"
+    ).save_pretrained(folder)
 
 
 def _train_bpe():
     """A byte-level BPE trained on TINY_TEXT: (vocab, merges)."""
     from tokenizers import ByteLevelBPETokenizer
+
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(TINY_TEXT.splitlines(), vocab_size=512, min_frequency=1,
-                            special_tokens=_SPECIALS, show_progress=False)
+    bpe.train_from_iterator(
+        TINY_TEXT.splitlines(), vocab_size=512, min_frequency=1, special_tokens=_SPECIALS, show_progress=False
+    )
     model = json.loads(bpe._tokenizer.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     return bpe.get_vocab(), merges
@@ -96,14 +109,23 @@ def _train_bpe():
 def _save_tiny_text(folder: Path) -> None:
     """A tiny RoBERTa with its BPE tokenizer."""
     from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+
     vocab, merges = _train_bpe()
     # transformers 5: vocab_file=/merges_file= would silently build an EMPTY tokenizer.
     tokenizer = RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=128)
     tokenizer.save_pretrained(folder)
-    config = RobertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=2, intermediate_size=64,
-                           max_position_embeddings=130, type_vocab_size=1, pad_token_id=1,
-                           bos_token_id=0, eos_token_id=2)
+    config = RobertaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=130,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
     torch.manual_seed(SEED)
     RobertaModel(config).save_pretrained(folder)  # pooler included: a complete checkpoint
 
@@ -123,11 +145,13 @@ def build_tiny(name: str, folder: str | os.PathLike, **options) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        from ksr.extract.encoders.hf import quiet_transformers
+        from .hf import quiet_transformers
+
         with quiet_transformers():
             _BUILDERS[name](tmp, **options)
-        (tmp / _MARKER).write_text(json.dumps(
-            {"name": name, "version": TINY_VERSION, "seed": SEED, "options": options}))
+        (tmp / _MARKER).write_text(
+            json.dumps({"name": name, "version": TINY_VERSION, "seed": SEED, "options": options})
+        )
         try:
             os.rename(tmp, folder)
         except OSError:

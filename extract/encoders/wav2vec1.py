@@ -30,24 +30,26 @@ exactly the same number of samples (no padding at all).
 The checkpoint is read with ``torch.load(weights_only=True)``: tensors, plain containers,
 ``argparse.Namespace`` and numpy scalars are allowed, nothing else; no pickled code runs.
 """
+
 from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import math
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ksr.extract.encoders.base import SAMPLE_RATE, AudioEncoder, EncoderError, placement
+from ...common import SAMPLE_RATE, sha256_file
+from .base import AudioEncoder, EncoderError, placement
 
 #: The environment variable the ``paper-audio`` preset reads the checkpoint path from.
 PAPER_ENV = "KSR_WAV2VEC_LARGE"
@@ -57,8 +59,7 @@ KIND = "w2v1"
 # checkpoints predate ``activation`` and ``vq_type``). ``log_compression`` and
 # ``skip_connections_agg`` have no such default (False in fairseq 0.9's base architecture,
 # True in 0.12's Wav2VecConfig) and must be recorded, as are the layer lists.
-_REQUIRED = ("conv_feature_layers", "conv_aggregator_layers", "log_compression",
-             "skip_connections_agg")
+_REQUIRED = ("conv_feature_layers", "conv_aggregator_layers", "log_compression", "skip_connections_agg")
 _DEFAULTS: dict[str, Any] = {
     "aggregator": "cnn",
     "activation": "relu",
@@ -70,8 +71,14 @@ _DEFAULTS: dict[str, Any] = {
     "vq_type": "none",
     "encoder": "cnn",
 }
-_BOOLS = ("log_compression", "skip_connections_feat", "skip_connections_agg", "agg_zero_pad",
-          "no_conv_bias", "non_affine_group_norm")
+_BOOLS = (
+    "log_compression",
+    "skip_connections_feat",
+    "skip_connections_agg",
+    "agg_zero_pad",
+    "no_conv_bias",
+    "non_affine_group_norm",
+)
 _ARCHES = ("wav2vec", "audio_cpc")  # fairseq renamed audio_cpc to wav2vec (old checkpoints)
 _MAX_LAYERS = 256
 _NORM_EPS = 1e-5  # torch's GroupNorm default, which fairseq's Fp32GroupNorm keeps
@@ -85,8 +92,9 @@ def _parse_layers(text: Any, name: str) -> tuple[tuple[int, int, int], ...]:
     """A fairseq layer list such as ``"[(512, 10, 5)] + [(512, 4, 2)] * 3"``, read without
     ``eval``: only list/tuple literals of integers joined by ``+`` and ``* <int>``."""
     if not isinstance(text, str):
-        raise EncoderError(f"wav2vec checkpoint: {name} must be a string like "
-                           f"'[(512, 10, 5), ...]', got {type(text).__name__}")
+        raise EncoderError(
+            f"wav2vec checkpoint: {name} must be a string like '[(512, 10, 5), ...]', got {type(text).__name__}"
+        )
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError:
@@ -106,15 +114,22 @@ def _parse_layers(text: Any, name: str) -> tuple[tuple[int, int, int], ...]:
                 seq, count = (left, right) if isinstance(left, list) else (right, left)
                 if isinstance(seq, list) and type(count) is int and 0 <= count <= _MAX_LAYERS:
                     return seq * count
-        raise EncoderError(f"wav2vec checkpoint: {name} = {text!r} is not a plain layer list "
-                           "(list of (dim, kernel, stride) tuples, '+' and '* n' only)")
+        raise EncoderError(
+            f"wav2vec checkpoint: {name} = {text!r} is not a plain layer list "
+            "(list of (dim, kernel, stride) tuples, '+' and '* n' only)"
+        )
 
     layers = value(tree.body)
-    if not isinstance(layers, list) or not layers or len(layers) > _MAX_LAYERS or not all(
-            isinstance(t, tuple) and len(t) == 3 and all(type(v) is int and v > 0 for v in t)
-            for t in layers):
-        raise EncoderError(f"wav2vec checkpoint: {name} = {text!r} must be a non-empty list of "
-                           "(dim, kernel, stride) tuples of positive integers")
+    if (
+        not isinstance(layers, list)
+        or not layers
+        or len(layers) > _MAX_LAYERS
+        or not all(isinstance(t, tuple) and len(t) == 3 and all(type(v) is int and v > 0 for v in t) for t in layers)
+    ):
+        raise EncoderError(
+            f"wav2vec checkpoint: {name} = {text!r} must be a non-empty list of "
+            "(dim, kernel, stride) tuples of positive integers"
+        )
     return tuple(layers)
 
 
@@ -158,7 +173,7 @@ class Wav2Vec1Config:
         return need
 
     @classmethod
-    def from_args(cls, args: Any) -> "Wav2Vec1Config":
+    def from_args(cls, args: Any) -> Wav2Vec1Config:
         """From a checkpoint's ``args`` (Namespace) or ``cfg["model"]`` (dict or Namespace).
 
         Settings that change the features are read (see ``_DEFAULTS`` and ``_REQUIRED`` for
@@ -168,56 +183,72 @@ class Wav2Vec1Config:
         elif isinstance(args, Mapping):
             get = args
         else:
-            raise EncoderError("wav2vec checkpoint: the model settings are a "
-                               f"{type(args).__name__}, not a Namespace or a dict")
+            raise EncoderError(
+                f"wav2vec checkpoint: the model settings are a {type(args).__name__}, not a Namespace or a dict"
+            )
 
         def setting(name: str) -> Any:
             return get[name] if get.get(name) is not None else _DEFAULTS.get(name)
 
         arch = get.get("arch") or get.get("_name")
         if arch is not None and arch not in _ARCHES:
-            raise EncoderError(f"wav2vec checkpoint: arch {arch!r} is not fairseq's wav2vec 1.0 "
-                               "('wav2vec'); wav2vec 2.0 / HuBERT checkpoints go through hf:")
+            raise EncoderError(
+                f"wav2vec checkpoint: arch {arch!r} is not fairseq's wav2vec 1.0 "
+                "('wav2vec'); wav2vec 2.0 / HuBERT checkpoints go through hf:"
+            )
         for name in _REQUIRED:
             if get.get(name) is None:
-                raise EncoderError(f"wav2vec checkpoint: its settings lack {name}, which "
-                                   "decides the features (and whose default differs between "
-                                   "fairseq versions)")
-        for name, supported in (("aggregator", ("cnn",)), ("encoder", ("cnn",)),
-                                ("vq_type", ("none",)), ("activation", ("relu", "gelu"))):
+                raise EncoderError(
+                    f"wav2vec checkpoint: its settings lack {name}, which "
+                    "decides the features (and whose default differs between "
+                    "fairseq versions)"
+                )
+        for name, supported in (
+            ("aggregator", ("cnn",)),
+            ("encoder", ("cnn",)),
+            ("vq_type", ("none",)),
+            ("activation", ("relu", "gelu")),
+        ):
             if setting(name) not in supported:
-                why = {"aggregator": "only the convolutional aggregator is ported",
-                       "vq_type": "vq-wav2vec quantizes between the feature extractor and the "
-                                  "aggregator, which this port does not do",
-                       }.get(name, "not ported")
-                raise EncoderError(f"wav2vec checkpoint: unsupported {name}={setting(name)!r} "
-                                   f"({why}; supported: {', '.join(supported)})")
+                why = {
+                    "aggregator": "only the convolutional aggregator is ported",
+                    "vq_type": "vq-wav2vec quantizes between the feature extractor and the "
+                    "aggregator, which this port does not do",
+                }.get(name, "not ported")
+                raise EncoderError(
+                    f"wav2vec checkpoint: unsupported {name}={setting(name)!r} "
+                    f"({why}; supported: {', '.join(supported)})"
+                )
         flags = {}
         for name in _BOOLS:
             v = setting(name)
             if type(v) is not bool and not (type(v) is int and v in (0, 1)):
-                raise EncoderError(f"wav2vec checkpoint: unsupported {name}={v!r} "
-                                   "(expected true or false)")
+                raise EncoderError(f"wav2vec checkpoint: unsupported {name}={v!r} (expected true or false)")
             flags[name] = bool(v)
         scale = setting("residual_scale")
         if type(scale) not in (int, float) or not math.isfinite(scale) or scale < 0:
-            raise EncoderError(f"wav2vec checkpoint: unsupported residual_scale={scale!r} "
-                               "(expected a number >= 0)")
+            raise EncoderError(f"wav2vec checkpoint: unsupported residual_scale={scale!r} (expected a number >= 0)")
         features = _parse_layers(get["conv_feature_layers"], "conv_feature_layers")
         aggregator = _parse_layers(get["conv_aggregator_layers"], "conv_aggregator_layers")
         strided = [i for i, (_, _, s) in enumerate(aggregator) if s != 1]
         if strided:
-            raise EncoderError("wav2vec checkpoint: unsupported conv_aggregator_layers with "
-                               f"stride {aggregator[strided[0]][2]} (layer {strided[0]}): the "
-                               "causal aggregator is defined for stride 1")
-        return cls(feature_layers=features, aggregator_layers=aggregator,
-                   log_compression=flags["log_compression"],
-                   skip_connections_feat=flags["skip_connections_feat"],
-                   skip_connections_agg=flags["skip_connections_agg"],
-                   residual_scale=float(scale), agg_zero_pad=flags["agg_zero_pad"],
-                   conv_bias=not flags["no_conv_bias"],
-                   affine_norm=not flags["non_affine_group_norm"],
-                   activation=setting("activation"))
+            raise EncoderError(
+                "wav2vec checkpoint: unsupported conv_aggregator_layers with "
+                f"stride {aggregator[strided[0]][2]} (layer {strided[0]}): the "
+                "causal aggregator is defined for stride 1"
+            )
+        return cls(
+            feature_layers=features,
+            aggregator_layers=aggregator,
+            log_compression=flags["log_compression"],
+            skip_connections_feat=flags["skip_connections_feat"],
+            skip_connections_agg=flags["skip_connections_agg"],
+            residual_scale=float(scale),
+            agg_zero_pad=flags["agg_zero_pad"],
+            conv_bias=not flags["no_conv_bias"],
+            affine_norm=not flags["non_affine_group_norm"],
+            activation=setting("activation"),
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,8 +258,7 @@ class Wav2Vec1Config:
 class _Block(nn.Module):
     """One conv layer: conv, one-group norm (float32), activation; ``proj`` maps the residual."""
 
-    def __init__(self, n_in: int, n_out: int, kernel: int, stride: int, *, bias: bool,
-                 affine: bool, proj: bool):
+    def __init__(self, n_in: int, n_out: int, kernel: int, stride: int, *, bias: bool, affine: bool, proj: bool):
         super().__init__()
         self.conv = nn.Conv1d(n_in, n_out, kernel, stride=stride, bias=bias)
         self.norm = nn.GroupNorm(1, n_out, eps=_NORM_EPS, affine=affine)
@@ -237,8 +267,9 @@ class _Block(nn.Module):
     def normed(self, x: torch.Tensor) -> torch.Tensor:
         """The norm in float32 whatever the model runs in, cast back (as Fp32GroupNorm)."""
         w, b = self.norm.weight, self.norm.bias
-        y = F.group_norm(x.float(), 1, None if w is None else w.float(),
-                         None if b is None else b.float(), self.norm.eps)
+        y = F.group_norm(
+            x.float(), 1, None if w is None else w.float(), None if b is None else b.float(), self.norm.eps
+        )
         return y.to(x.dtype)
 
 
@@ -254,14 +285,21 @@ class Wav2Vec1(nn.Module):
         self.extractor = nn.ModuleList()
         width = 1
         for dim, kernel, stride in config.feature_layers:
-            self.extractor.append(_Block(width, dim, kernel, stride, bias=False,
-                                         affine=config.affine_norm, proj=False))
+            self.extractor.append(_Block(width, dim, kernel, stride, bias=False, affine=config.affine_norm, proj=False))
             width = dim
         self.aggregator = nn.ModuleList()
         for dim, kernel, stride in config.aggregator_layers:
-            self.aggregator.append(_Block(
-                width, dim, kernel, stride, bias=config.conv_bias, affine=config.affine_norm,
-                proj=config.skip_connections_agg and width != dim))
+            self.aggregator.append(
+                _Block(
+                    width,
+                    dim,
+                    kernel,
+                    stride,
+                    bias=config.conv_bias,
+                    affine=config.affine_norm,
+                    proj=config.skip_connections_agg and width != dim,
+                )
+            )
             width = dim
 
     def features(self, wav: torch.Tensor) -> torch.Tensor:
@@ -271,7 +309,7 @@ class Wav2Vec1(nn.Module):
             y = self.act(block.normed(block.conv(x)))
             if self.config.skip_connections_feat and y.shape[1] == x.shape[1]:
                 step = x.shape[2] // y.shape[2]
-                y = (y + x[:, :, ::step][:, :, :y.shape[2]]) * self.residual_factor
+                y = (y + x[:, :, ::step][:, :, : y.shape[2]]) * self.residual_factor
             x = y
         if self.config.log_compression:
             x = torch.log(x.abs() + 1)
@@ -322,7 +360,7 @@ def _rename(key: str, table) -> str | None:
     for pattern, repl in table:
         m = re.match(pattern, key)
         if m:
-            return m.expand(repl) + key[m.end():]
+            return m.expand(repl) + key[m.end() :]
     return None
 
 
@@ -337,8 +375,9 @@ def to_fairseq_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def from_fairseq_keys(state: Mapping[str, Any], expected: Mapping[str, torch.Tensor],
-                      source: str = "checkpoint") -> dict[str, torch.Tensor]:
+def from_fairseq_keys(
+    state: Mapping[str, Any], expected: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     """fairseq's weights under our names, checked against ``expected`` (our state dict):
     every weight present, none unknown, shapes equal; training-only weights are dropped."""
     ours: dict[str, torch.Tensor] = {}
@@ -355,18 +394,23 @@ def from_fairseq_keys(state: Mapping[str, Any], expected: Mapping[str, torch.Ten
         if not isinstance(value, torch.Tensor):
             raise EncoderError(f"{source}: weight {key} is a {type(value).__name__}, not a tensor")
         if tuple(value.shape) != tuple(expected[name].shape):
-            raise EncoderError(f"{source}: weight {key} has shape {tuple(value.shape)} where the "
-                               f"checkpoint's settings give {tuple(expected[name].shape)}")
+            raise EncoderError(
+                f"{source}: weight {key} has shape {tuple(value.shape)} where the "
+                f"checkpoint's settings give {tuple(expected[name].shape)}"
+            )
         ours[name] = value
     if unknown:
-        raise EncoderError(f"{source}: {len(unknown)} weights that the checkpoint's settings do "
-                           f"not account for: {', '.join(sorted(unknown)[:5])}"
-                           + (" ..." if len(unknown) > 5 else ""))
+        raise EncoderError(
+            f"{source}: {len(unknown)} weights that the checkpoint's settings do "
+            f"not account for: {', '.join(sorted(unknown)[:5])}" + (" ..." if len(unknown) > 5 else "")
+        )
     missing = [k for k in expected if k not in ours]
     if missing:
         names = [to_fairseq_keys({k: expected[k]}).popitem()[0] for k in missing]
-        raise EncoderError(f"{source}: {len(missing)} weights missing (the features would be "
-                           f"random): {', '.join(names[:5])}" + (" ..." if len(names) > 5 else ""))
+        raise EncoderError(
+            f"{source}: {len(missing)} weights missing (the features would be "
+            f"random): {', '.join(names[:5])}" + (" ..." if len(names) > 5 else "")
+        )
     return ours
 
 
@@ -382,12 +426,14 @@ def _allowed_globals() -> list:
         from numpy._core import multiarray
     except ImportError:  # numpy < 2
         from numpy.core import multiarray  # type: ignore[no-redef]
-    allowed += [(multiarray.scalar, "numpy.core.multiarray.scalar"),
-                (multiarray.scalar, "numpy._core.multiarray.scalar"), np.dtype]
+    allowed += [
+        (multiarray.scalar, "numpy.core.multiarray.scalar"),
+        (multiarray.scalar, "numpy._core.multiarray.scalar"),
+        np.dtype,
+    ]
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
-        for name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType",
-                     "Int32DType", "BoolDType"):
+        for name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType"):
             if hasattr(dtypes, name):
                 allowed.append(getattr(dtypes, name))
     return allowed
@@ -414,11 +460,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Any, dict[str, torch.Tenso
                 "not unpickle (only tensors, plain data, argparse.Namespace and numpy scalars). "
                 "If you trust the file, keep just its settings and weights, e.g. "
                 "c = torch.load(p, weights_only=False); "
-                "torch.save({'args': c['args'], 'model': c['model']}, out)") from None
+                "torch.save({'args': c['args'], 'model': c['model']}, out)"
+            ) from None
         raise EncoderError(f"{path}: not a readable torch checkpoint: {text[:300]}") from None
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("model"), Mapping):
-        raise EncoderError(f"{path}: not a fairseq checkpoint (expected a dict with 'model' "
-                           "weights and 'args' or 'cfg' settings)")
+        raise EncoderError(
+            f"{path}: not a fairseq checkpoint (expected a dict with 'model' weights and 'args' or 'cfg' settings)"
+        )
     settings = ckpt.get("args")
     if settings is None:
         cfg = ckpt.get("cfg")
@@ -426,18 +474,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Any, dict[str, torch.Tenso
             cfg = vars(cfg)
         settings = cfg.get("model") if isinstance(cfg, Mapping) else None
     if settings is None:
-        raise EncoderError(f"{path}: the checkpoint has no model settings ('args', or "
-                           "'cfg' with a 'model' section)")
+        raise EncoderError(f"{path}: the checkpoint has no model settings ('args', or 'cfg' with a 'model' section)")
     return settings, dict(ckpt["model"])
 
 
 def file_digest(path: str | os.PathLike) -> str:
     """``sha256:<hex>`` of the checkpoint file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+    return "sha256:" + sha256_file(path)
 
 
 def build_model(path: str | os.PathLike) -> Wav2Vec1:
@@ -461,8 +504,14 @@ class Wav2Vec1Encoder(AudioEncoder):
     #: Most samples run in one forward pass (same-length utterances only, see module doc).
     max_batch_samples = 1_600_000
 
-    def __init__(self, path: str | os.PathLike, *, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None, name: str | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        name: str | None = None,
+    ):
         given = str(path)
         path = Path(os.path.expanduser(given))
         if not path.is_file():
@@ -495,12 +544,11 @@ class Wav2Vec1Encoder(AudioEncoder):
             per_pass = max(1, self.max_batch_samples // length)
             n = self.num_frames(length)
             for start in range(0, len(items), per_pass):
-                chunk = items[start:start + per_pass]
+                chunk = items[start : start + per_pass]
                 batch = torch.from_numpy(np.stack([wavs[i] for i in chunk]))
                 feats = self.model(batch.to(device=self.device, dtype=self.dtype))
                 if feats.shape[2] != n:  # the conv formula and the model must agree
-                    raise EncoderError(f"{self.name} gave {feats.shape[2]} frames where its "
-                                       f"conv formula says {n}")
+                    raise EncoderError(f"{self.name} gave {feats.shape[2]} frames where its conv formula says {n}")
                 for i, f in zip(chunk, feats):
                     out[i] = f.transpose(0, 1).float().cpu()
         return out  # type: ignore[return-value]
@@ -509,16 +557,26 @@ class Wav2Vec1Encoder(AudioEncoder):
 def load_wav2vec1(spec, *, device=None, dtype=None, tiny_root=None) -> Wav2Vec1Encoder:
     """The loader behind ``w2v1:<path>`` and ``paper-audio`` (see ``spec.py``)."""
     if spec.layer is not None or spec.revision is not None:
-        raise EncoderError(f"{KIND}: takes no @layer or @revision (its output is the "
-                           "aggregator's, as in the paper)")
+        raise EncoderError(f"{KIND}: takes no @layer or @revision (its output is the aggregator's, as in the paper)")
     source = spec.source
     if source == f"${PAPER_ENV}":
         source = os.environ.get(PAPER_ENV, "")
         if not source:
-            raise EncoderError(f"paper-audio needs the path of fairseq's wav2vec_large.pt in "
-                               f"${PAPER_ENV} (or use {KIND}:/path/to/wav2vec_large.pt)")
+            raise EncoderError(
+                f"paper-audio needs the path of fairseq's wav2vec_large.pt in "
+                f"${PAPER_ENV} (or use {KIND}:/path/to/wav2vec_large.pt)"
+            )
     return Wav2Vec1Encoder(source, device=device, dtype=dtype)
 
 
-__all__ = ["Wav2Vec1", "Wav2Vec1Config", "Wav2Vec1Encoder", "build_model", "read_checkpoint",
-           "to_fairseq_keys", "from_fairseq_keys", "load_wav2vec1", "PAPER_ENV"]
+__all__ = [
+    "Wav2Vec1",
+    "Wav2Vec1Config",
+    "Wav2Vec1Encoder",
+    "build_model",
+    "read_checkpoint",
+    "to_fairseq_keys",
+    "from_fairseq_keys",
+    "load_wav2vec1",
+    "PAPER_ENV",
+]

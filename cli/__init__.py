@@ -1,0 +1,45 @@
+"""The ``ksr`` command: each command parses its options, calls one function of a stage, prints.
+
+Commands live by stage: ``model_commands`` (train, eval, ablate, predict, demo,
+convert-official) and ``data_commands`` (prepare, extract, encoders, cache); ``options`` builds
+the training options, the model settings among them generated from ``ksr.fuse.config``.
+
+Expected failures (``KsrError`` and its kin: bad input, damaged files, missing devices) end as
+one line and exit status 1, whatever the command (``KSR_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from .. import __version__
+from ..common.errors import KsrError
+
+
+class KsrGroup(click.Group):
+    """Turns ksr's expected failures into one ``Error:`` line, in every subcommand."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (KsrError, ValueError, OSError) as e:
+            if os.environ.get("KSR_DEBUG"):
+                raise
+            message = " ".join(str(e).split()) or type(e).__name__
+            raise click.ClickException(message) from None
+
+
+@click.group(cls=KsrGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ksr")
+def main() -> None:
+    """ksr: Key-Sparse Transformer for multimodal speech emotion recognition.
+
+    Stage 1 (extract) turns a corpus into a feature cache; stage 2 (fuse) trains and
+    evaluates the KS-Transformer on that cache.
+    """
+
+
+# Registering the commands on `main` (they import it from here).
+from . import data_commands, model_commands  # noqa: E402, F401

@@ -1,0 +1,5 @@
+"""``python -m ksr.cli``: the ``ksr`` command."""
+
+from . import main
+
+main()

@@ -1,0 +1,227 @@
+"""The data commands: prepare, extract, encoders, cache."""
+
+from __future__ import annotations
+
+import click
+
+from ..cache.rows import STORAGE_DTYPES
+from . import main
+
+# --- cache commands (ksr.cache) --------------------------------------------------------------
+
+
+@main.group("cache")
+def cache_group() -> None:
+    """Inspect and check a feature cache (the HDF5 shards extraction writes)."""
+
+
+@cache_group.command("info")
+@click.argument("cache_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def cache_info_cmd(cache_dir: str, as_json: bool) -> None:
+    """What CACHE_DIR holds: counts per class, session and speaker, encoders, dims, and the
+    size on disk against the ideal size. Reads metadata only (see `ksr cache verify`)."""
+    import json
+
+    from ..cache import cache_info, format_info
+
+    info = cache_info(cache_dir)
+    click.echo(json.dumps(info, indent=1) if as_json else format_info(info))
+
+
+@cache_group.command("verify")
+@click.argument("cache_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--no-checksums",
+    is_flag=True,
+    help="Skip the SHA-256 of every shard (sizes, schema and metadata are still checked).",
+)
+def cache_verify_cmd(cache_dir: str, no_checksums: bool) -> None:
+    """Check CACHE_DIR: indexes, shard files, sizes, checksums, schema and metadata.
+
+    Prints every problem, one line each naming the file, and exits with status 1 if there
+    is any.
+    """
+    from ..cache import verify_cache
+
+    report = verify_cache(cache_dir, checksums=not no_checksums)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    for problem in report.problems:
+        click.echo(f"error: {problem}", err=True)
+    if report.problems:
+        raise SystemExit(1)
+    hashed = f", {report.bytes_hashed / 1e6:,.1f} MB hashed" if not no_checksums else ", checksums skipped"
+    click.echo(f"ok: {cache_dir}: {report.utterances} utterances in {report.shards} shards{hashed}")
+
+
+# --- corpus and extraction commands (ksr.extract) --------------------------------------------
+
+
+@main.group("prepare")
+def prepare_cmd() -> None:
+    """Write or check a corpus manifest: one CSV row per utterance (docs/manifest.md)."""
+
+
+@prepare_cmd.command("iemocap")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="The manifest CSV to write.")
+def prepare_iemocap_cmd(root: str, out: str) -> None:
+    """Index IEMOCAP_full_release (ROOT) for the 4-class task: ang, hap (+exc), neu, sad.
+
+    Prints the counts per session and class, what was skipped as not data, and warnings (a
+    complete release gives 5,531 utterances).
+    """
+    from ..extract.iemocap import format_report, prepare_iemocap
+    from ..extract.manifest import write_manifest
+
+    report = prepare_iemocap(root)
+    click.echo(format_report(report))
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not report.rows:
+        raise click.ClickException(f"no 4-class utterances found under {report.root}")
+    write_manifest(out, report.rows)
+    click.echo(f"wrote {report.total} rows to {out}")
+
+
+@prepare_cmd.command("check")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+def prepare_check_cmd(manifest: str) -> None:
+    """Validate a manifest (yours or prepared): columns, rows, audio files present."""
+    from ..extract.manifest import check_manifest, read_manifest
+
+    summary, errors = check_manifest(read_manifest(manifest, strict=False))
+    for line in summary:
+        click.echo(line)
+    for line in errors[:-1]:
+        click.echo(f"error: {line}", err=True)
+    if errors:
+        raise click.ClickException(errors[-1])
+
+
+@prepare_cmd.command("demo")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True, help="Same seed, same corpus (byte for byte).")
+@click.option(
+    "--per-speaker",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=4),
+    help="Utterances per speaker (a multiple of 4); 10 speakers.",
+)
+def prepare_demo_cmd(out: str, seed: int, per_speaker: int) -> None:
+    """Write the built-in demo corpus into OUT: OUT/wav/*.wav and OUT/manifest.csv."""
+    from ..extract.demo import make_demo_corpus
+
+    click.echo(f"wrote the demo corpus: {make_demo_corpus(out, seed=seed, per_speaker=per_speaker)}")
+
+
+@main.command("encoders")
+@click.argument("spec", required=False)
+@click.option(
+    "--tiny-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the built-in tiny encoders are kept (default ~/.cache/ksr/tiny).",
+)
+def encoders_cmd(spec: str | None, tiny_dir: str | None) -> None:
+    """List the encoder specs; with SPEC, load it and print what it declares.
+
+    Examples: tiny-audio, paper-text, hf:facebook/wav2vec2-base@layer=6, hf:/models/my-wavlm.
+    """
+    from ..extract.encoders import available_specs, load_encoder
+
+    if spec is None:
+        for name, what in available_specs():
+            click.echo(f"{name:<48} {what}")
+        return
+    for key, value in load_encoder(spec, tiny_root=tiny_dir).describe().items():
+        click.echo(f"{key:<12} {value}")
+
+
+@main.command("extract")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The cache directory (created; a rerun continues it).",
+)
+@click.option(
+    "--audio-encoder",
+    default="paper-audio",
+    show_default=True,
+    help="Audio encoder spec (see `ksr encoders`); paper-audio = wav2vec 1.0 large from $KSR_WAV2VEC_LARGE.",
+)
+@click.option(
+    "--text-encoder",
+    default="paper-text",
+    show_default=True,
+    help="Text encoder spec; paper-text = RoBERTa large, last layer.",
+)
+@click.option(
+    "--classes",
+    default=None,
+    help="Class order, comma-separated (default: ang,neu,hap,sad for the 4-class IEMOCAP labels, else the manifest's labels sorted); other labels are skipped.",
+)
+@click.option("--corpus", default=None, help="Corpus name in the cache (default: from the manifest path).")
+@click.option(
+    "--dtype",
+    type=click.Choice(STORAGE_DTYPES),
+    default="float16",
+    show_default=True,
+    help="Storage dtype of the features.",
+)
+@click.option(
+    "--batch-seconds",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Padded audio per batch, in seconds (default 10 on CPU, 120 on GPU).",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (cuda in float16 when present, else cpu), cpu, cuda or cuda:N.",
+)
+@click.option("--shard-size", type=click.IntRange(min=1), default=None, help="Utterances per shard file (default 512).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def extract_cmd(
+    manifest, out, audio_encoder, text_encoder, classes, corpus, dtype, batch_seconds, device, shard_size, no_progress
+) -> None:
+    """Encode every utterance of MANIFEST with frozen encoders into a feature cache.
+
+    Resumable: a rerun skips what the cache holds. Utterances that cannot be used get one line
+    each in OUT/errors-<writer>.tsv and are counted in the summary. Under torchrun
+    (--nproc-per-node N) each rank extracts its share into its own shards.
+    """
+    from ..common import ranks_from_env
+    from ..extract.pipeline import DEFAULT_SHARD_SIZE, extract_corpus
+
+    class_list = None
+    if classes is not None:
+        class_list = [c.strip() for c in classes.split(",") if c.strip()]
+        if not class_list or len(set(class_list)) != len(class_list):
+            raise click.BadParameter(
+                f"expected distinct comma-separated names, got {classes!r}", param_hint="--classes"
+            )
+    ranks = ranks_from_env()
+    summary = extract_corpus(
+        manifest,
+        out,
+        audio_encoder,
+        text_encoder,
+        classes=class_list,
+        corpus=corpus,
+        dtype=dtype,
+        batch_seconds=batch_seconds,
+        shard_size=shard_size or DEFAULT_SHARD_SIZE,
+        device=device,
+        progress=not no_progress,
+        ranks=ranks,
+    )
+    if ranks.main:
+        click.echo(summary.format())

@@ -1,0 +1,340 @@
+"""The model commands: train, ablate, eval, predict, demo, convert-official."""
+
+from __future__ import annotations
+
+import click
+
+from . import main
+from .options import setup_training, training_options
+
+# --- model commands (ksr.fuse) ---------------------------------------------------------------
+
+
+@main.command("convert-official")
+@click.argument("best_pt", type=click.Path(dir_okay=False))
+@click.argument("out_pt", type=click.Path(dir_okay=False, writable=True))
+@click.option(
+    "--heads",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Attention heads the model was trained with (not stored in the weights).",
+)
+@click.option(
+    "--keep-rate",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Key-sparse keep rate the model was trained with (not stored in the weights).",
+)
+def convert_official_cmd(best_pt: str, out_pt: str, heads: int, keep_rate: float) -> None:
+    """Convert a checkpoint of the public KS-Transformer code into a ksr checkpoint.
+
+    BEST_PT is a file saved by the public implementation ({"epoch", "model", "optimizer"}, keys
+    optionally prefixed "module."). Dims, FFN widths, layer counts and classes are read from the
+    tensor shapes; every tensor is checked. OUT_PT loads with ksr.fuse.load_model().
+    """
+    from ..fuse import convert_official
+    from ..fuse.official import describe
+
+    model = convert_official(best_pt, out_pt, num_heads=heads, keep_rate=keep_rate)
+    click.echo(f"wrote {out_pt}: {describe(model.cfg)}, {heads} heads, keep rate {keep_rate}")
+
+
+@main.command("demo")
+@click.option(
+    "--data",
+    default="data/demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the generated corpus goes.",
+)
+@click.option(
+    "--cache",
+    "cache_dir",
+    default="caches/demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where its features go.",
+)
+@click.option(
+    "--run",
+    "run_dir",
+    default="runs/demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the runs and reports go.",
+)
+@click.option("--epochs", default=12, show_default=True, type=click.IntRange(min=1), help="Training epochs per fold.")
+@click.option(
+    "--compare/--no-compare", default=True, show_default=True, help="Also train audio-only and text-only models."
+)
+def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool) -> None:
+    """The whole pipeline on a built-in corpus, no downloads: corpus, extraction, 5 folds, report.
+
+    Generates the demo corpus (five sessions of two synthetic speakers; docs/demo.md), extracts
+    it with the tiny built-in encoders, trains a small KS-Transformer on every fold
+    (leave-one-session-out), and prints the cross-validation report (RUN/report.md, report.json).
+    With --compare it also trains audio-only and text-only models (RUN/audio-only, RUN/text-only).
+    Every step resumes: a rerun reuses the corpus, the cache and finished folds.
+
+    \b
+    How the demo departs from the paper's setting, to finish in minutes on 2 CPU cores:
+      model     one layer per stage, 4 heads, FFN 64, no attention-weight dropout,
+                classifier dropout 0.2; dims come from the tiny encoders (random weights)
+      schedule  AdamW, lr 4e-3, cosine, batch 16, 12 epochs (paper: SGD lr 5e-4, 120 epochs)
+      audio     230 frames (2.3 s) kept instead of 460
+    """
+    from pathlib import Path
+
+    from ..demo import run_demo
+    from ..fuse.report import to_markdown
+
+    result = run_demo(data, cache_dir, run_dir, epochs=epochs, compare=compare, say=click.echo)
+    click.echo("")
+    click.echo(to_markdown(result.fused_report))  # the fused model's cross-validation report
+    click.echo(f"demo: leave-one-session-out, 5 folds, {result.utterances} utterances, UA chance = 25%")
+    for label, s in result.summaries.items():
+        click.echo(
+            f"  {label:<11} WA {100 * s['wa']:6.2f}%  UA {100 * s['ua']:6.2f}%  "
+            f"(± {100 * s['ua_std_over_folds']:.2f} over folds)"
+        )
+    click.echo(f"report: {Path(run_dir) / 'report.md'} ({result.seconds:.0f} s)")
+
+
+@main.command("train")
+@training_options
+@click.option(
+    "--run",
+    "--run-dir",
+    "run_dir",
+    default="runs/main",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Run directory (config, checkpoints, reports); under torchrun spell it --run-dir.",
+)
+def train_cmd(run_dir, **options) -> None:
+    """Train one KS-Transformer per fold on a feature cache, then write the report.
+
+    Model dims and classes come from the cache; every other model setting has its own option
+    (the departures from the public code are listed by `ksr ablate departures --help`). Every
+    setting is saved in RUN/run.json; a killed run continues with --resume. Without --fold, all
+    folds of the protocol are trained. Under torchrun (e.g. torchrun --nproc-per-node 2
+    --no-python ksr train ...) the ranks train with DistributedDataParallel; rank 0 writes.
+    """
+    from pathlib import Path
+
+    from ..fuse.experiment import train_and_report
+    from ..fuse.runs import point_latest
+
+    run = Path(run_dir)
+    setup, folds, seeds = setup_training(options)
+    ranks = setup.ranks
+    say = click.echo if ranks.main else (lambda *a, **k: None)
+    say(
+        f"training {len(folds) if folds else 'all'} fold(s) x {len(seeds)} seed(s) on {setup.cache!r} -> {run}"
+        + (f" on {ranks.world} ranks" if ranks.world > 1 else "")
+    )
+    report = train_and_report(
+        setup.cache,
+        setup.spec,
+        run,
+        folds,
+        seeds,
+        setup.device,
+        ranks,
+        resume=options["resume"],
+        amp=options["amp"],
+        say=say,
+    )
+    if ranks.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    if report is None:
+        return
+    point_latest(run)
+    s = report["summary"]
+    click.echo(f"WA {100 * s['wa']:.2f}%  UA {100 * s['ua']:.2f}%  (mean over folds; report: {run / 'report.md'})")
+
+
+def _ablation_kinds() -> list[str]:
+    from ..fuse.experiment import ABLATIONS
+
+    return list(ABLATIONS)
+
+
+@main.command("ablate")
+@click.argument("kind", type=click.Choice(_ablation_kinds()))
+@training_options
+@click.option(
+    "--root",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Where the sweep's runs go (default runs/ablate-KIND).",
+)
+@click.option(
+    "--values",
+    default=None,
+    help="Comma-separated values (default: keep-rate 0.1..0.9, ccabs 0..4, key-sparse on,off, modality both,audio,text, departures all of them).",
+)
+def ablate_cmd(kind, root, values, **options) -> None:
+    """Train one run per value of an ablation and tabulate them (ablation.md/.csv/.json).
+
+    \b
+    departures: the public model against each named departure from it:
+      public                the public implementation's computation (the default model)
+      sinusoidal-positions  sinusoidal positional tables instead of fixed random ones
+      masked-pooling        mean pooling over the true frames/tokens only
+      mask-ccab-self        the CCAB self-attention layer masks padded keys
+      mask-fusion           the deep-fusion layers mask padded keys
+      single-ccab-residual  the CCAB stack's residual is added once, not twice
+      ks-renormalise        key-sparse rows renormalised to sum to 1
+      all                   every departure at once
+    """
+    from pathlib import Path
+
+    from ..fuse.experiment import ablation_markdown, run_ablation
+
+    setup, folds, seeds = setup_training(options)
+    if setup.ranks.world > 1:
+        raise click.ClickException("ksr ablate runs in one process; use torchrun with ksr train")
+    summary = run_ablation(
+        kind,
+        values.split(",") if values else None,
+        setup.cache,
+        setup.spec,
+        Path(root or f"runs/ablate-{kind}"),
+        folds,
+        seeds,
+        setup.device,
+        resume=options["resume"],
+        amp=options["amp"],
+        say=click.echo,
+    )
+    click.echo(ablation_markdown(summary))
+
+
+@main.command("eval")
+@click.option(
+    "--run",
+    "run_dir",
+    default="runs/latest",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="The run to evaluate (default: the last trained).",
+)
+@click.option(
+    "--fold",
+    "folds",
+    multiple=True,
+    type=click.IntRange(min=1),
+    help="Report only this fold (repeatable), e.g. --fold 5 (test = Session 5).",
+)
+@click.option(
+    "--cache",
+    "cache_dir",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Cache with the test utterances (default: the run's training cache).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Where to write the report (default: the run directory).",
+)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+def eval_cmd(run_dir, folds, cache_dir, out_dir, device) -> None:
+    """Evaluate the selected checkpoints on their test folds and write the report.
+
+    Per fold: WA (accuracy), UA (macro recall), macro F1, weighted F1, confusion matrix, selected
+    epoch; over folds: mean and std, and pooled over all test utterances. Written as JSON,
+    Markdown and CSV, with PNG confusion matrices and learning curves.
+    """
+    from pathlib import Path
+
+    from ..fuse.report import evaluate_saved_run, to_markdown, write_report
+
+    report = evaluate_saved_run(Path(run_dir), cache_dir, folds=list(folds) or None, device=device)
+    stem = "report" if not folds else "report_fold" + "_".join(str(f) for f in folds)
+    write_report(report, Path(out_dir) if out_dir else Path(run_dir), stem)
+    click.echo(to_markdown(report))
+
+
+# --- prediction (ksr.predict: extract + fuse) --------------------------------------------------
+
+
+@main.command("predict")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A ksr checkpoint, e.g. runs/main/seed123/fold5/best.pt.",
+)
+@click.option(
+    "--audio",
+    "audio_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The utterance's audio file (any rate or channel count; read as extraction reads it).",
+)
+@click.option("--text", default=None, help="The utterance's transcript (not needed by an audio-only model).")
+@click.option(
+    "--audio-encoder",
+    default=None,
+    help="Audio encoder spec (default: the one the checkpoint records); needed when the recorded name is a local folder.",
+)
+@click.option("--text-encoder", default=None, help="Text encoder spec (default: the one the checkpoint records).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Use the given encoders even when their weights or layer differ from the recorded ones.",
+)
+@click.option(
+    "--attention",
+    "attention_png",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Also draw the key-sparse cross attention of the last interaction layer into this PNG.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+def predict_cmd(
+    checkpoint, audio_path, text, audio_encoder, text_encoder, force, attention_png, as_json, device
+) -> None:
+    """Predict the emotion of one utterance with a trained checkpoint.
+
+    Features are made with the encoders recorded in the checkpoint (checked by their weights'
+    digest), cut, padded and stored-dtype rounded as the training cache was. Prints the label
+    and the class probabilities. See docs/predict.md.
+    """
+    import json
+
+    from ..predict import draw_attention, predict
+
+    result = predict(
+        checkpoint,
+        audio_path,
+        text,
+        audio_encoder=audio_encoder,
+        text_encoder=text_encoder,
+        device=device,
+        attention=attention_png is not None,
+        force=force,
+    )
+    if attention_png is not None:
+        try:
+            draw_attention(result, attention_png)
+        except OSError as e:  # the figure's folder is missing or not writable
+            raise click.ClickException(f"cannot write {attention_png}: {e.strerror or e}") from None
+    if as_json:
+        click.echo(json.dumps({**result.to_dict(), "attention_png": attention_png}, indent=1))
+        return
+    click.echo(f"label: {result.label}")
+    for name, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
+        click.echo(f"  {name:<12} {p:7.4f}  {'#' * round(40 * p)}")
+    if attention_png is not None:
+        click.echo(f"attention: {attention_png}")

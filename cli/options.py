@@ -1,0 +1,188 @@
+"""Options shared by ``ksr train`` and ``ksr ablate``; the model settings are generated from
+``ksr.fuse.config`` (one flag per ModelConfig field, with its help and its rules)."""
+
+from __future__ import annotations
+
+import click
+
+
+def _csv(kind, text: str | None, what: str) -> list | None:
+    """Comma-separated values of one type; an empty or malformed list is refused."""
+    if text is None:
+        return None
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise click.BadParameter(f"expected comma-separated {what}, got {text!r}")
+    return values
+
+
+def model_options(f):
+    """One option per ModelConfig setting, generated from the dataclass (its help and its rules)."""
+    from ..fuse.config import cli_settings, setting_problem
+
+    def check(field):
+        def callback(ctx, param, value):
+            if value is None:
+                return None
+            if isinstance(field.default, tuple):
+                value = tuple(_csv(int, value, "integers"))
+                if len(value) != len(field.default):
+                    raise click.BadParameter(f"expected {len(field.default)} comma-separated integers, got {value}")
+            problem = setting_problem(field, value)
+            if problem:
+                raise click.BadParameter(problem)
+            return value
+
+        return callback
+
+    for field in reversed(cli_settings()):
+        rule = field.metadata["cli"]
+        flag = rule["flag"] or "--" + field.name.replace("_", "-")
+        if isinstance(field.default, bool):
+            decls, kind = [f"{flag}/--no-{flag[2:]}", field.name], None
+        else:
+            decls = [flag, field.name]
+            kind = (
+                click.Choice(rule["choices"])
+                if rule["choices"]
+                else (str if isinstance(field.default, tuple) else type(field.default))
+            )
+        f = click.option(*decls, type=kind, default=None, callback=check(field), help=rule["help"])(f)
+    return f
+
+
+def training_options(f):
+    """The options ksr train and ksr ablate share (recipe, protocol, model settings, device)."""
+    from ..cache.reader import MODES
+    from ..fuse.folds import PROTOCOLS
+    from ..fuse.metrics import METRICS
+    from ..fuse.recipes import OPTIMIZERS, PRESETS, SCHEDULES
+    from ..fuse.runs import SELECTIONS
+
+    options = [
+        click.option(
+            "--cache",
+            "cache_dir",
+            required=True,
+            type=click.Path(exists=True, file_okay=False),
+            help="The feature cache to train on.",
+        ),
+        click.option(
+            "--recipe",
+            "recipe_name",
+            type=click.Choice(list(PRESETS)),
+            default="paper",
+            show_default=True,
+            help="Preset: paper = SGD lr 5e-4 halved every 30 epochs; official = the public code's SGD momentum 0.9 + cosine.",
+        ),
+        click.option(
+            "--protocol",
+            type=click.Choice(PROTOCOLS),
+            default="session",
+            show_default=True,
+            help="Leave-one-session-out (fold k tests Session k) or leave-one-speaker-out.",
+        ),
+        click.option(
+            "--fold",
+            "folds",
+            multiple=True,
+            type=click.IntRange(min=1),
+            help="Train only these folds (repeatable); default all.",
+        ),
+        click.option("--seeds", default=None, help="Comma-separated seeds (default: the recipe's, 123)."),
+        click.option(
+            "--select",
+            type=click.Choice(SELECTIONS),
+            default="valid",
+            show_default=True,
+            help="Pick the epoch on a validation set from the training sessions, or on the TEST set as the public code does (reports are marked).",
+        ),
+        click.option("--metric", type=click.Choice(METRICS), default="wa", show_default=True, help="Selection metric."),
+        click.option(
+            "--val-fraction",
+            default=0.1,
+            show_default=True,
+            type=click.FloatRange(0, 1, min_open=True, max_open=True),
+            help="Share of each class of the training sessions held out for validation.",
+        ),
+        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs."),
+        click.option(
+            "--lr",
+            type=click.FloatRange(0, 10, min_open=True),
+            default=None,
+            help="Override the recipe's learning rate.",
+        ),
+        click.option(
+            "--batch-size", type=click.IntRange(min=1), default=None, help="Override the recipe's batch size."
+        ),
+        click.option(
+            "--momentum",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=None,
+            help="Override the recipe's SGD momentum.",
+        ),
+        click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="Override the recipe's schedule."),
+        click.option(
+            "--optimizer",
+            type=click.Choice(OPTIMIZERS),
+            default=None,
+            help="Override the recipe's optimizer (both presets use SGD; the demo uses AdamW).",
+        ),
+        click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto."),
+        click.option(
+            "--amp/--no-amp", default=True, show_default=True, help="bfloat16 autocast on GPU (ignored on CPU)."
+        ),
+        click.option(
+            "--cache-mode",
+            type=click.Choice(MODES),
+            default="auto",
+            show_default=True,
+            help="Load the cache into memory or stream it from disk.",
+        ),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch."),
+    ]
+    f = model_options(f)  # listed after the training options in --help
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def setup_training(o: dict):
+    """(setup, folds, seeds) from the shared training options; model settings are checked before
+    a large cache is read."""
+    from ..fuse.config import cli_settings
+    from ..fuse.experiment import setup_training
+    from ..fuse.recipes import recipe
+
+    seeds = _csv(int, o["seeds"], "integer seeds")
+    r = recipe(
+        o["recipe_name"],
+        epochs=o["epochs"],
+        lr=o["lr"],
+        batch_size=o["batch_size"],
+        momentum=o["momentum"],
+        schedule=o["schedule"],
+        optimizer=o["optimizer"],
+    )
+    changes = {f.name: o[f.name] for f in cli_settings() if o[f.name] is not None}
+    setup = setup_training(
+        o["cache_dir"],
+        r,
+        changes,
+        protocol=o["protocol"],
+        select=o["select"],
+        metric=o["metric"],
+        val_fraction=o["val_fraction"],
+        device=o["device"],
+        cache_mode=o["cache_mode"],
+    )
+    if o["select"] == "test" and setup.ranks.main:
+        click.echo(
+            "warning: --select test picks each fold's epoch on its TEST set (the public code's protocol); "
+            "reports are marked as such",
+            err=True,
+        )
+    return setup, list(o["folds"]) or None, seeds or [r.seed]

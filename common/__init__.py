@@ -1,0 +1,30 @@
+"""Shared low-level helpers: constants, devices, ranks, durable files, test fault points.
+
+Every stage may import this package; it imports no stage (``../shared/DESIGN.md``).
+"""
+
+from .constants import MAX_AUDIO_FRAMES, MAX_TEXT_TOKENS, PAPER_CLASSES, SAMPLE_RATE
+from .devices import DeviceError, default_compute_dtype, resolve_device
+from .errors import KsrError
+from .files import atomic_save, atomic_write, fsync_path, remove_dead_temps, sha256_file, write_json
+from .ranks import Ranks, join_process_group, ranks_from_env
+
+__all__ = [
+    "MAX_AUDIO_FRAMES",
+    "MAX_TEXT_TOKENS",
+    "PAPER_CLASSES",
+    "SAMPLE_RATE",
+    "DeviceError",
+    "KsrError",
+    "Ranks",
+    "atomic_save",
+    "atomic_write",
+    "default_compute_dtype",
+    "fsync_path",
+    "join_process_group",
+    "ranks_from_env",
+    "remove_dead_temps",
+    "resolve_device",
+    "sha256_file",
+    "write_json",
+]

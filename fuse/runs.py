@@ -1,0 +1,208 @@
+"""Run directories: what a run trains, where its files live, and whether a cache fits it.
+
+This module is the only one that builds or parses a run directory's paths::
+
+    RUN/run.json                     the RunSpec: model config, recipe, protocol, selection, cache metadata
+    RUN/seed123/fold5/split.json     which utterance ids train, validate, test
+    RUN/seed123/fold5/state.pt       model, optimiser, scheduler, RNG states after the last epoch
+    RUN/seed123/fold5/best.pt        the selected epoch's model (a ksr checkpoint)
+    RUN/seed123/fold5/last.pt        the last epoch's model
+    RUN/seed123/fold5/history.json   per-epoch loss, lr and selection metrics
+    runs/latest                      a link to the last run ``ksr train`` finished (``ksr eval``'s default)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..cache import Cache, check_compatible
+from ..common import KsrError, remove_dead_temps, write_json
+from .config import ModelConfig, cache_dims
+from .folds import Split, fold_groups, make_split
+from .recipes import Recipe
+
+RUN_FILE = "run.json"
+#: Where a run picks each fold's epoch: a validation set drawn from the training sessions, or
+#: the test set (the public code's protocol; reports are marked).
+SELECTIONS = ("valid", "test")
+#: Where a run picks each fold's epoch: a validation set from the training sessions, or the test
+#: set (the public code's protocol; reports are marked).
+SELECTIONS = ("valid", "test")
+LATEST = Path("runs") / "latest"
+_FOLD_DIR = re.compile(r"seed(\d+)/fold(\d+)")
+# Settings that make two runs different runs (a resume must agree on every one).
+RUN_SETTINGS = ("model", "recipe", "protocol", "select", "metric", "val_fraction")
+# Cache metadata a trained model depends on: another cache must agree on these to be used with it.
+MODEL_CACHE_KEYS = ("audio_encoder", "text_encoder", "classes", "max_audio_len", "max_text_len")
+
+
+class RunError(KsrError, ValueError):
+    """A run directory that cannot be used as asked (the message says why and what to do)."""
+
+
+@dataclass
+class RunSpec:
+    """What a run trains. Saved as run.json; a resumed run must match it."""
+
+    model: ModelConfig
+    recipe: Recipe
+    protocol: str = "session"
+    select: str = "valid"  # "test" reproduces the public code's test-set selection
+    metric: str = "wa"
+    val_fraction: float = 0.1
+    cache_meta: dict[str, Any] = field(default_factory=dict)
+    cache_dir: str = ""  # where the training cache was (the default for ksr eval)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_dict(),
+            "recipe": self.recipe.to_dict(),
+            "protocol": self.protocol,
+            "select": self.select,
+            "metric": self.metric,
+            "val_fraction": self.val_fraction,
+            "cache_meta": self.cache_meta,
+            "cache_dir": self.cache_dir,
+            "ksr_version": __version__,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        return cls(
+            model=ModelConfig.from_dict(d["model"]),
+            recipe=Recipe.from_dict(d["recipe"]),
+            protocol=d["protocol"],
+            select=d["select"],
+            metric=d["metric"],
+            val_fraction=d["val_fraction"],
+            cache_meta=d["cache_meta"],
+            cache_dir=d.get("cache_dir", ""),
+        )
+
+
+# --- paths -------------------------------------------------------------------------------------
+
+
+def fold_dir(run_dir: Path, seed: int, fold: int) -> Path:
+    return Path(run_dir) / f"seed{seed}" / f"fold{fold}"
+
+
+def fold_checkpoint(run_dir: Path, seed: int, fold: int, which: str = "best") -> Path:
+    """``best.pt`` or ``last.pt`` of a fold, which must exist."""
+    path = fold_dir(run_dir, seed, fold) / f"{which}.pt"
+    if not path.is_file():
+        raise RunError(f"{path}: missing; fold {fold} (seed {seed}) has not finished an epoch")
+    return path
+
+
+def trained_folds(run_dir: Path) -> dict[int, list[int]]:
+    """{seed: [folds with a best.pt]} found in the run directory."""
+    found: dict[int, list[int]] = {}
+    for best in Path(run_dir).glob("seed*/fold*/best.pt"):
+        parsed = _FOLD_DIR.fullmatch(best.parent.relative_to(run_dir).as_posix())
+        if parsed:
+            found.setdefault(int(parsed[1]), []).append(int(parsed[2]))
+    return {s: sorted(f) for s, f in sorted(found.items())}
+
+
+def run_of_checkpoint(path: str | os.PathLike) -> Path | None:
+    """RUN for a checkpoint at ``RUN/seedS/foldK/name.pt`` whose RUN holds a run.json, else None."""
+    fold = Path(path).resolve().parent
+    if _FOLD_DIR.fullmatch(f"{fold.parent.name}/{fold.name}") and (fold.parent.parent / RUN_FILE).is_file():
+        return fold.parent.parent
+    return None
+
+
+def point_latest(run_dir: Path, latest: Path = LATEST) -> None:
+    """Make ``runs/latest`` point at ``run_dir`` (a convenience: failures are ignored)."""
+    try:
+        latest.parent.mkdir(exist_ok=True)
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        os.symlink(os.path.relpath(Path(run_dir).resolve(), latest.parent.resolve()), latest)
+    except OSError:
+        pass
+
+
+# --- run.json ----------------------------------------------------------------------------------
+
+
+def prepare_run(run_dir: Path, spec: RunSpec, resume: bool) -> RunSpec:
+    """Create the run directory, or check that a resumed one asks for the same run."""
+    path = Path(run_dir) / RUN_FILE
+    remove_dead_temps(run_dir)
+    if path.exists():
+        saved = load_run(run_dir).to_dict()
+        new = spec.to_dict()
+        differs = [k for k in RUN_SETTINGS if saved.get(k) != new[k]]
+        if differs:
+            raise RunError(
+                f"{run_dir} holds a run with other settings ({', '.join(differs)} differ); choose a new --run directory"
+            )
+        if not resume and any(Path(run_dir).glob("seed*/fold*/state.pt")):
+            raise RunError(f"{run_dir} already holds trained folds; pass --resume to continue or choose a new --run")
+        return RunSpec.from_dict(saved)
+    write_json(path, spec.to_dict())
+    return spec
+
+
+def load_run(run_dir: Path) -> RunSpec:
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no run.json here; train first (ksr train) or pass --run")
+    try:
+        return RunSpec.from_dict(json.loads(path.read_text()))
+    except (KeyError, ValueError, TypeError) as e:
+        raise RunError(f"{path}: not a ksr run description ({e})") from None
+
+
+def history_of(run_dir: Path, seed: int, fold: int) -> list[dict]:
+    path = fold_dir(run_dir, seed, fold) / "history.json"
+    return json.loads(path.read_text())["epochs"] if path.is_file() else []
+
+
+def write_split(out: Path, split: Split, select: str, ids: list[str]) -> None:
+    write_json(
+        out / "split.json",
+        {
+            "describe": split.describe(),
+            "protocol": split.protocol,
+            "fold": split.fold,
+            "test_group": split.test_group,
+            "select": select,
+            "train": [ids[i] for i in split.train],
+            "valid": [ids[i] for i in split.valid],
+            "test": [ids[i] for i in split.test],
+        },
+    )
+
+
+# --- the run and its cache ---------------------------------------------------------------------
+
+
+def model_config_for_cache(cache: Cache, base: ModelConfig, **changes: Any) -> ModelConfig:
+    """``base`` with ``changes`` and the cache's dims and classes, checked once as a whole (so
+    e.g. 12 heads fit a 768-dim cache though not the default 512 dims)."""
+    return base.replace(**changes, **cache_dims(cache.meta))
+
+
+def check_run_matches_cache(spec: RunSpec, cache: Cache, run_dir: Path) -> None:
+    """A run's model only fits caches made with the same encoders, dims and classes."""
+    expected = {k: v for k, v in spec.cache_meta.items() if k in MODEL_CACHE_KEYS}
+    check_compatible(cache.meta, expected, where=f"cache {cache.root} for run {run_dir}")
+
+
+def cache_split(cache: Cache, spec: RunSpec, fold: int, seed: int) -> Split:
+    return make_split(
+        spec.protocol, fold, cache.sessions, cache.speakers, cache.labels, val_fraction=spec.val_fraction, seed=seed
+    )
+
+
+def num_folds(cache: Cache, protocol: str) -> int:
+    return len(fold_groups(protocol, cache.sessions, cache.speakers))

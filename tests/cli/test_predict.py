@@ -1,0 +1,309 @@
+"""`ksr predict` on a shortened demo run: the demo pipeline end to end, then predictions that
+must equal the model on the cache's own features, the attention figure, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from support.reference_forward import module_attention_weights
+
+from ksr.cache import open_cache
+from ksr.cli import main
+from ksr.common import atomic_save
+from ksr.demo import AUDIO_FRAMES as DEMO_AUDIO_FRAMES
+from ksr.extract.demo import make_demo_corpus
+from ksr.extract.manifest import read_manifest, write_manifest
+from ksr.extract.pipeline import extract_corpus
+from ksr.fuse import KSTransformer, load_checkpoint, load_model, save_checkpoint
+from ksr.predict import PredictError, draw_attention, predict
+
+SEED = 123  # the official recipe's seed: the demo's run folder is seed123
+FOLD = 1  # tests Session 1
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A demo corpus of 40 utterances (4 per speaker), run through `ksr demo --epochs 1`."""
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_corpus(root / "data", seed=0, per_speaker=4)  # `ksr demo` reuses an existing corpus
+    env = {"KSR_CACHE_DIR": str(root / "k")}  # the tiny encoders are built here
+    args = [
+        "demo",
+        "--data",
+        str(root / "data"),
+        "--cache",
+        str(root / "cache"),
+        "--run",
+        str(root / "run"),
+        "--epochs",
+        "1",
+        "--no-compare",
+    ]
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 0, result.output
+    return {
+        "root": root,
+        "env": env,
+        "tiny": root / "k" / "tiny",
+        "run": root / "run",
+        "ckpt": root / "run" / f"seed{SEED}" / f"fold{FOLD}" / "best.pt",
+        "manifest": read_manifest(root / "data" / "manifest.csv"),
+        "output": result.output,
+    }
+
+
+@pytest.fixture(scope="module")
+def utterance(demo):
+    """A test utterance of fold 1 (Session 1)."""
+    return next(u for u in demo["manifest"].rows if str(u.session) == "1")
+
+
+@pytest.fixture(scope="module")
+def prediction(demo, utterance):
+    return predict(demo["ckpt"], utterance.audio, utterance.text, device="cpu", attention=True, tiny_root=demo["tiny"])
+
+
+def test_demo_pipeline_writes_report_and_records_cache_meta(demo):
+    report = json.loads((demo["run"] / "report.json").read_text())
+    for metric in ("wa", "ua"):
+        assert 0.0 <= report["summary"][metric] <= 1.0
+    cache = open_cache(demo["root"] / "cache", progress=False)
+    assert len(cache) == 40
+    for which in ("best", "last"):
+        meta = load_checkpoint(demo["ckpt"].with_name(f"{which}.pt"))["meta"]
+        assert meta["cache_meta"] == cache.meta.to_dict()  # what predict rebuilds features from
+
+
+def test_demo_prints_the_cross_validation_report(demo):
+    summary = json.loads((demo["run"] / "report.json").read_text())["summary"]
+    out = demo["output"]
+    assert "| 5 | Session 5 |" in out  # the per-fold table of the fused run
+    assert f"fused       WA {100 * summary['wa']:6.2f}%  UA {100 * summary['ua']:6.2f}%" in out
+
+
+def test_prediction_is_a_distribution_over_the_cache_classes(demo, prediction):
+    cache = open_cache(demo["root"] / "cache", progress=False)
+    probs = np.array(list(prediction.probabilities.values()))
+    assert list(prediction.probabilities) == list(cache.classes) == list(prediction.classes)
+    assert abs(probs.sum() - 1.0) < 1e-6 and ((probs >= 0) & (probs <= 1)).all()
+    assert prediction.label == cache.classes[int(np.argmax(probs))]
+    assert prediction.label == cache.classes[int(np.argmax(prediction.logits))]
+    assert prediction.encoders == {"audio": "tiny-audio@layer=2", "text": "tiny-text@layer=2"}
+
+
+def test_logits_equal_the_model_on_the_cached_features(demo, utterance, prediction, tmp_path):
+    model = load_model(demo["ckpt"])
+    # The demo cache encoded the utterance in a batch with others: the same features up to one
+    # float16 step where padding moved a float32 rounding; the logits agree to 1e-4.
+    cache = open_cache(demo["root"] / "cache", progress=False)
+    batch = cache.batch([cache.ids.index(utterance.id)])
+    inputs = prediction.inputs
+    assert (inputs.audio_len, inputs.text_len) == (batch.audio_lengths.item(), batch.text_lengths.item())
+    assert torch.equal(inputs.audio_padding_mask, batch.audio_padding_mask)
+    assert torch.equal(inputs.text_padding_mask, batch.text_padding_mask)
+    torch.testing.assert_close(inputs.audio, batch.audio, rtol=2**-10, atol=1e-7)
+    torch.testing.assert_close(inputs.text, batch.text, rtol=2**-10, atol=1e-7)
+    with torch.no_grad():
+        cached = model(batch.audio, batch.text, batch.audio_padding_mask, batch.text_padding_mask)[0]
+    torch.testing.assert_close(torch.from_numpy(prediction.logits), cached, rtol=0, atol=1e-4)
+
+    # Extracted alone (the same encoder call as predict's), the cache's row is predict's row
+    # exactly: the same cut, padding and float16 round trip, hence the same logits bit for bit.
+    one = write_manifest(tmp_path / "one" / "manifest.csv", [utterance])
+    extract_corpus(
+        one,
+        tmp_path / "cache",
+        "tiny-audio",
+        "tiny-text",
+        classes=cache.classes,
+        corpus="demo",
+        max_audio_len=DEMO_AUDIO_FRAMES,
+        device="cpu",
+        progress=False,
+        tiny_root=demo["tiny"],
+    )
+    alone = open_cache(tmp_path / "cache", progress=False).batch([0])
+    assert torch.equal(inputs.audio, alone.audio) and torch.equal(inputs.text, alone.text)
+    with torch.no_grad():
+        logits = model(alone.audio, alone.text, alone.audio_padding_mask, alone.text_padding_mask)[0]
+    assert torch.equal(torch.from_numpy(prediction.logits), logits)
+
+
+def test_attention_maps_are_the_key_sparse_weights_without_padding(demo, prediction):
+    maps = prediction.attention
+    inputs = prediction.inputs
+    la, lt = inputs.audio_len, inputs.text_len
+    assert maps.text_to_audio.shape == (4, lt, la) and maps.audio_to_text.shape == (4, la, lt)
+    assert len(maps.tokens) == lt and maps.tokens[0] == "<s>"
+    np.testing.assert_allclose(maps.frame_times, np.arange(la) / 100.0)  # tiny-audio: 100 frames/s
+    # Independent computation: the inputs of the last CCAB's cross attention, captured by hooks,
+    # and its weights computed head by head by the test's own reference.
+    model = load_model(demo["ckpt"])
+    captured = {}
+    last = model.cfg.num_layers[1] - 1
+    for name, stack in (("to_audio", model.text_ccabs), ("to_text", model.audio_ccabs)):
+        attention = stack.blocks[last].cross_block.layers[-1].attention
+        attention.register_forward_hook(lambda m, args, out, name=name: captured.update({name: (m, args)}))
+    with torch.no_grad():
+        model(inputs.audio, inputs.text, inputs.audio_padding_mask, inputs.text_padding_mask)
+    full = {
+        name: module_attention_weights(m, args[0], args[1], args[3], model.cfg.keep_rate)[0]
+        for name, (m, args) in captured.items()
+    }
+    full_to_audio, full_to_text = full["to_audio"], full["to_text"]
+    np.testing.assert_allclose(maps.text_to_audio, full_to_audio[:, :lt, :la].numpy(), atol=1e-6)
+    np.testing.assert_allclose(maps.audio_to_text, full_to_text[:, :la, :lt].numpy(), atol=1e-6)
+    # Padded keys get nothing; key sparsity keeps int(S * 0.5) keys of the FULL length S
+    # (padding included) and zeroes the others' columns exactly, so rows sum to at most 1.
+    assert (full_to_audio[:, :, la:] == 0).all() and (full_to_text[:, :, lt:] == 0).all()
+    for weights, keys in ((maps.text_to_audio, DEMO_AUDIO_FRAMES), (maps.audio_to_text, 20)):
+        assert (weights.sum(-1) <= 1 + 1e-6).all()
+        kept = (weights != 0).any(axis=1)  # (H, keys): columns anyone attends to
+        assert (kept.sum(-1) <= int(keys * 0.5)).all()
+        assert (kept.sum(-1) < weights.shape[-1]).all()  # something was dropped in every head
+
+
+def test_cli_prints_json_and_draws_the_attention_png(demo, utterance, prediction, tmp_path):
+    png = tmp_path / "attention.png"
+    args = [
+        "predict",
+        "--checkpoint",
+        str(demo["ckpt"]),
+        "--audio",
+        str(utterance.audio),
+        "--text",
+        utterance.text,
+        "--device",
+        "cpu",
+        "--attention",
+        str(png),
+        "--json",
+    ]
+    result = CliRunner().invoke(main, args, env=demo["env"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["label"] == prediction.label and out["attention_png"] == str(png)
+    np.testing.assert_allclose(list(out["probabilities"].values()), list(prediction.probabilities.values()))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+
+    table = CliRunner().invoke(main, args[:-3], env=demo["env"])  # no --attention, no --json
+    assert table.exit_code == 0, table.output
+    lines = table.output.splitlines()
+    assert lines[0] == f"label: {prediction.label}"
+    shown = [float(line.split()[1]) for line in lines[1:]]
+    assert shown == sorted(shown, reverse=True) and len(shown) == 4
+
+
+def test_draw_attention_needs_maps(prediction, tmp_path):
+    draw_attention(prediction, tmp_path / "a.png")
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    prediction_without = type(prediction)(**{**prediction.__dict__, "attention": None})
+    with pytest.raises(PredictError, match=r"no attention maps: call predict\(\.\.\., attention=True\)"):
+        draw_attention(prediction_without, tmp_path / "b.png")
+
+
+# --- refusals and fallbacks ----------------------------------------------------------------------
+
+
+def test_fused_model_needs_text(demo, utterance):
+    with pytest.raises(PredictError, match=r"best\.pt: this both model needs the utterance's transcript \(--text\)$"):
+        predict(demo["ckpt"], utterance.audio, None, device="cpu", tiny_root=demo["tiny"])
+    result = CliRunner().invoke(
+        main, ["predict", "--checkpoint", str(demo["ckpt"]), "--audio", str(utterance.audio)], env=demo["env"]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {demo['ckpt']}: this both model needs the utterance's transcript (--text)"
+
+
+def test_missing_audio_file(demo, tmp_path):
+    missing = tmp_path / "nope.wav"
+    with pytest.raises(PredictError, match=rf"^--audio: audio file not found: {missing}$"):
+        predict(demo["ckpt"], missing, "hello", device="cpu", tiny_root=demo["tiny"])
+
+
+def test_bad_device_and_unwritable_figure_are_one_line(demo, utterance, tmp_path):
+    base = ["predict", "--checkpoint", str(demo["ckpt"]), "--audio", str(utterance.audio), "--text", utterance.text]
+    result = CliRunner().invoke(main, [*base, "--device", "gpu"], env=demo["env"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: --device gpu: not a device; use auto, cpu, cuda or cuda:N"
+    png = tmp_path / "no-such-folder" / "a.png"
+    result = CliRunner().invoke(main, [*base, "--device", "cpu", "--attention", str(png)], env=demo["env"])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: cannot write {png}: No such file or directory"
+
+
+def without_cache_meta(ckpt_path: Path, out: Path) -> Path:
+    """The checkpoint as an older ksr wrote it: no cache_meta in its meta."""
+    raw = torch.load(ckpt_path, weights_only=True)
+    raw["meta"] = {k: v for k, v in raw["meta"].items() if k != "cache_meta"}
+    return atomic_save(raw, out)
+
+
+def test_checkpoint_without_cache_meta_or_run_json(demo, utterance, tmp_path):
+    old = without_cache_meta(demo["ckpt"], tmp_path / "old.pt")
+    with pytest.raises(
+        PredictError,
+        match=r"old\.pt: the checkpoint records no cache metadata .* no run\.json two "
+        r"folders above its fold folder; predict with a checkpoint written by "
+        r"`ksr train`$",
+    ):
+        predict(old, utterance.audio, utterance.text, device="cpu", tiny_root=demo["tiny"])
+
+
+def test_older_checkpoint_falls_back_to_run_json(demo, utterance, prediction, tmp_path):
+    run = tmp_path / "run"
+    old = without_cache_meta(demo["ckpt"], run / "seed1" / "fold1" / "best.pt")
+    shutil.copy(demo["run"] / "run.json", run / "run.json")
+    again = predict(old, utterance.audio, utterance.text, device="cpu", tiny_root=demo["tiny"])
+    assert np.array_equal(again.logits, prediction.logits)
+
+
+def test_encoder_digest_mismatch_is_refused_unless_forced(demo, utterance, prediction, tmp_path):
+    raw = load_checkpoint(demo["ckpt"])
+    model = load_model(demo["ckpt"])
+    meta = raw["meta"]["cache_meta"]
+    real = meta["audio_encoder"]["checkpoint_digest"]
+    fake = "sha256:" + "0" * 64
+    meta["audio_encoder"]["checkpoint_digest"] = fake
+    path = save_checkpoint(tmp_path / "other.pt", model, raw["meta"])
+    with pytest.raises(PredictError) as info:
+        predict(path, utterance.audio, utterance.text, device="cpu", tiny_root=demo["tiny"])
+    assert str(info.value) == (
+        f"audio encoder tiny-audio@layer=2 (weights {real}, layer 2) is not the one the checkpoint was trained "
+        f"with (tiny-audio, weights {fake}, layer 2); pass that encoder with --audio-encoder, or --force to "
+        f"predict anyway"
+    )
+    forced = predict(path, utterance.audio, utterance.text, device="cpu", force=True, tiny_root=demo["tiny"])
+    assert np.array_equal(forced.logits, prediction.logits)
+
+
+def test_audio_only_model_needs_no_text(demo, utterance):
+    raw = load_checkpoint(demo["ckpt"])
+    torch.manual_seed(0)
+    audio_only = KSTransformer(load_model(demo["ckpt"]).cfg.replace(modalities="audio"))
+    path = save_checkpoint(demo["root"] / "audio-only.pt", audio_only, raw["meta"])
+    result = predict(path, utterance.audio, None, device="cpu", tiny_root=demo["tiny"])
+    assert abs(sum(result.probabilities.values()) - 1) < 1e-6 and result.encoders == {"audio": "tiny-audio@layer=2"}
+    assert result.inputs.text is None and result.inputs.tokens == []
+    with pytest.raises(
+        PredictError, match=r"^--attention: this audio-only model has no cross-modal attention to draw$"
+    ):
+        predict(path, utterance.audio, None, device="cpu", attention=True, tiny_root=demo["tiny"])
+
+
+def test_tokens_read_as_words_in_the_figure():
+    from ksr.predict import readable_token
+
+    assert [readable_token(t) for t in ["\u0120phone", "\u0120", "<s>", "\u2581was", "af"]] == [
+        "phone",
+        "\u2423",
+        "<s>",
+        "was",
+        "af",
+    ]
