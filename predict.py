@@ -228,6 +228,8 @@ def text_inputs(encoder: TextEncoder, text: str, meta: CacheMeta) -> tuple[torch
 
 
 def check_has_cross_attention(model: KSTransformer) -> None:
+    if model.cfg.architecture != "ks-transformer":
+        raise PredictError(f"--attention: this {model.cfg.architecture} baseline has no cross-modal attention to draw")
     if model.cfg.modalities != "both":
         raise PredictError(f"--attention: this {model.cfg.modalities}-only model has no cross-modal attention to draw")
     if not model.cfg.num_layers[1]:

@@ -113,7 +113,13 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     type=click.Path(file_okay=False),
     help="Run directory (config, checkpoints, reports); under torchrun spell it --run-dir.",
 )
-def train_cmd(run_dir, **options) -> None:
+@click.option(
+    "--baseline/--no-baseline",
+    default=True,
+    show_default=True,
+    help="Also fit the linear-probe baseline on the same folds (seconds; RUN/baseline-probe) and report it beside the model.",
+)
+def train_cmd(run_dir, baseline, **options) -> None:
     """Train one KS-Transformer per fold on a feature cache, then write the report.
 
     Model dims and classes come from the cache; every other model setting has its own option
@@ -146,6 +152,7 @@ def train_cmd(run_dir, **options) -> None:
         resume=options["resume"],
         amp=options["amp"],
         say=say,
+        baseline=baseline,
     )
     if ranks.world > 1:
         import torch.distributed as dist
@@ -157,6 +164,8 @@ def train_cmd(run_dir, **options) -> None:
     point_latest(run)
     s = report["summary"]
     click.echo(f"WA {100 * s['wa']:.2f}%  UA {100 * s['ua']:.2f}%  (mean over folds; report: {run / 'report.md'})")
+    for name, b in report.get("baselines", {}).items():
+        click.echo(f"  {name}: WA {100 * b['summary']['wa']:.2f}%  UA {100 * b['summary']['ua']:.2f}% (same folds)")
 
 
 def _ablation_kinds() -> list[str]:

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..common import KsrError, atomic_save
+from .architectures import build_model
 from .config import ModelConfig
-from .model import KSTransformer
 
 FORMAT = "ksr-checkpoint"
 FORMAT_VERSION = 1
@@ -30,7 +30,7 @@ class CheckpointError(KsrError, ValueError):
     """A checkpoint that cannot be read as what the caller asked for (the message says why)."""
 
 
-def save_checkpoint(path: str | os.PathLike, model: KSTransformer, meta: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any] | None = None) -> Path:
     """Write the model as a ksr checkpoint (atomically, see ``atomic_save``)."""
     payload = {
         "format": FORMAT,
@@ -110,7 +110,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_model_and_meta(
     path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[KSTransformer, dict[str, Any]]:
+) -> tuple[nn.Module, dict[str, Any]]:
     """The model stored in a ksr checkpoint (eval mode, on ``device``) and the checkpoint's
     ``meta`` (fold, seed, epoch, and the training cache's metadata). The one checkpoint loader:
     ``ksr eval``, ``ksr predict`` and :func:`load_model` all read checkpoints through it."""
@@ -120,13 +120,13 @@ def load_model_and_meta(
         state = ckpt["model"]
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: bad model config: {e}") from None
-    model = KSTransformer(cfg)
+    model = build_model(cfg)
     load_state_strict(model, state, str(path))
     meta = ckpt.get("meta")
     return model.to(device).eval(), dict(meta) if isinstance(meta, dict) else {}
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> KSTransformer:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """The model stored in a ksr checkpoint, in eval mode, on ``device``."""
     return load_model_and_meta(path, device)[0]
 

@@ -29,6 +29,10 @@ POOLINGS = ("all_positions", "masked")
 CCAB_RESIDUALS = ("double", "single")
 ATTENTION_IMPLS = ("fast", "plain")
 KEY_SPARSE_PLACES = ("interaction+fusion", "none")
+# "ks-transformer" is the paper's model; the others are the baselines every result stands beside
+# (fuse/baselines.py): the SUPERB/EmoBox head and a linear probe on pooled statistics.
+ARCHITECTURES = ("ks-transformer", "head", "probe")
+INPUT_NORMS = ("none", "standardize")
 # Model fields the cache decides: the features' dims and the classes.
 CACHE_FIELDS = ("audio_dim", "text_dim", "num_classes")
 
@@ -65,6 +69,14 @@ def setting(
 
 @dataclass
 class ModelConfig:
+    architecture: str = setting(
+        "ks-transformer",
+        "ks-transformer (the paper's model), or a baseline on the same folds and reports: head = "
+        "linear, ReLU, masked mean pooling, linear (SUPERB/EmoBox); probe = logistic regression on "
+        "standardised mean+std pooling (scikit-learn).",
+        flag="--model",
+        choices=ARCHITECTURES,
+    )
     # Dims and classes come from the cache's features (CACHE_FIELDS): never set by hand.
     audio_dim: int = 512
     text_dim: int = 1024
@@ -99,6 +111,16 @@ class ModelConfig:
     # stack and pooling (no CCABs: there is nothing to attend to) for the unimodal ablations.
     modalities: str = setting(
         "both", "Audio-only or text-only models for the unimodal ablations (default both).", choices=MODALITIES
+    )
+    head_dim: int = setting(256, "Hidden width of the head baseline (default 256).", low=1)
+    # Per-dimension standardisation of the input features with statistics of the training
+    # utterances' true frames (stored in the model, so a checkpoint carries them). The public
+    # code feeds the features as they are: "none" reproduces it.
+    input_norm: str = setting(
+        "none",
+        "Departure: standardize = z-score each feature dimension with the training fold's statistics "
+        "(true frames only) before the model.",
+        choices=INPUT_NORMS,
     )
     # "fast" (fuse.fast_attention) computes what "plain" computes, without keeping the
     # attention maps; "plain" performs the public code's operations and is the reference.
@@ -139,7 +161,8 @@ class ModelConfig:
             problems.append(f"num_layers must be 3 counts (unimodal, ccab, fusion), got {self.num_layers}")
         for name in ("audio_dim", "text_dim"):
             dim = getattr(self, name)
-            if dim <= 0 or (self.num_heads >= 1 and dim % self.num_heads):
+            heads_split = self.architecture == "ks-transformer" and self.num_heads >= 1
+            if dim <= 0 or (heads_split and dim % self.num_heads):
                 problems.append(f"{name}={dim} must be a positive multiple of num_heads={self.num_heads}")
         if self.num_classes < 2:
             problems.append(f"num_classes must be >= 2, got {self.num_classes}")
@@ -174,6 +197,7 @@ DEPARTURES: dict[str, dict[str, Any]] = {
     "mask-fusion": {"mask_fusion": True},
     "single-ccab-residual": {"ccab_residual": "single"},
     "ks-renormalise": {"ks_renormalise": True},
+    "standardize-input": {"input_norm": "standardize"},
 }
 DEPARTURES["all"] = {k: v for changes in DEPARTURES.values() for k, v in changes.items()}
 

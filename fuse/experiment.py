@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +11,11 @@ import torch
 
 from ..cache import Cache, open_cache
 from ..common import Ranks, join_process_group, resolve_device, write_json
-from .config import DEPARTURES, ModelConfig, apply_departure
+from .config import ARCHITECTURES, DEPARTURES, ModelConfig, apply_departure
 from .metrics import METRICS
 from .recipes import Recipe
-from .report import evaluate_run, write_report
-from .runs import RunSpec, model_config_for_cache, num_folds, prepare_run
+from .report import attach_baseline, evaluate_run, write_report
+from .runs import RunSpec, baseline_dir, model_config_for_cache, num_folds, prepare_run
 from .training import train_fold
 
 ABLATIONS = {
@@ -38,6 +38,8 @@ ABLATIONS = {
     "modality": (["both", "audio", "text"], lambda cfg, v: cfg.replace(modalities=str(v)), "modalities"),
     # The public model against each named departure from it (fuse.config.DEPARTURES).
     "departures": (list(DEPARTURES), apply_departure, "departure"),
+    # The paper's claim, "KS-T beats the usual recipes": the model against its baselines.
+    "baselines": (list(ARCHITECTURES), lambda cfg, v: cfg.replace(architecture=str(v)), "model"),
 }
 
 
@@ -95,8 +97,13 @@ def train_and_report(
     resume: bool = False,
     amp: bool = True,
     say: Callable[[str], Any] = print,
+    baseline: bool = True,
 ) -> dict[str, Any] | None:
-    """Train every requested fold and seed, then evaluate and write the report (rank 0)."""
+    """Train every requested fold and seed, then evaluate and write the report (rank 0).
+
+    With ``baseline`` (and a model that is not itself the probe), the linear probe is fitted on
+    the same folds, seeds and selection into RUN/baseline-probe (seconds), and the report shows
+    it beside the model."""
     if ranks.main:
         spec = prepare_run(run_dir, spec, resume)
     ranks.barrier()
@@ -113,6 +120,16 @@ def train_and_report(
     if not ranks.main:
         return None
     report = evaluate_run(run_dir, cache, spec, device=device)
+    if baseline and spec.model.architecture != "probe":
+        probe_dir = baseline_dir(run_dir)
+        probe_spec = replace(spec, model=spec.model.replace(architecture="probe"))
+        probe_spec = prepare_run(probe_dir, probe_spec, resume=True)
+        for seed in seeds:
+            for fold in fold_list:
+                train_fold(cache, probe_spec, probe_dir, fold, seed, device, resume=True, ranks=Ranks())
+        probe_report = evaluate_run(probe_dir, cache, probe_spec, device=device)
+        write_report(probe_report, probe_dir)
+        attach_baseline(report, "linear probe", probe_report)
     write_report(report, run_dir)
     return report
 
@@ -147,7 +164,9 @@ def run_ablation(
         spec = RunSpec(**{**base.__dict__, "model": model})
         run_dir = root / f"{kind}-{value}"
         say(f"== {label} = {value} -> {run_dir}")
-        report = train_and_report(cache, spec, run_dir, folds, seeds, device, resume=resume, amp=amp, say=say)
+        report = train_and_report(
+            cache, spec, run_dir, folds, seeds, device, resume=resume, amp=amp, say=say, baseline=False
+        )
         s = report["summary"]
         rows.append(
             {

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .ccab import CCABStack
 from .config import ModelConfig
 from .layers import LayerStack
+from .normalise import InputStandardizer
 
 
 def pool(x: Tensor, padding_mask: Tensor | None, masked: bool) -> Tensor:
@@ -61,6 +62,10 @@ class KSTransformer(nn.Module):
             nn.Dropout(cfg.classifier_dropout),
             nn.Linear(width // 4, cfg.num_classes),
         )
+        # Buffers only (no random draws): the same seed still gives the public code's weights.
+        standardize = cfg.input_norm == "standardize"
+        self.audio_input_norm = InputStandardizer(da) if standardize and use_audio else None
+        self.text_input_norm = InputStandardizer(dt) if standardize and use_text else None
 
     def check_inputs(self, audio: Tensor, text: Tensor, audio_mask: Tensor | None, text_mask: Tensor | None) -> None:
         cfg = self.cfg
@@ -103,6 +108,8 @@ class KSTransformer(nn.Module):
         if cfg.modalities != "both":
             return self.forward_unimodal(audio, text, audio_padding_mask, text_padding_mask)
         self.check_inputs(audio, text, audio_padding_mask, text_padding_mask)
+        audio = self._standardized(audio, audio_padding_mask, self.audio_input_norm)
+        text = self._standardized(text, text_padding_mask, self.text_input_norm)
         a = self.audio_encoder(audio, key_padding_mask=audio_padding_mask)
         t = self.text_encoder(text, key_padding_mask=text_padding_mask)
         # Both directions read the unimodal outputs; neither sees the other's interaction output.
@@ -143,9 +150,15 @@ class KSTransformer(nn.Module):
         if x is None or x.dim() != 3 or x.shape[-1] != dim:
             shape = None if x is None else tuple(x.shape)
             raise ValueError(f"this {name}-only model needs {name} features (batch, length, {dim}), got {shape}")
+        x = self._standardized(x, mask, self.audio_input_norm if name == "audio" else self.text_input_norm)
         x = unimodal(x, key_padding_mask=mask)
         x = fusion(x, key_padding_mask=mask if cfg.mask_fusion else None)
         return self.classifier(pool(x, mask, cfg.pooling == "masked"))
+
+    @staticmethod
+    def _standardized(x: Tensor, mask: Tensor | None, standardizer: InputStandardizer | None) -> Tensor:
+        """The features as the stacks read them (``input_norm``; the public code: unchanged)."""
+        return x if standardizer is None else standardizer(x, mask)
 
     @contextmanager
     def _recording_cross_attention(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from .metrics import METRICS, mean_std, scores
 from .runs import (
     RunError,
     RunSpec,
+    baseline_dir,
     cache_split,
     check_run_matches_cache,
     fold_checkpoint,
@@ -92,6 +94,7 @@ def evaluate_run(
         summary.update({f"{m}_std_over_seeds": mean_std(v)[1] for m, v in seed_means.items()})
     return {
         "run": str(run_dir),
+        "model": model_name(spec.model),
         "protocol": spec.protocol,
         "fold_naming": fold_naming(spec),
         "select": spec.select,
@@ -116,7 +119,36 @@ def evaluate_saved_run(
         raise RunError(f"the run's cache {source!r} is not there; pass --cache")
     dev = resolve_device(device)
     cache = open_cache(source, device=dev if dev.type == "cuda" else "cpu")
-    return evaluate_run(run_dir, cache, spec, folds=folds, device=dev)
+    report = evaluate_run(run_dir, cache, spec, folds=folds, device=dev)
+    probe_dir = baseline_dir(run_dir)
+    if (probe_dir / "run.json").is_file() and trained_folds(probe_dir):
+        attach_baseline(
+            report, "linear probe", evaluate_run(probe_dir, cache, load_run(probe_dir), folds=folds, device=dev)
+        )
+    return report
+
+
+def model_name(cfg) -> str:
+    """How reports name a model: its architecture, and the modalities unless both."""
+    names = {"ks-transformer": "KS-Transformer", "head": "head baseline", "probe": "linear probe"}
+    name = names.get(cfg.architecture, cfg.architecture)
+    return name if cfg.modalities == "both" else f"{name}, {cfg.modalities} only"
+
+
+def attach_baseline(report: dict[str, Any], name: str, baseline: dict[str, Any]) -> None:
+    """Put a baseline's summary (same cache, folds, seeds, selection) into ``report``."""
+    report.setdefault("baselines", {})[name] = {
+        "run": os.path.relpath(baseline["run"], report["run"]),  # the reports move with their run folder
+        "model": baseline.get("model", name),
+        "summary": baseline["summary"],
+    }
+
+
+def comparison_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
+    """(name, summary) of the model and each baseline attached to its report."""
+    return [(report.get("model", "model"), report["summary"])] + [
+        (b["model"], b["summary"]) for b in report.get("baselines", {}).values()
+    ]
 
 
 def fold_index_session(test_group: str) -> int:
@@ -129,6 +161,8 @@ def pct(x: float) -> str:
 
 def to_markdown(report: dict[str, Any]) -> str:
     lines = [f"# ksr report: {report['run']}", ""]
+    if "model" in report:
+        lines += [f"Model: {report['model']}.", ""]
     if report["select"] == "test":
         lines += [f"**{report['note']}.**", ""]
     else:
@@ -146,6 +180,20 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     if "wa_std_over_seeds" in s:
         lines.append("| std over seeds | " + " | ".join(pct(s[m + "_std_over_seeds"]) for m in METRICS) + " |")
+    if report.get("baselines"):
+        lines += [
+            "",
+            "Beside its baselines (same cache, folds, seeds and selection; mean ± std over folds):",
+            "",
+            "| model | WA % | UA % | macro F1 % | weighted F1 % |",
+            "|---|---|---|---|---|",
+        ]
+        for name, summary in comparison_rows(report):
+            lines.append(
+                f"| {name} | "
+                + " | ".join(f"{pct(summary[m])} ± {pct(summary[m + '_std_over_folds'])}" for m in METRICS)
+                + " |"
+            )
     for seed, sr in report["seeds"].items():
         lines += [
             "",
@@ -184,6 +232,8 @@ def to_csv(report: dict[str, Any]) -> str:
         p = sr["pooled"]
         w.writerow([seed, "pooled", "all", "", p["n"], *(f"{p[m]:.6f}" for m in METRICS)])
     w.writerow(["all", "mean", "", "", "", *(f"{report['summary'][m]:.6f}" for m in METRICS)])
+    for name, baseline in report.get("baselines", {}).items():
+        w.writerow(["baseline", "mean", name, "", "", *(f"{baseline['summary'][m]:.6f}" for m in METRICS)])
     return buf.getvalue()
 
 

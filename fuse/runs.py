@@ -93,6 +93,11 @@ def fold_dir(run_dir: Path, seed: int, fold: int) -> Path:
     return Path(run_dir) / f"seed{seed}" / f"fold{fold}"
 
 
+def baseline_dir(run_dir: Path) -> Path:
+    """Where ``ksr train`` fits the linear-probe baseline of a run (same folds, seeds, selection)."""
+    return Path(run_dir) / "baseline-probe"
+
+
 def fold_checkpoint(run_dir: Path, seed: int, fold: int, which: str = "best") -> Path:
     """``best.pt`` or ``last.pt`` of a fold, which must exist."""
     path = fold_dir(run_dir, seed, fold) / f"{which}.pt"

@@ -7,6 +7,7 @@ ends with the same numbers.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ from tqdm.auto import tqdm
 
 from ..cache import Cache
 from ..common import Ranks, atomic_save, faults, remove_dead_temps, write_json
+from .architectures import build_model
+from .baselines import PROBE_C_GRID, fit_probe, pooled_features
 from .checkpoint import CheckpointError, load_state_strict, read_torch_file, save_checkpoint
 from .inference import autocast, infer
 from .metrics import METRICS, scores
-from .model import KSTransformer
+from .normalise import fit_standardizers
 from .recipes import build_optimizer, build_scheduler
 from .runs import RunError, RunSpec, cache_split, fold_dir, write_split
 
@@ -71,9 +74,12 @@ def train_fold(
         remove_dead_temps(out)  # writes a killed run never finished
         write_split(out, split, spec.select, cache.ids)
 
+    if spec.model.architecture == "probe":
+        return fit_probe_fold(cache, spec, out, split, selection, fold, seed, device, ranks)
     r = spec.recipe
     torch.manual_seed(seed)
-    model = KSTransformer(spec.model).to(device)
+    model = build_model(spec.model).to(device)
+    fit_standardizers(model, cache, split.train)  # input_norm="standardize" only: training utterances' statistics
     optimizer = build_optimizer(model.parameters(), r)
     scheduler = build_scheduler(optimizer, r)
     shuffle = torch.Generator().manual_seed(seed * 1000 + fold)
@@ -177,6 +183,71 @@ def train_fold(
         epochs.set_postfix(loss=f"{record['train_loss']:.3f}", **{spec.metric: f"{sel[spec.metric]:.3f}"})
         if on_epoch is not None:
             on_epoch(epoch, record)
+    return FoldOutcome(fold, seed, best["epoch"], best["value"], len(history), time.perf_counter() - began)
+
+
+def fit_probe_fold(
+    cache: Cache,
+    spec: RunSpec,
+    out: Path,
+    split,
+    selection: np.ndarray,
+    fold: int,
+    seed: int,
+    device: torch.device,
+    ranks: Ranks,
+) -> FoldOutcome:
+    """The probe baseline's "training": one scikit-learn fit per C of ``PROBE_C_GRID`` on the
+    training utterances, the C whose model scores best on the selection set kept (as an epoch
+    would be). Each C is recorded in history.json as one "epoch"; best.pt holds the chosen one."""
+    began = time.perf_counter()
+    if (out / "best.pt").exists() and (out / "history.json").exists():
+        history = json.loads((out / "history.json").read_text())
+        return FoldOutcome(fold, seed, history["best"]["epoch"], history["best"]["value"], len(history["epochs"]), 0.0)
+    model = build_model(spec.model).to(device)
+    features = pooled_features(model, cache, split.train)
+    labels = cache.labels[split.train]
+    history, best = [], {"epoch": -1, "value": -1.0}
+    for epoch, c in enumerate(PROBE_C_GRID):
+        fit_probe(model, features, labels, c, seed)
+        selected = infer(model, cache, selection, 256, device)
+        sel = scores(cache.labels[selection], selected.preds, spec.model.num_classes)
+        train_loss = infer(model, cache, split.train, 256, device).loss
+        history.append(
+            {
+                "epoch": epoch,
+                "C": c,
+                "train_loss": train_loss,
+                f"{spec.select}_loss": selected.loss,
+                **{f"{spec.select}_{m}": sel[m] for m in METRICS},
+            }
+        )
+        if sel[spec.metric] > best["value"]:
+            best = {"epoch": epoch, "value": sel[spec.metric]}
+            if ranks.main:
+                save_checkpoint(
+                    out / "best.pt",
+                    model,
+                    {
+                        "fold": fold,
+                        "seed": seed,
+                        "epoch": epoch,
+                        "C": c,
+                        "select": spec.select,
+                        "metric": spec.metric,
+                        "test_group": split.test_group,
+                        "protocol": spec.protocol,
+                        "cache_meta": spec.cache_meta,
+                        "value": sel[spec.metric],
+                    },
+                )
+    if ranks.main:
+        save_checkpoint(
+            out / "last.pt",
+            model,
+            {"fold": fold, "seed": seed, "epoch": len(history) - 1, "cache_meta": spec.cache_meta},
+        )
+        write_json(out / "history.json", {"best": best, "epochs": history})  # written last: the fold is done
     return FoldOutcome(fold, seed, best["epoch"], best["value"], len(history), time.perf_counter() - began)
 
 
