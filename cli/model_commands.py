@@ -256,7 +256,10 @@ def ablate_cmd(kind, root, values, **options) -> None:
     help="Where to write the report (default: the run directory).",
 )
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
-def eval_cmd(run_dir, folds, cache_dir, out_dir, device) -> None:
+@click.option(
+    "--allow-incomplete", is_flag=True, help="Print the mean over folds even when a fold stopped before its last epoch."
+)
+def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete) -> None:
     """Evaluate the selected checkpoints on their test folds and write the report.
 
     Per fold: WA (accuracy), UA (macro recall), macro F1, weighted F1, confusion matrix, selected
@@ -267,7 +270,9 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device) -> None:
 
     from ..fuse.report import evaluate_saved_run, to_markdown, write_report
 
-    report = evaluate_saved_run(Path(run_dir), cache_dir, folds=list(folds) or None, device=device)
+    report = evaluate_saved_run(
+        Path(run_dir), cache_dir, folds=list(folds) or None, device=device, allow_incomplete=allow_incomplete
+    )
     stem = "report" if not folds else "report_fold" + "_".join(str(f) for f in folds)
     write_report(report, Path(out_dir) if out_dir else Path(run_dir), stem)
     click.echo(to_markdown(report))

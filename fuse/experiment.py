@@ -15,8 +15,15 @@ from .config import ARCHITECTURES, DEPARTURES, ModelConfig, apply_departure
 from .metrics import METRICS
 from .recipes import Recipe
 from .report import attach_baseline, evaluate_run, write_report
-from .runs import RunSpec, baseline_dir, model_config_for_cache, num_folds, prepare_run
+from .runs import RunError, RunSpec, baseline_dir, model_config_for_cache, num_folds, prepare_run
 from .training import train_fold
+
+
+def _on_off(value: str) -> str:
+    if value not in ("on", "off"):
+        raise ValueError("write on or off")
+    return "interaction+fusion" if value == "on" else "none"
+
 
 ABLATIONS = {
     # kind: (default values, how a value changes the model config, label)
@@ -30,11 +37,7 @@ ABLATIONS = {
         lambda cfg, v: cfg.replace(num_layers=(cfg.num_layers[0], int(v), cfg.num_layers[2])),
         "CCABs",
     ),
-    "key-sparse": (
-        ["on", "off"],
-        lambda cfg, v: cfg.replace(key_sparse="interaction+fusion" if v == "on" else "none"),
-        "key-sparse",
-    ),
+    "key-sparse": (["on", "off"], lambda cfg, v: cfg.replace(key_sparse=_on_off(v)), "key-sparse"),
     "modality": (["both", "audio", "text"], lambda cfg, v: cfg.replace(modalities=str(v)), "modalities"),
     # The public model against each named departure from it (fuse.config.DEPARTURES).
     "departures": (list(DEPARTURES), apply_departure, "departure"),
@@ -104,10 +107,16 @@ def train_and_report(
     With ``baseline`` (and a model that is not itself the probe), the linear probe is fitted on
     the same folds, seeds and selection into RUN/baseline-probe (seconds), and the report shows
     it beside the model."""
+    available = num_folds(cache, spec.protocol)
+    missing = [f for f in folds or [] if not 1 <= f <= available]
+    if missing:  # before anything is written: a failed start leaves no run behind
+        raise RunError(
+            f"fold {missing[0]} does not exist: the {spec.protocol} protocol has folds 1..{available} on this cache"
+        )
     if ranks.main:
         spec = prepare_run(run_dir, spec, resume)
     ranks.barrier()
-    fold_list = folds or list(range(1, num_folds(cache, spec.protocol) + 1))
+    fold_list = folds or list(range(1, available + 1))
     for seed in seeds:
         for fold in fold_list:
             out = train_fold(cache, spec, run_dir, fold, seed, device, resume=resume, amp=amp, ranks=ranks)
@@ -155,12 +164,14 @@ def run_ablation(
 ) -> dict[str, Any]:
     """One run per value under ``root``, then a summary table (JSON, Markdown, CSV) across them."""
     _, change, label = ABLATIONS[kind]
-    rows = []
-    for value in sweep_values(kind, values):
+    models = {}
+    for value in sweep_values(kind, values):  # every value is checked before the first run starts
         try:
-            model = change(base.model, value)
-        except ValueError as e:
+            models[value] = change(base.model, value)
+        except (ValueError, TypeError) as e:
             raise ValueError(f"{label} value {value!r} does not make a model: {e}") from None
+    rows = []
+    for value, model in models.items():
         spec = RunSpec(**{**base.__dict__, "model": model})
         run_dir = root / f"{kind}-{value}"
         say(f"== {label} = {value} -> {run_dir}")

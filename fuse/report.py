@@ -13,6 +13,7 @@ import torch
 
 from ..cache import Cache, open_cache
 from ..common import resolve_device, write_json
+from .baselines import PROBE_C_GRID
 from .checkpoint import load_model_and_meta
 from .folds import public_fold_name
 from .inference import infer
@@ -22,10 +23,13 @@ from .runs import (
     RunSpec,
     baseline_dir,
     cache_split,
+    check_recorded_split,
     check_run_matches_cache,
     fold_checkpoint,
+    fold_dir,
     history_of,
     load_run,
+    num_folds,
     trained_folds,
 )
 
@@ -56,6 +60,7 @@ def evaluate_run(
     classes = list(cache.classes)
     k = len(classes)
     per_seed: dict[str, Any] = {}
+    warnings: list[str] = []
     for seed, seed_folds in available.items():
         wanted = seed_folds if folds is None else [f for f in folds if f in seed_folds]
         missing = [] if folds is None else [f for f in folds if f not in seed_folds]
@@ -63,8 +68,9 @@ def evaluate_run(
             raise RunError(f"{run_dir}: fold(s) {missing} of seed {seed} are not trained (trained: {seed_folds})")
         fold_reports, y_all, p_all = {}, [], []
         for fold in wanted:
-            model, meta = load_model_and_meta(fold_checkpoint(run_dir, seed, fold), device)
             split = cache_split(cache, spec, fold, seed)
+            check_recorded_split(fold_dir(run_dir, seed, fold), split, cache.ids)
+            model, meta = load_model_and_meta(fold_checkpoint(run_dir, seed, fold), device)
             result = infer(model, cache, split.test, batch_size, device)
             y = cache.labels[split.test]
             s = scores(y, result.preds, k)
@@ -76,6 +82,12 @@ def evaluate_run(
             )
             if spec.protocol == "session":
                 s["public_fold_name"] = public_fold_name(fold_index_session(split.test_group))
+            s["epochs_done"] = len(s["history"])
+            if len(result.preds) and len(np.unique(result.preds)) == 1:
+                warnings.append(
+                    f"seed {seed} fold {fold}: every test utterance was predicted as "
+                    f"{classes[int(result.preds[0])]}: the model collapsed to one class"
+                )
             fold_reports[str(fold)] = s
             y_all.append(y)
             p_all.append(result.preds)
@@ -105,12 +117,38 @@ def evaluate_run(
         "classes": classes,
         "seeds": per_seed,
         "folds": sorted({int(f) for s in per_seed.values() for f in s["folds"]}),
+        "coverage": coverage(spec, per_seed, num_folds(cache, spec.protocol)),
+        "warnings": warnings,
         "summary": summary,
     }
 
 
+def coverage(spec: RunSpec, per_seed: dict[str, Any], folds_planned: int) -> dict[str, Any]:
+    """What a report covers: seeds and folds found against the protocol's, epochs done against
+    the recipe's. A fold that stopped before its last epoch makes the run unfinished."""
+    planned = len(PROBE_C_GRID) if spec.model.architecture == "probe" else spec.recipe.epochs
+    unfinished = [
+        f"seed {seed} fold {fold}: {f['epochs_done']} of {planned} epochs"
+        for seed, sr in per_seed.items()
+        for fold, f in sr["folds"].items()
+        if f["epochs_done"] < planned
+    ]
+    return {
+        "seeds": [int(s) for s in per_seed],
+        "folds_found": {s: [int(f) for f in sr["folds"]] for s, sr in per_seed.items()},
+        "folds_planned": folds_planned,
+        "epochs_planned": planned,
+        "unfinished": unfinished,
+        "complete": not unfinished,
+    }
+
+
 def evaluate_saved_run(
-    run_dir: Path, cache_dir: str | None = None, folds: list[int] | None = None, device: str = "auto"
+    run_dir: Path,
+    cache_dir: str | None = None,
+    folds: list[int] | None = None,
+    device: str = "auto",
+    allow_incomplete: bool = False,
 ) -> dict[str, Any]:
     """``ksr eval``: the run's report on ``cache_dir`` (default: the cache it was trained on)."""
     spec = load_run(run_dir)
@@ -120,6 +158,7 @@ def evaluate_saved_run(
     dev = resolve_device(device)
     cache = open_cache(source, device=dev if dev.type == "cuda" else "cpu")
     report = evaluate_run(run_dir, cache, spec, folds=folds, device=dev)
+    report["allow_incomplete"] = allow_incomplete
     probe_dir = baseline_dir(run_dir)
     if (probe_dir / "run.json").is_file() and trained_folds(probe_dir):
         attach_baseline(
@@ -172,12 +211,32 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"Classes: {', '.join(report['classes'])}.",
         "",
     ]
+    cov = report.get("coverage")
+    if cov:
+        found = "; ".join(
+            f"seed {seed}: folds {', '.join(map(str, folds))}" for seed, folds in cov["folds_found"].items()
+        )
+        lines += [
+            f"Covers {found} (the protocol has {cov['folds_planned']} folds); "
+            f"{cov['epochs_planned']} epochs planned per fold.",
+            "",
+        ]
+        if not cov["complete"]:
+            lines += [
+                "**UNFINISHED RUN**: " + "; ".join(cov["unfinished"]) + ". Resume it (ksr train --resume) "
+                "before reading its numbers.",
+                "",
+            ]
+    for warning in report.get("warnings", []):
+        lines += [f"**Warning**: {warning}.", ""]
     s = report["summary"]
-    lines += [
-        "| | WA % | UA % | macro F1 % | weighted F1 % |",
-        "|---|---|---|---|---|",
-        "| mean over folds | " + " | ".join(f"{pct(s[m])} ± {pct(s[m + '_std_over_folds'])}" for m in METRICS) + " |",
-    ]
+    hide_mean = cov is not None and not cov["complete"] and not report.get("allow_incomplete")
+    mean_row = (
+        ("| mean over folds | " + " | ".join(f"{pct(s[m])} ± {pct(s[m + '_std_over_folds'])}" for m in METRICS) + " |")
+        if not hide_mean
+        else "| mean over folds | not given: unfinished run (--allow-incomplete) | | | |"
+    )
+    lines += ["| | WA % | UA % | macro F1 % | weighted F1 % |", "|---|---|---|---|---|", mean_row]
     if "wa_std_over_seeds" in s:
         lines.append("| std over seeds | " + " | ".join(pct(s[m + "_std_over_seeds"]) for m in METRICS) + " |")
     if report.get("baselines"):
@@ -231,7 +290,10 @@ def to_csv(report: dict[str, Any]) -> str:
             w.writerow([seed, fold, f["test_group"], f["selected_epoch"], f["n"], *(f"{f[m]:.6f}" for m in METRICS)])
         p = sr["pooled"]
         w.writerow([seed, "pooled", "all", "", p["n"], *(f"{p[m]:.6f}" for m in METRICS)])
-    w.writerow(["all", "mean", "", "", "", *(f"{report['summary'][m]:.6f}" for m in METRICS)])
+    if report.get("coverage", {}).get("complete", True) or report.get("allow_incomplete"):
+        w.writerow(["all", "mean", "", "", "", *(f"{report['summary'][m]:.6f}" for m in METRICS)])
+    else:
+        w.writerow(["all", "unfinished run: no mean", "", "", "", *([""] * len(METRICS))])
     for name, baseline in report.get("baselines", {}).items():
         w.writerow(["baseline", "mean", name, "", "", *(f"{baseline['summary'][m]:.6f}" for m in METRICS)])
     return buf.getvalue()

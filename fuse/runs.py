@@ -172,6 +172,27 @@ def history_of(run_dir: Path, seed: int, fold: int) -> list[dict]:
     return json.loads(path.read_text())["epochs"] if path.is_file() else []
 
 
+def check_recorded_split(out: Path, split: Split, ids: list[str]) -> None:
+    """Refuse a cache whose fold differs from the one the run recorded in ``split.json`` (another
+    cache would make "fold k" other utterances: a model could be scored on what it trained on)."""
+    path = Path(out) / "split.json"
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text())
+    except ValueError:
+        raise RunError(f"{path}: not readable JSON; remove the fold folder to train it again") from None
+    for part in ("train", "valid", "test"):
+        now = [ids[i] for i in getattr(split, part)]
+        if sorted(now) != sorted(recorded.get(part, [])):
+            gone = len(set(recorded.get(part, [])) - set(now))
+            raise RunError(
+                f"fold {split.fold}: this cache's {part} utterances are not the ones the run recorded in {path} "
+                f"({len(now)} now, {len(recorded.get(part, []))} recorded, {gone} recorded ones missing); use the "
+                f"cache the run was trained on"
+            )
+
+
 def write_split(out: Path, split: Split, select: str, ids: list[str]) -> None:
     write_json(
         out / "split.json",

@@ -8,6 +8,7 @@ ends with the same numbers.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from .inference import autocast, infer
 from .metrics import METRICS, scores
 from .normalise import fit_standardizers
 from .recipes import build_optimizer, build_scheduler
-from .runs import RunError, RunSpec, cache_split, fold_dir, write_split
+from .runs import RunError, RunSpec, cache_split, check_recorded_split, fold_dir, write_split
 
 
 def epoch_batches(indices: np.ndarray, batch_size: int, generator: torch.Generator, ranks: Ranks) -> list[np.ndarray]:
@@ -72,6 +73,8 @@ def train_fold(
         raise RunError(f"fold {fold}: the {spec.select} set is empty; raise --val-fraction or use --select test")
     if ranks.main:
         remove_dead_temps(out)  # writes a killed run never finished
+        if resume:
+            check_recorded_split(out, split, cache.ids)
         write_split(out, split, spec.select, cache.ids)
 
     if spec.model.architecture == "probe":
@@ -126,10 +129,16 @@ def train_fold(
             with autocast(device, amp):
                 logits = trainer(batch.audio, batch.text, batch.audio_padding_mask, batch.text_padding_mask)
             loss = F.cross_entropy(logits.float(), batch.labels)
+            value = loss.item()
+            if not math.isfinite(value):  # NaN or inf: nothing after this step would mean anything
+                raise RunError(
+                    f"fold {fold}, epoch {epoch + 1}: the training loss is {value}; lower --lr, or check the "
+                    f"cache for NaN/inf features (ksr cache verify); epochs before this one are kept (--resume)"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # under DDP, gradients are averaged over the ranks here
             optimizer.step()
-            loss_sum += loss.item() * len(batch)
+            loss_sum += value * len(batch)
             seen += len(batch)
         scheduler.step()
         if ranks.world > 1:  # the epoch's loss over all ranks' shares

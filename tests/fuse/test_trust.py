@@ -1,0 +1,160 @@
+"""Never a silent wrong number: unfinished runs are marked, another cache's folds are refused,
+a non-finite loss stops training, a collapsed model is flagged, and bad starts write nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
+from ksr.cli import main
+from ksr.common.faults import ENV as KILL_AT
+from ksr.fuse import load_checkpoint, load_model, save_checkpoint
+
+TINY = [
+    "--layers",
+    "1,1,1",
+    "--heads",
+    "2",
+    "--audio-ffn-dim",
+    "8",
+    "--text-ffn-dim",
+    "8",
+    "--batch-size",
+    "8",
+    "--recipe",
+    "official",
+    "--lr",
+    "0.05",
+    "--device",
+    "cpu",
+]
+
+
+def make_cache(root: Path, n: int, seed: int, sessions: int = 5) -> Path:
+    meta = synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32")
+    write_synthetic_cache(
+        root,
+        n,
+        meta,
+        seed=seed,
+        sessions=sessions,
+        signal=1.0,
+        audio_lengths=[10 + (7 * i) % 20 for i in range(n)],
+        text_lengths=[2 + i % 5 for i in range(n)],
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return make_cache(tmp_path_factory.mktemp("cache"), 60, seed=1)
+
+
+def train(run: Path, cache: Path, *extra: str):
+    return CliRunner().invoke(main, ["train", "--cache", str(cache), "--run", str(run), *TINY, *extra])
+
+
+def test_a_run_killed_mid_training_is_reported_as_unfinished(cache_dir, tmp_path):
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != KILL_AT}
+    env.update(OMP_NUM_THREADS="1", **{KILL_AT: "train-batch:12"})  # in epoch 2 of 4 (6 batches an epoch)
+    cmd = [
+        sys.executable,
+        "-m",
+        "ksr.cli",
+        "train",
+        "--cache",
+        str(cache_dir),
+        "--run",
+        str(run),
+        *TINY,
+        "--epochs",
+        "4",
+        "--fold",
+        "2",
+    ]
+    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    result = CliRunner().invoke(main, ["eval", "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "**UNFINISHED RUN**: seed 123 fold 2: 1 of 4 epochs" in result.output
+    assert "not given: unfinished run" in result.output
+    report = json.loads((run / "report.json").read_text())
+    assert report["coverage"]["complete"] is False and report["coverage"]["folds_found"] == {"123": [2]}
+    assert "unfinished run: no mean" in (run / "report.csv").read_text()
+    allowed = CliRunner().invoke(main, ["eval", "--run", str(run), "--allow-incomplete"])
+    assert "not given" not in allowed.output and "| mean over folds | " in allowed.output
+
+
+def test_a_cache_with_other_sessions_is_refused_by_eval_and_resume(cache_dir, tmp_path):
+    run = tmp_path / "run"
+    assert train(run, cache_dir, "--epochs", "1", "--fold", "2", "--no-baseline").exit_code == 0
+    other = make_cache(tmp_path / "other", 48, seed=2, sessions=4)  # fold 2 is other utterances there
+    refused = CliRunner().invoke(main, ["eval", "--run", str(run), "--cache", str(other)])
+    assert refused.exit_code == 1
+    assert "fold 2: this cache's train utterances are not the ones the run recorded" in refused.output
+    split = (run / "seed123/fold2/split.json").read_text()
+    resumed = train(run, other, "--epochs", "1", "--fold", "2", "--no-baseline", "--resume")
+    assert resumed.exit_code == 1 and "are not the ones the run recorded" in resumed.output
+    assert (run / "seed123/fold2/split.json").read_text() == split  # not rewritten
+
+
+def test_a_non_finite_loss_stops_training_in_one_line(cache_dir, tmp_path, monkeypatch):
+    import ksr.fuse.training as training
+
+    real = training.F.cross_entropy
+    monkeypatch.setattr(
+        training.F, "cross_entropy", lambda logits, labels, **kw: real(logits, labels, **kw) * float("nan")
+    )
+    result = train(tmp_path / "run", cache_dir, "--epochs", "2", "--fold", "2")
+    assert result.exit_code == 1
+    assert (
+        result.output.strip()
+        .splitlines()[-1]
+        .startswith("Error: fold 2, epoch 1: the training loss is nan; lower --lr")
+    )
+
+
+def test_a_model_that_predicts_one_class_is_flagged(cache_dir, tmp_path):
+    run = tmp_path / "run"
+    assert train(run, cache_dir, "--epochs", "1", "--fold", "2", "--no-baseline").exit_code == 0
+    best = run / "seed123/fold2/best.pt"
+    model = load_model(best)
+    with torch.no_grad():
+        model.classifier[-1].bias.copy_(torch.tensor([0.0, 1e4, 0.0, 0.0]))  # always "neu"
+    save_checkpoint(best, model, load_checkpoint(best)["meta"])
+    result = CliRunner().invoke(main, ["eval", "--run", str(run)])
+    assert "**Warning**: seed 123 fold 2: every test utterance was predicted as neu" in result.output
+    assert json.loads((run / "report.json").read_text())["warnings"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--fold", "9"], "fold 9 does not exist: the session protocol has folds 1..5 on this cache"),
+        (
+            ["ablate", "keep-rate", "--values", "0.5,abc", "--root", "ROOT"],
+            "keep rate value 'abc' does not make a model",
+        ),
+        (
+            ["ablate", "key-sparse", "--values", "on,maybe", "--root", "ROOT"],
+            "key-sparse value 'maybe' does not make a model",
+        ),
+    ],
+)
+def test_bad_starts_write_nothing(cache_dir, tmp_path, args, message):
+    args = [a.replace("ROOT", str(tmp_path / "root")) for a in args]
+    extra = ["--run", str(tmp_path / "run")] if args[0] == "train" else []
+    result = CliRunner().invoke(main, [*args, "--cache", str(cache_dir), *TINY, "--epochs", "1", *extra])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "root").exists()
