@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -131,6 +133,12 @@ def training_options(f):
             default=None,
             help="Override the recipe's optimizer (both presets use SGD; the demo uses AdamW).",
         ),
+        click.option(
+            "--warmup-epochs",
+            type=click.FloatRange(0),
+            default=None,
+            help="Override the recipe's linear warm-up, in epochs (stepped per batch; 0 = none).",
+        ),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto."),
         click.option(
             "--amp/--no-amp", default=True, show_default=True, help="bfloat16 autocast on GPU (ignored on CPU)."
@@ -150,35 +158,43 @@ def training_options(f):
     return f
 
 
-def setup_training(o: dict):
+# Recipe fields with their own option (None: the preset's value).
+RECIPE_OPTIONS = ("epochs", "lr", "batch_size", "momentum", "schedule", "optimizer", "warmup_epochs")
+
+
+def setup_training(o: dict, run_dir: str | None = None):
     """(setup, folds, seeds) from the shared training options; model settings are checked before
-    a large cache is read."""
+    a large cache is read. ``--resume`` on a run that has a run.json takes the run's own settings:
+    options typed again must agree with them (prepare_run refuses a difference)."""
+    from click.core import ParameterSource
+
     from ..fuse.config import cli_settings
     from ..fuse.experiment import setup_training
     from ..fuse.recipes import recipe
+    from ..fuse.runs import RUN_FILE, load_run
 
+    ctx = click.get_current_context()
+    typed = {name for name in o if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     seeds = _csv(int, o["seeds"], "integer seeds")
-    r = recipe(
-        o["recipe_name"],
-        epochs=o["epochs"],
-        lr=o["lr"],
-        batch_size=o["batch_size"],
-        momentum=o["momentum"],
-        schedule=o["schedule"],
-        optimizer=o["optimizer"],
-    )
+    recipe_changes = {k: o[k] for k in RECIPE_OPTIONS}
     changes = {f.name: o[f.name] for f in cli_settings() if o[f.name] is not None}
-    setup = setup_training(
-        o["cache_dir"],
-        r,
-        changes,
-        protocol=o["protocol"],
-        select=o["select"],
-        metric=o["metric"],
-        val_fraction=o["val_fraction"],
-        device=o["device"],
-        cache_mode=o["cache_mode"],
-    )
+    run = {k: o[k] for k in ("protocol", "select", "metric", "val_fraction")}
+    recipe_name = o["recipe_name"]
+    if o["resume"] and run_dir and (Path(run_dir) / RUN_FILE).is_file():
+        saved = load_run(Path(run_dir))
+        if "recipe_name" not in typed:
+            recipe_name = saved.recipe.name
+        recipe_changes = {
+            **{k: getattr(saved.recipe, k) for k in recipe_changes},
+            **{k: v for k, v in recipe_changes.items() if k in typed},
+        }
+        changes = {
+            **{f.name: getattr(saved.model, f.name) for f in cli_settings()},
+            **{k: v for k, v in changes.items() if k in typed},
+        }
+        run = {**{k: getattr(saved, k) for k in run}, **{k: v for k, v in run.items() if k in typed}}
+    r = recipe(recipe_name, **recipe_changes)
+    setup = setup_training(o["cache_dir"], r, changes, **run, device=o["device"], cache_mode=o["cache_mode"])
     if o["select"] == "test" and setup.ranks.main:
         click.echo(
             "warning: --select test picks each fold's epoch on its TEST set (the public code's protocol); "

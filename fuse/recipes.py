@@ -36,12 +36,17 @@ class Recipe:
     epochs: int = 120
     batch_size: int = 32
     seed: int = 123
+    # Linear warm-up over the first this-many epochs, per optimisation step, scaling the
+    # schedule's learning rate (0: none, as in both public presets).
+    warmup_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
         for name in ("lr", "epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -79,6 +84,12 @@ def recipe(name: str, **overrides: Any) -> Recipe:
     if unknown:
         raise ValueError(f"unknown recipe settings: {', '.join(unknown)}")
     return dataclasses.replace(PRESETS[name], **changes)
+
+
+def warmup_factor(r: Recipe, step: int, steps_per_epoch: int) -> float:
+    """The warm-up's factor on the learning rate at 0-based optimisation ``step`` (1 after it)."""
+    warmup_steps = math.ceil(r.warmup_epochs * steps_per_epoch)
+    return (step + 1) / warmup_steps if step < warmup_steps else 1.0
 
 
 def build_optimizer(params, r: Recipe) -> torch.optim.Optimizer:

@@ -28,7 +28,7 @@ from .checkpoint import CheckpointError, load_state_strict, read_torch_file, sav
 from .inference import autocast, infer
 from .metrics import METRICS, scores
 from .normalise import fit_standardizers
-from .recipes import build_optimizer, build_scheduler
+from .recipes import build_optimizer, build_scheduler, warmup_factor
 from .runs import RunError, RunSpec, cache_split, check_recorded_split, fold_dir, write_split
 
 
@@ -123,8 +123,13 @@ def train_fold(
         model.train()
         lr = optimizer.param_groups[0]["lr"]
         loss_sum, seen = 0.0, 0
-        for part in epoch_batches(split.train, r.batch_size, shuffle, ranks):
+        parts = epoch_batches(split.train, r.batch_size, shuffle, ranks)
+        for step_in_epoch, part in enumerate(parts):
             faults.point("train-batch")  # test-only: the reliability tests kill the run here
+            if r.warmup_epochs:  # per step, on top of the per-epoch schedule
+                factor = warmup_factor(r, epoch * len(parts) + step_in_epoch, len(parts))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * factor
             batch = cache.batch(part).to(device)
             with autocast(device, amp):
                 logits = trainer(batch.audio, batch.text, batch.audio_padding_mask, batch.text_padding_mask)
@@ -140,6 +145,9 @@ def train_fold(
             optimizer.step()
             loss_sum += value * len(batch)
             seen += len(batch)
+        if r.warmup_epochs:  # the schedule steps from its own rate, not the warmed-up one
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         scheduler.step()
         if ranks.world > 1:  # the epoch's loss over all ranks' shares
             totals = torch.tensor([loss_sum, float(seen)], dtype=torch.float64)

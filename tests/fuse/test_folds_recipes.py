@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ksr.fuse.folds import fold_groups, make_split, public_fold_name
-from ksr.fuse.recipes import PRESETS, Recipe, build_optimizer, build_scheduler, recipe
+from ksr.fuse.recipes import PRESETS, Recipe, build_optimizer, build_scheduler, recipe, warmup_factor
 
 
 def corpus(seed=0, per_speaker=40):
@@ -120,3 +120,12 @@ def test_adamw_is_a_named_departure():
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 0.01
     with pytest.raises(ValueError, match="optimizer must be one of sgd, adamw, got .adam."):
         recipe("paper", optimizer="adam")
+
+
+def test_warmup_ramps_linearly_per_step_then_leaves_the_schedule_alone():
+    r = recipe("official", warmup_epochs=1.5)
+    factors = [warmup_factor(r, step, steps_per_epoch=4) for step in range(8)]
+    assert factors == [1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0, 1.0, 1.0]  # ceil(1.5 * 4) = 6 steps
+    assert warmup_factor(recipe("paper"), 0, 4) == 1.0  # the public presets have none
+    with pytest.raises(ValueError, match="warmup_epochs must be in"):
+        recipe("paper", warmup_epochs=500)

@@ -158,3 +158,23 @@ def test_bad_starts_write_nothing(cache_dir, tmp_path, args, message):
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists() and not (tmp_path / "root").exists()
+
+
+def test_a_run_killed_during_warm_up_resumes_to_the_uninterrupted_numbers(cache_dir, tmp_path):
+    args = [*TINY, "--epochs", "3", "--fold", "2", "--warmup-epochs", "1.5", "--no-baseline"]
+    env = {k: v for k, v in os.environ.items() if k != KILL_AT}
+    env.update(OMP_NUM_THREADS="1")
+
+    def ksr_train(run, *extra, kill=None):
+        cmd = [sys.executable, "-m", "ksr.cli", "train", "--cache", str(cache_dir), "--run", str(run), *args, *extra]
+        return subprocess.run(
+            cmd, env={**env, **({KILL_AT: kill} if kill else {})}, capture_output=True, text=True, timeout=300
+        )
+
+    assert ksr_train(tmp_path / "ref").returncode == 0
+    assert ksr_train(tmp_path / "run", kill="train-batch:8").returncode == -signal.SIGKILL  # epoch 2, warming up
+    assert ksr_train(tmp_path / "run", "--resume").returncode == 0
+    ref, run = (json.loads((tmp_path / r / "seed123/fold2/history.json").read_text()) for r in ("ref", "run"))
+    assert run == ref
+    lrs = [e["lr"] for e in ref["epochs"]]
+    assert lrs[0] == pytest.approx(0.05) and lrs[1] < lrs[0]  # the history keeps the schedule's own rate
