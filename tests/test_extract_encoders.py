@@ -334,7 +334,7 @@ def test_parse_spec(spec, parsed):
                       r"folder>, w2v1:<\.\.\.>, paper-text, paper-audio, tiny-audio, tiny-text"),
     ("hf:", r"unknown encoder spec 'hf:'"),
     ("hf:x@layer=last", r"layer 'last' is not an integer"),
-    ("hf:x@depth=3", r"unknown option @depth \(known: @layer, @revision\)"),
+    ("hf:x@depth=3", r"unknown option @depth \(known: @layer, @revision, @mel\)"),
     ("hf:x@layer=1@layer=2", r"@layer given twice"),
     ("tiny-audio@revision=abc", r"built-in encoders have no @revision"),
 ])

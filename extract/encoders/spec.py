@@ -7,6 +7,7 @@ Grammar (documented in ``docs/encoders.md``)::
     paper-text                                                      = hf:roberta-large@layer=-1
     w2v1:<fairseq wav2vec 1.0 checkpoint .pt>                       the paper's wav2vec (1.0)
     paper-audio                                                     = w2v1:$KSR_WAV2VEC_LARGE
+    fbank[@mel=<int>]                                               Kaldi-style log-mel, no weights
     <preset>[@layer=<int>]                                          a preset, another layer
 
 Options come last, each ``@key=value``; they are read from the right, so a path may itself
@@ -26,6 +27,10 @@ from ksr.extract.encoders.base import AudioEncoder, Encoder, EncoderError, TextE
 
 _OPTION = re.compile(r"@(?P<key>[A-Za-z_]+)=(?P<value>[^@]*)$")
 _KNOWN_OPTIONS = ("layer", "revision")
+#: Options particular to some kinds (``fbank@mel=64``): kind -> option names.
+_KIND_OPTIONS: dict[str, tuple[str, ...]] = {}
+#: Kinds named without a source (``fbank``), registered with ``bare=True``.
+_BARE: set[str] = set()
 
 #: Named shorthands for full specs.
 PRESETS: dict[str, str] = {
@@ -53,10 +58,16 @@ Loader = Callable[..., Encoder]
 _KINDS: dict[str, Loader] = {}
 
 
-def register_kind(prefix: str, loader: Loader) -> None:
+def register_kind(prefix: str, loader: Loader, *, options: tuple[str, ...] = (),
+                  bare: bool = False) -> None:
     """Make ``<prefix>:<source>[@...]`` load with ``loader(spec: EncoderSpec, device=, dtype=,
-    tiny_root=)``; for kinds outside this module (the fairseq wav2vec 1.0)."""
+    tiny_root=)``; for kinds outside this module (the fairseq wav2vec 1.0). ``options``: the
+    kind's own ``@key=value`` options, found in ``spec.options``; ``bare``: the kind is named
+    without a source (``fbank``, not ``fbank:<...>``)."""
     _KINDS[prefix] = loader
+    _KIND_OPTIONS[prefix] = tuple(options)
+    if bare:
+        _BARE.add(prefix)
 
 
 def parse_spec(text: str) -> EncoderSpec:
@@ -65,9 +76,10 @@ def parse_spec(text: str) -> EncoderSpec:
     options: dict[str, str] = {}
     while (m := _OPTION.search(spec)) is not None:
         key = m["key"]
-        if key not in _KNOWN_OPTIONS:
+        known = (*_KNOWN_OPTIONS, *sorted({o for opts in _KIND_OPTIONS.values() for o in opts}))
+        if key not in known:
             raise EncoderError(f"encoder spec {text!r}: unknown option @{key} "
-                               f"(known: {', '.join('@' + k for k in _KNOWN_OPTIONS)})")
+                               f"(known: {', '.join('@' + k for k in known)})")
         if key in options:
             raise EncoderError(f"encoder spec {text!r}: @{key} given twice")
         options[key] = m["value"]
@@ -80,6 +92,16 @@ def parse_spec(text: str) -> EncoderSpec:
             raise EncoderError(f"encoder spec {text!r}: layer {options['layer']!r} is not an "
                                "integer") from None
     revision = options.get("revision") or None
+    extra = {k: v for k, v in options.items() if k not in _KNOWN_OPTIONS}
+    kind = spec if spec in _BARE else spec.partition(":")[0]
+    takes = _KIND_OPTIONS.get(kind, ())
+    for key in extra:
+        if key not in takes:
+            raise EncoderError(f"encoder spec {text!r}: @{key} is an option of "
+                               f"{', '.join(k for k, o in _KIND_OPTIONS.items() if key in o)} "
+                               "only")
+    if spec in _BARE:
+        return EncoderSpec(spec, "", layer, revision, extra)
     if spec in PRESETS:
         base = parse_spec(PRESETS[spec])
         return EncoderSpec(base.kind, base.source, layer if layer is not None else base.layer,
@@ -90,11 +112,11 @@ def parse_spec(text: str) -> EncoderSpec:
             raise EncoderError(f"encoder spec {text!r}: built-in encoders have no @revision")
         return EncoderSpec("tiny", spec, layer)
     kind, sep, source = spec.partition(":")
-    if not sep or not source or (kind != "hf" and kind not in _KINDS):
-        known = ["hf:<hub id or folder>", *(f"{k}:<...>" for k in _KINDS), *PRESETS,
-                 *TINY_NAMES]
+    if not sep or not source or kind in _BARE or (kind != "hf" and kind not in _KINDS):
+        known = ["hf:<hub id or folder>", *(f"{k}:<...>" for k in _KINDS if k not in _BARE),
+                 *PRESETS, *TINY_NAMES, *sorted(_BARE)]
         raise EncoderError(f"unknown encoder spec {text!r}: use one of {', '.join(known)}")
-    return EncoderSpec(kind, source, layer, revision)
+    return EncoderSpec(kind, source, layer, revision, extra)
 
 
 def load_encoder(spec: str | EncoderSpec, *, modality: str | None = None,
@@ -162,6 +184,14 @@ def _load_wav2vec1(spec: EncoderSpec, **kwargs) -> Encoder:
 
 
 register_kind("w2v1", _load_wav2vec1)
+
+
+def _load_fbank(spec: EncoderSpec, **kwargs) -> Encoder:
+    from .fbank import load_fbank
+    return load_fbank(spec, **kwargs)
+
+
+register_kind("fbank", _load_fbank, options=("mel",), bare=True)
 
 __all__ = ["EncoderSpec", "PRESETS", "parse_spec", "load_encoder", "register_kind",
            "available_specs", "AudioEncoder", "TextEncoder"]
