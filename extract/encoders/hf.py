@@ -135,13 +135,17 @@ def _spec(source: str, layer: int, revision: str | None) -> str:
 class _HFMixin:
     """Loading shared by the audio and text encoders."""
 
+    def _keep(self, model):
+        """The part of the loaded model that runs (Whisper keeps its encoder only)."""
+        return model
+
     def _setup(self, source: str, layer: int, revision: str | None,
                device: torch.device | str | None, dtype: torch.dtype | None) -> str:
         """Load the model and set the declared attributes; returns the source as loaded."""
         given = str(source)
         source = os.path.expanduser(given)
         folder, commit = _resolve_dir(source, revision)
-        model = _load_model(source, revision)
+        model = self._keep(_load_model(source, revision))
         self.device, self.dtype = placement(device, dtype)
         self.model = model.to(device=self.device, dtype=self.dtype)
         config = model.config

@@ -146,7 +146,8 @@ def load_encoder(spec: str | EncoderSpec, *, modality: str | None = None,
 
 
 def _hf_modality(source: str, revision: str | None) -> str:
-    """``audio`` for models with a convolutional waveform front end, else ``text``."""
+    """``whisper`` for Whisper (its encoder), ``audio`` for models with a convolutional
+    waveform front end, else ``text``."""
     from transformers import AutoConfig
     from ksr.extract.encoders.hf import quiet_transformers
     try:
@@ -155,6 +156,8 @@ def _hf_modality(source: str, revision: str | None) -> str:
     except (OSError, ValueError, KeyError) as err:
         reason = " ".join(str(err).split())[:300]
         raise EncoderError(f"cannot read the config of {source!r}: {reason}") from None
+    if getattr(config, "model_type", None) == "whisper":
+        return "whisper"
     return "audio" if hasattr(config, "conv_stride") else "text"
 
 
@@ -162,6 +165,10 @@ def _load_hf(source: str, layer: int, revision: str | None, device, dtype) -> En
     from ksr.extract.encoders.hf import HFAudioEncoder, HFTextEncoder, check_local_folder
     check_local_folder(source)
     modality = _hf_modality(os.path.expanduser(source), revision)
+    if modality == "whisper":
+        from .whisper import WhisperAudioEncoder
+        return WhisperAudioEncoder(source, layer=layer, revision=revision, device=device,
+                                   dtype=dtype)
     cls = HFAudioEncoder if modality == "audio" else HFTextEncoder
     return cls(source, layer=layer, revision=revision, device=device, dtype=dtype)
 
