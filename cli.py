@@ -558,9 +558,13 @@ def prepare_demo_cmd(out: str, seed: int, per_speaker: int) -> None:
               help="auto (cuda in float16 when present, else cpu), cpu, cuda or cuda:N.")
 @click.option("--shard-size", type=int, default=None,
               help="Utterances per shard file (default 512).")
+@click.option("--max-audio-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Encode only the first this-many seconds of each utterance (default: all; "
+                   "recorded in the cache; docs/encoders.md says how far each encoder's "
+                   "features move).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def extract_cmd(manifest, out, audio_encoder, text_encoder, classes, corpus, dtype, batch_seconds,
-                device, shard_size, no_progress) -> None:
+                device, shard_size, max_audio_seconds, no_progress) -> None:
     """Encode every utterance of MANIFEST with frozen encoders into a feature cache.
 
     Resumable: a rerun skips what the cache holds. Utterances that cannot be used get one line
@@ -585,7 +589,7 @@ def extract_cmd(manifest, out, audio_encoder, text_encoder, classes, corpus, dty
             manifest, out, audio_encoder, text_encoder, classes=class_list, corpus=corpus,
             dtype=dtype, batch_seconds=batch_seconds,
             shard_size=shard_size or DEFAULT_SHARD_SIZE, device=device,
-            progress=not no_progress, ranks=ranks)
+            max_audio_seconds=max_audio_seconds, progress=not no_progress, ranks=ranks)
     except (ExtractError, ManifestError, EncoderError, CacheError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     if ranks.main:

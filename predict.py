@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ksr.cache import CacheMeta, EncoderInfo
-from ksr.extract.audio import AudioError, read_audio
+from ksr.extract.audio import AudioError, cut_audio, read_audio
 from ksr.extract.encoders import AudioEncoder, EncoderError, TextEncoder, load_encoder, parse_spec
 from ksr.extract.encoders.base import placement
 from ksr.extract.pipeline import feature_problem, encoder_info
@@ -188,7 +188,8 @@ def padding_mask(length: int, max_len: int) -> torch.Tensor:
 
 def audio_inputs(encoder: AudioEncoder, audio_path: str | os.PathLike, meta: CacheMeta) -> tuple[torch.Tensor, int]:
     try:
-        wav = read_audio(audio_path, sample_rate=meta.sample_rate)
+        wav = cut_audio(read_audio(audio_path, sample_rate=meta.sample_rate),
+                        meta.max_audio_seconds, meta.sample_rate)
     except AudioError as e:
         raise PredictError(f"--audio: {e}") from None
     if len(wav) < encoder.min_samples:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ksr.cache import CacheMeta, CacheWriter, EncoderInfo, faults
 from ksr.cache.index import scan_dir
 from ksr.cache.schema import parse_shard_name
-from ksr.extract.audio import SAMPLE_RATE, read_audio
+from ksr.extract.audio import SAMPLE_RATE, cut_audio, read_audio
 from ksr.extract.encoders import (AudioEncoder, Encoder, EncoderError, TextEncoder,
                                   best_device, load_encoder)
 from ksr.extract.manifest import Manifest, Utterance, read_manifest
@@ -232,6 +232,7 @@ def extract_corpus(
         shard_size: int = DEFAULT_SHARD_SIZE, device: str | torch.device | None = None,
         compute_dtype: torch.dtype | None = None, dtype: str = "float16",
         max_audio_len: int = MAX_AUDIO_LEN, max_text_len: int = MAX_TEXT_LEN,
+        max_audio_seconds: float | None = None,
         prefetch: int | None = None, progress: bool = True, ranks: Ranks | None = None,
         tiny_root: str | os.PathLike | None = None,
         on_batch: Callable[[int], None] | None = None) -> ExtractSummary:
@@ -244,6 +245,8 @@ def extract_corpus(
     ``batch_seconds``: padded audio per batch (items x longest); an utterance longer than it
     goes alone (default :data:`DEFAULT_BATCH_SECONDS` for the device). ``prefetch``: batches of
     audio read ahead by a thread (0: none; default :data:`DEFAULT_PREFETCH`).
+    ``max_audio_seconds``: encode only the first this-many seconds of each utterance (None:
+    all of it); recorded in the cache meta, so a rerun with another value is refused.
     ``ranks``: default from torchrun's environment. ``on_batch(done)`` is called after each
     batch is handed to the writer, ``done`` counting this run's utterances so far (tests
     interrupt a run with it).
@@ -277,7 +280,7 @@ def extract_corpus(
     meta = CacheMeta(corpus=corpus or corpus_name(manifest.path), classes=tuple(classes),
                      audio_encoder=encoder_info(audio), text_encoder=encoder_info(text),
                      sample_rate=SAMPLE_RATE, max_audio_len=max_audio_len,
-                     max_text_len=max_text_len, dtype=dtype)
+                     max_text_len=max_text_len, dtype=dtype, max_audio_seconds=max_audio_seconds)
     started = time.perf_counter()  # the summary's rate leaves model loading out
     try:  # audio read errors are per utterance (caught in _run): an OSError here is the cache's
         with CacheWriter(out_dir, meta, tag=ranks.tag, shard_size=shard_size) as writer, \
@@ -329,6 +332,8 @@ def _run(manifest: Manifest, writer: CacheWriter, log: ErrorLog, audio: AudioEnc
     if ranks.world == 1:
         for i in usable:
             seconds[i] = probe_seconds(rows[i])
+    if meta.max_audio_seconds is not None:  # batches are planned on what is encoded
+        seconds = [min(s, meta.max_audio_seconds) for s in seconds]
     # Batches are planned over the stored utterances too, and those with nothing new are
     # dropped: every run then encodes an utterance in the same batch, so a resumed run stores
     # bit for bit what an uninterrupted one does (a batch's make-up moves float rounding). Only
@@ -350,7 +355,7 @@ def _run(manifest: Manifest, writer: CacheWriter, log: ErrorLog, audio: AudioEnc
         failed[stage] += 1
 
     def read(u: Utterance) -> np.ndarray:
-        return read_audio(u.audio, start=u.start, end=u.end)
+        return cut_audio(read_audio(u.audio, start=u.start, end=u.end), meta.max_audio_seconds)
 
     done = 0
     try:
