@@ -503,15 +503,16 @@ def prepare_check_cmd(manifest: str) -> None:
 @click.option("--tiny-dir", type=click.Path(file_okay=False), default=None,
               help="Where the built-in tiny encoders are kept (default ~/.cache/ksr/tiny).")
 def encoders_cmd(spec: str | None, tiny_dir: str | None) -> None:
-    """List the encoder specs; with SPEC, load it and print what it declares.
+    """List every kind of encoder (spec, dims, frame rate, what); with SPEC, load it and print
+    what it declares.
 
     Examples: tiny-audio, paper-text, hf:facebook/wav2vec2-base@layer=6, hf:/models/my-wavlm.
     """
-    from ksr.extract.encoders import EncoderError, available_specs, load_encoder
+    from ksr.extract.encoders import EncoderError, load_encoder
+    from ksr.extract.encoders.kinds import encoder_kinds, format_kinds
 
     if spec is None:
-        for name, what in available_specs():
-            click.echo(f"{name:<48} {what}")
+        click.echo(format_kinds(encoder_kinds()))
         return
     try:
         encoder = load_encoder(spec, tiny_root=tiny_dir)
