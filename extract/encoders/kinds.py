@@ -28,6 +28,10 @@ KINDS: tuple[Kind, ...] = (
          "fairseq wav2vec 1.0, aggregator output (native port, no fairseq)"),
     Kind("paper-audio", "512", "100", "= w2v1:$KSR_WAV2VEC_LARGE (the paper's audio encoder)"),
     Kind("paper-text", "1024", "per token", "= hf:roberta-large@layer=-1 (the paper's text)"),
+    Kind("e2v:<folder or model.pt>", "768 base, 1024 large", "50",
+         "emotion2vec / emotion2vec+ (FunASR release), last layer, native (no FunASR)"),
+    Kind("e2v-plus-large", "1024", "50",
+         "= e2v:$KSR_EMOTION2VEC_PLUS_LARGE (recommended emotion2vec variant)"),
     Kind("tiny-audio[@layer=N]", "32", "100", "tiny wav2vec 2.0, random weights (tests, demo)"),
     Kind("tiny-text[@layer=N]", "32", "per token", "tiny RoBERTa, random weights (tests, demo)"),
 )

@@ -8,6 +8,8 @@ Grammar (documented in ``docs/encoders.md``)::
     w2v1:<fairseq wav2vec 1.0 checkpoint .pt>                       the paper's wav2vec (1.0)
     paper-audio                                                     = w2v1:$KSR_WAV2VEC_LARGE
     fbank[@mel=<int>]                                               Kaldi-style log-mel, no weights
+    e2v:<FunASR emotion2vec folder or its model.pt>                 emotion2vec, native
+    e2v-plus-large                                                  = e2v:$KSR_EMOTION2VEC_PLUS_LARGE
     <preset>[@layer=<int>]                                          a preset, another layer
 
 Options come last, each ``@key=value``; they are read from the right, so a path may itself
@@ -40,6 +42,9 @@ PRESETS: dict[str, str] = {
     # fairseq wav2vec 1.0 large as the paper used it (aggregator output, 512-dim, 100 frames/s);
     # the checkpoint's path comes from $KSR_WAV2VEC_LARGE (nothing is downloaded).
     "paper-audio": "w2v1:$KSR_WAV2VEC_LARGE",
+    # emotion2vec+ large (FunASR's release, ~300 M, 1024-dim, 50 frames/s), the recommended
+    # emotion2vec variant; its folder (model.pt + config.yaml) comes from the variable.
+    "e2v-plus-large": "e2v:$KSR_EMOTION2VEC_PLUS_LARGE",
 }
 
 
@@ -199,6 +204,14 @@ def _load_fbank(spec: EncoderSpec, **kwargs) -> Encoder:
 
 
 register_kind("fbank", _load_fbank, options=("mel",), bare=True)
+
+
+def _load_emotion2vec(spec: EncoderSpec, **kwargs) -> Encoder:
+    from .emotion2vec import load_emotion2vec
+    return load_emotion2vec(spec, **kwargs)
+
+
+register_kind("e2v", _load_emotion2vec)
 
 __all__ = ["EncoderSpec", "PRESETS", "parse_spec", "load_encoder", "register_kind",
            "available_specs", "AudioEncoder", "TextEncoder"]
