@@ -11,7 +11,7 @@ differences show which computations let later audio reach earlier frames (uttera
 norms, attention both ways, Whisper's padded window), not the size they have with released
 weights. ``fbank`` must show exactly 0.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/cut_drift.py [--turns 6] [--cuts 5,10]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/cut_drift.py [--turns 6] [--cuts 5,10] [--only e2v]
 """
 from __future__ import annotations
 
@@ -88,7 +88,32 @@ def encoder_specs(folder: Path) -> list[tuple[str, str]]:
     specs.append(("Whisper encoder, tiny", f"hf:{folder / 'whisper'}"))
     specs.append(("wav2vec 1.0, large settings (the paper's)",
                   write_wav2vec1_large(folder / "w2v1.pt")))
+    specs.append(("emotion2vec, base settings", write_emotion2vec_base(folder / "e2v")))
     return specs
+
+
+def write_emotion2vec_base(folder: Path) -> str:
+    """A FunASR emotion2vec folder with base settings (768 dims, 4 + 8 blocks, ALiBi, 10 extra
+    tokens, normalised input) and random weights."""
+    import yaml
+
+    from ksr.extract.encoders.emotion2vec import E2VConfig, Emotion2Vec, funasr_names
+    audio = {"feature_encoder_spec": "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2",
+             "extractor_mode": "layer_norm", "conv_pos_width": 95, "conv_pos_depth": 5,
+             "conv_pos_groups": 16, "prenet_depth": 4, "num_extra_tokens": 10,
+             "use_alibi_encoder": True, "num_alibi_heads": 12,
+             "learned_alibi_scale_per_head": True}
+    conf = {"embed_dim": 768, "depth": 8, "num_heads": 12, "mlp_ratio": 4.0,
+            "layer_norm_first": False, "normalize": True, "modalities": {"audio": audio}}
+    c = E2VConfig.from_model_conf(conf)
+    torch.manual_seed(0)
+    ours = Emotion2Vec(c).state_dict()
+    folder.mkdir()
+    torch.save({theirs: ours[mine] for theirs, mine in funasr_names(c).items()},
+               folder / "model.pt")
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": "Emotion2vec",
+                                                        "model_conf": conf}))
+    return f"e2v:{folder}"
 
 
 def measure(spec: str, turns: list[np.ndarray], cuts: list[float]) -> list[dict]:
@@ -115,6 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--cuts", default="5,10")
+    parser.add_argument("--only", default="", help="measure the encoders whose name holds this")
     args = parser.parse_args()
     cuts = [float(c) for c in args.cuts.split(",")]
     torch.set_grad_enabled(False)
@@ -129,6 +155,8 @@ def main() -> None:
         print("| encoder | cut (s) | frames kept | max abs diff | mean abs diff | mean abs feature |")
         print("|---|---|---|---|---|---|")
         for what, spec in specs:
+            if args.only.lower() not in what.lower():
+                continue
             for r in measure(spec, turns, cuts):
                 print(f"| {what} | {r['cut']:g} | {r['kept']} | {r['max']:.3g} | "
                       f"{r['mean']:.3g} | {r['scale']:.3g} |", flush=True)
