@@ -127,3 +127,40 @@ def test_missing_weights_refused(folder, tmp_path):
     save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(EncoderError, match="lacks 1 weights .*encoder.layers.0.fc1.weight"):
         load_encoder(f"hf:{broken}", device="cpu")
+
+
+def test_through_the_pipeline_into_the_cache(folder, enc, tmp_path):
+    """``ksr extract --audio-encoder hf:<whisper folder>``: recorded and stored like any encoder."""
+    import csv
+
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from ksr.cache import open_cache
+    from ksr.cli import main
+    from ksr.extract.audio import read_audio
+
+    lengths = {"a": 3000, "b": 16000, "c": 40000}
+    with open(tmp_path / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "audio", "text", "label", "speaker", "session", "gender"])
+        for i, (uid, n) in enumerate(lengths.items()):
+            sf.write(tmp_path / f"{uid}.wav", _wav(n, i), 16000, subtype="PCM_16")
+            w.writerow([uid, f"{uid}.wav", "Excuse me.", "neu", "s1", 1, "F"])
+    result = CliRunner(env={"KSR_CACHE_DIR": str(tmp_path / "home")}).invoke(main, [
+        "extract", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "cache"),
+        "--audio-encoder", f"hf:{folder}@layer=2", "--text-encoder", "tiny-text",
+        "--dtype", "float32", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    cache = open_cache(tmp_path / "cache")
+    info = cache.meta.audio_encoder
+    assert (info.name, info.dim, info.layer, info.frame_rate) == (
+        "hf:tiny-whisper", 32, "2", 50.0)
+    layer2 = load_encoder(f"hf:{folder}@layer=2", device="cpu")
+    assert info.checkpoint_digest == layer2.digest == enc.digest
+    b = cache.batch(np.arange(len(cache)))
+    for i, uid in enumerate(cache.ids):
+        want = layer2.encode([read_audio(tmp_path / f"{uid}.wav")])[0]
+        n = int(b.audio_lengths[i])
+        assert n == min(460, math.ceil(lengths[uid] / 320)) == min(460, len(want))
+        torch.testing.assert_close(b.audio[i, :n], want[:n], atol=ATOL, rtol=0)
