@@ -186,7 +186,7 @@ def available_specs() -> list[tuple[str, str]]:
     rows += [(name, f"= {target}") for name, target in PRESETS.items()]
     rows += [(name, "built-in tiny encoder for tests and the demo (random weights)")
              for name in TINY_NAMES]
-    rows += [(f"{kind}:<...>", "registered kind") for kind in _KINDS]
+    rows += [(kind if kind in _BARE else f"{kind}:<...>", "registered kind") for kind in _KINDS]
     return rows
 
 
