@@ -11,7 +11,6 @@ are compared with ksr's: max abs <= 1e-5 in float32 (the same operations in the 
 from __future__ import annotations
 
 import copy
-import math
 import os
 
 import numpy as np
