@@ -24,7 +24,7 @@ AUDIO_ENCODER ?= paper-audio
 TEXT_ENCODER  ?= paper-text
 endif
 
-.PHONY: help venv test lint format demo bench clean train extract fairseq-parity
+.PHONY: help venv test lint format demo bench clean train extract fairseq-parity funasr-parity
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -68,6 +68,9 @@ train: $(STAMP)  ## train all folds on caches/$(DATA) into runs/$(DATA) (RECIPE=
 
 fairseq-parity:  ## check the native wav2vec 1.0 port against fairseq itself (own venv .venv-fairseq, minutes)
 	bash tools/fairseq_parity.sh
+
+funasr-parity:  ## check the native emotion2vec against FunASR itself (own venv .venv-funasr, minutes)
+	bash tools/funasr_parity.sh
 
 bench: $(STAMP)  ## time the hot paths; results go to bench/results.md
 	$(PY) bench/run.py --out bench/results.md

@@ -25,7 +25,7 @@ import torch
 
 from .cache import CacheMeta, EncoderInfo, padding_mask, row_problem, stored_row
 from .common import DeviceError, KsrError, resolve_device
-from .extract.audio import AudioError, read_audio
+from .extract.audio import AudioError, cut_audio, read_audio
 from .extract.encoders import AudioEncoder, EncoderError, TextEncoder, load_encoder, parse_spec, placement
 from .fuse.checkpoint import CheckpointError, load_model_and_meta
 from .fuse.config import cache_dims
@@ -198,7 +198,7 @@ def load_matching_encoder(
 
 def audio_inputs(encoder: AudioEncoder, audio_path: str | os.PathLike, meta: CacheMeta) -> tuple[torch.Tensor, int]:
     try:
-        wav = read_audio(audio_path, sample_rate=meta.sample_rate)
+        wav = cut_audio(read_audio(audio_path, sample_rate=meta.sample_rate), meta.max_audio_seconds, meta.sample_rate)
     except AudioError as e:
         raise PredictError(f"--audio: {e}") from None
     if len(wav) < encoder.min_samples:

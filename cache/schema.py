@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -106,9 +107,19 @@ class CacheMeta:
     max_audio_len: int = 460
     max_text_len: int = 20
     dtype: str = "float16"
+    #: Audio cut to its first this-many seconds before encoding (``ksr extract
+    #: --max-audio-seconds``); None: the whole utterance was encoded.
+    max_audio_seconds: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        if self.max_audio_seconds is not None:
+            seconds = float(self.max_audio_seconds)
+            if not (seconds > 0 and math.isfinite(seconds)):
+                raise ValueError(
+                    f"max_audio_seconds must be a positive number of seconds, not {self.max_audio_seconds!r}"
+                )
+            object.__setattr__(self, "max_audio_seconds", seconds)
         for name in ("audio_encoder", "text_encoder"):
             value = getattr(self, name)
             if isinstance(value, dict):

@@ -126,15 +126,16 @@ def prepare_demo_cmd(out: str, seed: int, per_speaker: int) -> None:
     help="Where the built-in tiny encoders are kept (default ~/.cache/ksr/tiny).",
 )
 def encoders_cmd(spec: str | None, tiny_dir: str | None) -> None:
-    """List the encoder specs; with SPEC, load it and print what it declares.
+    """List every kind of encoder (spec, dims, frame rate, what); with SPEC, load it and print
+    what it declares.
 
-    Examples: tiny-audio, paper-text, hf:facebook/wav2vec2-base@layer=6, hf:/models/my-wavlm.
+    Examples: tiny-audio, paper-text, fbank, hf:facebook/wav2vec2-base@layer=6, hf:/models/my-wavlm.
     """
-    from ..extract.encoders import available_specs, load_encoder
+    from ..extract.encoders import load_encoder
+    from ..extract.encoders.kinds import encoder_kinds, format_kinds
 
     if spec is None:
-        for name, what in available_specs():
-            click.echo(f"{name:<48} {what}")
+        click.echo(format_kinds(encoder_kinds()))
         return
     for key, value in load_encoder(spec, tiny_root=tiny_dir).describe().items():
         click.echo(f"{key:<12} {value}")
@@ -188,9 +189,27 @@ def encoders_cmd(spec: str | None, tiny_dir: str | None) -> None:
     help="auto (cuda in float16 when present, else cpu), cpu, cuda or cuda:N.",
 )
 @click.option("--shard-size", type=click.IntRange(min=1), default=None, help="Utterances per shard file (default 512).")
+@click.option(
+    "--max-audio-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Encode only the first this-many seconds of each utterance (default: all; recorded in the cache; "
+    "docs/encoders.md says how far each encoder's features move).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def extract_cmd(
-    manifest, out, audio_encoder, text_encoder, classes, corpus, dtype, batch_seconds, device, shard_size, no_progress
+    manifest,
+    out,
+    audio_encoder,
+    text_encoder,
+    classes,
+    corpus,
+    dtype,
+    batch_seconds,
+    device,
+    shard_size,
+    max_audio_seconds,
+    no_progress,
 ) -> None:
     """Encode every utterance of MANIFEST with frozen encoders into a feature cache.
 
@@ -220,6 +239,7 @@ def extract_cmd(
         batch_seconds=batch_seconds,
         shard_size=shard_size or DEFAULT_SHARD_SIZE,
         device=device,
+        max_audio_seconds=max_audio_seconds,
         progress=not no_progress,
         ranks=ranks,
     )

@@ -83,3 +83,11 @@ def read_audio(
     if not np.isfinite(samples).all():
         raise AudioError(f"audio {path.name} contains NaN or infinite samples")
     return np.ascontiguousarray(resample(to_mono(samples), rate, sample_rate))
+
+
+def cut_audio(samples: np.ndarray, max_seconds: float | None, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The first ``max_seconds`` of ``samples`` (``round(max_seconds * rate)`` samples); all of
+    them when ``max_seconds`` is None (``ksr extract --max-audio-seconds``)."""
+    if max_seconds is None:
+        return samples
+    return samples[: int(round(max_seconds * rate))]

@@ -46,7 +46,7 @@ from ..common import (
     ranks_from_env,
     resolve_device,
 )
-from .audio import read_audio
+from .audio import cut_audio, read_audio
 from .encoders import AudioEncoder, Encoder, EncoderError, TextEncoder, load_encoder
 from .manifest import Manifest, Utterance, read_manifest
 from .plan import plan_batches, probe_seconds, rank_share
@@ -208,6 +208,7 @@ def extract_corpus(
     compute_dtype: torch.dtype | None = None,
     dtype: str = "float16",
     max_audio_len: int = MAX_AUDIO_FRAMES,
+    max_audio_seconds: float | None = None,
     max_text_len: int = MAX_TEXT_TOKENS,
     prefetch: int | None = None,
     progress: bool = True,
@@ -224,6 +225,8 @@ def extract_corpus(
     ``batch_seconds``: padded audio per batch (items x longest); an utterance longer than it
     goes alone (default :data:`DEFAULT_BATCH_SECONDS` for the device). ``prefetch``: batches of
     audio read ahead by a thread (0: none; default :data:`DEFAULT_PREFETCH`).
+    ``max_audio_seconds``: encode only the first this-many seconds of each utterance (None:
+    all of it); recorded in the cache meta, so a rerun with another value is refused.
     ``ranks``: default from torchrun's environment. ``on_batch(done)`` is called after each
     batch is handed to the writer, ``done`` counting this run's utterances so far (tests
     interrupt a run with it).
@@ -263,6 +266,7 @@ def extract_corpus(
         max_audio_len=max_audio_len,
         max_text_len=max_text_len,
         dtype=dtype,
+        max_audio_seconds=max_audio_seconds,
     )
     started = time.perf_counter()  # the summary's rate leaves model loading out
     try:  # audio read errors are per utterance (caught in _run): an OSError here is the cache's
@@ -338,6 +342,8 @@ def _run(
     if ranks.world == 1:
         for i in usable:
             seconds[i] = probe_seconds(rows[i])
+    if meta.max_audio_seconds is not None:  # batches are planned on what is encoded
+        seconds = [min(s, meta.max_audio_seconds) for s in seconds]
     # Batches are planned over the stored utterances too, and those with nothing new are
     # dropped: every run then encodes an utterance in the same batch, so a resumed run stores
     # bit for bit what an uninterrupted one does (a batch's make-up moves float rounding). Only
@@ -368,7 +374,7 @@ def _run(
         failed[stage] += 1
 
     def read(u: Utterance) -> np.ndarray:
-        return read_audio(u.audio, start=u.start, end=u.end)
+        return cut_audio(read_audio(u.audio, start=u.start, end=u.end), meta.max_audio_seconds)
 
     done = 0
     try:

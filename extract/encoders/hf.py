@@ -138,6 +138,10 @@ def _spec(source: str, layer: int, revision: str | None) -> str:
 class _HFMixin:
     """Loading shared by the audio and text encoders."""
 
+    def _keep(self, model):
+        """The part of the loaded model that runs (Whisper keeps its encoder only)."""
+        return model
+
     def _setup(
         self,
         source: str,
@@ -150,7 +154,7 @@ class _HFMixin:
         given = str(source)
         source = os.path.expanduser(given)
         folder, commit = _resolve_dir(source, revision)
-        model = _load_model(source, revision)
+        model = self._keep(_load_model(source, revision))
         self.device, self.dtype = placement(device, dtype)
         self.model = model.to(device=self.device, dtype=self.dtype)
         config = model.config
@@ -160,6 +164,7 @@ class _HFMixin:
         self.layer = _layer_index(layer, self.num_layers, source)
         self.revision = commit
         self.digest = checkpoint_digest(folder)
+        self._folder = folder  # hashed again once the processor's files are fetched too
         self.name = f"hf:{given}"
         self.spec = _spec(given, self.layer, revision)
         return source
@@ -208,6 +213,8 @@ class HFAudioEncoder(_HFMixin, AudioEncoder):
         for kernel, stride in zip(reversed(config.conv_kernel), reversed(config.conv_stride)):
             need = (need - 1) * stride + kernel
         self.min_samples = need
+        # From the hub, preprocessor_config.json arrives after the weights: hash it too.
+        self.digest = checkpoint_digest(self._folder)
 
     def num_frames(self, num_samples: int) -> int:
         lengths = self.model._get_feat_extract_output_lengths(torch.tensor([num_samples]))
@@ -263,6 +270,8 @@ class HFTextEncoder(_HFMixin, TextEncoder):
         self.tokenizer.padding_side = "right"  # encode() slices each row's first n positions
         self.max_tokens = self._max_tokens()
         self._check_tokenizer(source)
+        # From the hub, the tokenizer's files arrive after the weights: hash them too.
+        self.digest = checkpoint_digest(self._folder)
 
     def _max_tokens(self) -> int:
         """The longest input the model takes (texts beyond it are truncated)."""

@@ -7,6 +7,9 @@ Grammar (documented in ``docs/encoders.md``)::
     paper-text                                                      = hf:roberta-large@layer=-1
     w2v1:<fairseq wav2vec 1.0 checkpoint .pt>                       the paper's wav2vec (1.0)
     paper-audio                                                     = w2v1:$KSR_WAV2VEC_LARGE
+    fbank[@mel=<int>]                                               Kaldi-style log-mel, no weights
+    e2v:<FunASR emotion2vec folder or its model.pt>                 emotion2vec, native
+    e2v-plus-large                                                  = e2v:$KSR_EMOTION2VEC_PLUS_LARGE
     <preset>[@layer=<int>]                                          a preset, another layer
 
 Options come last, each ``@key=value``; they are read from the right, so a path may itself
@@ -27,6 +30,10 @@ from .base import AudioEncoder, Encoder, EncoderError, TextEncoder
 
 _OPTION = re.compile(r"@(?P<key>[A-Za-z_]+)=(?P<value>[^@]*)$")
 _KNOWN_OPTIONS = ("layer", "revision")
+#: Options particular to some kinds (``fbank@mel=64``): kind -> option names.
+_KIND_OPTIONS: dict[str, tuple[str, ...]] = {}
+#: Kinds named without a source (``fbank``), registered with ``bare=True``.
+_BARE: set[str] = set()
 
 #: Named shorthands for full specs.
 PRESETS: dict[str, str] = {
@@ -36,6 +43,9 @@ PRESETS: dict[str, str] = {
     # fairseq wav2vec 1.0 large as the paper used it (aggregator output, 512-dim, 100 frames/s);
     # the checkpoint's path comes from $KSR_WAV2VEC_LARGE (nothing is downloaded).
     "paper-audio": "w2v1:$KSR_WAV2VEC_LARGE",
+    # emotion2vec+ large (FunASR's release, ~300 M, 1024-dim, 50 frames/s), the recommended
+    # emotion2vec variant; its folder (model.pt + config.yaml) comes from the variable.
+    "e2v-plus-large": "e2v:$KSR_EMOTION2VEC_PLUS_LARGE",
 }
 
 
@@ -54,10 +64,15 @@ Loader = Callable[..., Encoder]
 _KINDS: dict[str, Loader] = {}
 
 
-def register_kind(prefix: str, loader: Loader) -> None:
+def register_kind(prefix: str, loader: Loader, *, options: tuple[str, ...] = (), bare: bool = False) -> None:
     """Make ``<prefix>:<source>[@...]`` load with ``loader(spec: EncoderSpec, device=, dtype=,
-    tiny_root=)``; for kinds outside this module (the fairseq wav2vec 1.0)."""
+    tiny_root=)``; for kinds outside this module (the fairseq wav2vec 1.0). ``options``: the
+    kind's own ``@key=value`` options, found in ``spec.options``; ``bare``: the kind is named
+    without a source (``fbank``, not ``fbank:<...>``)."""
     _KINDS[prefix] = loader
+    _KIND_OPTIONS[prefix] = tuple(options)
+    if bare:
+        _BARE.add(prefix)
 
 
 def parse_spec(text: str) -> EncoderSpec:
@@ -66,9 +81,10 @@ def parse_spec(text: str) -> EncoderSpec:
     options: dict[str, str] = {}
     while (m := _OPTION.search(spec)) is not None:
         key = m["key"]
-        if key not in _KNOWN_OPTIONS:
+        known = (*_KNOWN_OPTIONS, *sorted({o for opts in _KIND_OPTIONS.values() for o in opts}))
+        if key not in known:
             raise EncoderError(
-                f"encoder spec {text!r}: unknown option @{key} (known: {', '.join('@' + k for k in _KNOWN_OPTIONS)})"
+                f"encoder spec {text!r}: unknown option @{key} (known: {', '.join('@' + k for k in known)})"
             )
         if key in options:
             raise EncoderError(f"encoder spec {text!r}: @{key} given twice")
@@ -81,6 +97,18 @@ def parse_spec(text: str) -> EncoderSpec:
         except ValueError:
             raise EncoderError(f"encoder spec {text!r}: layer {options['layer']!r} is not an integer") from None
     revision = options.get("revision") or None
+    extra = {k: v for k, v in options.items() if k not in _KNOWN_OPTIONS}
+    kind = spec if spec in _BARE else spec.partition(":")[0]
+    takes = _KIND_OPTIONS.get(kind, ())
+    for key in extra:
+        if key not in takes:
+            raise EncoderError(
+                f"encoder spec {text!r}: @{key} is an option of "
+                f"{', '.join(k for k, o in _KIND_OPTIONS.items() if key in o)} "
+                "only"
+            )
+    if spec in _BARE:
+        return EncoderSpec(spec, "", layer, revision, extra)
     if spec in PRESETS:
         base = parse_spec(PRESETS[spec])
         return EncoderSpec(
@@ -93,10 +121,16 @@ def parse_spec(text: str) -> EncoderSpec:
             raise EncoderError(f"encoder spec {text!r}: built-in encoders have no @revision")
         return EncoderSpec("tiny", spec, layer)
     kind, sep, source = spec.partition(":")
-    if not sep or not source or (kind != "hf" and kind not in _KINDS):
-        known = ["hf:<hub id or folder>", *(f"{k}:<...>" for k in _KINDS), *PRESETS, *TINY_NAMES]
+    if not sep or not source or kind in _BARE or (kind != "hf" and kind not in _KINDS):
+        known = [
+            "hf:<hub id or folder>",
+            *(f"{k}:<...>" for k in _KINDS if k not in _BARE),
+            *PRESETS,
+            *TINY_NAMES,
+            *sorted(_BARE),
+        ]
         raise EncoderError(f"unknown encoder spec {text!r}: use one of {', '.join(known)}")
-    return EncoderSpec(kind, source, layer, revision)
+    return EncoderSpec(kind, source, layer, revision, extra)
 
 
 def load_encoder(
@@ -131,7 +165,8 @@ def load_encoder(
 
 
 def _hf_modality(source: str, revision: str | None) -> str:
-    """``audio`` for models with a convolutional waveform front end, else ``text``."""
+    """``whisper`` for Whisper (its encoder), ``audio`` for models with a convolutional
+    waveform front end, else ``text``."""
     from transformers import AutoConfig
 
     from .hf import quiet_transformers
@@ -142,6 +177,8 @@ def _hf_modality(source: str, revision: str | None) -> str:
     except (OSError, ValueError, KeyError) as err:
         reason = " ".join(str(err).split())[:300]
         raise EncoderError(f"cannot read the config of {source!r}: {reason}") from None
+    if getattr(config, "model_type", None) == "whisper":
+        return "whisper"
     return "audio" if hasattr(config, "conv_stride") else "text"
 
 
@@ -150,6 +187,10 @@ def _load_hf(source: str, layer: int, revision: str | None, device, dtype) -> En
 
     check_local_folder(source)
     modality = _hf_modality(os.path.expanduser(source), revision)
+    if modality == "whisper":
+        from .whisper import WhisperAudioEncoder
+
+        return WhisperAudioEncoder(source, layer=layer, revision=revision, device=device, dtype=dtype)
     cls = HFAudioEncoder if modality == "audio" else HFTextEncoder
     return cls(source, layer=layer, revision=revision, device=device, dtype=dtype)
 
@@ -166,7 +207,7 @@ def available_specs() -> list[tuple[str, str]]:
     ]
     rows += [(name, f"= {target}") for name, target in PRESETS.items()]
     rows += [(name, "built-in tiny encoder for tests and the demo (random weights)") for name in TINY_NAMES]
-    rows += [(f"{kind}:<...>", "registered kind") for kind in _KINDS]
+    rows += [(kind if kind in _BARE else f"{kind}:<...>", "registered kind") for kind in _KINDS]
     return rows
 
 
@@ -177,6 +218,24 @@ def _load_wav2vec1(spec: EncoderSpec, **kwargs) -> Encoder:
 
 
 register_kind("w2v1", _load_wav2vec1)
+
+
+def _load_fbank(spec: EncoderSpec, **kwargs) -> Encoder:
+    from .fbank import load_fbank
+
+    return load_fbank(spec, **kwargs)
+
+
+register_kind("fbank", _load_fbank, options=("mel",), bare=True)
+
+
+def _load_emotion2vec(spec: EncoderSpec, **kwargs) -> Encoder:
+    from .emotion2vec import load_emotion2vec
+
+    return load_emotion2vec(spec, **kwargs)
+
+
+register_kind("e2v", _load_emotion2vec)
 
 __all__ = [
     "EncoderSpec",

@@ -173,3 +173,39 @@ def ensure_tiny(name: str, root: str | os.PathLike | None = None) -> Path:
     if folder.exists():  # an interrupted build from an older ksr: start again
         shutil.rmtree(folder)
     return build_tiny(name, folder)
+
+
+def save_tiny_whisper(folder: str | os.PathLike, *, layers: int = 2, mel: int = 80, seed: int = SEED) -> Path:
+    """A tiny Whisper (hidden 32, ``layers`` encoder layers, random weights) written with
+    ``save_pretrained`` + its feature extractor into ``folder``, loadable as ``hf:<folder>``:
+    what the tests and the measurements of docs/encoders.md use in place of a released one."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    folder = Path(folder)
+    # transformers 5 checks the special token ids against the vocabulary: give them all.
+    config = WhisperConfig(
+        vocab_size=16,
+        num_mel_bins=mel,
+        d_model=32,
+        encoder_layers=layers,
+        encoder_attention_heads=2,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_source_positions=1500,
+        max_target_positions=16,
+        pad_token_id=1,
+        bos_token_id=2,
+        eos_token_id=3,
+        decoder_start_token_id=2,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+    )
+    torch.manual_seed(seed)
+    from .hf import quiet_transformers
+
+    with quiet_transformers():
+        WhisperModel(config).save_pretrained(folder)
+        WhisperFeatureExtractor(feature_size=mel).save_pretrained(folder)
+    return folder

@@ -387,11 +387,12 @@ def test_parse_spec(spec, parsed):
         (
             "wav2vec2-base",
             r"unknown encoder spec 'wav2vec2-base': use one of hf:<hub id or "
-            r"folder>, w2v1:<\.\.\.>, paper-text, paper-audio, tiny-audio, tiny-text",
+            r"folder>, w2v1:<\.\.\.>, e2v:<\.\.\.>, paper-text, paper-audio, "
+            r"e2v-plus-large, tiny-audio, tiny-text, fbank$",
         ),
         ("hf:", r"unknown encoder spec 'hf:'"),
         ("hf:x@layer=last", r"layer 'last' is not an integer"),
-        ("hf:x@depth=3", r"unknown option @depth \(known: @layer, @revision\)"),
+        ("hf:x@depth=3", r"unknown option @depth \(known: @layer, @revision, @mel\)"),
         ("hf:x@layer=1@layer=2", r"@layer given twice"),
         ("tiny-audio@revision=abc", r"built-in encoders have no @revision"),
     ],
