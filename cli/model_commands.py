@@ -134,7 +134,7 @@ def train_cmd(run_dir, baseline, **options) -> None:
     from ..fuse.runs import point_latest
 
     run = Path(run_dir)
-    setup, folds, seeds = setup_training(options)
+    setup, folds, seeds = setup_training(options, run_dir)
     ranks = setup.ranks
     say = click.echo if ranks.main else (lambda *a, **k: None)
     say(
