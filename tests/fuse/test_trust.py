@@ -178,3 +178,20 @@ def test_a_run_killed_during_warm_up_resumes_to_the_uninterrupted_numbers(cache_
     assert run == ref
     lrs = [e["lr"] for e in ref["epochs"]]
     assert lrs[0] == pytest.approx(0.05) and lrs[1] < lrs[0]  # the history keeps the schedule's own rate
+
+
+def test_resume_takes_the_runs_own_settings_and_refuses_other_ones(cache_dir, tmp_path):
+    run = tmp_path / "run"
+    first = train(run, cache_dir, "--epochs", "2", "--fold", "2", "--no-baseline", "--pooling", "masked")
+    assert first.exit_code == 0, first.output
+    # nothing but the cache and the run: the saved model, recipe and selection are used
+    again = CliRunner().invoke(
+        main, ["train", "--cache", str(cache_dir), "--run", str(run), "--resume", "--fold", "2", "--no-baseline"]
+    )
+    assert again.exit_code == 0, again.output
+    saved = json.loads((run / "run.json").read_text())
+    assert saved["model"]["pooling"] == "masked" and saved["recipe"]["name"] == "official"
+    other = CliRunner().invoke(
+        main, ["train", "--cache", str(cache_dir), "--run", str(run), "--resume", "--fold", "2", "--epochs", "5"]
+    )
+    assert other.exit_code == 1 and "holds a run with other settings (recipe differ)" in other.output
