@@ -3,7 +3,9 @@
 Each module ``bench/bench_*.py`` defines ``run(quick: bool) -> str`` returning a Markdown
 section. Every section is written with the machine, the torch version and the command that made
 it. ``--only NAME`` reruns one module and replaces only its section in the results file, so the
-file always holds the latest measurement of each benchmark.
+file always holds the latest measurement of each benchmark. A module that defines
+``add_options(parser)`` gets its own options on this command line and is run as
+``run(quick, options)``. ALIASES gives some modules a second name (``--only gpu-train``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ TITLE = "# ksr benchmark results\n\nWritten by `make bench` (bench/run.py); each
 # A section starts at this marker line and runs to the next one.
 MARKER = "<!-- bench: {} -->"
 MARKER_RE = re.compile(r"^<!-- bench: (\w+) -->$", re.M)
+# --only names that stand for a module's own name (bench_<name>.py, section <name>).
+ALIASES = {"gpu-train": "train"}
 
 
 def machine_summary() -> str:
@@ -73,23 +77,33 @@ def load(path: Path):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, add_help=False)  # -h once the modules' options are in
     ap.add_argument("--out", default=str(HERE / "results.md"), help="results file (Markdown)")
     ap.add_argument("--only", default=None, help="run only bench_<ONLY>.py and replace its section")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
-    args = ap.parse_args()
+    only = ap.parse_known_args()[0].only
     modules = sorted(HERE.glob("bench_*.py"))
-    if args.only:
-        modules = [m for m in modules if m.stem == f"bench_{args.only}"]
+    if only:
+        only = ALIASES.get(only, only)
+        modules = [m for m in modules if m.stem == f"bench_{only}"]
         if not modules:
-            names = ", ".join(p.stem[len("bench_") :] for p in sorted(HERE.glob("bench_*.py")))
-            sys.exit(f"bench/run.py: no benchmark named {args.only!r} (have: {names})")
+            names = ", ".join(
+                [p.stem[len("bench_") :] for p in sorted(HERE.glob("bench_*.py"))]
+                + [f"{a} (= {n})" for a, n in ALIASES.items()]
+            )
+            sys.exit(f"bench/run.py: no benchmark named {only!r} (have: {names})")
+    loaded = {path: load(path) for path in modules}
+    for mod in loaded.values():
+        if hasattr(mod, "add_options"):
+            mod.add_options(ap)
+    ap.add_argument("-h", "--help", action="help", help="show this help message and exit")
+    args = ap.parse_args()
     out = Path(args.out)
     sections = read_sections(out)
-    for path in modules:
+    for path, mod in loaded.items():
         name = path.stem[len("bench_") :]
         print(f"== {name}", flush=True)
-        text = load(path).run(quick=args.quick)
+        text = mod.run(args.quick, args) if hasattr(mod, "add_options") else mod.run(quick=args.quick)
         head, _, rest = text.strip("\n").partition("\n")  # the module's "## title" line, then its body
         sections[name] = f"{head}\n\n{machine_summary()}{rest}"
         write_sections(out, sections)  # after each module, so a crash later keeps what was measured
