@@ -78,7 +78,7 @@ def training_options(f):
             type=click.Choice(list(PRESETS)),
             default="paper",
             show_default=True,
-            help="Preset: paper = SGD lr 5e-4 halved every 30 epochs; official = the public code's SGD momentum 0.9 + cosine.",
+            help="Preset: paper = SGD lr 5e-4 halved every 30 epochs; official = the public code's SGD momentum 0.9 + cosine; ksr = AdamW 4e-3, warm-up, cosine, 24 epochs, standardised inputs (docs/learning.md).",
         ),
         click.option(
             "--protocol",
@@ -170,7 +170,7 @@ def setup_training(o: dict, run_dir: str | None = None):
 
     from ..fuse.config import cli_settings
     from ..fuse.experiment import setup_training
-    from ..fuse.recipes import recipe
+    from ..fuse.recipes import PRESET_MODEL_SETTINGS, PRESET_NOTES, recipe
     from ..fuse.runs import RUN_FILE, load_run
 
     ctx = click.get_current_context()
@@ -194,7 +194,10 @@ def setup_training(o: dict, run_dir: str | None = None):
         }
         run = {**{k: getattr(saved, k) for k in run}, **{k: v for k, v in run.items() if k in typed}}
     r = recipe(recipe_name, **recipe_changes)
+    changes = {**PRESET_MODEL_SETTINGS.get(recipe_name, {}), **changes}
     setup = setup_training(o["cache_dir"], r, changes, **run, device=o["device"], cache_mode=o["cache_mode"])
+    if recipe_name in PRESET_NOTES and setup.ranks.main:
+        click.echo(PRESET_NOTES[recipe_name], err=True)
     if o["select"] == "test" and setup.ranks.main:
         click.echo(
             "warning: --select test picks each fold's epoch on its TEST set (the public code's protocol); "

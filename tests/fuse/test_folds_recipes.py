@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -129,3 +130,78 @@ def test_warmup_ramps_linearly_per_step_then_leaves_the_schedule_alone():
     assert warmup_factor(recipe("paper"), 0, 4) == 1.0  # the public presets have none
     with pytest.raises(ValueError, match="warmup_epochs must be in"):
         recipe("paper", warmup_epochs=500)
+
+
+def test_the_ksr_preset_is_what_the_learning_study_measured():
+    r = PRESETS["ksr"]
+    assert (r.optimizer, r.lr, r.schedule, r.epochs, r.batch_size, r.warmup_epochs, r.momentum, r.weight_decay) == (
+        "adamw",
+        4e-3,
+        "cosine",
+        24,
+        16,
+        1.0,
+        0.0,
+        0.0,
+    )
+    # the public presets are untouched: what the public code and the paper run
+    assert PRESETS["paper"] == Recipe(name="paper") and PRESETS["official"] == Recipe(
+        name="official", momentum=0.9, schedule="cosine"
+    )
+
+
+def test_recipe_ksr_brings_standardised_inputs_and_paper_says_it_does_not_train(tmp_path):
+    from click.testing import CliRunner
+
+    from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
+    from ksr.cli import main
+
+    cache = tmp_path / "cache"
+    write_synthetic_cache(
+        cache,
+        40,
+        synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32"),
+        seed=1,
+        signal=1.0,
+    )
+    tiny = [
+        "--layers",
+        "1,1,1",
+        "--heads",
+        "2",
+        "--audio-ffn-dim",
+        "8",
+        "--text-ffn-dim",
+        "8",
+        "--fold",
+        "2",
+        "--epochs",
+        "1",
+        "--no-baseline",
+    ]
+    ksr = CliRunner().invoke(
+        main, ["train", "--cache", str(cache), "--run", str(tmp_path / "k"), "--recipe", "ksr", *tiny]
+    )
+    assert ksr.exit_code == 0, ksr.output
+    saved = json.loads((tmp_path / "k" / "run.json").read_text())
+    assert saved["model"]["input_norm"] == "standardize" and saved["recipe"]["name"] == "ksr"
+    typed = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--cache",
+            str(cache),
+            "--run",
+            str(tmp_path / "t"),
+            "--recipe",
+            "ksr",
+            "--input-norm",
+            "none",
+            *tiny,
+        ],
+    )
+    assert json.loads((tmp_path / "t" / "run.json").read_text())["model"]["input_norm"] == "none"  # typed wins
+    paper = CliRunner().invoke(main, ["train", "--cache", str(cache), "--run", str(tmp_path / "p"), *tiny])
+    assert "note: the paper recipe (SGD at lr 5e-4) did not train in 120 epochs" in paper.output
+    assert json.loads((tmp_path / "p" / "run.json").read_text())["model"]["input_norm"] == "none"
+    assert typed.exit_code == 0
