@@ -30,7 +30,15 @@ from .convert import BufferPool, gather_pieces, pieces_per_row, row_pieces, vali
 from .errors import CacheError
 from .rows import padding_mask
 from .schema import INT_FIELDS, STR_FIELDS, CacheMeta, check_compatible
-from .shard import ShardInfo, checksum_problem, pread_exact, read_extents_hashed
+from .shard import (
+    ShardInfo,
+    checksum_problem,
+    nonfinite_message,
+    nonfinite_problem,
+    nonfinite_rows,
+    pread_exact,
+    read_extents_hashed,
+)
 from .util import byte_bar, map_in_threads
 from .verify import inspect_cache
 
@@ -354,6 +362,10 @@ class _MemoryStore(_Store):
                         bar.update(view.nbytes)
                 finally:
                     os.close(fd)
+            for k in _KEYS:  # NaN or inf would train to NaN losses: refuse the shard by name
+                problem = nonfinite_problem(s.path, s.fields["id"], k, dest[k].numpy())
+                if problem:
+                    raise CacheError(problem)
             if not on_cpu:
                 for k in _KEYS:
                     self.rows[k][lo:hi].copy_(dest[k])
@@ -413,6 +425,7 @@ class _StreamStore(_Store):
             self.close()
             raise
         self.starts = np.cumsum([0] + [s.n for s in shards])
+        self.ids = [s.fields["id"] for s in shards]
         self.offsets = {"audio": [s.audio_offset for s in shards], "text": [s.text_offset for s in shards]}
         self._local = threading.local()  # per-thread staging buffers, reused across batches
 
@@ -442,8 +455,21 @@ class _StreamStore(_Store):
                     self.valid[key][phys].tolist(),
                     k,
                 )
+            self._check_finite(result, key, shard, row)
             out.append(result)
         return tuple(out)
+
+    def _check_finite(self, result: torch.Tensor, key: str, shard: np.ndarray, row: np.ndarray) -> None:
+        """Refuse NaN or inf in the rows just read, naming their shard (as memory mode does at load)."""
+        if result.dtype in (torch.float16, torch.float32, torch.float64):
+            bad = nonfinite_rows(result.numpy())  # numpy's check is ~10x faster than torch's here
+        else:
+            bad = (~torch.isfinite(result).flatten(1).all(dim=1)).numpy()
+        if bad is None or not bad.any():
+            return
+        j = int(np.flatnonzero(bad)[0])
+        s = int(shard[j])
+        raise CacheError(nonfinite_message(self.paths[s], key, None, self.ids[s][int(row[j])]))
 
     def _check_unchanged(self, s: int) -> None:
         (size, mtime), (was_size, was_mtime) = _stamp(self.fds[s]), self.stamps[s]

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from ..common.files import HASH_BLOCK
+from .convert import all_finite
 from .errors import CacheError
 from .index import ShardEntry, check_schema_version
 from .schema import AUDIO, INT_FIELDS, SCHEMA_VERSION, SHARD_KIND, STR_FIELDS, TEXT, CacheMeta, diff_dicts
@@ -246,6 +247,71 @@ def duplicate_ids(shards: list[ShardInfo]) -> list[str]:
             first = seen.setdefault(uid, s.path)
             if first is not s.path:
                 out.append(f"{s.path}: utterance {uid!r} is also stored in {first.name}")
+    return out
+
+
+def nonfinite_rows(rows: np.ndarray) -> np.ndarray | None:
+    """Which of the feature ``rows`` (n, length, dim) hold NaN or inf (bool, n), or None when
+    all values are finite. Vectorised, a block of rows at a time (small temporaries)."""
+    flat = rows.reshape(len(rows), -1)
+    step = max(1, BLOCK // max(1, flat.shape[1] * flat.itemsize))
+    bad = None
+    for lo in range(0, len(flat), step):
+        part = flat[lo : lo + step]
+        if all_finite(part):
+            continue
+        if bad is None:
+            bad = np.zeros(len(flat), dtype=bool)
+        if part.dtype == np.float16:
+            bad[lo : lo + step] = ((part.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=1)
+        else:
+            bad[lo : lo + step] = ~np.isfinite(part).all(axis=1)
+    return bad
+
+
+def nonfinite_message(path: Path, what: str, count: int | None, first_id: str) -> str:
+    """The one line for a shard holding NaN or inf features (``count`` utterances, None when
+    not known). The writer refuses them, so only another writer puts them in a shard."""
+    which = f"{count} utterance(s) with" if count is not None else "utterance(s) with"
+    return (
+        f"{path}: {which} NaN or inf {what} features (first: {first_id!r}): "
+        f"ksr's writer refuses such features, so another program wrote this shard; extract the cache again"
+    )
+
+
+def nonfinite_problem(path: Path, ids: np.ndarray, what: str, rows: np.ndarray) -> str | None:
+    """``nonfinite_message`` for ``rows`` (utterance ``r`` has id ``ids[r]``), None when finite."""
+    bad = nonfinite_rows(rows)
+    if bad is None:
+        return None
+    return nonfinite_message(path, what, int(bad.sum()), ids[int(np.flatnonzero(bad)[0])])
+
+
+def scan_features(info: ShardInfo, meta: CacheMeta) -> list[str]:
+    """Read every feature row of a checked shard, a block of rows at a time, and report the
+    non-finite ones, audio and text (one line each)."""
+    out = []
+    dtype = np.dtype(meta.dtype)
+    fd = os.open(info.path, os.O_RDONLY)
+    try:
+        for what, offset, width, dim in (
+            ("audio", info.audio_offset, meta.max_audio_len, meta.audio_dim),
+            ("text", info.text_offset, meta.max_text_len, meta.text_dim),
+        ):
+            row_bytes = width * dim * dtype.itemsize
+            step = max(1, BLOCK // row_bytes)
+            count, first = 0, None
+            for lo in range(0, info.n, step):
+                rows = np.empty((min(info.n, lo + step) - lo, width, dim), dtype)
+                pread_exact(fd, memoryview(rows).cast("B"), offset + lo * row_bytes, info.path)
+                bad = nonfinite_rows(rows)
+                if bad is not None:
+                    count += int(bad.sum())
+                    first = first if first is not None else info.fields["id"][lo + int(np.flatnonzero(bad)[0])]
+            if count:
+                out.append(nonfinite_message(info.path, what, count, first))
+    finally:
+        os.close(fd)
     return out
 
 

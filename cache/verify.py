@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..common.files import sha256_file
 from .index import Scan, scan_dir
-from .shard import ShardInfo, checksum_problem, duplicate_ids, inspect_shard
+from .shard import ShardInfo, checksum_problem, duplicate_ids, inspect_shard, scan_features
 from .util import byte_bar, map_in_threads
 
 
@@ -63,11 +63,16 @@ class VerifyReport:
 
 def verify_cache(root: str | Path, checksums: bool = True, progress: bool | None = None) -> VerifyReport:
     """Check indexes, files, sizes, schema, metadata, duplicate ids, shards no index lists, and
-    (``checksums``) every shard's SHA-256; collect all problems instead of stopping at the first."""
+    (``checksums``) every shard's SHA-256 and every feature value (NaN or inf); collect all
+    problems instead of stopping at the first."""
     ins = inspect_cache(root, checksums, progress)
+    features: list[str] = []
+    if checksums and ins.scan.meta is not None:
+        for found in map_in_threads(lambda s: scan_features(s, ins.scan.meta), ins.shards):
+            features += found
     return VerifyReport(
         Path(root),
-        ins.problems + ins.scan.unindexed_problems(),
+        ins.problems + features + ins.scan.unindexed_problems(),
         ins.scan.leftover_notes(),
         len(ins.shards),
         sum(s.n for s in ins.shards),

@@ -34,10 +34,12 @@ def cache_info_cmd(cache_dir: str, as_json: bool) -> None:
 @click.option(
     "--no-checksums",
     is_flag=True,
-    help="Skip the SHA-256 of every shard (sizes, schema and metadata are still checked).",
+    help="Skip the SHA-256 of every shard and the scan of every feature value for NaN or inf "
+    "(sizes, schema and metadata are still checked).",
 )
 def cache_verify_cmd(cache_dir: str, no_checksums: bool) -> None:
-    """Check CACHE_DIR: indexes, shard files, sizes, checksums, schema and metadata.
+    """Check CACHE_DIR: indexes, shard files, sizes, checksums, schema, metadata, and NaN or
+    inf in the features.
 
     Prints every problem, one line each naming the file, and exits with status 1 if there
     is any.
