@@ -247,3 +247,5 @@ def extract_cmd(
     )
     if ranks.main:
         click.echo(summary.format())
+        for warning in summary.warnings():
+            click.echo(f"warning: {warning}", err=True)

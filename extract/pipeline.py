@@ -311,8 +311,9 @@ def _run(
     progress: bool,
     on_batch: Callable[[int], None] | None,
 ) -> ExtractSummary:
-    summary = ExtractSummary(cache_dir=writer.root, ranks=ranks.world)
+    summary = ExtractSummary(cache_dir=writer.root, ranks=ranks.world, classes=tuple(meta.classes))
     failed: Counter[str] = Counter()
+    in_cache: Counter[str] = Counter()  # per class: stored before, or stored by this run
     if ranks.main:  # rows the reader rejected belong to no share: rank 0 reports them
         for p in manifest.problems:
             log.add(p.id or f"(line {p.line})", "manifest", f"line {p.line}: {p.reason}")
@@ -338,6 +339,7 @@ def _run(
         usable.append(i)
         if u.id in stored:
             summary.stored_before += 1
+            in_cache[u.label] += 1
     summary.total += len(share)
     if ranks.world == 1:
         for i in usable:
@@ -421,6 +423,7 @@ def _run(
                     u.id, a, t, u.label, speaker=u.speaker, session=str(u.session), gender=u.gender, transcript=u.text
                 )
                 summary.extracted += 1
+                in_cache[u.label] += 1
                 summary.audio_seconds += len(w) / SAMPLE_RATE
                 faults.point("extract-add")
             new = sum(u.id not in stored for u in batch)
@@ -436,4 +439,5 @@ def _run(
     finally:
         bar.close()
         summary.failed = {s: failed[s] for s in STAGES if failed[s]}
+        summary.class_counts = {c: in_cache[c] for c in meta.classes}
     return summary

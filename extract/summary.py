@@ -16,6 +16,9 @@ from pathlib import Path
 #: Stages an utterance can be left out at, in pipeline order. ``label`` means skipped (its label
 #: is not one of the classes), every other stage means failed.
 STAGES = ("manifest", "label", "audio", "audio-encoder", "text-encoder", "features")
+#: A class with fewer utterances than this in the cache gets a warning naming it: most likely a
+#: mistyped label (``postive`` among ``positive``) that became a class of its own.
+MIN_CLASS_UTTERANCES = 5
 HEADER = "id\tstage\treason\n"
 
 
@@ -89,6 +92,8 @@ class ExtractSummary:
     seconds: float = 0.0  # wall time of the extraction loop (slowest rank)
     ranks: int = 1
     errors_files: list[Path] = field(default_factory=list)
+    classes: tuple[str, ...] = ()  # the cache's classes, in its order
+    class_counts: dict[str, int] = field(default_factory=dict)  # class -> this manifest's utterances in the cache
 
     @property
     def failed_total(self) -> int:
@@ -113,8 +118,10 @@ class ExtractSummary:
         """The summary of a multi-rank run from its ranks' summaries."""
         parts = list(parts)
         failed: Counter[str] = Counter()
+        counts: Counter[str] = Counter()
         for p in parts:
             failed.update(p.failed)
+            counts.update(p.class_counts)
         return cls(
             cache_dir=parts[0].cache_dir,
             total=sum(p.total for p in parts),
@@ -126,7 +133,23 @@ class ExtractSummary:
             seconds=max(p.seconds for p in parts),
             ranks=len(parts),
             errors_files=[f for p in parts for f in p.errors_files],
+            classes=parts[0].classes,
+            class_counts={c: counts[c] for c in parts[0].classes},
         )
+
+    def warnings(self) -> list[str]:
+        """One line naming the classes with fewer than :data:`MIN_CLASS_UTTERANCES` utterances
+        in the cache (none when every class has enough)."""
+        few = [(c, self.class_counts.get(c, 0)) for c in self.classes]
+        few = [(c, n) for c, n in few if n < MIN_CLASS_UTTERANCES]
+        if not few:
+            return []
+        named = ", ".join(f"{c!r} ({n})" for c, n in few)
+        return [
+            f"{len(few)} class(es) with fewer than {MIN_CLASS_UTTERANCES} utterances in the cache: {named}; "
+            f"a mistyped label in the manifest? Correct it, or name the classes with --classes (other labels "
+            f"are then skipped), in a new cache"
+        ]
 
     def format(self) -> str:
         failed = ", ".join(f"{stage} {n}" for stage, n in self.failed.items())
@@ -135,6 +158,9 @@ class ExtractSummary:
             f"extracted now, {self.skipped} skipped (label not in the classes), "
             f"{self.failed_total} failed" + (f" ({failed})" if failed else ""),
         ]
+        if self.classes:
+            counts = ", ".join(f"{c} {self.class_counts.get(c, 0)}" for c in self.classes)
+            lines.append(f"per class (this manifest's utterances in the cache): {counts}")
         if self.extracted:
             lines.append(
                 f"{self.extracted} utterances ({self.audio_seconds / 60:.1f} min of audio) in "
