@@ -253,6 +253,8 @@ def duplicate_ids(shards: list[ShardInfo]) -> list[str]:
 def nonfinite_rows(rows: np.ndarray) -> np.ndarray | None:
     """Which of the feature ``rows`` (n, length, dim) hold NaN or inf (bool, n), or None when
     all values are finite. Vectorised, a block of rows at a time (small temporaries)."""
+    if rows.size == 0:
+        return None
     flat = rows.reshape(len(rows), -1)
     step = max(1, BLOCK // max(1, flat.shape[1] * flat.itemsize))
     bad = None
