@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..common import faults
+from ..common import faults, signals
 from ..common.files import fsync_path, sha256_file
 from .errors import CacheError
 from .index import TMP_SUFFIX, ShardEntry, WriterIndex, now_iso, scan_dir, write_index
@@ -250,9 +250,14 @@ class CacheWriter:
     # -- finishing -----------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write the buffered utterances as one finished shard now (nothing if none)."""
+        """Write the buffered utterances as one finished shard now (nothing if none). A SIGTERM
+        that arrives meanwhile (``common.signals``) takes effect once the shard is committed."""
         if self._n == 0 or self._failed:
             return
+        with signals.deferred():
+            self._commit()
+
+    def _commit(self) -> None:
         n = self._n
         name = shard_name(self.tag, self._next_seq)
         tmp, final = self.root / (name + TMP_SUFFIX), self.root / name

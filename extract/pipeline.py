@@ -45,6 +45,7 @@ from ..common import (
     faults,
     ranks_from_env,
     resolve_device,
+    signals,
 )
 from .audio import cut_audio, read_audio
 from .encoders import AudioEncoder, Encoder, EncoderError, TextEncoder, load_encoder
@@ -271,6 +272,7 @@ def extract_corpus(
     started = time.perf_counter()  # the summary's rate leaves model loading out
     try:  # audio read errors are per utterance (caught in _run): an OSError here is the cache's
         with (
+            signals.sigterm_raises(),  # SIGTERM as SIGINT: the writer still writes its partial shard
             CacheWriter(out_dir, meta, tag=ranks.tag, shard_size=shard_size) as writer,
             ErrorLog(out_dir / f"errors-{ranks.tag}.tsv") as log,
         ):
@@ -292,6 +294,11 @@ def extract_corpus(
             )
     except OSError as err:
         raise ExtractError(f"cannot write the cache in {out_dir}: {err}") from None
+    except signals.Terminated:
+        raise ExtractError(
+            f"stopped by SIGTERM: every utterance extracted so far is stored in {out_dir} (the last, "
+            f"partial shard included); run the same command again to continue"
+        ) from None
     summary.errors_files = [log.path]
     summary.seconds = time.perf_counter() - started
     return _gather(summary, ranks)

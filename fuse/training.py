@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..cache import Cache
-from ..common import Ranks, atomic_save, faults, remove_dead_temps, write_json
+from ..common import Ranks, atomic_save, faults, remove_dead_temps, signals, write_json
 from .architectures import build_model
 from .baselines import PROBE_C_GRID, fit_probe, pooled_features
 from .checkpoint import CheckpointError, load_state_strict, read_torch_file, save_checkpoint
@@ -119,87 +119,97 @@ def train_fold(
         disable=not (progress and ranks.main),
         leave=False,
     )
-    for epoch in epochs:
-        model.train()
-        lr = optimizer.param_groups[0]["lr"]
-        loss_sum, seen = 0.0, 0
-        parts = epoch_batches(split.train, r.batch_size, shuffle, ranks)
-        for step_in_epoch, part in enumerate(parts):
-            faults.point("train-batch")  # test-only: the reliability tests kill the run here
-            if r.warmup_epochs:  # per step, on top of the per-epoch schedule
-                factor = warmup_factor(r, epoch * len(parts) + step_in_epoch, len(parts))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * factor
-            batch = cache.batch(part).to(device)
-            with autocast(device, amp):
-                logits = trainer(batch.audio, batch.text, batch.audio_padding_mask, batch.text_padding_mask)
-            loss = F.cross_entropy(logits.float(), batch.labels)
-            value = loss.item()
-            if not math.isfinite(value):  # NaN or inf: nothing after this step would mean anything
-                raise RunError(
-                    f"fold {fold}, epoch {epoch + 1}: the training loss is {value}; lower --lr, or check the "
-                    f"cache for NaN/inf features (ksr cache verify); epochs before this one are kept (--resume)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # under DDP, gradients are averaged over the ranks here
-            optimizer.step()
-            loss_sum += value * len(batch)
-            seen += len(batch)
-        if r.warmup_epochs:  # the schedule steps from its own rate, not the warmed-up one
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        scheduler.step()
-        if ranks.world > 1:  # the epoch's loss over all ranks' shares
-            totals = torch.tensor([loss_sum, float(seen)], dtype=torch.float64)
-            torch.distributed.all_reduce(totals)
-            loss_sum, seen = totals[0].item(), int(totals[1].item())
-        selected = infer(model, cache, selection, r.batch_size, device, amp)
-        sel = scores(cache.labels[selection], selected.preds, spec.model.num_classes)
-        record = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": loss_sum / max(seen, 1),
-            f"{spec.select}_loss": selected.loss,
-            **{f"{spec.select}_{m}": sel[m] for m in METRICS},
-        }
-        history.append(record)
-        meta = {
-            "fold": fold,
-            "seed": seed,
-            "epoch": epoch,
-            "select": spec.select,
-            "metric": spec.metric,
-            "test_group": split.test_group,
-            "protocol": spec.protocol,
-            # Encoders, classes, max lengths: what `ksr predict` needs to rebuild the features.
-            "cache_meta": spec.cache_meta,
-        }
-        improved = sel[spec.metric] > best["value"]
-        if improved:
-            best = {"epoch": epoch, "value": sel[spec.metric]}
-        if ranks.main:
-            if improved:
-                save_checkpoint(out / "best.pt", model, {**meta, "value": sel[spec.metric]})
-            save_checkpoint(out / "last.pt", model, meta)
-            write_json(out / "history.json", {"best": best, "epochs": history})
-            # Written last: a crash before this line redoes the epoch, after it resumes past it.
-            atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "shuffle_rng": shuffle.get_state(),
-                    "history": history,
-                    "best": best,
+    saved = start_epoch  # epochs committed to the fold's files
+    try:
+        with signals.sigterm_raises():  # SIGTERM as SIGINT: the epoch under way is abandoned
+            for epoch in epochs:
+                model.train()
+                lr = optimizer.param_groups[0]["lr"]
+                loss_sum, seen = 0.0, 0
+                parts = epoch_batches(split.train, r.batch_size, shuffle, ranks)
+                for step_in_epoch, part in enumerate(parts):
+                    faults.point("train-batch")  # test-only: the reliability tests kill the run here
+                    if r.warmup_epochs:  # per step, on top of the per-epoch schedule
+                        factor = warmup_factor(r, epoch * len(parts) + step_in_epoch, len(parts))
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr * factor
+                    batch = cache.batch(part).to(device)
+                    with autocast(device, amp):
+                        logits = trainer(batch.audio, batch.text, batch.audio_padding_mask, batch.text_padding_mask)
+                    loss = F.cross_entropy(logits.float(), batch.labels)
+                    value = loss.item()
+                    if not math.isfinite(value):  # NaN or inf: nothing after this step would mean anything
+                        raise RunError(
+                            f"fold {fold}, epoch {epoch + 1}: the training loss is {value}; lower --lr, or check the "
+                            f"cache for NaN/inf features (ksr cache verify); epochs before this one are kept (--resume)"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()  # under DDP, gradients are averaged over the ranks here
+                    optimizer.step()
+                    loss_sum += value * len(batch)
+                    seen += len(batch)
+                if r.warmup_epochs:  # the schedule steps from its own rate, not the warmed-up one
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                scheduler.step()
+                if ranks.world > 1:  # the epoch's loss over all ranks' shares
+                    totals = torch.tensor([loss_sum, float(seen)], dtype=torch.float64)
+                    torch.distributed.all_reduce(totals)
+                    loss_sum, seen = totals[0].item(), int(totals[1].item())
+                selected = infer(model, cache, selection, r.batch_size, device, amp)
+                sel = scores(cache.labels[selection], selected.preds, spec.model.num_classes)
+                record = {
                     "epoch": epoch,
-                },
-                state_path,
-            )
-        ranks.barrier()
-        epochs.set_postfix(loss=f"{record['train_loss']:.3f}", **{spec.metric: f"{sel[spec.metric]:.3f}"})
-        if on_epoch is not None:
-            on_epoch(epoch, record)
+                    "lr": lr,
+                    "train_loss": loss_sum / max(seen, 1),
+                    f"{spec.select}_loss": selected.loss,
+                    **{f"{spec.select}_{m}": sel[m] for m in METRICS},
+                }
+                history.append(record)
+                meta = {
+                    "fold": fold,
+                    "seed": seed,
+                    "epoch": epoch,
+                    "select": spec.select,
+                    "metric": spec.metric,
+                    "test_group": split.test_group,
+                    "protocol": spec.protocol,
+                    # Encoders, classes, max lengths: what `ksr predict` needs to rebuild the features.
+                    "cache_meta": spec.cache_meta,
+                }
+                improved = sel[spec.metric] > best["value"]
+                if improved:
+                    best = {"epoch": epoch, "value": sel[spec.metric]}
+                with signals.deferred():  # the epoch's files all or none: a SIGTERM waits for them
+                    if ranks.main:
+                        if improved:
+                            save_checkpoint(out / "best.pt", model, {**meta, "value": sel[spec.metric]})
+                        save_checkpoint(out / "last.pt", model, meta)
+                        write_json(out / "history.json", {"best": best, "epochs": history})
+                        # Written last: a crash before this line redoes the epoch, after it resumes past it.
+                        atomic_save(
+                            {
+                                "model": model.state_dict(),
+                                "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(),
+                                "torch_rng": torch.get_rng_state(),
+                                "shuffle_rng": shuffle.get_state(),
+                                "history": history,
+                                "best": best,
+                                "epoch": epoch,
+                            },
+                            state_path,
+                        )
+                    saved = epoch + 1
+                ranks.barrier()
+                epochs.set_postfix(loss=f"{record['train_loss']:.3f}", **{spec.metric: f"{sel[spec.metric]:.3f}"})
+                if on_epoch is not None:
+                    on_epoch(epoch, record)
+    except signals.Terminated:
+        raise RunError(
+            f"stopped by SIGTERM in fold {fold}, epoch {saved + 1} of {r.epochs}: the {saved} finished epoch(s) "
+            f"are saved; continue with the same command and --resume"
+        ) from None
     return FoldOutcome(fold, seed, best["epoch"], best["value"], len(history), time.perf_counter() - began)
 
 

@@ -277,3 +277,71 @@ def test_kill_through_the_command_line_then_rerun(corpus, home, tmp_path, monkey
     report = verify_cache(out, progress=False)
     assert report.ok and not report.notes and report.utterances == N
     assert sorted(_stored(out)) == [f"utt{i:02d}" for i in range(N)]  # each once
+
+
+# ``ksr extract`` in a child that counts the utterances handed to the writer and, at the first
+# batch boundary after a count that does not fill whole shards, writes the count to a file and
+# waits there (the test then sends SIGTERM from outside).
+_SIGTERM_CHILD = """
+import sys, time
+from pathlib import Path
+from ksr.cache.writer import CacheWriter
+from ksr.common import faults
+marker, shard, args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+added = {"n": 0}
+real_add, real_point = CacheWriter.add, faults.point
+def add(self, *a, **k):
+    real_add(self, *a, **k)
+    added["n"] += 1
+def point(phase):
+    if phase == "extract-batch" and added["n"] >= 5 and added["n"] % shard:
+        marker.write_text(str(added["n"]))
+        time.sleep(300)
+    real_point(phase)
+CacheWriter.add, faults.point = add, point
+from ksr.cli import main
+main(args, prog_name="ksr")
+"""
+
+
+def test_sigterm_writes_the_partial_shard_and_says_so(corpus, home, encoders, reference, tmp_path):
+    """SIGTERM (timeout, Slurm, systemd, docker) is handled like SIGINT: the utterances buffered
+    for the current shard are written, one line says so, the exit status is 1; a rerun finishes
+    the cache as an uninterrupted run would have."""
+    out, marker = tmp_path / "cache", tmp_path / "paused"
+    args = ["extract", corpus, "--out", out, "--audio-encoder", "tiny-audio", "--text-encoder", "tiny-text"]
+    args += ["--dtype", "float32", "--shard-size", SHARD, "--batch-seconds", BATCH_S, "--device", "cpu"]
+    env = {**os.environ, "KSR_CACHE_DIR": str(home), "OMP_NUM_THREADS": "1"}
+    env.pop(faults.ENV, None)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SIGTERM_CHILD, marker, str(SHARD), *map(str, args), "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        started = time.monotonic()
+        while not marker.exists() or not marker.read_text():
+            assert child.poll() is None, child.communicate()[1][-2000:]
+            assert time.monotonic() - started < 120, "the child never reached its pause"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGTERM)
+        stdout, stderr = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    added = int(marker.read_text())
+    assert added % SHARD != 0  # a partial shard was buffered when the signal came
+    assert child.returncode == 1, stderr[-2000:]
+    assert stdout == "" and "Traceback" not in stderr
+    assert stderr.splitlines() == [
+        f"Error: stopped by SIGTERM: every utterance extracted so far is stored in {out} (the last, "
+        f"partial shard included); run the same command again to continue"
+    ]
+    report = verify_cache(out, progress=False)
+    assert report.ok and not report.notes, report.problems + report.notes
+    assert len(_stored(out)) == added  # every utterance handed to the writer, the partial shard's too
+    assert len(list(out.glob("shard-w0-*.h5"))) == math.ceil(added / SHARD)
+    _finish_and_check(out, corpus, encoders, reference)

@@ -16,6 +16,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -154,6 +155,72 @@ def test_killed_while_writing_the_state_then_resumed_ends_as_the_uninterrupted_r
     done = ksr_train(run, cache_dir, "--resume")  # redoes epoch 1 from epoch 0's state
     assert done.returncode == 0, done.stderr[-2000:]
     assert not temps[0].exists()
+    assert_same_run(run, reference)
+
+
+# ``ksr train`` in a child that waits at its PAUSE-th training batch, once it has told the test
+# (by writing a file) that it is there; the test then sends SIGTERM from outside.
+_PAUSING_TRAIN = """
+import sys, time
+from pathlib import Path
+from ksr.common import faults
+marker, pause, args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+seen = {"n": 0}
+def point(phase):
+    if phase == "train-batch":
+        seen["n"] += 1
+        if seen["n"] == pause:
+            marker.write_text("paused")
+            time.sleep(300)
+faults.point = point
+from ksr.cli import main
+main(args, prog_name="ksr")
+"""
+
+
+def test_sigterm_mid_epoch_keeps_the_finished_epochs_and_says_so(cache_dir, reference, tmp_path):
+    """SIGTERM (timeout, Slurm, systemd, docker) in the middle of epoch 2 of 3: one line, exit
+    status 1, epoch 1 committed and nothing of epoch 2; --resume then ends as the uninterrupted run."""
+    run, marker = tmp_path / "run", tmp_path / "paused"
+    split = json.loads((reference / FOLD / "split.json").read_text())
+    per_epoch = -(-len(split["train"]) // 8)
+    env = {k: v for k, v in os.environ.items() if k != KILL_AT}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    args = ["train", "--cache", str(cache_dir), "--run", str(run), *TRAIN]
+    child = subprocess.Popen(
+        [sys.executable, "-c", _PAUSING_TRAIN, str(marker), str(per_epoch + 2), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        started = time.monotonic()
+        while not marker.exists():
+            assert child.poll() is None, child.communicate()[1][-2000:]
+            assert time.monotonic() - started < 120, "the child never reached its pause"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGTERM)
+        _, stderr = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 1, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == (
+        "Error: stopped by SIGTERM in fold 2, epoch 2 of 3: the 1 finished epoch(s) are saved; continue with "
+        "the same command and --resume"
+    )
+    fold = run / FOLD
+    assert read_training_state(fold / "state.pt")["epoch"] == 0
+    assert len(json.loads((fold / "history.json").read_text())["epochs"]) == 1
+    assert load_checkpoint(fold / "last.pt")["meta"]["epoch"] == 0
+    assert not [p.name for p in fold.iterdir() if p.name.endswith(".tmp")]
+
+    done = ksr_train(run, cache_dir, "--resume")
+    assert done.returncode == 0, done.stderr[-2000:]
     assert_same_run(run, reference)
 
 
