@@ -198,6 +198,15 @@ def encoders_cmd(spec: str | None, tiny_dir: str | None) -> None:
     help="Encode only the first this-many seconds of each utterance (default: all; recorded in the cache; "
     "docs/encoders.md says how far each encoder's features move).",
 )
+@click.option(
+    "--max-duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Refuse (one line in the errors file) any file or segment whose header gives more seconds "
+    "than this (default 600), before decoding it: one huge file cannot take all memory. Not a cut "
+    "(see --max-audio-seconds); 'inf' lifts the limit.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def extract_cmd(
     manifest,
@@ -211,6 +220,7 @@ def extract_cmd(
     device,
     shard_size,
     max_audio_seconds,
+    max_duration,
     no_progress,
 ) -> None:
     """Encode every utterance of MANIFEST with frozen encoders into a feature cache.
@@ -220,6 +230,7 @@ def extract_cmd(
     (--nproc-per-node N) each rank extracts its share into its own shards.
     """
     from ..common import ranks_from_env
+    from ..extract.audio import MAX_DURATION_S
     from ..extract.pipeline import DEFAULT_SHARD_SIZE, extract_corpus
 
     class_list = None
@@ -242,6 +253,7 @@ def extract_cmd(
         shard_size=shard_size or DEFAULT_SHARD_SIZE,
         device=device,
         max_audio_seconds=max_audio_seconds,
+        max_duration=MAX_DURATION_S if max_duration is None else max_duration,
         progress=not no_progress,
         ranks=ranks,
     )

@@ -19,6 +19,10 @@ from ..common import SAMPLE_RATE, KsrError
 #: A segment end past the end of the file by at most this much (rounding in segment lists) is
 #: clamped; more is an error.
 END_TOLERANCE_S = 0.1
+#: The most audio, in seconds, one file (or its segment) may decode to; checked from the file's
+#: header before any sample is read, so that one huge file, or one whose header claims an absurd
+#: length, cannot take the machine's memory. ``ksr extract --max-duration`` raises it.
+MAX_DURATION_S = 600.0
 
 
 class AudioError(KsrError, ValueError):
@@ -44,13 +48,21 @@ def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.nd
 
 
 def read_audio(
-    path: str | os.PathLike, *, start: float | None = None, end: float | None = None, sample_rate: int = SAMPLE_RATE
+    path: str | os.PathLike,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    max_duration: float | None = MAX_DURATION_S,
 ) -> np.ndarray:
     """Read a file (or its segment ``start``..``end`` seconds) as mono float32 at ``sample_rate``.
 
     Raises :class:`AudioError` for a missing, unreadable or empty file, a path that is not a
-    regular file, a segment outside the file, and samples that are NaN or infinite.
+    regular file, a segment outside the file, samples that are NaN or infinite, and a file (or
+    segment) whose header gives more than ``max_duration`` seconds (None: no limit).
     """
+    if max_duration is not None and not max_duration > 0:
+        raise ValueError(f"max_duration must be a positive number of seconds, not {max_duration!r}")
     path = Path(path)
     if not path.is_file():
         if path.exists():  # never opened: a pipe or a device could block the run forever
@@ -69,6 +81,12 @@ def read_audio(
                 last = total
             if first >= total and total > 0:
                 raise AudioError(f"segment start {start:.3f} s is past the end of {path.name} ({total / rate:.3f} s)")
+            seconds = max(last - first, 0) / rate
+            if max_duration is not None and seconds > max_duration:
+                raise AudioError(
+                    f"{path.name}: {seconds:.1f} s of audio by its header, more than the {max_duration:g} s one file "
+                    f"may decode to (ksr extract --max-duration raises the limit)"
+                )
             f.seek(first)
             samples = f.read(max(last - first, 0), dtype="float32", always_2d=True)
     except AudioError:

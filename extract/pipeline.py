@@ -47,7 +47,7 @@ from ..common import (
     resolve_device,
     signals,
 )
-from .audio import cut_audio, read_audio
+from .audio import MAX_DURATION_S, cut_audio, read_audio
 from .encoders import AudioEncoder, Encoder, EncoderError, TextEncoder, load_encoder
 from .manifest import Manifest, Utterance, read_manifest
 from .plan import plan_batches, probe_seconds, rank_share
@@ -210,6 +210,7 @@ def extract_corpus(
     dtype: str = "float16",
     max_audio_len: int = MAX_AUDIO_FRAMES,
     max_audio_seconds: float | None = None,
+    max_duration: float | None = MAX_DURATION_S,
     max_text_len: int = MAX_TEXT_TOKENS,
     prefetch: int | None = None,
     progress: bool = True,
@@ -228,6 +229,9 @@ def extract_corpus(
     audio read ahead by a thread (0: none; default :data:`DEFAULT_PREFETCH`).
     ``max_audio_seconds``: encode only the first this-many seconds of each utterance (None:
     all of it); recorded in the cache meta, so a rerun with another value is refused.
+    ``max_duration``: a file (or segment) whose header gives more seconds than this is not
+    decoded at all but fails at stage ``audio`` (default :data:`MAX_DURATION_S`; None: no limit);
+    not recorded in the cache (it changes no feature), so a rerun may raise it.
     ``ranks``: default from torchrun's environment. ``on_batch(done)`` is called after each
     batch is handed to the writer, ``done`` counting this run's utterances so far (tests
     interrupt a run with it).
@@ -249,6 +253,8 @@ def extract_corpus(
         batch_seconds = DEFAULT_BATCH_SECONDS[where]
     if not (batch_seconds > 0 and math.isfinite(batch_seconds)):
         raise ExtractError(f"batch_seconds must be a positive number of seconds, not {batch_seconds}")
+    if max_duration is not None and not max_duration > 0:
+        raise ExtractError(f"max_duration must be a positive number of seconds, not {max_duration}")
     if prefetch is None:
         prefetch = DEFAULT_PREFETCH
     if classes is None:
@@ -291,6 +297,7 @@ def extract_corpus(
                 prefetch,
                 progress,
                 on_batch,
+                max_duration,
             )
     except OSError as err:
         raise ExtractError(f"cannot write the cache in {out_dir}: {err}") from None
@@ -317,6 +324,7 @@ def _run(
     prefetch: int,
     progress: bool,
     on_batch: Callable[[int], None] | None,
+    max_duration: float | None,
 ) -> ExtractSummary:
     summary = ExtractSummary(cache_dir=writer.root, ranks=ranks.world, classes=tuple(meta.classes))
     failed: Counter[str] = Counter()
@@ -383,7 +391,8 @@ def _run(
         failed[stage] += 1
 
     def read(u: Utterance) -> np.ndarray:
-        return cut_audio(read_audio(u.audio, start=u.start, end=u.end), meta.max_audio_seconds)
+        wav = read_audio(u.audio, start=u.start, end=u.end, max_duration=max_duration)
+        return cut_audio(wav, meta.max_audio_seconds)
 
     done = 0
     try:
