@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import os
 
-import click
+# Before torch (and its OpenMP runtime) loads: threads that spin while they wait take the cores
+# from each other and from every other process of a shared machine, which made training several
+# times slower under load with the same numbers (bench/results.md, "threads"). A value the user
+# set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import click  # noqa: E402
 
 from .. import __version__
 from ..common.errors import KsrError
