@@ -28,6 +28,7 @@ import torch
 from ..common.files import sha256_file
 from .convert import BufferPool, gather_pieces, pieces_per_row, row_pieces, valid_pieces
 from .errors import CacheError
+from .locks import live_writer_problem
 from .rows import padding_mask
 from .schema import INT_FIELDS, STR_FIELDS, CacheMeta, check_compatible
 from .shard import (
@@ -113,6 +114,9 @@ class Cache:
         expected: dict[str, Any] | None,
     ):
         self.root = root
+        live = live_writer_problem(root)  # a cache still being extracted: only part of it is there
+        if live:
+            raise CacheError(live)
         ins = inspect_cache(root)
         if ins.problems:
             raise CacheError(_first(ins.problems, root))

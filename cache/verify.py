@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..common.files import sha256_file
 from .index import Scan, scan_dir
+from .locks import live_writer_problem
 from .shard import ShardInfo, checksum_problem, duplicate_ids, inspect_shard, scan_features
 from .util import byte_bar, map_in_threads
 
@@ -64,7 +65,9 @@ class VerifyReport:
 def verify_cache(root: str | Path, checksums: bool = True, progress: bool | None = None) -> VerifyReport:
     """Check indexes, files, sizes, schema, metadata, duplicate ids, shards no index lists, and
     (``checksums``) every shard's SHA-256 and every feature value (NaN or inf); collect all
-    problems instead of stopping at the first."""
+    problems instead of stopping at the first. A writer still filling the cache is a problem too
+    (what is there is not the whole cache yet)."""
+    live = live_writer_problem(root)
     ins = inspect_cache(root, checksums, progress)
     features: list[str] = []
     if checksums and ins.scan.meta is not None:
@@ -72,7 +75,7 @@ def verify_cache(root: str | Path, checksums: bool = True, progress: bool | None
             features += found
     return VerifyReport(
         Path(root),
-        ins.problems + features + ins.scan.unindexed_problems(),
+        ([live] if live else []) + ins.problems + features + ins.scan.unindexed_problems(),
         ins.scan.leftover_notes(),
         len(ins.shards),
         sum(s.n for s in ins.shards),

@@ -27,14 +27,10 @@ from ..common import faults, signals
 from ..common.files import fsync_path, sha256_file
 from .errors import CacheError
 from .index import TMP_SUFFIX, ShardEntry, WriterIndex, now_iso, scan_dir, write_index
+from .locks import describe, live_writers, lock_writer, unlock_writer
 from .rows import fill_row
 from .schema import INT_FIELDS, STR_FIELDS, CacheMeta, check_compatible, check_tag, parse_shard_name, shard_name
 from .shard import write_shard
-
-try:  # advisory lock against two live writers with the same tag (POSIX only)
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
 
 log = logging.getLogger("ksr.cache")
 
@@ -49,9 +45,20 @@ class CacheWriter:
 
     Use as a context manager; leaving the block (also on an exception: every utterance that
     ``add`` accepted is complete) writes the last, partial shard.
+
+    ``peers``: the tags of the writers of the same run (``torchrun`` ranks) that may write at the
+    same time. When given, a live writer with any other tag (another run: it would store the same
+    utterances again) makes the writer refuse to start. None (the default): no such check.
     """
 
-    def __init__(self, root: str | Path, meta: CacheMeta, tag: str = "w0", shard_size: int = 512):
+    def __init__(
+        self,
+        root: str | Path,
+        meta: CacheMeta,
+        tag: str = "w0",
+        shard_size: int = 512,
+        peers: set[str] | frozenset[str] | None = None,
+    ):
         self.root = Path(root)
         self.meta = meta
         self.tag = check_tag(tag)
@@ -59,13 +66,16 @@ class CacheWriter:
             raise ValueError("shard_size must be at least 1")
         self.shard_size = int(shard_size)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = self._lock()
+        self._lock_fd, created = lock_writer(self.root, self.tag)
         self._closed = False
         self._failed = False
         try:
+            if peers is not None:
+                self._refuse_other_runs(set(peers) | {self.tag})
             self._index, self._stored = self._resume()
         except BaseException:
-            self._unlock()
+            unlock_writer(self.root, self.tag, self._lock_fd, remove=created)  # a refused start leaves nothing
+            self._lock_fd = None
             raise
         self._next_seq = 1 + max((parse_shard_name(e.file)[1] for e in self._index.shards), default=-1)
         self._audio: np.ndarray | None = None  # shard buffers, allocated on the first add
@@ -77,24 +87,17 @@ class CacheWriter:
 
     # -- opening -------------------------------------------------------------------------------
 
-    def _lock(self) -> int | None:
-        if fcntl is None:
-            return None
-        path = self.root / f".lock-{self.tag}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+    def _refuse_other_runs(self, peers: set[str]) -> None:
+        others = live_writers(self.root, exclude=peers)
+        if others:
             raise CacheError(
-                f"{self.root}: another process is writing as writer {self.tag!r}; give each writer (rank) its own tag"
-            ) from None
-        return fd
+                f"{self.root}: another extraction is writing this cache now as {describe(others)}; two runs "
+                f"at once would store utterances twice: wait until it has finished (or stop it), then run this again"
+            )
 
     def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor releases the flock
-            self._lock_fd = None
+        unlock_writer(self.root, self.tag, self._lock_fd, remove=False)
+        self._lock_fd = None
 
     def _resume(self) -> tuple[WriterIndex, set[str]]:
         """Check the directory, clean this writer's leftovers, and collect the stored ids."""

@@ -279,7 +279,7 @@ def extract_corpus(
     try:  # audio read errors are per utterance (caught in _run): an OSError here is the cache's
         with (
             signals.sigterm_raises(),  # SIGTERM as SIGINT: the writer still writes its partial shard
-            CacheWriter(out_dir, meta, tag=ranks.tag, shard_size=shard_size) as writer,
+            CacheWriter(out_dir, meta, tag=ranks.tag, shard_size=shard_size, peers=ranks.tags()) as writer,
             ErrorLog(out_dir / f"errors-{ranks.tag}.tsv") as log,
         ):
             if ranks.main:

@@ -345,3 +345,52 @@ def test_sigterm_writes_the_partial_shard_and_says_so(corpus, home, encoders, re
     assert len(_stored(out)) == added  # every utterance handed to the writer, the partial shard's too
     assert len(list(out.glob("shard-w0-*.h5"))) == math.ceil(added / SHARD)
     _finish_and_check(out, corpus, encoders, reference)
+
+
+def test_a_second_run_into_a_cache_being_written_is_refused(corpus, home, encoders, reference, tmp_path):
+    """A plain ``ksr extract`` is writing (paused mid-run); a torchrun rank of another run, and
+    readers, refuse the cache meanwhile; once the first run is over, nothing is stored twice."""
+    out, marker = tmp_path / "cache", tmp_path / "paused"
+    args = ["extract", corpus, "--out", out, "--audio-encoder", "tiny-audio", "--text-encoder", "tiny-text"]
+    args += ["--dtype", "float32", "--shard-size", SHARD, "--batch-seconds", BATCH_S, "--device", "cpu"]
+    args = [*map(str, args), "--no-progress"]
+    env = {**os.environ, "KSR_CACHE_DIR": str(home), "OMP_NUM_THREADS": "1"}
+    env.pop(faults.ENV, None)
+    first = subprocess.Popen(
+        [sys.executable, "-c", _SIGTERM_CHILD, marker, str(SHARD), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        started = time.monotonic()
+        while not marker.exists() or not marker.read_text():
+            assert first.poll() is None, first.communicate()[1][-2000:]
+            assert time.monotonic() - started < 120, "the first run never reached its pause"
+            time.sleep(0.05)
+        rank = {**env, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
+        second = subprocess.run(
+            [sys.executable, "-m", "ksr.cli", *args], env=rank, capture_output=True, text=True, timeout=300
+        )
+        assert second.returncode == 1, second.stderr[-2000:]
+        assert second.stderr.splitlines()[-1] == (
+            f"Error: {out}: another extraction is writing this cache now as writer 'w0' (pid {first.pid}); two "
+            f"runs at once would store utterances twice: wait until it has finished (or stop it), then run this again"
+        )
+        assert not list(out.glob("*rank1*"))  # the refused run wrote nothing
+        being_written = (
+            f"{out}: being written now by writer 'w0' (pid {first.pid}): what it holds is not the whole cache "
+            f"yet; use it once the extraction has finished"
+        )
+        assert verify_cache(out, progress=False).problems == [being_written]
+        r = CliRunner().invoke(main, ["cache", "verify", str(out)])
+        assert r.exit_code == 1 and r.output.splitlines() == [f"error: {being_written}"]
+        os.kill(first.pid, signal.SIGTERM)
+        first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 1
+    _finish_and_check(out, corpus, encoders, reference)  # every id once, as an uninterrupted run
