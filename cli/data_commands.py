@@ -57,6 +57,21 @@ def cache_verify_cmd(cache_dir: str, no_checksums: bool) -> None:
     click.echo(f"ok: {cache_dir}: {report.utterances} utterances in {report.shards} shards{hashed}")
 
 
+@cache_group.command("repair")
+@click.argument("cache_dir", type=click.Path(file_okay=False))
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; change nothing.")
+def cache_repair_cmd(cache_dir: str, dry_run: bool) -> None:
+    """Remove the duplicate copies of utterances stored more than once in CACHE_DIR (two
+    extractions that wrote it at the same time): the first copy of each is kept, shards holding
+    only copies are dropped, the others rewritten without them. Safe to kill and run again.
+
+    Refuses a cache that is being written, or that has any other problem (see `ksr cache verify`).
+    """
+    from ..cache.repair import repair_cache
+
+    click.echo(repair_cache(cache_dir, dry_run=dry_run).format(dry_run))
+
+
 # --- corpus and extraction commands (ksr.extract) --------------------------------------------
 
 
