@@ -42,11 +42,13 @@ SESSIONS: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 # Ses01F_impro01_F000, Ses03M_impro05a_M012, Ses05M_script01_1b_F003: session, dialog, speaker
 # letter and number; XX ids (Ses01F_impro01_MXX0) do not match.
-_ID = re.compile(r"^Ses(?P<session>\d{2})[FM]_(?P<rest>.+)_(?P<gender>[FM])(?P<num>\d{3})$")
+# re.ASCII: \d is 0-9 only (Arabic-Indic or other Unicode digits are not an IEMOCAP session).
+_ID = re.compile(r"^Ses(?P<session>\d{2})[FM]_(?P<rest>.+)_(?P<gender>[FM])(?P<num>\d{3})$", re.ASCII)
 # [6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5000, 2.5000, 2.5000]
 _SUMMARY = re.compile(
     r"^\[\s*(?P<start>\d+(?:\.\d*)?)\s*-\s*(?P<end>\d+(?:\.\d*)?)\s*\]\s+(?P<id>\S+)\s+"
-    r"(?P<label>\S+)\s+\[(?P<vad>[^\]]*)\]"
+    r"(?P<label>\S+)\s+\[(?P<vad>[^\]]*)\]",
+    re.ASCII,
 )
 
 

@@ -123,10 +123,11 @@ def _parse_row(raw: dict, root: Path, extra_columns: Sequence[str]) -> Utterance
         if not values[column]:
             what = "transcript" if column == "text" else column
             raise ValueError(f"empty {what}")
-    try:
-        session = int(values["session"])
-    except ValueError:
-        raise ValueError(f"session {values['session']!r} is not an integer") from None
+    if not (values["session"].isascii() and values["session"].isdigit()):
+        # int() would also take "1_0" (as 10), "+1", and Arabic-Indic or other Unicode digits
+        # (as the same session as "1"): only 0-9 are a session number here.
+        raise ValueError(f"session {values['session']!r} is not an integer (digits 0-9)")
+    session = int(values["session"])
     gender = values["gender"].upper()
     if gender not in GENDERS:
         raise ValueError(f"gender {values['gender']!r} is not F, M or U (unknown)")

@@ -39,8 +39,13 @@ class Split:
 
 
 def _natural(value: str) -> tuple:
-    """Sort key: numbers by value ("2" before "10"), other names alphabetically."""
-    return (0, int(value), "") if value.isdigit() else (1, 0, value)
+    """Sort key: numbers by value ("2" before "10"), other names alphabetically. A number is
+    ASCII digits only: "1_0" or "+1" (which ``int`` reads as 10 and 1) and Arabic-Indic or
+    other Unicode digits (``isdigit`` is true for "١" and "²") are names, so no two distinct
+    values ever share a key and the fold order is always the same."""
+    if value.isascii() and value.isdigit():
+        return (0, int(value), value)  # "1" and "01": equal numbers, ordered by their text
+    return (1, 0, value)
 
 
 def fold_groups(protocol: str, sessions: Sequence, speakers: Sequence) -> list[str]:

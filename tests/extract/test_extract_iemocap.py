@@ -159,6 +159,21 @@ def test_parse_utterance_id_reads_the_last_field():
     assert parse_utterance_id("M: [GARBAGE]") is None
 
 
+def test_only_ascii_digits_are_numbers_in_ids_and_times(tmp_path):
+    """Python's \\d and float() also take Arabic-Indic digits: such an id must not become a
+    session 1 utterance, nor such a time a segment."""
+    assert parse_utterance_id("Ses\u0660\u0661F_impro01_F000") is None  # Ses٠١F...
+    assert parse_utterance_id("Ses01F_impro01_F\u0660\u0660\u0660") is None
+    path = tmp_path / "e.txt"
+    path.write_text(
+        "[\u0666.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]\n"
+        "[6.2901 - 8.2357]\tSes01F_impro01_F001\tneu\t[2.5000, 2.5000, 2.5000]\n",
+        encoding="utf-8",
+    )
+    entries, malformed = parse_emo_evaluation(path)
+    assert [e.id for e in entries] == ["Ses01F_impro01_F001"] and malformed == 1
+
+
 def test_parse_transcription_quirks(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text(

@@ -111,7 +111,12 @@ def test_byte_order_mark_is_accepted(tmp_path):
         (HEADER + "a,,t,neu,s,1,F\n", r"line 2 \(a\): empty audio$"),
         (HEADER + "a,a.wav,  ,neu,s,1,F\n", r"line 2 \(a\): empty transcript$"),
         (HEADER + "a,a.wav,t,,s,1,F\n", r"line 2 \(a\): empty label$"),
-        (HEADER + "a,a.wav,t,neu,s,one,F\n", r"line 2 \(a\): session 'one' is not an integer$"),
+        (HEADER + "a,a.wav,t,neu,s,one,F\n", r"line 2 \(a\): session 'one' is not an integer \(digits 0-9\)$"),
+        # int() reads these as 10, 1, 1 and -1: a session number is ASCII digits only
+        (HEADER + "a,a.wav,t,neu,s,1_0,F\n", r"line 2 \(a\): session '1_0' is not an integer \(digits 0-9\)$"),
+        (HEADER + "a,a.wav,t,neu,s,\u0661,F\n", r"line 2 \(a\): session '\u0661' is not an integer \(digits 0-9\)$"),
+        (HEADER + "a,a.wav,t,neu,s,+1,F\n", r"line 2 \(a\): session '\+1' is not an integer \(digits 0-9\)$"),
+        (HEADER + "a,a.wav,t,neu,s,-1,F\n", r"line 2 \(a\): session '-1' is not an integer \(digits 0-9\)$"),
         (HEADER + "a,a.wav,t,neu,s,1,X\n", r"line 2 \(a\): gender 'X' is not F, M or U"),
         (HEADER + "a,a.wav,t,neu,s,1\n", r"line 2 \(a\): 6 fields, the header has 7$"),
         (HEADER + "a,a.wav,t,neu,s,1,F,extra\n", r"line 2 \(a\): 8 fields, the header has 7$"),
