@@ -116,6 +116,8 @@ def _parse_row(raw: dict, root: Path, extra_columns: Sequence[str]) -> Utterance
             raise ValueError(f"{column} is not valid UTF-8") from None
         if "\x00" in value:  # HDF5 strings end at a NUL: the cache could not store it
             raise ValueError(f"{column} contains a NUL byte")
+    if "\n" in values["id"] or "\r" in values["id"]:  # inside quotes: the CSV itself is well formed
+        raise ValueError("id contains a line break (inside quotes): an id must be one line")
     bad = next((c for c in values["id"] if c < " " or c == "\x7f"), None)
     if bad is not None:  # ids become HDF5 strings and report keys: refuse, don't rewrite them
         raise ValueError(f"id contains the control character {bad!r}")
@@ -166,6 +168,36 @@ def _records(reader: csv.DictReader, path: Path) -> Iterator[dict]:
             ) from None
 
 
+#: Byte-order marks of the encodings a spreadsheet or Windows tool may save a CSV in, longest first.
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32", "little-endian"),
+    (b"\x00\x00\xfe\xff", "UTF-32", "big-endian"),
+    (b"\xff\xfe", "UTF-16", "little-endian"),
+    (b"\xfe\xff", "UTF-16", "big-endian"),
+)
+
+
+def _encoding_problem(path: Path) -> str | None:
+    """Why ``path`` is not UTF-8 text when its first bytes show it is UTF-16 or UTF-32 (read as
+    UTF-8 its header would be noise, reported as missing every column). None otherwise."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    found = next(((enc, order) for bom, enc, order in _BOMS if head.startswith(bom)), None)
+    how = "it starts with that byte-order mark"
+    if found is None and len(head) == 4:  # no mark: a header of ASCII names, every other byte NUL
+        if head[0] and not head[1] and head[2] and not head[3]:
+            found, how = ("UTF-16", "little-endian"), "every other byte of its header is NUL"
+        elif not head[0] and head[1] and not head[2] and head[3]:
+            found, how = ("UTF-16", "big-endian"), "every other byte of its header is NUL"
+    if found is None:
+        return None
+    enc, order = found
+    return (
+        f"{path} is {enc} text ({order}: {how}), not UTF-8: save it as UTF-8 "
+        f"(e.g. iconv -f {enc} -t UTF-8 {path.name} > manifest-utf8.csv)"
+    )
+
+
 def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
     """Read and validate a manifest CSV (UTF-8, a BOM is tolerated).
 
@@ -177,6 +209,9 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
     root = path.resolve().parent
+    problem = _encoding_problem(path)
+    if problem:
+        raise ManifestError(problem)
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         try:
@@ -212,7 +247,9 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
                 row = _parse_row(raw, root, extra_columns)
             except ValueError as err:
                 reason = str(err)
-                if line - record_line > 1:  # the rows it swallowed are in no count otherwise
+                if line - record_line > 1 and not any(c in rid for c in "\r\n"):
+                    # the rows it swallowed are in no count otherwise; a line break inside a
+                    # quoted id is named by the reason itself
                     reason += f" (this record runs over lines {record_line}-{line - 1}: an unbalanced quote?)"
                 problem = RowProblem(record_line, rid, reason)
                 if strict:

@@ -185,3 +185,62 @@ def test_cli_check(tmp_path):
     assert "error: line 4 (b): duplicate id (first on line 3)" in result.stderr
     assert f"error: b: audio file not found: {tmp_path.resolve() / 'b.wav'}" in result.stderr
     assert "Error: 1 bad rows, 1 missing audio files" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "encoding, what",
+    [
+        ("utf-16", "UTF-16 text (little-endian: it starts with that byte-order mark)"),
+        ("utf-16-le", "UTF-16 text (little-endian: every other byte of its header is NUL)"),
+        ("utf-16-be", "UTF-16 text (big-endian: every other byte of its header is NUL)"),
+        ("utf-32", "UTF-32 text (little-endian: it starts with that byte-order mark)"),
+        ("utf-32-be", None),  # no mark: 3 NULs, then a letter; not guessed, read as (bad) UTF-8
+    ],
+)
+def test_a_utf16_or_utf32_manifest_is_named_as_such(tmp_path, encoding, what):
+    path = tmp_path / "m.csv"
+    path.write_bytes((HEADER + "a,a.wav,t,neu,s,1,F\n").encode(encoding))
+    with pytest.raises(ManifestError) as info:
+        read_manifest(path, strict=False)
+    if what is None:
+        assert "missing column(s)" in str(info.value)
+        return
+    enc = what.split()[0]
+    assert str(info.value) == (
+        f"{path} is {what}, not UTF-8: save it as UTF-8 (e.g. iconv -f {enc} -t UTF-8 m.csv > manifest-utf8.csv)"
+    )
+
+
+def test_utf8_with_a_bom_and_a_nul_in_a_row_are_not_utf16(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes(("\ufeff" + HEADER + "a,a.wav,t,neu,s,1,F\nb\x00,a.wav,t,neu,s,1,F\n").encode("utf-8"))
+    m = read_manifest(path, strict=False)
+    assert [r.id for r in m] == ["a"] and [str(p) for p in m.problems] == ["line 3 (b\x00): id contains a NUL byte"]
+
+
+def test_a_quoted_line_break_in_an_id_is_named_not_blamed_on_quotes(tmp_path):
+    path = _write(tmp_path, HEADER + '"a\nb",a.wav,t,neu,s,1,F\nc,c.wav,t,neu,s,1,F\n')
+    m = read_manifest(path, strict=False)
+    assert [r.id for r in m] == ["c"]
+    assert [str(p) for p in m.problems] == [
+        "line 2 (a\nb): id contains a line break (inside quotes): an id must be one line"
+    ]
+    with pytest.raises(ManifestError) as info:
+        read_manifest(path)
+    assert str(info.value).endswith("line 2 (a\nb): id contains a line break (inside quotes): an id must be one line")
+    assert "unbalanced" not in str(info.value)
+    crlf = _write(tmp_path, HEADER + '"a\r\n",x.wav,t,neu,s,1,F\n"d\re",a.wav,t,neu,s,1,F\n')
+    assert [str(p) for p in read_manifest(crlf, strict=False).problems] == [
+        "line 4 (d\re): id contains a line break (inside quotes): an id must be one line"
+    ]  # "a\r\n" (lines 2-3) is "a" once its surrounding space is stripped, as every field is
+
+
+def test_prepare_check_names_a_utf16_manifest_in_one_line(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes((HEADER + "a,a.wav,t,neu,s,1,F\n").encode("utf-16"))
+    r = CliRunner().invoke(main, ["prepare", "check", str(path)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.splitlines()[-1] == (
+        f"Error: {path} is UTF-16 text (little-endian: it starts with that byte-order mark), not UTF-8: save it "
+        f"as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8 m.csv > manifest-utf8.csv)"
+    )
