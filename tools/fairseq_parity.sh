@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Parity of ksr's native wav2vec 1.0 port with fairseq's own Wav2VecModel (`make fairseq-parity`).
+# Parity of ksr with fairseq itself (`make fairseq-parity`): the native wav2vec 1.0 port against
+# fairseq's Wav2VecModel, and fairseq RoBERTa checkpoints converted for hf: against fairseq's
+# RobertaModel hub interface (roberta.encode + extract_features).
 #
 # fairseq is never a dependency of ksr: it goes into a separate virtual environment,
 # .venv-fairseq (override with FAIRSEQ_VENV=...), together with ksr and its extract/test extras,
-# and tests/extract/test_extract_wav2vec1.py runs there, where its fairseq tests are not skipped.
+# and tests/extract/test_extract_wav2vec1.py and test_extract_roberta_fairseq.py run there, where
+# their fairseq tests are not skipped.
 #
 #   tools/fairseq_parity.sh            create or reuse the environment, then run the test
 #                                      (extra arguments go to pytest); it prints the measured
-#                                      max abs differences ("fairseq parity (large): ...")
+#                                      max abs differences ("fairseq parity (large): ...",
+#                                      "fairseq RoBERTa parity (...): ...")
 #   FAIRSEQ_REBUILD=1 tools/fairseq_parity.sh    start from a fresh environment
 #
 # Time on a 2-core CPU: about 7.5 minutes the first time on a machine (fairseq-fixed is built
@@ -16,7 +20,8 @@
 #
 # fairseq-fixed (a packaging of fairseq 0.12 that builds on Python 3.11) is built from source
 # (a few minutes, once). It pulls in a torchaudio built for another torch, which breaks
-# `import transformers`, so torchaudio is removed afterwards; fairseq's wav2vec does not use it.
+# `import transformers`, so torchaudio is removed afterwards; fairseq's wav2vec and RoBERTa do
+# not use it.
 # torch stays at the pinned CPU build: requirements/test.txt is the constraint file throughout.
 set -euo pipefail
 
@@ -57,4 +62,5 @@ fi
 # fairseq 0.12's own checkpoint reading predates torch's weights_only default; ksr's loader
 # never relies on this variable (it passes weights_only=True itself).
 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 KSR_REQUIRE_FAIRSEQ=1 \
-    "$PY" -P -m pytest -q -s -rs tests/extract/test_extract_wav2vec1.py "$@"
+    "$PY" -P -m pytest -q -s -rs tests/extract/test_extract_wav2vec1.py \
+    tests/extract/test_extract_roberta_fairseq.py "$@"

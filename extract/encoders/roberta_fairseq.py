@@ -341,26 +341,29 @@ def load_into_model(hf_state: Mapping[str, torch.Tensor], settings: RobertaSetti
 
 
 def read_dictionary(path: str | os.PathLike) -> list[str]:
-    """fairseq's model vocabulary: ``<s> <pad> </s> <unk>``, then ``dict.txt``'s symbols in file
-    order (``<symbol> <count> [#fairseq:overwrite]`` per line), then ``<mask>``."""
+    """fairseq's model vocabulary, index by index, as its ``Dictionary`` builds it: ``<s> <pad>
+    </s> <unk>``, then one entry per ``dict.txt`` line (``<symbol> <count>``, optionally followed
+    by ``#fairseq:overwrite``), then ``<mask>`` unless already there (the masked-LM task's
+    ``add_symbol``). A repeated symbol is refused unless flagged; flagged, it takes a new index
+    (the one fairseq then encodes it to) and its earlier index is never produced."""
     symbols = list(SPECIALS)
     seen = set(symbols)
     text = Path(path).read_text(encoding="utf-8")
     for number, line in enumerate(text.splitlines(), 1):
-        line = line.rstrip()
-        if not line:
-            continue
-        overwrite = line.endswith(" #fairseq:overwrite")
+        symbol, _, field = line.rstrip().rpartition(" ")
+        overwrite = field == "#fairseq:overwrite"
         if overwrite:
-            line = line[: -len(" #fairseq:overwrite")]
-        symbol, _, count = line.rpartition(" ")
-        if not symbol or not count.lstrip("-").isdigit():
-            raise EncoderError(f"{path}, line {number}: expected '<symbol> <count>', got {line[:80]!r}")
+            symbol, _, field = symbol.rpartition(" ")
+        try:
+            int(field)
+        except ValueError:
+            symbol = ""
+        if not symbol:
+            raise EncoderError(f"{path}, line {number}: expected '<symbol> <count> [flags]', got {line[:80]!r}")
         if symbol in seen and not overwrite:
             raise EncoderError(f"{path}, line {number}: duplicate symbol {symbol!r} (fairseq refuses it too)")
-        if symbol not in seen:
-            symbols.append(symbol)
-            seen.add(symbol)
+        symbols.append(symbol)
+        seen.add(symbol)
     if MASK not in seen:
         symbols.append(MASK)
     return symbols
@@ -370,10 +373,13 @@ def read_merges(path: str | os.PathLike) -> list[str]:
     """The merges of a GPT-2 ``vocab.bpe`` as fairseq reads them: all lines but the first (the
     ``#version`` line) and the last (empty after the final newline)."""
     lines = Path(path).read_text(encoding="utf-8").split("\n")[1:-1]
+    merges = []
     for number, line in enumerate(lines, 2):
-        if len(line.split()) != 2:
+        pair = line.split()
+        if len(pair) != 2:
             raise EncoderError(f"{path}, line {number}: a merge is two symbols, got {line[:80]!r}")
-    return lines
+        merges.append(" ".join(pair))
+    return merges
 
 
 def compose_vocab(encoder: Mapping[str, int], symbols: Sequence[str]) -> dict[str, int]:
@@ -390,9 +396,9 @@ def compose_vocab(encoder: Mapping[str, int], symbols: Sequence[str]) -> dict[st
     vocab: dict[str, int] = {}
     for model_id, symbol in enumerate(symbols):
         token = symbol if model_id < len(SPECIALS) or symbol == MASK else by_gpt2.get(symbol, symbol)
-        if token in vocab:
+        if token in vocab and symbols[vocab[token]] != symbol:
             raise EncoderError(f"dict.txt: token {token!r} would have two ids ({vocab[token]} and {model_id})")
-        vocab[token] = model_id
+        vocab[token] = model_id  # a symbol repeated with #fairseq:overwrite: the last index
     return vocab
 
 
@@ -486,7 +492,10 @@ def convert(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        model.save_pretrained(work, safe_serialization=True)
+        from .hf import quiet_transformers
+
+        with quiet_transformers():  # no progress bar
+            model.save_pretrained(work, safe_serialization=True)
         _write_tokenizer(work, vocab, merges, settings.max_tokens)
         provenance = {
             "converted_by": "ksr.extract.encoders.roberta_fairseq",

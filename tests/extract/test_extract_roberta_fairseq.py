@@ -25,6 +25,7 @@ import random
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -307,16 +308,9 @@ def test_settings_come_from_the_weights_and_args():
 
 def test_dictionary_and_merges_are_read_as_fairseq_reads_them(tmp_path):
     (tmp_path / "dict.txt").write_text("13 99\n262 98\nmadeupword0000 0\n13 5 #fairseq:overwrite\n")
-    assert read_dictionary(tmp_path / "dict.txt") == [
-        "<s>",
-        "<pad>",
-        "</s>",
-        "<unk>",
-        "13",
-        "262",
-        "madeupword0000",
-        "<mask>",
-    ]
+    symbols = read_dictionary(tmp_path / "dict.txt")
+    # the flagged repeat takes a new index (fairseq encodes "13" to it); <mask> comes last
+    assert symbols == ["<s>", "<pad>", "</s>", "<unk>", "13", "262", "madeupword0000", "13", "<mask>"]
     (tmp_path / "bad.txt").write_text("13 99\n13 98\n")
     with pytest.raises(EncoderError, match="line 2: duplicate symbol '13'"):
         read_dictionary(tmp_path / "bad.txt")
@@ -325,8 +319,13 @@ def test_dictionary_and_merges_are_read_as_fairseq_reads_them(tmp_path):
     # fairseq skips the first line whatever it holds
     (tmp_path / "v2.bpe").write_text("Ġ t\nh e\n")
     assert read_merges(tmp_path / "v2.bpe") == ["h e"]
-    vocab = compose_vocab({"!": 0, "Ġt": 13, "he": 262, "<|endoftext|>": 3}, read_dictionary(tmp_path / "dict.txt"))
-    assert vocab == {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "Ġt": 4, "he": 5, "madeupword0000": 6, "<mask>": 7}
+    (tmp_path / "blank.txt").write_text("13 99\n\n262 98\n")
+    with pytest.raises(EncoderError, match="line 2: expected"):
+        read_dictionary(tmp_path / "blank.txt")  # fairseq fails on it too
+    vocab = compose_vocab({"!": 0, "Ġt": 13, "he": 262, "<|endoftext|>": 3}, symbols)
+    assert vocab == {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "Ġt": 7, "he": 5, "madeupword0000": 6, "<mask>": 8}
+    (tmp_path / "spaced.bpe").write_text("#version: 0.2\nĠ  t\n")
+    assert read_merges(tmp_path / "spaced.bpe") == ["Ġ t"]  # split on any whitespace, as fairseq
 
 
 def test_converted_tokenizer_gives_fairseq_ids(release, converted):
@@ -495,7 +494,19 @@ def _fairseq_release(folder: Path, *, old_names: bool = False):
             k.replace("encoder.", "decoder.", 1).replace("layernorm_embedding", "emb_layer_norm"): v
             for k, v in saved.items()
         }
-    torch.save({"args": saved_args, "model": saved}, folder / "model.pt")
+    training = {  # what fairseq's trainer writes besides args and model (its loader needs it)
+        "optimizer_history": [
+            {
+                "criterion_name": "MaskedLmLoss",
+                "optimizer_name": "FairseqAdam",
+                "lr_scheduler_state": {"best": 1.5},
+                "num_updates": 10,
+            }
+        ],
+        "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}, "val_loss": np.float64(2.5)},
+        "last_optimizer_state": None,
+    }
+    torch.save({"args": saved_args, "model": saved, **training}, folder / "model.pt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hub = RobertaModel.from_pretrained(
@@ -542,3 +553,18 @@ def test_matches_fairseq_roberta(tmp_path, names, record_property):
     print(f"\nfairseq RoBERTa parity ({names}): max abs diff {figures} (features up to {scale:.3g})")
     record_property(f"max_abs_diff_{names}", max(worst.values()))
     assert max(worst.values()) <= 1e-5
+
+
+def test_dictionary_reading_agrees_with_fairseq(tmp_path):
+    """read_dictionary = fairseq's Dictionary.load + the masked-LM task's add_symbol("<mask>"),
+    index by index, a flagged repeat and a dict.txt that already holds <mask> included."""
+    _fairseq()
+    from fairseq.data import Dictionary
+
+    for text in ("13 99\n262 98\nmadeupword0000 0\n13 5 #fairseq:overwrite\n", "13 9\n<mask> 1\n262 8\n"):
+        (tmp_path / "dict.txt").write_text(text)
+        d = Dictionary.load(str(tmp_path / "dict.txt"))
+        d.add_symbol("<mask>")
+        ours = read_dictionary(tmp_path / "dict.txt")
+        assert d.symbols == ours
+        assert all(d.index(s) == max(i for i, t in enumerate(ours) if t == s) for s in ours)
