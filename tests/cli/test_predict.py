@@ -84,7 +84,12 @@ def test_demo_prints_the_cross_validation_report(demo):
     summary = json.loads((demo["run"] / "report.json").read_text())["summary"]
     out = demo["output"]
     assert "| 5 | Session 5 |" in out  # the per-fold table of the fused run
-    assert f"fused       WA {100 * summary['wa']:6.2f}%  UA {100 * summary['ua']:6.2f}%" in out
+    probe = json.loads((demo["run"] / "baseline-probe" / "report.json").read_text())["summary"]
+    row = (
+        f"| fused | {100 * summary['ua']:.2f} ± {100 * summary['ua_std_over_folds']:.2f} | "
+        f"{100 * probe['ua']:.2f} ± {100 * probe['ua_std_over_folds']:.2f} |"
+    )
+    assert row in out  # the model beside its linear probe, same folds
 
 
 def test_prediction_is_a_distribution_over_the_cache_classes(demo, prediction):
