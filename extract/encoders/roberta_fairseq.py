@@ -148,9 +148,10 @@ class RobertaSettings:
         )
 
 
-def _arch_heads(arch: Any) -> int | None:
-    """fairseq's head count for a named architecture when the settings omit it."""
-    return {"roberta_base": 12, "roberta": 12, "roberta_large": 16, "xlm": 16}.get(str(arch))
+#: fairseq's RoBERTa architectures whose defaults are post-norm RoBERTa's, with their head
+#: count (used when the settings omit it). ``roberta_prenorm`` defaults to pre-norm layers and
+#: ``xlm`` (XLM-R) tokenises with sentencepiece, not GPT-2's BPE: both are refused.
+_ARCH_HEADS = {"roberta": 12, "roberta_base": 12, "roberta_large": 16}
 
 
 def _as_dict(settings: Any) -> Mapping[str, Any]:
@@ -181,8 +182,11 @@ def read_settings(settings: Any, state: Mapping[str, Any]) -> RobertaSettings:
     cannot compute the same way, naming the setting."""
     get = _as_dict(settings)
     arch = get.get("arch") or get.get("_name")
-    if arch is not None and not str(arch).startswith(("roberta", "xlm")):
-        raise EncoderError(f"RoBERTa checkpoint: arch {arch!r} is not a fairseq RoBERTa")
+    if arch is not None and arch not in _ARCH_HEADS:
+        raise EncoderError(
+            f"RoBERTa checkpoint: arch {arch!r} is not supported (supported: {', '.join(_ARCH_HEADS)}; "
+            "roberta_prenorm has pre-norm layers, xlm a sentencepiece tokenizer)"
+        )
     for name, wanted, what in _MUST:
         value = get.get(name)
         if value is not None and bool(value) != wanted:
@@ -215,7 +219,7 @@ def read_settings(settings: Any, state: Mapping[str, Any]) -> RobertaSettings:
     if not indices or indices != set(range(len(indices))):
         raise EncoderError(f"RoBERTa checkpoint: layers {sorted(indices)} are not 0..n-1")
     ffn, _ = shape("layers.0.fc1.weight", 2)
-    heads = get.get("encoder_attention_heads") or _arch_heads(arch)
+    heads = get.get("encoder_attention_heads") or _ARCH_HEADS.get(arch)
     if heads is None:
         raise EncoderError("RoBERTa checkpoint: its settings lack encoder_attention_heads (and arch names no default)")
     if type(heads) is not int or heads <= 0 or dim % heads:
