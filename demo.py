@@ -24,12 +24,14 @@ from .fuse.experiment import train_and_report
 from .fuse.recipes import PRESET_MODEL_SETTINGS, recipe
 from .fuse.runs import RunSpec, model_config_for_cache, point_latest
 
-# The demo trains with the `ksr` recipe (docs/learning.md) and departs from the paper's setting
-# only to finish in minutes on 2 CPU cores: a small model (one layer per stage, 4 heads, FFN 64,
-# no attention-weight dropout, classifier dropout 0.2), and audio cut at AUDIO_FRAMES frames
-# instead of 460. Dims come from the tiny encoders' cache.
+# The demo trains with the `ksr` recipe and keeps each fold's last epoch (docs/learning.md: its
+# 24-utterance validation sets pick worse epochs than the last), and departs from the paper's
+# setting only to finish in minutes on 2 CPU cores: a small model (one layer per stage, 4 heads,
+# FFN 64, no attention-weight dropout, classifier dropout 0.2), and audio cut at AUDIO_FRAMES
+# frames instead of 460. Dims come from the tiny encoders' cache.
+SELECT = "last"
 RECIPE = "ksr"
-AUDIO_FRAMES = 115
+AUDIO_FRAMES = 230
 ENCODERS = ("tiny-audio", "tiny-text")
 MODEL = ModelConfig(
     num_layers=(1, 1, 1),
@@ -83,6 +85,7 @@ def run_demo(
         spec = RunSpec(
             model=model_config_for_cache(cache, MODEL.replace(modalities=modalities)),
             recipe=r,
+            select=SELECT,
             cache_meta=cache.meta.to_dict(),
             cache_dir=str(Path(cache_dir).resolve()),
         )

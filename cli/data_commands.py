@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..cache.rows import STORAGE_DTYPES
+from ..common import MAX_AUDIO_FRAMES, MAX_TEXT_TOKENS
 from . import main
 
 # --- cache commands (ksr.cache) --------------------------------------------------------------
@@ -222,6 +223,20 @@ def encoders_cmd(spec: str | None, tiny_dir: str | None) -> None:
     "than this (default 600), before decoding it: one huge file cannot take all memory. Not a cut "
     "(see --max-audio-seconds); 'inf' lifts the limit.",
 )
+@click.option(
+    "--max-audio-len",
+    type=click.IntRange(min=1),
+    default=MAX_AUDIO_FRAMES,
+    show_default=True,
+    help="Audio frames kept per utterance in the cache (cut or zero-padded; the paper's 460).",
+)
+@click.option(
+    "--max-text-len",
+    type=click.IntRange(min=1),
+    default=MAX_TEXT_TOKENS,
+    show_default=True,
+    help="Text tokens kept per utterance in the cache (the paper's 20).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def extract_cmd(
     manifest,
@@ -236,6 +251,8 @@ def extract_cmd(
     shard_size,
     max_audio_seconds,
     max_duration,
+    max_audio_len,
+    max_text_len,
     no_progress,
 ) -> None:
     """Encode every utterance of MANIFEST with frozen encoders into a feature cache.
@@ -269,6 +286,8 @@ def extract_cmd(
         device=device,
         max_audio_seconds=max_audio_seconds,
         max_duration=MAX_DURATION_S if max_duration is None else max_duration,
+        max_audio_len=max_audio_len,
+        max_text_len=max_text_len,
         progress=not no_progress,
         ranks=ranks,
     )

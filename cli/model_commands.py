@@ -86,8 +86,9 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
       model     one layer per stage, 4 heads, FFN 64, no attention-weight dropout,
                 classifier dropout 0.2; inputs standardised per dimension
       schedule  the ksr recipe: AdamW, lr 4e-3, 1 epoch of warm-up, cosine, batch 16,
-                24 epochs (paper: SGD lr 5e-4, 120 epochs; it does not train here)
-      audio     115 frames (1.15 s) kept instead of 460
+                24 epochs, last epoch kept (paper: SGD lr 5e-4, 120 epochs, which
+                does not train here)
+      audio     230 frames (2.3 s) kept instead of 460
     """
     from pathlib import Path
 

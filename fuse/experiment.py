@@ -122,7 +122,7 @@ def train_and_report(
             out = train_fold(cache, spec, run_dir, fold, seed, device, resume=resume, amp=amp, ranks=ranks)
             if ranks.main:
                 say(
-                    f"seed {seed} fold {fold}: best epoch {out.best_epoch}, {spec.select} {spec.metric} "
+                    f"seed {seed} fold {fold}: kept epoch {out.best_epoch}, {'test' if spec.select == 'test' else 'valid'} {spec.metric} "
                     f"{100 * out.best_value:.2f}% ({out.seconds:.0f} s)"
                 )
     ranks.barrier()

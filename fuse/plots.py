@@ -85,7 +85,10 @@ def plot_report(report: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
             )
         paths.append(
             learning_curves(
-                sr["folds"], report["select"], f"{report['run']} seed {seed}", out_dir / f"{stem}_curves_seed{seed}.png"
+                sr["folds"],
+                "test" if report["select"] == "test" else "valid",
+                f"{report['run']} seed {seed}",
+                out_dir / f"{stem}_curves_seed{seed}.png",
             )
         )
     return paths

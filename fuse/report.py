@@ -111,9 +111,7 @@ def evaluate_run(
         "fold_naming": fold_naming(spec),
         "select": spec.select,
         "selection_metric": spec.metric,
-        "note": TEST_SELECTION_NOTE
-        if spec.select == "test"
-        else "model selected on a validation set drawn from the training sessions only",
+        "note": SELECTION_NOTES[spec.select],
         "classes": classes,
         "seeds": per_seed,
         "folds": sorted({int(f) for s in per_seed.values() for f in s["folds"]}),
@@ -165,6 +163,13 @@ def evaluate_saved_run(
             report, "linear probe", evaluate_run(probe_dir, cache, load_run(probe_dir), folds=folds, device=dev)
         )
     return report
+
+
+SELECTION_NOTES = {
+    "test": TEST_SELECTION_NOTE,
+    "valid": "model selected on a validation set drawn from the training sessions only",
+    "last": "the last epoch of each fold kept (no selection)",
+}
 
 
 def model_name(cfg) -> str:

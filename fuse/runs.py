@@ -28,12 +28,11 @@ from .folds import Split, fold_groups, make_split
 from .recipes import Recipe
 
 RUN_FILE = "run.json"
-#: Where a run picks each fold's epoch: a validation set drawn from the training sessions, or
-#: the test set (the public code's protocol; reports are marked).
-SELECTIONS = ("valid", "test")
-#: Where a run picks each fold's epoch: a validation set from the training sessions, or the test
-#: set (the public code's protocol; reports are marked).
-SELECTIONS = ("valid", "test")
+#: Which epoch of each fold a run keeps: the best on a validation set drawn from the training
+#: sessions, the best on the test set (the public code's protocol; reports are marked), or the
+#: last one (no selection: with a small validation set it picks worse epochs than the last;
+#: docs/learning.md).
+SELECTIONS = ("valid", "test", "last")
 LATEST = Path("runs") / "latest"
 _FOLD_DIR = re.compile(r"seed(\d+)/fold(\d+)")
 # Settings that make two runs different runs (a resume must agree on every one).

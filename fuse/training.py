@@ -32,6 +32,11 @@ from .recipes import build_optimizer, build_scheduler, warmup_factor
 from .runs import RunError, RunSpec, cache_split, check_recorded_split, fold_dir, write_split
 
 
+def measured_on(spec: RunSpec) -> str:
+    """The set each epoch is scored on: the test set under --select test, else validation."""
+    return "test" if spec.select == "test" else "valid"
+
+
 def epoch_batches(indices: np.ndarray, batch_size: int, generator: torch.Generator, ranks: Ranks) -> list[np.ndarray]:
     """One epoch of shuffled global batches; each rank takes every world-th utterance of each.
 
@@ -68,7 +73,7 @@ def train_fold(
     """Train (or resume) one fold; writes its folder under ``run_dir`` (rank 0 writes)."""
     out = fold_dir(run_dir, seed, fold)
     split = cache_split(cache, spec, fold, seed)
-    selection = split.test if spec.select == "test" else split.valid
+    selection = split.test if spec.select == "test" else split.valid  # "last" still reports validation
     if len(selection) == 0:
         raise RunError(f"fold {fold}: the {spec.select} set is empty; raise --val-fraction or use --select test")
     if ranks.main:
@@ -162,8 +167,8 @@ def train_fold(
                     "epoch": epoch,
                     "lr": lr,
                     "train_loss": loss_sum / max(seen, 1),
-                    f"{spec.select}_loss": selected.loss,
-                    **{f"{spec.select}_{m}": sel[m] for m in METRICS},
+                    f"{measured_on(spec)}_loss": selected.loss,
+                    **{f"{measured_on(spec)}_{m}": sel[m] for m in METRICS},
                 }
                 history.append(record)
                 meta = {
@@ -177,7 +182,7 @@ def train_fold(
                     # Encoders, classes, max lengths: what `ksr predict` needs to rebuild the features.
                     "cache_meta": spec.cache_meta,
                 }
-                improved = sel[spec.metric] > best["value"]
+                improved = spec.select == "last" or sel[spec.metric] > best["value"]
                 if improved:
                     best = {"epoch": epoch, "value": sel[spec.metric]}
                 with signals.deferred():  # the epoch's files all or none: a SIGTERM waits for them
@@ -245,8 +250,8 @@ def fit_probe_fold(
                 "epoch": epoch,
                 "C": c,
                 "train_loss": train_loss,
-                f"{spec.select}_loss": selected.loss,
-                **{f"{spec.select}_{m}": sel[m] for m in METRICS},
+                f"{measured_on(spec)}_loss": selected.loss,
+                **{f"{measured_on(spec)}_{m}": sel[m] for m in METRICS},
             }
         )
         if sel[spec.metric] > best["value"]:

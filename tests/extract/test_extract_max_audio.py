@@ -143,3 +143,30 @@ def test_predict_cuts_as_the_cache_did(corpus, tmp_path):
     row = row.reshape(-1, 80)
     assert row.shape[0] == 460 and not row[n:].any()
     torch.testing.assert_close(row[:n].float(), want, atol=0.02, rtol=0)  # a float16 row
+
+
+def test_extract_options_set_the_kept_lengths(tmp_path):
+    """`ksr extract --max-audio-len/--max-text-len` reach the cache (the demo's 230 frames)."""
+    from ksr.extract.demo import make_demo_corpus
+
+    manifest = make_demo_corpus(tmp_path / "data", seed=0, per_speaker=4)
+    out = tmp_path / "cache"
+    args = [
+        "extract",
+        str(manifest),
+        "--out",
+        str(out),
+        "--audio-encoder",
+        "fbank",
+        "--text-encoder",
+        "tiny-text",
+        "--max-audio-len",
+        "230",
+        "--max-text-len",
+        "12",
+        "--no-progress",
+    ]
+    result = CliRunner().invoke(main, args, env={"KSR_CACHE_DIR": str(tmp_path / "k")})
+    assert result.exit_code == 0, result.output
+    meta = open_cache(out, progress=False).meta
+    assert (meta.max_audio_len, meta.max_text_len) == (230, 12)

@@ -195,3 +195,13 @@ def test_resume_takes_the_runs_own_settings_and_refuses_other_ones(cache_dir, tm
         main, ["train", "--cache", str(cache_dir), "--run", str(run), "--resume", "--fold", "2", "--epochs", "5"]
     )
     assert other.exit_code == 1 and "holds a run with other settings (recipe differ)" in other.output
+
+
+def test_select_last_keeps_each_folds_last_epoch(cache_dir, tmp_path):
+    run = tmp_path / "run"
+    result = train(run, cache_dir, "--epochs", "3", "--fold", "2", "--no-baseline", "--select", "last")
+    assert result.exit_code == 0, result.output
+    history = json.loads((run / "seed123/fold2/history.json").read_text())
+    assert history["best"]["epoch"] == 2 and "valid_ua" in history["epochs"][0]  # still scored on validation
+    assert load_checkpoint(run / "seed123/fold2/best.pt")["meta"]["epoch"] == 2
+    assert "the last epoch of each fold kept (no selection)" in (run / "report.md").read_text()
