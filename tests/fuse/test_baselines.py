@@ -162,3 +162,45 @@ def test_ablate_baselines_trains_each_model_on_the_same_folds(cache_dir, tmp_pat
     assert [r["value"] for r in table["rows"]] == ["ks-transformer", "head", "probe"]
     splits = {(tmp_path / r["run"] / "seed123/fold2/split.json").read_text() for r in table["rows"]}
     assert len(splits) == 1
+
+
+def test_standardised_inputs_make_the_model_blind_to_per_dimension_offsets_and_scales():
+    """The defect the learning study found (docs/learning.md, D1): shared per-dimension offsets of
+    the encoder features reach the public model. With input_norm="standardize" and statistics of
+    the same utterances, an affine change of each feature dimension leaves the logits unchanged."""
+    torch.manual_seed(3)
+    cfg = ModelConfig(
+        audio_dim=8,
+        text_dim=12,
+        num_heads=2,
+        num_layers=(1, 1, 1),
+        audio_ffn_dim=8,
+        text_ffn_dim=8,
+        max_positions=64,
+        input_norm="standardize",
+    )
+    model = build_model(cfg).double().eval()
+    audio, text = torch.randn(3, 20, 8, dtype=torch.float64), torch.randn(3, 6, 12, dtype=torch.float64)
+    am = torch.arange(20)[None, :] >= torch.tensor([20, 11, 5])[:, None]
+    tm = torch.arange(6)[None, :] >= torch.tensor([6, 3, 1])[:, None]
+    audio, text = audio.masked_fill(am[..., None], 0), text.masked_fill(tm[..., None], 0)
+
+    def logits(a, t):
+        for norm, x, mask in ((model.audio_input_norm, a, am), (model.text_input_norm, t, tm)):
+            rows = x[~mask]  # statistics of the true frames, as fit_standardizers takes them
+            norm.mean.copy_(rows.mean(0))
+            norm.std.copy_(rows.std(0, unbiased=False))
+        with torch.no_grad():
+            return model(a, t, am, tm)
+
+    scale_a, shift_a = torch.rand(8, dtype=torch.float64) * 5 + 0.1, torch.randn(8, dtype=torch.float64) * 10
+    scale_t, shift_t = torch.rand(12, dtype=torch.float64) * 5 + 0.1, torch.randn(12, dtype=torch.float64) * 10
+    moved_a = (audio * scale_a + shift_a).masked_fill(am[..., None], 0)
+    moved_t = (text * scale_t + shift_t).masked_fill(tm[..., None], 0)
+    torch.testing.assert_close(logits(moved_a, moved_t), logits(audio, text), rtol=1e-9, atol=1e-9)
+    public = build_model(cfg.replace(input_norm="none")).double().eval()
+    public.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith(("audio_input_norm", "text_input_norm"))}
+    )
+    with torch.no_grad():
+        assert (public(moved_a, moved_t, am, tm) - public(audio, text, am, tm)).abs().max() > 1e-3
