@@ -185,6 +185,7 @@ def test_recipe_ksr_brings_standardised_inputs_and_paper_says_it_does_not_train(
     assert ksr.exit_code == 0, ksr.output
     saved = json.loads((tmp_path / "k" / "run.json").read_text())
     assert saved["model"]["input_norm"] == "standardize" and saved["recipe"]["name"] == "ksr"
+    assert saved["model"]["classifier_dropout"] == 0.2
     typed = CliRunner().invoke(
         main,
         [
