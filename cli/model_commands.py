@@ -201,6 +201,7 @@ def ablate_cmd(kind, root, values, **options) -> None:
       mask-fusion           the deep-fusion layers mask padded keys
       single-ccab-residual  the CCAB stack's residual is added once, not twice
       ks-renormalise        key-sparse rows renormalised to sum to 1
+      standardize-input     each feature dimension standardised with the training fold's statistics
       all                   every departure at once
     """
     from pathlib import Path
