@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...common import sha256_file
 from .base import SAMPLE_RATE, AudioEncoder, EncoderError, placement
 
 KIND = "e2v"
@@ -435,11 +436,7 @@ def read_checkpoint(source: str) -> tuple[E2VConfig, dict[str, torch.Tensor], st
     state = {k.removeprefix("module."): v for k, v in state.items()}
     h = hashlib.sha256()
     for f in (config_file, weights):
-        with open(f, "rb") as fh:
-            fh_hash = hashlib.sha256()
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                fh_hash.update(block)
-        h.update(f.name.encode() + b"\0" + fh_hash.hexdigest().encode() + b"\n")
+        h.update(f.name.encode() + b"\0" + sha256_file(f).encode() + b"\n")
     return c, state, "sha256:" + h.hexdigest()
 
 

@@ -142,6 +142,11 @@ class _HFMixin:
         """The part of the loaded model that runs (Whisper keeps its encoder only)."""
         return model
 
+    def _hash_checkpoint(self) -> None:
+        """The digest, taken once every file that decides the features is here: from the hub, the
+        processor's and tokenizer's files arrive after the weights."""
+        self.digest = checkpoint_digest(self._folder)
+
     def _setup(
         self,
         source: str,
@@ -150,7 +155,8 @@ class _HFMixin:
         device: torch.device | str | None,
         dtype: torch.dtype | None,
     ) -> str:
-        """Load the model and set the declared attributes; returns the source as loaded."""
+        """Load the model and set the declared attributes but the digest (see _hash_checkpoint);
+        returns the source as loaded."""
         given = str(source)
         source = os.path.expanduser(given)
         folder, commit = _resolve_dir(source, revision)
@@ -163,8 +169,7 @@ class _HFMixin:
         self.dim = int(config.hidden_size)
         self.layer = _layer_index(layer, self.num_layers, source)
         self.revision = commit
-        self.digest = checkpoint_digest(folder)
-        self._folder = folder  # hashed again once the processor's files are fetched too
+        self._folder = folder  # hashed by _hash_checkpoint once the processor's files are here too
         self.name = f"hf:{given}"
         self.spec = _spec(given, self.layer, revision)
         return source
@@ -213,8 +218,7 @@ class HFAudioEncoder(_HFMixin, AudioEncoder):
         for kernel, stride in zip(reversed(config.conv_kernel), reversed(config.conv_stride)):
             need = (need - 1) * stride + kernel
         self.min_samples = need
-        # From the hub, preprocessor_config.json arrives after the weights: hash it too.
-        self.digest = checkpoint_digest(self._folder)
+        self._hash_checkpoint()
 
     def num_frames(self, num_samples: int) -> int:
         lengths = self.model._get_feat_extract_output_lengths(torch.tensor([num_samples]))
@@ -270,8 +274,7 @@ class HFTextEncoder(_HFMixin, TextEncoder):
         self.tokenizer.padding_side = "right"  # encode() slices each row's first n positions
         self.max_tokens = self._max_tokens()
         self._check_tokenizer(source)
-        # From the hub, the tokenizer's files arrive after the weights: hash them too.
-        self.digest = checkpoint_digest(self._folder)
+        self._hash_checkpoint()
 
     def _max_tokens(self) -> int:
         """The longest input the model takes (texts beyond it are truncated)."""

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .base import SAMPLE_RATE, AudioEncoder, EncoderError
-from .hf import _HFMixin, _resolve_dir, checkpoint_digest, quiet_transformers
+from .hf import _HFMixin, quiet_transformers
 
 #: Windows per forward pass: 16 x 30 s keeps large-v3 in float16 at a few GiB on a GPU.
 MAX_WINDOWS = 16
@@ -86,8 +86,7 @@ class WhisperAudioEncoder(_HFMixin, AudioEncoder):
         self.positions = int(config.max_source_positions)  # 1500 frames per window
         self.frame_rate = SAMPLE_RATE / self.hop
         self.max_windows = max_windows
-        # The feature extractor's file is fetched after the weights: hash once all are here.
-        self.digest = checkpoint_digest(_resolve_dir(source, revision)[0])
+        self._hash_checkpoint()
 
     def _keep(self, model):
         if getattr(model.config, "model_type", None) != "whisper" or not hasattr(model, "get_encoder"):
