@@ -13,6 +13,7 @@ import shutil
 import h5py
 import pytest
 from support.cli_runner import invoke_ksr
+from support.tiny import TINY_MODEL
 
 import ksr.common.faults
 from ksr.cache import CacheWriter
@@ -25,14 +26,7 @@ META = dict(audio_dim=8, text_dim=6, max_audio_len=12, max_text_len=5, dtype="fl
 TRAIN = [
     "--epochs",
     "2",
-    "--layers",
-    "1,1,1",
-    "--heads",
-    "2",
-    "--audio-ffn-dim",
-    "8",
-    "--text-ffn-dim",
-    "8",
+    *TINY_MODEL,
     "--batch-size",
     "8",
     "--fold",

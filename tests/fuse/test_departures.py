@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support.tiny import TINY_MODEL
 
 from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
 from ksr.cli import main
@@ -17,14 +18,7 @@ from ksr.fuse.config import DEPARTURES, apply_departure
 TINY_ARGS = [
     "--epochs",
     "1",
-    "--layers",
-    "1,1,1",
-    "--heads",
-    "2",
-    "--audio-ffn-dim",
-    "8",
-    "--text-ffn-dim",
-    "8",
+    *TINY_MODEL,
     "--batch-size",
     "32",
     "--fold",

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from support.tiny import TINY_MODEL
 
 from ksr.fuse.folds import fold_groups, make_split, public_fold_name
 from ksr.fuse.recipes import PRESETS, Recipe, build_optimizer, build_scheduler, recipe, warmup_factor
@@ -165,14 +166,7 @@ def test_recipe_ksr_brings_standardised_inputs_and_paper_says_it_does_not_train(
         signal=1.0,
     )
     tiny = [
-        "--layers",
-        "1,1,1",
-        "--heads",
-        "2",
-        "--audio-ffn-dim",
-        "8",
-        "--text-ffn-dim",
-        "8",
+        *TINY_MODEL,
         "--fold",
         "2",
         "--epochs",

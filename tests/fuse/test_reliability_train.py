@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from support.cli_runner import invoke_ksr
+from support.tiny import TINY_MODEL
 
 from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
 from ksr.common.faults import ENV as KILL_AT
@@ -33,14 +34,7 @@ from ksr.fuse.training import read_training_state
 TRAIN = [
     "--epochs",
     "3",
-    "--layers",
-    "1,1,1",
-    "--heads",
-    "2",
-    "--audio-ffn-dim",
-    "8",
-    "--text-ffn-dim",
-    "8",
+    *TINY_MODEL,
     "--batch-size",
     "8",
     "--fold",

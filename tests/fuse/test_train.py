@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from support.tiny import TINY_MODEL
 
 from ksr.cache import CacheMismatchError, open_cache
 from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
@@ -109,14 +110,7 @@ def test_cli_trains_reports_and_marks_test_selection(cache_dir, tmp_path, monkey
         "runs/t",
         "--epochs",
         "2",
-        "--layers",
-        "1,1,1",
-        "--heads",
-        "2",
-        "--audio-ffn-dim",
-        "8",
-        "--text-ffn-dim",
-        "8",
+        *TINY_MODEL,
         "--batch-size",
         "16",
         "--fold",
@@ -200,14 +194,7 @@ def test_two_process_torchrun_trains_and_reports(cache_dir, tmp_path):
         str(run),
         "--epochs",
         "2",
-        "--layers",
-        "1,1,1",
-        "--heads",
-        "2",
-        "--audio-ffn-dim",
-        "8",
-        "--text-ffn-dim",
-        "8",
+        *TINY_MODEL,
         "--batch-size",
         "16",
         "--fold",
@@ -236,14 +223,7 @@ def test_ablation_sweeps_and_tabulates(cache_dir, tmp_path, monkeypatch):
             str(cache_dir),
             "--epochs",
             "1",
-            "--layers",
-            "1,1,1",
-            "--heads",
-            "2",
-            "--audio-ffn-dim",
-            "8",
-            "--text-ffn-dim",
-            "8",
+            *TINY_MODEL,
             "--batch-size",
             "32",
             "--fold",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from support.tiny import TINY_MODEL
 
 from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
 from ksr.cli import main
@@ -20,14 +21,7 @@ from ksr.common.faults import ENV as KILL_AT
 from ksr.fuse import load_checkpoint, load_model, save_checkpoint
 
 TINY = [
-    "--layers",
-    "1,1,1",
-    "--heads",
-    "2",
-    "--audio-ffn-dim",
-    "8",
-    "--text-ffn-dim",
-    "8",
+    *TINY_MODEL,
     "--batch-size",
     "8",
     "--recipe",
