@@ -24,13 +24,15 @@ import torch
 
 from .. import __version__
 from ..common import faults, signals
-from ..common.files import fsync_path, sha256_file
+from ..common.files import disk_full_error, ensure_free, fsync_path, is_disk_full, sha256_file
 from .errors import CacheError
 from .index import TMP_SUFFIX, ShardEntry, WriterIndex, now_iso, scan_dir, write_index
 from .locks import describe, live_writers, lock_writer, unlock_writer
 from .rows import fill_row
 from .schema import INT_FIELDS, STR_FIELDS, CacheMeta, check_compatible, check_tag, parse_shard_name, shard_name
 from .shard import write_shard
+
+SHARD_METADATA_BYTES = 256 << 10  # a shard's HDF5 structures beside its rows (plus 512 bytes a row)
 
 log = logging.getLogger("ksr.cache")
 
@@ -283,7 +285,9 @@ class CacheWriter:
             )
         )
         created = now_iso()
+        # HDF5's own structures (attributes, string datasets, B-trees) come on top of the features.
         try:
+            ensure_free(final, self._audio[:n].nbytes + self._text[:n].nbytes + SHARD_METADATA_BYTES + 512 * n)
             write_shard(
                 tmp,
                 self.meta,
@@ -301,9 +305,11 @@ class CacheWriter:
             digest, size = sha256_file(tmp), tmp.stat().st_size
             os.replace(tmp, final)
             fsync_path(self.root)
-        except BaseException:
+        except BaseException as exc:
             self._failed = True
             tmp.unlink(missing_ok=True)
+            if isinstance(exc, Exception) and is_disk_full(exc):
+                raise disk_full_error(final, self._audio[:n].nbytes + self._text[:n].nbytes) from None
             raise
         # Between the rename above and this index update the shard exists but no reader sees
         # it; a rerun of this writer removes it (its utterances are not in stored_ids()).

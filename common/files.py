@@ -7,17 +7,71 @@ over its final name, and the folder is fsynced so the rename survives a power cu
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import faults
+from .errors import KsrError
 
 HASH_BLOCK = 8 << 20  # bytes read per call when hashing: large reads keep the disk streaming
+SPACE_MARGIN = 64 << 10  # bytes asked for beyond a file's known size: the file system's own blocks
+
+# What a full disk or an exhausted quota looks like: an errno, or (HDF5, torch) only a message.
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_TEXTS = ("no space left on device", "disk quota exceeded", "errno = 28,", "errno = 122,")
+
+
+class DiskFullError(KsrError):
+    """A write that the disk (or a quota) had no room for. Committed files are intact: every
+    durable file is written to a temporary name first, which is removed."""
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes (for this user) on the file system that holds ``path`` or its nearest existing folder."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk or the quota is full (errno, or the text HDF5 and torch give)."""
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (OSError, RuntimeError)) and any(t in text for t in _FULL_TEXTS)
+
+
+def disk_full_error(path: str | os.PathLike, needed: int | None = None) -> DiskFullError:
+    """The one-line error for a write to ``path`` that did not fit (``needed``: the bytes it takes)."""
+    need = f"about {human_bytes(needed + SPACE_MARGIN)} needed" if needed is not None else "more needed"
+    return DiskFullError(
+        f"disk full: cannot write {path} ({human_bytes(free_bytes(path))} free on its file system, {need}); "
+        f"free some space or choose another folder: the work committed so far is kept"
+    )
+
+
+def ensure_free(path: str | os.PathLike, needed: int) -> None:
+    """Refuse, before writing anything, a file of ``needed`` bytes that the disk has no room for.
+    Checking first keeps writers out of their own out-of-space paths (HDF5 has crashed in some)."""
+    if free_bytes(path) < needed + SPACE_MARGIN:
+        raise disk_full_error(path, needed)
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -38,10 +92,16 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def write_then_rename(tmp: Path, final: Path, mode: str, write: Callable[[Any], Any], fault: str = "") -> None:
+def write_then_rename(
+    tmp: Path, final: Path, mode: str, write: Callable[[Any], Any], fault: str = "", size: int | None = None
+) -> None:
     """``write(file)`` into ``tmp``, flush and fsync it, rename it over ``final``, fsync the folder.
-    ``fault`` names the test-only kill point between the complete temporary file and the rename."""
+    ``fault`` names the test-only kill point between the complete temporary file and the rename;
+    ``size`` (bytes, when known) is checked against the free space first. A full disk raises
+    :class:`DiskFullError` with the temporary file removed."""
     try:
+        if size is not None:
+            ensure_free(final, size)
         with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
             write(f)
             f.flush()
@@ -49,18 +109,22 @@ def write_then_rename(tmp: Path, final: Path, mode: str, write: Callable[[Any], 
         if fault:
             faults.point(fault)  # tests: a kill here leaves the temporary file unrenamed
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, Exception) and is_disk_full(exc):
+            raise disk_full_error(final, size) from None
         raise
     fsync_path(final.parent)
 
 
-def atomic_write(path: str | os.PathLike, mode: str, write: Callable[[Any], Any], fault: str | None = None) -> Path:
+def atomic_write(
+    path: str | os.PathLike, mode: str, write: Callable[[Any], Any], fault: str | None = None, size: int | None = None
+) -> Path:
     """Write ``path`` atomically through ``write(file)``: readers see the old file or the new one.
 
     The temporary file is ``.{name}.{pid}.{random}.tmp`` beside it, with the usual permissions;
     :func:`remove_dead_temps` deletes such files once their writer has died. ``fault`` defaults
-    to ``write:{name}``."""
+    to ``write:{name}``; ``size``, when known, is checked against the free space first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
@@ -68,20 +132,30 @@ def atomic_write(path: str | os.PathLike, mode: str, write: Callable[[Any], Any]
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give what a plain open() would
-    write_then_rename(Path(tmp), path, mode, write, f"write:{path.name}" if fault is None else fault)
+    write_then_rename(Path(tmp), path, mode, write, f"write:{path.name}" if fault is None else fault, size)
     return path
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Atomic JSON write, indented for people who read run folders."""
-    return atomic_write(path, "w", lambda f: f.write(json.dumps(obj, indent=1) + "\n"))
+    return write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomic text write (UTF-8)."""
+    data = text.encode()
+    return atomic_write(path, "wb", lambda f: f.write(data), size=len(data))
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through :func:`atomic_write`."""
+    """``torch.save`` through :func:`atomic_write`. Serialised in memory first: torch turns a failed
+    write into an unrelated RuntimeError ("unexpected pos"), and the size is then known in advance."""
     import torch
 
-    return atomic_write(path, "wb", lambda f: torch.save(obj, f))
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
+    return atomic_write(path, "wb", lambda f: f.write(data), size=len(data))
 
 
 def remove_dead_temps(folder: str | os.PathLike) -> None:

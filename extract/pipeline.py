@@ -47,6 +47,7 @@ from ..common import (
     resolve_device,
     signals,
 )
+from ..common.files import DiskFullError, disk_full_error, is_disk_full
 from .audio import MAX_DURATION_S, cut_audio, read_audio
 from .encoders import AudioEncoder, Encoder, EncoderError, TextEncoder, load_encoder
 from .manifest import Manifest, Utterance, read_manifest
@@ -299,7 +300,11 @@ def extract_corpus(
                 on_batch,
                 max_duration,
             )
-    except OSError as err:
+    except (OSError, DiskFullError) as err:
+        if isinstance(err, OSError) and is_disk_full(err):
+            err = disk_full_error(out_dir)
+        if isinstance(err, DiskFullError):
+            raise ExtractError(f"{err}; then run the same command again to continue") from None
         raise ExtractError(f"cannot write the cache in {out_dir}: {err}") from None
     except signals.Terminated:
         raise ExtractError(

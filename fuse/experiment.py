@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..cache import Cache, open_cache
-from ..common import Ranks, join_process_group, resolve_device, write_json
+from ..common import Ranks, join_process_group, resolve_device, write_json, write_text
 from .config import ARCHITECTURES, DEPARTURES, ModelConfig, apply_departure
 from .metrics import METRICS
 from .recipes import Recipe
@@ -189,12 +189,13 @@ def run_ablation(
         )
     summary = {"ablation": kind, "label": label, "select": base.select, "protocol": base.protocol, "rows": rows}
     write_json(root / "ablation.json", summary)
-    (root / "ablation.md").write_text(ablation_markdown(summary))
-    (root / "ablation.csv").write_text(
+    write_text(root / "ablation.md", ablation_markdown(summary))
+    write_text(
+        root / "ablation.csv",
         "value,wa,ua,macro_f1,weighted_f1\n"
         + "".join(
             f"{r['value']},{r['wa']:.6f},{r['ua']:.6f},{r['macro_f1']:.6f},{r['weighted_f1']:.6f}\n" for r in rows
-        )
+        ),
     )
     return summary
 

@@ -11,6 +11,8 @@ matplotlib.use("Agg")  # files only; never needs a screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..common import atomic_write  # noqa: E402
+
 
 def confusion_figure(confusion: list[list[int]], classes: list[str], title: str, path: Path) -> Path:
     cm = np.asarray(confusion, dtype=float)
@@ -34,7 +36,7 @@ def confusion_figure(confusion: list[list[int]], classes: list[str], title: str,
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, "wb", lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
     return path
 
@@ -58,7 +60,7 @@ def learning_curves(folds: dict[str, Any], select: str, title: str, path: Path) 
     metric_ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, "wb", lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
     return path
 
@@ -136,6 +138,6 @@ def attention_figure(
         fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01).ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, "wb", lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
     return Path(path)

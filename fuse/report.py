@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..cache import Cache, open_cache
-from ..common import resolve_device, write_json
+from ..common import resolve_device, write_json, write_text
 from .baselines import PROBE_C_GRID
 from .checkpoint import load_model_and_meta
 from .folds import public_fold_name
@@ -310,8 +310,8 @@ def write_report(report: dict[str, Any], out_dir: Path, stem: str = "report") ->
     slim = strip_histories(report)
     write_json(out_dir / f"{stem}.json", slim)
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.csv"]
-    paths[1].write_text(to_markdown(report))
-    paths[2].write_text(to_csv(report))
+    write_text(paths[1], to_markdown(report))
+    write_text(paths[2], to_csv(report))
     try:
         from .plots import plot_report
     except ImportError:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..cache import Cache
 from ..common import Ranks, atomic_save, faults, remove_dead_temps, signals, write_json
+from ..common.files import DiskFullError
 from .architectures import build_model
 from .baselines import PROBE_C_GRID, fit_probe, pooled_features
 from .checkpoint import CheckpointError, load_state_strict, read_torch_file, save_checkpoint
@@ -210,6 +211,8 @@ def train_fold(
                 epochs.set_postfix(loss=f"{record['train_loss']:.3f}", **{spec.metric: f"{sel[spec.metric]:.3f}"})
                 if on_epoch is not None:
                     on_epoch(epoch, record)
+    except DiskFullError as e:
+        raise RunError(f"{e}; then continue with the same command and --resume") from None
     except signals.Terminated:
         raise RunError(
             f"stopped by SIGTERM in fold {fold}, epoch {saved + 1} of {r.epochs}: the {saved} finished epoch(s) "
