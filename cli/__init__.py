@@ -21,6 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import click  # noqa: E402
 
 from .. import __version__
+from ..common import signals
 from ..common.errors import KsrError
 
 
@@ -29,12 +30,21 @@ class KsrGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with signals.sigterm_raises():  # whatever the command is doing, not only inside a fold
+                return super().invoke(ctx)
+        except signals.Terminated:
+            raise Stopped("stopped by SIGTERM; every file written so far is complete (rerun to continue)") from None
         except (KsrError, ValueError, OSError) as e:
             if os.environ.get("KSR_DEBUG"):
                 raise
             message = " ".join(str(e).split()) or type(e).__name__
             raise click.ClickException(message) from None
+
+
+class Stopped(click.ClickException):
+    """SIGTERM: one line, and the exit status a shell gives a process ended by that signal."""
+
+    exit_code = 128 + 15
 
 
 @click.group(cls=KsrGroup, context_settings={"help_option_names": ["-h", "--help"]})
