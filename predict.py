@@ -25,7 +25,7 @@ import torch
 
 from .cache import CacheMeta, EncoderInfo, padding_mask, row_problem, stored_row
 from .common import DeviceError, KsrError, resolve_device
-from .extract.audio import AudioError, cut_audio, read_audio
+from .extract.audio import MAX_DURATION_S, AudioError, cut_audio, read_audio
 from .extract.encoders import AudioEncoder, EncoderError, TextEncoder, load_encoder, parse_spec, placement
 from .fuse.checkpoint import CheckpointError, load_model_and_meta
 from .fuse.config import cache_dims
@@ -196,9 +196,12 @@ def load_matching_encoder(
 # --- features as the cache stores them ----------------------------------------------------------
 
 
-def audio_inputs(encoder: AudioEncoder, audio_path: str | os.PathLike, meta: CacheMeta) -> tuple[torch.Tensor, int]:
+def audio_inputs(
+    encoder: AudioEncoder, audio_path: str | os.PathLike, meta: CacheMeta, max_duration: float = MAX_DURATION_S
+) -> tuple[torch.Tensor, int]:
     try:
-        wav = cut_audio(read_audio(audio_path, sample_rate=meta.sample_rate), meta.max_audio_seconds, meta.sample_rate)
+        wav = read_audio(audio_path, sample_rate=meta.sample_rate, max_duration=max_duration)
+        wav = cut_audio(wav, meta.max_audio_seconds, meta.sample_rate)
     except AudioError as e:
         raise PredictError(f"--audio: {e}") from None
     if len(wav) < encoder.min_samples:
@@ -216,6 +219,12 @@ def audio_inputs(encoder: AudioEncoder, audio_path: str | os.PathLike, meta: Cac
 def text_inputs(encoder: TextEncoder, text: str, meta: CacheMeta) -> tuple[torch.Tensor, int, list[str]]:
     if not text.strip():
         raise PredictError("--text is empty; give the utterance's transcript")
+    bad = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
+    if bad is not None:  # bytes the shell passed that are not UTF-8 arrive as lone surrogates
+        raise PredictError(
+            f"--text is not valid UTF-8 (character {bad + 1} is the byte {ord(text[bad]) & 0xFF:#04x}); "
+            f"give the transcript in UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        )
     feats = encoder.encode([text])[0]
     problem = row_problem(feats, meta.max_text_len, "text", meta.dtype)
     if problem:
@@ -259,13 +268,15 @@ def predict(
     attention: bool = False,
     force: bool = False,
     tiny_root: str | os.PathLike | None = None,
+    max_duration: float = MAX_DURATION_S,
 ) -> Prediction:
     """Label and class probabilities of one utterance (``audio_path`` and its transcript ``text``).
 
     Encoders are the ones the checkpoint records, unless ``audio_encoder``/``text_encoder``
     (spec strings) override them; a loaded encoder whose fingerprint (checkpoint digest and
     layer) differs from the recorded one is refused unless ``force``. ``attention``: also
-    return the last CCAB's cross attention maps (see :class:`AttentionMaps`).
+    return the last CCAB's cross attention maps (see :class:`AttentionMaps`). ``max_duration``:
+    the audio file's longest decodable length in seconds, by its header, as in extraction.
     Raises :class:`PredictError` with a one-line message.
     """
     dev = pick_device(device)
@@ -285,7 +296,7 @@ def predict(
     inputs = ModelInputs(None, None, None, None)
     if uses_audio:
         enc, specs["audio"] = load_matching_encoder("audio", meta.audio_encoder, audio_encoder, dev, force, tiny_root)
-        row, inputs.audio_len = audio_inputs(enc, audio_path, meta)
+        row, inputs.audio_len = audio_inputs(enc, audio_path, meta, max_duration)
         inputs.audio, inputs.audio_padding_mask = (
             row[None],
             padding_mask(torch.tensor([inputs.audio_len]), meta.max_audio_len),

@@ -314,12 +314,20 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete) -> No
     "attention_png",
     default=None,
     type=click.Path(dir_okay=False),
-    help="Also draw the key-sparse cross attention of the last interaction layer into this PNG.",
+    help="Also draw the key-sparse cross attention of the last interaction layer into this figure (.png, .pdf or .svg).",
+)
+@click.option(
+    "--max-duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Refuse an audio file whose header gives more seconds than this (default 600, as extraction), "
+    "before decoding it: one huge file cannot take all memory; 'inf' lifts the limit.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
 def predict_cmd(
-    checkpoint, audio_path, text, audio_encoder, text_encoder, force, attention_png, as_json, device
+    checkpoint, audio_path, text, audio_encoder, text_encoder, force, attention_png, max_duration, as_json, device
 ) -> None:
     """Predict the emotion of one utterance with a trained checkpoint.
 
@@ -331,6 +339,10 @@ def predict_cmd(
 
     from ..predict import draw_attention, predict
 
+    if attention_png is not None:
+        from ..fuse.plots import figure_format
+
+        figure_format(attention_png)  # before the encoders load: a bad name costs nothing
     result = predict(
         checkpoint,
         audio_path,
@@ -340,6 +352,7 @@ def predict_cmd(
         device=device,
         attention=attention_png is not None,
         force=force,
+        **({} if max_duration is None else {"max_duration": max_duration}),
     )
     if attention_png is not None:
         try:

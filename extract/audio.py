@@ -85,7 +85,7 @@ def read_audio(
             if max_duration is not None and seconds > max_duration:
                 raise AudioError(
                     f"{path.name}: {seconds:.1f} s of audio by its header, more than the {max_duration:g} s one file "
-                    f"may decode to (ksr extract --max-duration raises the limit)"
+                    f"may decode to (--max-duration raises the limit)"
                 )
             f.seek(first)
             samples = f.read(max(last - first, 0), dtype="float32", always_2d=True)

@@ -13,6 +13,17 @@ import numpy as np  # noqa: E402
 
 from ..common import atomic_write  # noqa: E402
 
+#: The figure formats ksr writes, chosen by the file name's suffix (none: PNG).
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+def figure_format(path: str | Path) -> str:
+    """The format of a figure file by its suffix; an unknown one is refused (ValueError, one line)."""
+    suffix = Path(path).suffix.lower().lstrip(".") or "png"
+    if suffix not in FIGURE_FORMATS:
+        raise ValueError(f"{path}: a figure is written as {', '.join(FIGURE_FORMATS)} (by its suffix), not {suffix!r}")
+    return suffix
+
 
 def confusion_figure(confusion: list[list[int]], classes: list[str], title: str, path: Path) -> Path:
     cm = np.asarray(confusion, dtype=float)
@@ -138,6 +149,6 @@ def attention_figure(
         fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01).ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    atomic_write(path, "wb", lambda f: fig.savefig(f, format="png"))
+    atomic_write(path, "wb", lambda f: fig.savefig(f, format=figure_format(path)))
     plt.close(fig)
     return Path(path)

@@ -60,7 +60,7 @@ def test_the_default_limit_refuses_a_long_file_before_decoding_it(tmp_path):
         read_audio(long)
     assert str(err.value) == (
         "long.wav: 700.0 s of audio by its header, more than the 600 s one file may decode to "
-        "(ksr extract --max-duration raises the limit)"
+        "(--max-duration raises the limit)"
     )
     # A segment of it is what would be decoded: five seconds are fine.
     assert len(read_audio(long, start=100.0, end=105.0)) == 5 * 16000
@@ -113,7 +113,7 @@ def test_extract_refuses_long_files_per_item_and_a_rerun_may_raise_the_limit(cor
     assert r.output.splitlines()[0] == (
         "4 manifest rows: 0 stored before, 1 extracted now, 0 skipped (label not in the classes), 3 failed (audio 3)"
     )
-    hint = "(ksr extract --max-duration raises the limit)"
+    hint = "(--max-duration raises the limit)"
     assert sorted(read_errors(out / "errors-w0.tsv")) == [
         (
             "u_huge",
