@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pickle
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -112,6 +114,13 @@ def _load_model(source: str, revision: str | None):
     try:
         with quiet_transformers():
             model, info = AutoModel.from_pretrained(source, revision=revision, output_loading_info=True)
+    except pickle.UnpicklingError as err:  # transformers reads .bin files with weights_only=True
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        raise EncoderError(
+            f"cannot load model {source!r}: its weight file holds more than tensors"
+            f"{f' ({found.group(1)})' if found else ''}, which ksr does not unpickle; "
+            f"use a copy of the checkpoint saved as safetensors (model.safetensors)"
+        ) from None
     except (OSError, ValueError, KeyError) as err:
         reason = " ".join(str(err).split())[:300]
         raise EncoderError(f"cannot load model {source!r}: {reason}") from None

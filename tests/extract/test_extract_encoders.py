@@ -320,6 +320,27 @@ def test_checkpoint_missing_weights_is_refused(tmp_path, root):
         HFAudioEncoder(tmp_path)
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this pickle runs code when loaded",))
+
+
+def test_weight_file_with_pickled_code_is_refused(tmp_path, root):
+    """A ``pytorch_model.bin`` holding code: transformers' weights-only load refuses it, and ksr
+    says so in one line instead of torch's traceback."""
+    folder = ensure_tiny("tiny-text", root)
+    for f in folder.iterdir():
+        if f.name != "model.safetensors":
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    torch.save({"embeddings.word_embeddings.weight": _RunsCode()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(EncoderError) as caught:
+        HFTextEncoder(tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "holds more than tensors (print), which ksr does not unpickle" in message
+    assert "model.safetensors" in message
+
+
 def test_text_model_is_not_a_speech_model(root):
     with pytest.raises(EncoderError, match=r"is a roberta model, not a speech model"):
         HFAudioEncoder(ensure_tiny("tiny-text", root))
