@@ -37,6 +37,7 @@ def cache_info(root: str | Path) -> dict[str, Any]:
             ],
             "classes": {c: int((cache.labels == i).sum()) for i, c in enumerate(meta.classes)},
             "sessions": _counts(cache.sessions),
+            "splits": _counts(cache.splits) if any(cache.splits.tolist()) else {},
             "speakers": _counts(cache.speakers),
             "genders": _counts(cache.genders),
             "cut": {
@@ -97,6 +98,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"cut to the max length: {info['cut']['audio']} audio, {info['cut']['text']} text",
         f"classes: {_line(info['classes'])}",
         f"sessions: {_line(info['sessions'])}",
+        *([f"splits: {_line(info['splits'])}"] if info.get("splits") else []),
         f"speakers: {_line(info['speakers'])}",
         f"genders: {_line(info['genders'])}",
         f"size on disk: {_size(disk)}; ideal (N x (audio + text) x itemsize): {_size(ideal)} ({over})",
