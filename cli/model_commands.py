@@ -164,7 +164,11 @@ def train_cmd(run_dir, baseline, **options) -> None:
         return
     point_latest(run)
     s = report["summary"]
-    click.echo(f"WA {100 * s['wa']:.2f}%  UA {100 * s['ua']:.2f}%  (mean over folds; report: {run / 'report.md'})")
+    for name, t in report.get("official_split", {}).items():  # --protocol split: each test split
+        if name != "pooled":
+            click.echo(f"  {name}: WA {100 * t['wa']:.2f}%  UA {100 * t['ua']:.2f}%  (n = {t['n']}, mean over seeds)")
+    over = "all test splits pooled, mean over seeds" if "official_split" in report else "mean over folds"
+    click.echo(f"WA {100 * s['wa']:.2f}%  UA {100 * s['ua']:.2f}%  ({over}; report: {run / 'report.md'})")
     for name, b in report.get("baselines", {}).items():
         click.echo(f"  {name}: WA {100 * b['summary']['wa']:.2f}%  UA {100 * b['summary']['ua']:.2f}% (same folds)")
 
