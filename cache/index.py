@@ -75,6 +75,8 @@ class WriterIndex:
     ksr_version: str = ""
     created: str = ""
     updated: str = ""
+    #: The version the file was read at (a writer writes the current one).
+    schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
         doc = {
@@ -119,11 +121,13 @@ def read_index(path: Path) -> WriterIndex:
         ksr_version=doc.get("ksr_version", ""),
         created=doc.get("created", ""),
         updated=doc.get("updated", ""),
+        schema_version=doc["schema_version"],
     )
 
 
 def write_index(root: Path, index: WriterIndex) -> None:
     index.updated = now_iso()
+    index.schema_version = SCHEMA_VERSION
     atomic_write_text(Path(root) / index_name(index.tag), index.to_json())
 
 

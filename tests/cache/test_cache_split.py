@@ -103,7 +103,8 @@ def test_a_version_1_cache_still_loads_with_no_splits(tmp_path):
         assert len(cache) == 40 and cache.splits.tolist() == [""] * 40
         assert sorted(set(cache.sessions.tolist())) == ["1", "2", "3", "4", "5"]
         assert np.isfinite(cache.batch(np.arange(40)).audio.numpy()).all()
-    assert "splits" not in format_info(cache_info(tmp_path / "c"))
+    text = format_info(cache_info(tmp_path / "c"))
+    assert "splits" not in text and text.startswith(f"cache {tmp_path / 'c'} (schema v1), ")
 
 
 def test_a_version_1_cache_takes_version_2_shards(tmp_path):
@@ -121,3 +122,5 @@ def test_a_version_1_cache_takes_version_2_shards(tmp_path):
         got = dict(zip(cache.ids, cache.splits.tolist()))
     assert len(got) == 45 and [got[f"new{i}"] for i in range(5)] == ["train"] * 5
     assert sum(v == "" for v in got.values()) == 40
+    info = cache_info(tmp_path / "c")
+    assert info["schema_versions"] == [1, 2] and "(schema v1, v2)" in format_info(info)
