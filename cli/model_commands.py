@@ -270,7 +270,8 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete) -> No
 
     Per fold: WA (accuracy), UA (macro recall), macro F1, weighted F1, confusion matrix, selected
     epoch; over folds: mean and std, and pooled over all test utterances. Written as JSON,
-    Markdown and CSV, with PNG confusion matrices and learning curves.
+    Markdown and CSV, with PNG confusion matrices and learning curves. A run trained with
+    --protocol split (run.json says so) is reported on each test split, mean and std over seeds.
     """
     from pathlib import Path
 

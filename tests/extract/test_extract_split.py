@@ -3,11 +3,14 @@ back, and extraction storing each utterance's split in the cache."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from support.cli_runner import invoke_ksr
+from support.tiny import TINY_MODEL
 
 from ksr.cache import open_cache
 from ksr.extract.encoders import load_encoder
@@ -110,3 +113,14 @@ def test_extraction_stores_each_utterance_split(tmp_path):
     with open_cache(tmp_path / "cache", progress=False) as cache:
         assert dict(zip(cache.ids, cache.splits.tolist())) == {f"u{i}": s for i, s in enumerate(splits)}
         assert set(cache.sessions.tolist()) == {""}
+    # The manifest's splits are the run's sets, from the file to split.json.
+    args = ["train", "--cache", "cache", "--run", "run", "--protocol", "split", "--epochs", "1", "--no-baseline"]
+    result = invoke_ksr([*args, *TINY_MODEL, "--batch-size", "4", "--device", "cpu"], tmp_path)
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((tmp_path / "run/seed123/split/split.json").read_text())
+    by_split = {name: sorted(f"u{i}" for i, s in enumerate(splits) if s == name) for name in set(splits)}
+    assert sorted(recorded["train"]) == by_split["train"] and sorted(recorded["valid"]) == by_split["valid"]
+    assert {k: sorted(v) for k, v in recorded["tests"].items()} == {
+        "test1": by_split["test1"],
+        "test2": by_split["test2"],
+    }
