@@ -16,7 +16,16 @@ from pathlib import Path
 
 from ..common.files import write_then_rename
 from .errors import CacheError, CacheMismatchError
-from .schema import INDEX_KIND, SCHEMA_VERSION, CacheMeta, diff_dicts, index_name, parse_index_name, parse_shard_name
+from .schema import (
+    INDEX_KIND,
+    READABLE_VERSIONS,
+    SCHEMA_VERSION,
+    CacheMeta,
+    diff_dicts,
+    index_name,
+    parse_index_name,
+    parse_shard_name,
+)
 
 TMP_SUFFIX = ".tmp"
 
@@ -33,15 +42,17 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def check_schema_version(version, where: str) -> None:
-    if version != SCHEMA_VERSION:
+    """Refuse a schema version this ksr cannot read (older ones it knows are read as they are)."""
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         hint = (
             "upgrade ksr"
-            if isinstance(version, int) and version > SCHEMA_VERSION
+            if isinstance(version, int) and version > max(READABLE_VERSIONS)
             else "extract the cache again with this ksr"
         )
         raise CacheMismatchError(
-            f"{where}: cache schema version {version!r}, this ksr reads version {SCHEMA_VERSION}: {hint}",
-            [f"schema_version: cache has {version!r}, expected {SCHEMA_VERSION}"],
+            f"{where}: cache schema version {version!r}, this ksr reads version "
+            f"{', '.join(map(str, READABLE_VERSIONS[:-1]))} or {READABLE_VERSIONS[-1]}: {hint}",
+            [f"schema_version: cache has {version!r}, expected one of {list(READABLE_VERSIONS)}"],
         )
 
 
@@ -64,6 +75,8 @@ class WriterIndex:
     ksr_version: str = ""
     created: str = ""
     updated: str = ""
+    #: The version the file was read at (a writer writes the current one).
+    schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
         doc = {
@@ -108,11 +121,13 @@ def read_index(path: Path) -> WriterIndex:
         ksr_version=doc.get("ksr_version", ""),
         created=doc.get("created", ""),
         updated=doc.get("updated", ""),
+        schema_version=doc["schema_version"],
     )
 
 
 def write_index(root: Path, index: WriterIndex) -> None:
     index.updated = now_iso()
+    index.schema_version = SCHEMA_VERSION
     atomic_write_text(Path(root) / index_name(index.tag), index.to_json())
 
 

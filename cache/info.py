@@ -17,10 +17,13 @@ def cache_info(root: str | Path) -> dict[str, Any]:
     with open_cache(root, mode="stream", verify=False, progress=False) as cache:
         meta = cache.meta
         n = len(cache)
+        versions = sorted({ix.schema_version for ix in cache.indexes})
         disk = cache.disk_bytes + sum((root / index_name(ix.tag)).stat().st_size for ix in cache.indexes)
         return {
             "root": str(root),
-            "schema_version": SCHEMA_VERSION,
+            # a cache written by an older ksr and added to by this one holds both versions
+            "schema_version": max(versions, default=SCHEMA_VERSION),
+            "schema_versions": versions,
             "meta": meta.to_dict(),
             "utterances": n,
             "shards": len(cache.shards),
@@ -37,6 +40,7 @@ def cache_info(root: str | Path) -> dict[str, Any]:
             ],
             "classes": {c: int((cache.labels == i).sum()) for i, c in enumerate(meta.classes)},
             "sessions": _counts(cache.sessions),
+            "splits": _counts(cache.splits) if any(cache.splits.tolist()) else {},
             "speakers": _counts(cache.speakers),
             "genders": _counts(cache.genders),
             "cut": {
@@ -90,13 +94,15 @@ def format_info(info: dict[str, Any]) -> str:
         for w in info["writers"]
     )
     lines = [
-        f"cache {info['root']} (schema v{info['schema_version']}), corpus {m['corpus']!r}",
+        f"cache {info['root']} (schema {', '.join(f'v{v}' for v in info.get('schema_versions', [info['schema_version']]))}), "
+        f"corpus {m['corpus']!r}",
         f"utterances: {info['utterances']} in {info['shards']} shards; writers: {writers}",
         f"audio: {m['max_audio_len']} x {a['dim']} {m['dtype']}  <- {enc(a)}; sample rate {m['sample_rate']} Hz",
         f"text:  {m['max_text_len']} x {t['dim']} {m['dtype']}  <- {enc(t)}",
         f"cut to the max length: {info['cut']['audio']} audio, {info['cut']['text']} text",
         f"classes: {_line(info['classes'])}",
         f"sessions: {_line(info['sessions'])}",
+        *([f"splits: {_line(info['splits'])}"] if info.get("splits") else []),
         f"speakers: {_line(info['speakers'])}",
         f"genders: {_line(info['genders'])}",
         f"size on disk: {_size(disk)}; ideal (N x (audio + text) x itemsize): {_size(ideal)} ({over})",

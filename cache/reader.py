@@ -99,7 +99,7 @@ class Cache:
     """An open cache: per-utterance metadata in memory, features in memory or on disk.
 
     Attributes (all in utterance order, i.e. sorted by id): ``ids`` (list of str), ``labels``
-    (int64), ``speakers``, ``sessions``, ``genders``, ``transcripts`` (arrays of str),
+    (int64), ``speakers``, ``sessions``, ``genders``, ``transcripts``, ``splits`` (arrays of str),
     ``audio_lengths``, ``text_lengths`` (int64, valid rows after cutting),
     ``audio_lengths_full``, ``text_lengths_full`` (before cutting).
     """
@@ -139,6 +139,7 @@ class Cache:
         self.labels = g["label"]
         self.speakers, self.sessions = g["speaker"], g["session"]
         self.genders, self.transcripts = g["gender"], g["transcript"]
+        self.splits = g["split"]  # "" for every utterance of a cache made without splits
         self.audio_lengths, self.text_lengths = g["audio_len"], g["text_len"]
         self.audio_lengths_full, self.text_lengths_full = g["audio_len_full"], g["text_len_full"]
         self._id_array = g["id"]

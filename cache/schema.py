@@ -1,4 +1,4 @@
-"""The cache schema (version 1): what a cache holds and how it names its files.
+"""The cache schema (version 2): what a cache holds and how it names its files.
 
 docs/cache.md is the human-readable form of this module; change both together, and bump
 ``SCHEMA_VERSION`` whenever a reader of the old version could misread a new file.
@@ -15,7 +15,10 @@ from typing import Any
 
 from .errors import CacheError, CacheMismatchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions this ksr reads. Version 2 added each utterance's ``split`` (a manifest's optional
+#: train / valid / test* column); a version-1 shard has none, read as "" (no split).
+READABLE_VERSIONS = (1, 2)
 
 #: Storage dtypes a cache may use for its feature arrays.
 DTYPES = ("float16", "float32")
@@ -24,7 +27,25 @@ DTYPES = ("float16", "float32")
 #: utterance is one contiguous extent of the file); the rest are per-utterance metadata.
 AUDIO, TEXT = "audio", "text"
 INT_FIELDS = ("label", "audio_len", "audio_len_full", "text_len", "text_len_full")
-STR_FIELDS = ("id", "speaker", "session", "gender", "transcript")
+STR_FIELDS = ("id", "speaker", "session", "gender", "transcript", "split")
+#: Per-utterance fields a shard of an older schema version lacks: {field: first version with it}.
+ADDED_FIELDS = {"split": 2}
+
+#: An utterance's official split: ``train``, ``valid``, or ``test`` with an optional suffix of
+#: lowercase letters and digits (``test1``, ``test2``: corpora with several test sets). "" = none.
+SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = "train", "valid", "test"
+_SPLIT = re.compile(r"^(train|valid|test[a-z0-9]*)$")
+SPLIT_RULE = "train, valid, test, or test followed by lowercase letters/digits (e.g. test1)"
+
+
+def is_split_name(value: str) -> bool:
+    """True for ``train``, ``valid``, ``test`` and ``test<suffix>``; False for anything else ("" too)."""
+    return isinstance(value, str) and bool(_SPLIT.match(value))
+
+
+def is_test_split(value: str) -> bool:
+    return is_split_name(value) and value.startswith(SPLIT_TEST)
+
 
 SHARD_KIND = "ksr-cache-shard"
 INDEX_KIND = "ksr-cache-index"

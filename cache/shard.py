@@ -22,7 +22,19 @@ from ..common.files import HASH_BLOCK
 from .convert import all_finite
 from .errors import CacheError
 from .index import ShardEntry, check_schema_version
-from .schema import AUDIO, INT_FIELDS, SCHEMA_VERSION, SHARD_KIND, STR_FIELDS, TEXT, CacheMeta, diff_dicts
+from .schema import (
+    ADDED_FIELDS,
+    AUDIO,
+    INT_FIELDS,
+    SCHEMA_VERSION,
+    SHARD_KIND,
+    SPLIT_RULE,
+    STR_FIELDS,
+    TEXT,
+    CacheMeta,
+    diff_dicts,
+    is_split_name,
+)
 
 # Byte granularity of hashing and copying: big enough for full disk and hash speed, small
 # enough that the scratch buffer does not matter.
@@ -207,6 +219,9 @@ def _inspect_open(
     fields: dict[str, np.ndarray] = {}
     for name in INT_FIELDS + STR_FIELDS:
         d = f.get(name)
+        if d is None and int(version) < ADDED_FIELDS.get(name, 0):  # an older shard: the field is empty
+            fields[name] = np.array([""] * entry.n, dtype=object)
+            continue
         if not isinstance(d, h5py.Dataset) or d.shape != (entry.n,):
             problems.append(f"{path}: dataset {name!r} missing or not of shape ({entry.n},)")
             continue
@@ -230,6 +245,7 @@ def _check_fields(path: Path, fields: dict[str, np.ndarray], meta: CacheMeta) ->
     bad(np.array([not s for s in ids]), "an empty id")
     if len(set(ids.tolist())) != len(ids):
         out.append(f"{path}: duplicate ids inside the shard")
+    bad(np.array([bool(v) and not is_split_name(v) for v in fields["split"]]), f"a split other than {SPLIT_RULE}")
     bad((fields["label"] < 0) | (fields["label"] >= len(meta.classes)), f"a label outside 0..{len(meta.classes) - 1}")
     for mod, top in (("audio", meta.max_audio_len), ("text", meta.max_text_len)):
         length, full = fields[f"{mod}_len"], fields[f"{mod}_len_full"]

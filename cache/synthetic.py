@@ -43,10 +43,12 @@ def synthetic_utterances(
     audio_lengths: list[int] | None = None,
     text_lengths: list[int] | None = None,
     signal: float = 0.5,
+    splits: list[str] | None = None,
 ) -> Iterator[dict]:
     """``n`` utterances as ``CacheWriter.add`` keyword arguments, float32 features at their true
     lengths (audio 80..999 frames, text 3..39 tokens unless given). Session ``k`` has speakers
-    ``S{k}F`` and ``S{k}M``; ids sort in generation order."""
+    ``S{k}F`` and ``S{k}M``; ids sort in generation order. ``splits``: one official split per
+    utterance (then ``sessions=0`` leaves the sessions empty, as official-split corpora have none)."""
     rng = np.random.default_rng(seed)
     classes = len(meta.classes)
     dirs_a = rng.standard_normal((classes, meta.audio_dim), dtype=np.float32)
@@ -55,7 +57,7 @@ def synthetic_utterances(
         la = int(audio_lengths[i]) if audio_lengths is not None else int(rng.integers(80, 1000))
         lt = int(text_lengths[i]) if text_lengths is not None else int(rng.integers(3, 40))
         label = int(rng.integers(classes))
-        session = 1 + i % sessions
+        session = 1 + i % sessions if sessions else 0
         gender = "F" if rng.random() < 0.5 else "M"
         audio = rng.standard_normal((la, meta.audio_dim), dtype=np.float32)
         audio += signal * dirs_a[label]
@@ -66,10 +68,11 @@ def synthetic_utterances(
             "audio": audio,
             "text": text,
             "label": meta.classes[label],
-            "speaker": f"S{session}{gender}",
-            "session": str(session),
+            "speaker": f"S{session}{gender}" if sessions else f"P{i % 7}{gender}",
+            "session": str(session) if sessions else "",
             "gender": gender,
             "transcript": f"synthetic utterance {i} ({meta.classes[label]})",
+            **({"split": splits[i]} if splits is not None else {}),
         }
 
 

@@ -29,7 +29,17 @@ from .errors import CacheError
 from .index import TMP_SUFFIX, ShardEntry, WriterIndex, now_iso, scan_dir, write_index
 from .locks import describe, live_writers, lock_writer, unlock_writer
 from .rows import fill_row
-from .schema import INT_FIELDS, STR_FIELDS, CacheMeta, check_compatible, check_tag, parse_shard_name, shard_name
+from .schema import (
+    INT_FIELDS,
+    SPLIT_RULE,
+    STR_FIELDS,
+    CacheMeta,
+    check_compatible,
+    check_tag,
+    is_split_name,
+    parse_shard_name,
+    shard_name,
+)
 from .shard import write_shard
 
 SHARD_METADATA_BYTES = 256 << 10  # a shard's HDF5 structures beside its rows (plus 512 bytes a row)
@@ -156,13 +166,15 @@ class CacheWriter:
         session: str = "",
         gender: str = "",
         transcript: str = "",
+        split: str = "",
     ) -> None:
         """Add one utterance: ``audio`` (frames, Da) and ``text`` (tokens, Dt) at their true
         lengths, as numpy arrays or torch tensors (any device, any float dtype).
 
         Sequences longer than the cache's max lengths are cut (the true length is kept as
         ``*_len_full``); shorter ones are zero-padded at the end. ``label`` is a class name
-        or its index in ``meta.classes``.
+        or its index in ``meta.classes``. ``split``: the utterance's official split (``train``,
+        ``valid``, ``test``, ``test1``, ...; "" for none).
         """
         if self._closed:
             raise CacheError(f"{self.root}: writer {self.tag!r} is closed")
@@ -174,6 +186,9 @@ class CacheWriter:
                 f"utterance {uid!r} is already stored in {self.root} (skip the ids in writer.stored_ids())"
             )
         label_i = self._label_index(label, uid)
+        split = str(split or "")
+        if split and not is_split_name(split):
+            raise ValueError(f"utterance {uid!r}: split {split!r} is not {SPLIT_RULE}")
         meta = self.meta
         a = _as_2d(audio, meta.audio_dim, "audio", uid)
         t = _as_2d(text, meta.text_dim, "text", uid)
@@ -197,6 +212,7 @@ class CacheWriter:
                 str(session or ""),
                 str(gender or ""),
                 str(transcript or ""),
+                split,
             )
         )
         self._n += 1
@@ -217,6 +233,7 @@ class CacheWriter:
         sessions: Sequence[str] | None = None,
         genders: Sequence[str] | None = None,
         transcripts: Sequence[str] | None = None,
+        splits: Sequence[str] | None = None,
     ) -> None:
         """Add B utterances from an encoder's padded output: ``audio`` (B, T, Da) with
         ``audio_lengths`` (B,), ``text`` (B, L, Dt) with ``text_lengths`` (B,); rows past each
@@ -232,7 +249,13 @@ class CacheWriter:
             )
         if (la > a.shape[1]).any() or (lt > t.shape[1]).any():
             raise ValueError(f"add_batch: a length exceeds the padded batch ({a.shape[1]} frames, {t.shape[1]} tokens)")
-        extra = {"speaker": speakers, "session": sessions, "gender": genders, "transcript": transcripts}
+        extra = {
+            "speaker": speakers,
+            "session": sessions,
+            "gender": genders,
+            "transcript": transcripts,
+            "split": splits,
+        }
         for i, uid in enumerate(ids):
             self.add(
                 uid, a[i, : la[i]], t[i, : lt[i]], labels[i], **{k: v[i] for k, v in extra.items() if v is not None}
@@ -280,6 +303,7 @@ class CacheWriter:
                     "session",
                     "gender",
                     "transcript",
+                    "split",
                 ),
                 rows,
             )

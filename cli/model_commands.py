@@ -164,7 +164,11 @@ def train_cmd(run_dir, baseline, **options) -> None:
         return
     point_latest(run)
     s = report["summary"]
-    click.echo(f"WA {100 * s['wa']:.2f}%  UA {100 * s['ua']:.2f}%  (mean over folds; report: {run / 'report.md'})")
+    for name, t in report.get("official_split", {}).items():  # --protocol split: each test split
+        if name != "pooled":
+            click.echo(f"  {name}: WA {100 * t['wa']:.2f}%  UA {100 * t['ua']:.2f}%  (n = {t['n']}, mean over seeds)")
+    over = "all test splits pooled, mean over seeds" if "official_split" in report else "mean over folds"
+    click.echo(f"WA {100 * s['wa']:.2f}%  UA {100 * s['ua']:.2f}%  ({over}; report: {run / 'report.md'})")
     for name, b in report.get("baselines", {}).items():
         click.echo(f"  {name}: WA {100 * b['summary']['wa']:.2f}%  UA {100 * b['summary']['ua']:.2f}% (same folds)")
 
@@ -266,7 +270,8 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete) -> No
 
     Per fold: WA (accuracy), UA (macro recall), macro F1, weighted F1, confusion matrix, selected
     epoch; over folds: mean and std, and pooled over all test utterances. Written as JSON,
-    Markdown and CSV, with PNG confusion matrices and learning curves.
+    Markdown and CSV, with PNG confusion matrices and learning curves. A run trained with
+    --protocol split (run.json says so) is reported on each test split, mean and std over seeds.
     """
     from pathlib import Path
 

@@ -85,7 +85,7 @@ def training_options(f):
             type=click.Choice(PROTOCOLS),
             default="session",
             show_default=True,
-            help="Leave-one-session-out (fold k tests Session k) or leave-one-speaker-out.",
+            help="session: leave-one-session-out (fold k tests Session k); speaker: leave-one-speaker-out; split: the cache's official split (train, epochs chosen on valid, tested on each test split; one model per seed, no --fold).",
         ),
         click.option(
             "--fold",
@@ -198,7 +198,7 @@ def setup_training(o: dict, run_dir: str | None = None):
     setup = setup_training(o["cache_dir"], r, changes, **run, device=o["device"], cache_mode=o["cache_mode"])
     if recipe_name in PRESET_NOTES and setup.ranks.main:
         click.echo(PRESET_NOTES[recipe_name], err=True)
-    if o["select"] == "test" and setup.ranks.main:
+    if o["select"] == "test" and setup.spec.protocol != "split" and setup.ranks.main:  # split refuses it
         click.echo(
             "warning: --select test picks each fold's epoch on its TEST set (the public code's protocol); "
             "reports are marked as such",

@@ -1,8 +1,10 @@
 """The manifest: one CSV row per utterance, the contract between a corpus and ``ksr extract``.
 
 Required columns: ``id, audio, text, label, speaker, session, gender``. Optional columns are kept
-as they are (``raw_label``, ...); two of them have a meaning: ``start`` and ``end`` (seconds) name a
-segment of the audio file, for corpora whose utterances lie inside longer recordings. ``audio``
+as they are (``raw_label``, ...); three of them have a meaning: ``start`` and ``end`` (seconds) name a
+segment of the audio file, for corpora whose utterances lie inside longer recordings, and ``split``
+names the official split of corpora that have one (``train``, ``valid``, ``test`` or ``test1``,
+``test2``, ...; then ``session`` may be empty). ``audio``
 is a path, relative to the manifest's folder or absolute. The format is documented in
 ``docs/manifest.md``.
 
@@ -23,10 +25,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cache.schema import SPLIT_RULE, is_split_name
 from ..common import KsrError, atomic_write
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "audio", "text", "label", "speaker", "session", "gender")
 SEGMENT_COLUMNS: tuple[str, ...] = ("start", "end")
+#: The official split of corpora that come with one (``ksr train --protocol split``).
+SPLIT_COLUMN = "split"
 GENDERS: tuple[str, ...] = ("F", "M", "U")  # U: unknown
 
 
@@ -36,18 +41,22 @@ class ManifestError(KsrError, ValueError):
 
 @dataclass(frozen=True)
 class Utterance:
-    """One manifest row. ``audio`` is absolute (resolved against the manifest's folder)."""
+    """One manifest row. ``audio`` is absolute (resolved against the manifest's folder).
+
+    ``session`` is None only in a manifest with a ``split`` column (official-split corpora have
+    no sessions); ``split`` is "" when the manifest has no ``split`` column."""
 
     id: str
     audio: Path
     text: str
     label: str
     speaker: str
-    session: int
+    session: int | None
     gender: str
     start: float | None = None
     end: float | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    split: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,7 @@ def _parse_seconds(value: str, column: str) -> float | None:
     return seconds
 
 
-def _parse_row(raw: dict, root: Path, extra_columns: Sequence[str]) -> Utterance:
+def _parse_row(raw: dict, root: Path, extra_columns: Sequence[str], has_split: bool = False) -> Utterance:
     """Turn one CSV record into an :class:`Utterance`; raises ValueError with the reason."""
     if None in raw:  # DictReader puts surplus fields under the key None
         raise ValueError(f"{len(raw) - 1 + len(raw[None])} fields, the header has {len(raw) - 1}")
@@ -125,11 +134,18 @@ def _parse_row(raw: dict, root: Path, extra_columns: Sequence[str]) -> Utterance
         if not values[column]:
             what = "transcript" if column == "text" else column
             raise ValueError(f"empty {what}")
-    if not (values["session"].isascii() and values["session"].isdigit()):
-        # int() would also take "1_0" (as 10), "+1", and Arabic-Indic or other Unicode digits
-        # (as the same session as "1"): only 0-9 are a session number here.
-        raise ValueError(f"session {values['session']!r} is not an integer (digits 0-9)")
-    session = int(values["session"])
+    split = values.get(SPLIT_COLUMN, "")
+    if has_split and not is_split_name(split):
+        raise ValueError(f"split {split!r} is not {SPLIT_RULE}" if split else f"empty split (use {SPLIT_RULE})")
+    session = None
+    if values["session"] or not has_split:  # official-split corpora have no sessions
+        if not (values["session"].isascii() and values["session"].isdigit()):
+            # int() would also take "1_0" (as 10), "+1", and Arabic-Indic or other Unicode digits
+            # (as the same session as "1"): only 0-9 are a session number here.
+            if not values["session"]:
+                raise ValueError("empty session (only a manifest with a split column may leave sessions empty)")
+            raise ValueError(f"session {values['session']!r} is not an integer (digits 0-9)")
+        session = int(values["session"])
     gender = values["gender"].upper()
     if gender not in GENDERS:
         raise ValueError(f"gender {values['gender']!r} is not F, M or U (unknown)")
@@ -151,6 +167,7 @@ def _parse_row(raw: dict, root: Path, extra_columns: Sequence[str]) -> Utterance
         start=start,
         end=end,
         extra={c: values[c] for c in extra_columns},
+        split=split,
     )
 
 
@@ -233,7 +250,10 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
                 f"{path}: missing column(s) {', '.join(missing)} (a manifest needs {', '.join(REQUIRED_COLUMNS)})"
             )
         reader.fieldnames = header
-        extra_columns = tuple(c for c in header if c not in REQUIRED_COLUMNS and c not in SEGMENT_COLUMNS)
+        has_split = SPLIT_COLUMN in header
+        extra_columns = tuple(
+            c for c in header if c not in REQUIRED_COLUMNS and c not in SEGMENT_COLUMNS and c != SPLIT_COLUMN
+        )
         rows: list[Utterance] = []
         problems: list[RowProblem] = []
         first_line: dict[str, int] = {}
@@ -244,7 +264,7 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
             try:
                 if rid in first_line:
                     raise ValueError(f"duplicate id (first on line {first_line[rid]})")
-                row = _parse_row(raw, root, extra_columns)
+                row = _parse_row(raw, root, extra_columns, has_split)
             except ValueError as err:
                 reason = str(err)
                 if line - record_line > 1 and not any(c in rid for c in "\r\n"):
@@ -274,8 +294,8 @@ def write_manifest(
 
     ``audio`` is written relative to the manifest's folder when the file lies under it, absolute
     otherwise (so moving the manifest alone does not break it). ``start``/``end`` columns are
-    written when a row has them; ``extra_columns`` defaults to the extra keys of the rows, in order
-    of first appearance.
+    written when a row has them, ``split`` when a row has one; ``extra_columns`` defaults to the extra
+    keys of the rows, in order of first appearance.
     """
     path = Path(path)
     rows = list(rows)
@@ -284,11 +304,13 @@ def write_manifest(
         for r in rows:
             seen.update(dict.fromkeys(r.extra))
         extra_columns = tuple(seen)
-    clash = [c for c in extra_columns if c in REQUIRED_COLUMNS or c in SEGMENT_COLUMNS]
+    clash = [c for c in extra_columns if c in REQUIRED_COLUMNS or c in SEGMENT_COLUMNS or c == SPLIT_COLUMN]
     if clash:
         raise ManifestError(f"extra column(s) {', '.join(clash)} clash with the manifest's own")
     has_segments = any(r.start is not None or r.end is not None for r in rows)
     header = list(REQUIRED_COLUMNS) + (list(SEGMENT_COLUMNS) if has_segments else [])
+    has_split = any(r.split for r in rows)
+    header += [SPLIT_COLUMN] if has_split else []
     header += list(extra_columns)
     root = path.resolve().parent
 
@@ -299,9 +321,12 @@ def write_manifest(
             audio = Path(r.audio)
             if audio.is_absolute() and audio.resolve().is_relative_to(root):
                 audio = audio.resolve().relative_to(root)
-            record = [r.id, audio.as_posix(), r.text, r.label, r.speaker, r.session, r.gender]
+            session = "" if r.session is None else r.session
+            record = [r.id, audio.as_posix(), r.text, r.label, r.speaker, session, r.gender]
             if has_segments:
                 record += [_format_seconds(r.start), _format_seconds(r.end)]
+            if has_split:
+                record.append(r.split)
             record += [r.extra.get(c, "") for c in extra_columns]
             writer.writerow(record)
 
@@ -314,12 +339,19 @@ def check_manifest(m: Manifest, limit: int = 10) -> tuple[list[str], list[str]]:
     to exist; at most ``limit`` missing ones are named."""
     missing = [r for r in m.rows if not r.audio.is_file()]
     labels = Counter(r.label for r in m.rows)
-    sessions = Counter(r.session for r in m.rows)
+    sessions = Counter("(none)" if r.session is None else r.session for r in m.rows)
+    splits = Counter(r.split for r in m.rows if r.split)
     summary = [
         f"{m.path}: {len(m)} usable rows, {len({r.speaker for r in m.rows})} speakers",
         "labels: " + ", ".join(f"{k} {n}" for k, n in sorted(labels.items())),
-        "sessions: " + ", ".join(f"{k}: {n}" for k, n in sorted(sessions.items())),
+        "sessions: "
+        + ", ".join(
+            f"{k}: {n}"
+            for k, n in sorted(sessions.items(), key=lambda kv: (isinstance(kv[0], str), str(kv[0]).zfill(12)))
+        ),
     ]
+    if splits:
+        summary.append("splits: " + ", ".join(f"{k}: {n}" for k, n in sorted(splits.items())))
     errors = list(m.problems) + [f"{r.id}: audio file not found: {r.audio}" for r in missing[:limit]]
     if len(missing) > limit:
         errors.append(f"... {len(missing) - limit} more audio files not found")

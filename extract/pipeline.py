@@ -441,7 +441,15 @@ def _run(
                     continue
                 # Any error from here on is the cache's (disk full, ...): it stops the run.
                 writer.add(
-                    u.id, a, t, u.label, speaker=u.speaker, session=str(u.session), gender=u.gender, transcript=u.text
+                    u.id,
+                    a,
+                    t,
+                    u.label,
+                    speaker=u.speaker,
+                    session="" if u.session is None else str(u.session),
+                    gender=u.gender,
+                    transcript=u.text,
+                    split=u.split,
                 )
                 summary.extracted += 1
                 in_cache[u.label] += 1

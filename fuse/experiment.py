@@ -15,7 +15,7 @@ from .config import ARCHITECTURES, DEPARTURES, ModelConfig, apply_departure
 from .metrics import METRICS
 from .recipes import Recipe
 from .report import attach_baseline, evaluate_run, write_report
-from .runs import RunError, RunSpec, baseline_dir, model_config_for_cache, num_folds, prepare_run
+from .runs import RunError, RunSpec, baseline_dir, check_protocol, model_config_for_cache, num_folds, prepare_run
 from .training import train_fold
 
 
@@ -107,6 +107,7 @@ def train_and_report(
     With ``baseline`` (and a model that is not itself the probe), the linear probe is fitted on
     the same folds, seeds and selection into RUN/baseline-probe (seconds), and the report shows
     it beside the model."""
+    check_protocol(cache, spec, folds)
     available = num_folds(cache, spec.protocol)
     missing = [f for f in folds or [] if not 1 <= f <= available]
     if missing:  # before anything is written: a failed start leaves no run behind
@@ -121,8 +122,9 @@ def train_and_report(
         for fold in fold_list:
             out = train_fold(cache, spec, run_dir, fold, seed, device, resume=resume, amp=amp, ranks=ranks)
             if ranks.main:
+                where = "official split" if spec.protocol == "split" else f"fold {fold}"
                 say(
-                    f"seed {seed} fold {fold}: kept epoch {out.best_epoch}, {'test' if spec.select == 'test' else 'valid'} {spec.metric} "
+                    f"seed {seed} {where}: kept epoch {out.best_epoch}, {'test' if spec.select == 'test' else 'valid'} {spec.metric} "
                     f"{100 * out.best_value:.2f}% ({out.seconds:.0f} s)"
                 )
     ranks.barrier()
@@ -206,7 +208,11 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
         "",
         f"Protocol {summary['protocol']}, model selection on {summary['select']}"
         + (" (TEST-SET SELECTION: optimistic)" if summary["select"] == "test" else "")
-        + "; mean ± std over folds.",
+        + (
+            "; all test splits pooled, mean ± std over seeds."
+            if summary["protocol"] == "split"
+            else "; mean ± std over folds."
+        ),
         "",
         f"| {summary['label']} | WA % | UA % | macro F1 % | weighted F1 % |",
         "|---|---|---|---|---|",

@@ -6,6 +6,9 @@ Protocols
   that fold 6-k, see ``public_fold_name``).
 - ``speaker``: leave-one-speaker-out. Fold k tests the k-th speaker in sorted order; the other
   speaker(s) of the test speaker's session validate; the remaining sessions train.
+- ``split``: the corpus's official split (the cache's ``split`` of each utterance, from the
+  manifest): one "fold" that trains on ``train``, validates on ``valid`` and tests on each
+  ``test*`` split separately (MSP-Podcast's test1 and test2, MELD's test).
 
 Validation for ``session`` folds is drawn from the training sessions only: a seeded, label-
 stratified ``val_fraction`` of the training utterances (at least one per class present). Test
@@ -15,11 +18,15 @@ utterances never appear in training or validation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-PROTOCOLS = ("session", "speaker")
+from ..cache.schema import SPLIT_TRAIN, SPLIT_VALID, is_test_split
+
+PROTOCOLS = ("session", "speaker", "split")
+#: What reports call the split protocol's single "fold".
+OFFICIAL_SPLIT = "official split"
 
 
 @dataclass(frozen=True)
@@ -30,8 +37,13 @@ class Split:
     train: np.ndarray  # indices into the cache's utterance order
     valid: np.ndarray
     test: np.ndarray
+    #: The split protocol's test splits by name ({"test1": indices, ...}; ``test`` is their union).
+    tests: dict[str, np.ndarray] = field(default_factory=dict)
 
     def describe(self) -> str:
+        if self.tests:
+            parts = ", ".join(f"{name} {len(idx)}" for name, idx in self.tests.items())
+            return f"{OFFICIAL_SPLIT}: {len(self.train)} train / {len(self.valid)} valid / test: {parts}"
         return (
             f"fold {self.fold} ({self.protocol} protocol): test = {self.test_group}; "
             f"{len(self.train)} train / {len(self.valid)} valid / {len(self.test)} test"
@@ -50,6 +62,13 @@ def _natural(value: str) -> tuple:
 
 def fold_groups(protocol: str, sessions: Sequence, speakers: Sequence) -> list[str]:
     """The held-out group of each fold, in fold order (fold k = element k-1)."""
+    if protocol == "split":
+        return [OFFICIAL_SPLIT]
+    if protocol in ("session", "speaker") and any(str(s) == "" for s in sessions):
+        raise ValueError(
+            f"this cache has utterances without a session (an official-split corpus?): the {protocol} "
+            f"protocol needs a session for every utterance; use --protocol split"
+        )
     if protocol == "session":
         return sorted({str(s) for s in sessions}, key=_natural)
     if protocol == "speaker":
@@ -84,7 +103,12 @@ def make_split(
     labels: Sequence,
     val_fraction: float = 0.1,
     seed: int = 0,
+    splits: Sequence | None = None,
 ) -> Split:
+    if protocol == "split":
+        if fold != 1:
+            raise ValueError(f"fold {fold} does not exist: the split protocol has one fold (the {OFFICIAL_SPLIT})")
+        return official_split(splits if splits is not None else [""] * len(labels))
     sessions = np.asarray([str(s) for s in sessions])
     speakers = np.asarray([str(s) for s in speakers])
     labels = np.asarray(labels)
@@ -109,3 +133,49 @@ def make_split(
         train = everything[sessions != session]
         name = f"speaker {held}"
     return Split(protocol, fold, name, train, valid, test)
+
+
+def names_of_test_splits(splits: Sequence) -> list[str]:
+    """The test splits present (``test``, ``test1``, ...), in natural order."""
+    return sorted({str(s) for s in splits if is_test_split(str(s))}, key=lambda name: _natural(name[4:]))
+
+
+def official_split(splits: Sequence) -> Split:
+    """The split protocol's one fold: the utterances of ``train``, ``valid`` and each ``test*``.
+
+    Refuses (one line) a cache without splits, one where some utterances have none (made from
+    two manifests?), and one without train, valid or test utterances."""
+    splits = np.asarray([str(s) for s in splits])
+    missing = splits == ""
+    if missing.all():
+        raise ValueError(
+            "this cache has no official splits (its manifest had no split column): --protocol split "
+            "needs a cache extracted from a manifest with train / valid / test splits; use --protocol session"
+        )
+    if missing.any():
+        raise ValueError(
+            f"{int(missing.sum())} of {len(splits)} utterances of this cache have no split (extracted from a "
+            f"manifest without a split column?): the split protocol needs every utterance's split"
+        )
+    everything = np.arange(len(splits))
+    names = names_of_test_splits(splits)
+    for need, have in ((SPLIT_TRAIN, (splits == SPLIT_TRAIN).any()), (SPLIT_VALID, (splits == SPLIT_VALID).any())):
+        if not have:
+            raise ValueError(
+                f"this cache has no {need!r} utterances: the split protocol trains on train, selects on valid "
+                f"and tests on each test split"
+            )
+    if not names:
+        raise ValueError(
+            "this cache has no test utterances (no split test, test1, ...): the split protocol tests on each test split"
+        )
+    tests = {name: everything[splits == name] for name in names}
+    return Split(
+        "split",
+        1,
+        OFFICIAL_SPLIT,
+        everything[splits == SPLIT_TRAIN],
+        everything[splits == SPLIT_VALID],
+        np.sort(np.concatenate(list(tests.values()))),
+        tests,
+    )

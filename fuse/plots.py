@@ -92,8 +92,8 @@ def plot_report(report: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
                 confusion_figure(
                     f["confusion"],
                     report["classes"],
-                    f"fold {fold}: {f['test_group']}",
-                    out_dir / f"{stem}_confusion_seed{seed}_fold{fold}.png",
+                    f"{'fold ' if fold.isdigit() else ''}{fold}: {f['test_group']}",
+                    out_dir / f"{stem}_confusion_seed{seed}_{'fold' if fold.isdigit() else ''}{fold}.png",
                 )
             )
         paths.append(

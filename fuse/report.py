@@ -15,9 +15,10 @@ from ..cache import Cache, open_cache
 from ..common import resolve_device, write_json, write_text
 from .baselines import PROBE_C_GRID
 from .checkpoint import load_model_and_meta
-from .folds import public_fold_name
+from .folds import OFFICIAL_SPLIT, public_fold_name
 from .inference import infer
 from .metrics import METRICS, mean_std, scores
+from .official_split import official_split_lines, official_split_summary, split_tests
 from .runs import (
     RunError,
     RunSpec,
@@ -40,6 +41,11 @@ TEST_SELECTION_NOTE = (
 
 
 def fold_naming(spec: RunSpec) -> str:
+    if spec.protocol == "split":
+        return (
+            f"{OFFICIAL_SPLIT}: one model per seed trained on train, its epoch chosen on valid, tested on "
+            f"each test split"
+        )
     if spec.protocol == "session":
         return "fold k tests Session k (the public KS-Transformer code calls it fold 6-k)"
     return "fold k tests the k-th speaker in sorted order; its session partner validates"
@@ -69,28 +75,30 @@ def evaluate_run(
         fold_reports, y_all, p_all = {}, [], []
         for fold in wanted:
             split = cache_split(cache, spec, fold, seed)
-            check_recorded_split(fold_dir(run_dir, seed, fold), split, cache.ids)
-            model, meta = load_model_and_meta(fold_checkpoint(run_dir, seed, fold), device)
-            result = infer(model, cache, split.test, batch_size, device)
-            y = cache.labels[split.test]
-            s = scores(y, result.preds, k)
-            s.update(
-                test_group=split.test_group,
-                selected_epoch=meta.get("epoch"),
-                test_loss=result.loss,
-                history=history_of(run_dir, seed, fold),
-            )
-            if spec.protocol == "session":
-                s["public_fold_name"] = public_fold_name(fold_index_session(split.test_group))
-            s["epochs_done"] = len(s["history"])
-            if len(result.preds) and len(np.unique(result.preds)) == 1:
-                warnings.append(
-                    f"seed {seed} fold {fold}: every test utterance was predicted as "
-                    f"{classes[int(result.preds[0])]}: the model collapsed to one class"
+            check_recorded_split(fold_dir(run_dir, seed, fold, spec.protocol), split, cache.ids)
+            model, meta = load_model_and_meta(fold_checkpoint(run_dir, seed, fold, protocol=spec.protocol), device)
+            # The split protocol's one model is reported on each test split as a fold would be.
+            for name, test, group in split_tests(split):
+                result = infer(model, cache, test, batch_size, device)
+                y = cache.labels[test]
+                s = scores(y, result.preds, k)
+                s.update(
+                    test_group=group,
+                    selected_epoch=meta.get("epoch"),
+                    test_loss=result.loss,
+                    history=history_of(run_dir, seed, fold, spec.protocol),
                 )
-            fold_reports[str(fold)] = s
-            y_all.append(y)
-            p_all.append(result.preds)
+                if spec.protocol == "session":
+                    s["public_fold_name"] = public_fold_name(fold_index_session(split.test_group))
+                s["epochs_done"] = len(s["history"])
+                if len(result.preds) and len(np.unique(result.preds)) == 1:
+                    warnings.append(
+                        f"seed {seed} {'fold ' if not split.tests else ''}{name}: every test utterance was predicted "
+                        f"as {classes[int(result.preds[0])]}: the model collapsed to one class"
+                    )
+                fold_reports[name] = s
+                y_all.append(y)
+                p_all.append(result.preds)
         summary = {m: mean_std([f[m] for f in fold_reports.values()]) for m in METRICS}
         pooled = scores(np.concatenate(y_all), np.concatenate(p_all), k)
         per_seed[str(seed)] = {"folds": fold_reports, "mean_std_over_folds": summary, "pooled": pooled}
@@ -104,6 +112,9 @@ def evaluate_run(
     )
     if len(per_seed) > 1:
         summary.update({f"{m}_std_over_seeds": mean_std(v)[1] for m, v in seed_means.items()})
+    official = official_split_summary(per_seed) if spec.protocol == "split" else None
+    if official:
+        summary = official["summary"]
     return {
         "run": str(run_dir),
         "model": model_name(spec.model),
@@ -111,13 +122,16 @@ def evaluate_run(
         "fold_naming": fold_naming(spec),
         "select": spec.select,
         "selection_metric": spec.metric,
-        "note": SELECTION_NOTES[spec.select],
+        "note": SPLIT_SELECTION_NOTE
+        if spec.protocol == "split" and spec.select == "valid"
+        else SELECTION_NOTES[spec.select],
         "classes": classes,
         "seeds": per_seed,
-        "folds": sorted({int(f) for s in per_seed.values() for f in s["folds"]}),
+        "folds": sorted({int(f) for f in sum(available.values(), []) if folds is None or f in folds}),
         "coverage": coverage(spec, per_seed, num_folds(cache, spec.protocol)),
         "warnings": warnings,
         "summary": summary,
+        **({"official_split": official["tests"]} if official else {}),
     }
 
 
@@ -125,15 +139,18 @@ def coverage(spec: RunSpec, per_seed: dict[str, Any], folds_planned: int) -> dic
     """What a report covers: seeds and folds found against the protocol's, epochs done against
     the recipe's. A fold that stopped before its last epoch makes the run unfinished."""
     planned = len(PROBE_C_GRID) if spec.model.architecture == "probe" else spec.recipe.epochs
-    unfinished = [
-        f"seed {seed} fold {fold}: {f['epochs_done']} of {planned} epochs"
-        for seed, sr in per_seed.items()
-        for fold, f in sr["folds"].items()
-        if f["epochs_done"] < planned
-    ]
+    split = spec.protocol == "split"  # its test splits share one model per seed: count it once
+    unfinished = list(
+        dict.fromkeys(
+            f"seed {seed} {OFFICIAL_SPLIT if split else f'fold {fold}'}: {f['epochs_done']} of {planned} epochs"
+            for seed, sr in per_seed.items()
+            for fold, f in sr["folds"].items()
+            if f["epochs_done"] < planned
+        )
+    )
     return {
         "seeds": [int(s) for s in per_seed],
-        "folds_found": {s: [int(f) for f in sr["folds"]] for s, sr in per_seed.items()},
+        "folds_found": {s: [1] if split else [int(f) for f in sr["folds"]] for s, sr in per_seed.items()},
         "folds_planned": folds_planned,
         "epochs_planned": planned,
         "unfinished": unfinished,
@@ -150,6 +167,8 @@ def evaluate_saved_run(
 ) -> dict[str, Any]:
     """``ksr eval``: the run's report on ``cache_dir`` (default: the cache it was trained on)."""
     spec = load_run(run_dir)
+    if folds and spec.protocol == "split":
+        raise RunError(f"{run_dir} was trained on the official split (one fold): --fold does not apply")
     source = cache_dir or spec.cache_dir
     if not source or not Path(source).is_dir():
         raise RunError(f"the run's cache {source!r} is not there; pass --cache")
@@ -170,6 +189,9 @@ SELECTION_NOTES = {
     "valid": "model selected on a validation set drawn from the training sessions only",
     "last": "the last epoch of each fold kept (no selection)",
 }
+
+
+SPLIT_SELECTION_NOTE = "model selected on the official valid split"
 
 
 def model_name(cfg) -> str:
@@ -222,8 +244,15 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"seed {seed}: folds {', '.join(map(str, folds))}" for seed, folds in cov["folds_found"].items()
         )
         lines += [
-            f"Covers {found} (the protocol has {cov['folds_planned']} folds); "
-            f"{cov['epochs_planned']} epochs planned per fold.",
+            (
+                f"Covers seed(s) {', '.join(cov['folds_found'])}: one model per seed on the {OFFICIAL_SPLIT}; "
+                f"{cov['epochs_planned']} epochs planned."
+            )
+            if report["protocol"] == "split"
+            else (
+                f"Covers {found} (the protocol has {cov['folds_planned']} folds); "
+                f"{cov['epochs_planned']} epochs planned per fold."
+            ),
             "",
         ]
         if not cov["complete"]:
@@ -241,13 +270,21 @@ def to_markdown(report: dict[str, Any]) -> str:
         if not hide_mean
         else "| mean over folds | not given: unfinished run (--allow-incomplete) | | | |"
     )
-    lines += ["| | WA % | UA % | macro F1 % | weighted F1 % |", "|---|---|---|---|---|", mean_row]
-    if "wa_std_over_seeds" in s:
+    if "official_split" in report:
+        lines += official_split_lines(report, hide_mean)
+    else:
+        lines += ["| | WA % | UA % | macro F1 % | weighted F1 % |", "|---|---|---|---|---|", mean_row]
+    if "wa_std_over_seeds" in s and "official_split" not in report:
         lines.append("| std over seeds | " + " | ".join(pct(s[m + "_std_over_seeds"]) for m in METRICS) + " |")
     if report.get("baselines"):
         lines += [
             "",
-            "Beside its baselines (same cache, folds, seeds and selection; mean ± std over folds):",
+            "Beside its baselines (same cache, folds, seeds and selection; "
+            + (
+                "all test splits pooled, mean ± std over seeds):"
+                if "official_split" in report
+                else "mean ± std over folds):"
+            ),
             "",
             "| model | WA % | UA % | macro F1 % | weighted F1 % |",
             "|---|---|---|---|---|",
@@ -258,12 +295,13 @@ def to_markdown(report: dict[str, Any]) -> str:
                 + " | ".join(f"{pct(summary[m])} ± {pct(summary[m + '_std_over_folds'])}" for m in METRICS)
                 + " |"
             )
+    unit = "test split" if "official_split" in report else "fold"
     for seed, sr in report["seeds"].items():
         lines += [
             "",
             f"## seed {seed}",
             "",
-            "| fold | test | selected epoch (from 0) | n | WA % | UA % | macro F1 % | weighted F1 % |",
+            f"| {unit} | test | selected epoch (from 0) | n | WA % | UA % | macro F1 % | weighted F1 % |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for fold, f in sr["folds"].items():
@@ -273,7 +311,7 @@ def to_markdown(report: dict[str, Any]) -> str:
                 + " |"
             )
         p = sr["pooled"]
-        lines.append(f"| pooled | all folds | | {p['n']} | " + " | ".join(pct(p[m]) for m in METRICS) + " |")
+        lines.append(f"| pooled | all {unit}s | | {p['n']} | " + " | ".join(pct(p[m]) for m in METRICS) + " |")
         lines += [
             "",
             "Confusion matrix, pooled (rows: true, columns: predicted):",
@@ -299,6 +337,9 @@ def to_csv(report: dict[str, Any]) -> str:
         w.writerow(["all", "mean", "", "", "", *(f"{report['summary'][m]:.6f}" for m in METRICS)])
     else:
         w.writerow(["all", "unfinished run: no mean", "", "", "", *([""] * len(METRICS))])
+    complete = report.get("coverage", {}).get("complete", True) or report.get("allow_incomplete")
+    for name, row in report.get("official_split", {}).items() if complete else ():
+        w.writerow(["all", "mean over seeds", name, "", row["n"], *(f"{row[m]:.6f}" for m in METRICS)])
     for name, baseline in report.get("baselines", {}).items():
         w.writerow(["baseline", "mean", name, "", "", *(f"{baseline['summary'][m]:.6f}" for m in METRICS)])
     return buf.getvalue()

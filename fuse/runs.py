@@ -8,6 +8,7 @@ This module is the only one that builds or parses a run directory's paths::
     RUN/seed123/fold5/best.pt        the selected epoch's model (a ksr checkpoint)
     RUN/seed123/fold5/last.pt        the last epoch's model
     RUN/seed123/fold5/history.json   per-epoch loss, lr and selection metrics
+    RUN/seed123/split/...            the same files for the split protocol's one fold (the official split)
     runs/latest                      a link to the last run ``ksr train`` finished (``ksr eval``'s default)
 """
 
@@ -24,7 +25,7 @@ from .. import __version__
 from ..cache import Cache, check_compatible
 from ..common import KsrError, remove_dead_temps, write_json
 from .config import ModelConfig, cache_dims
-from .folds import Split, fold_groups, make_split
+from .folds import OFFICIAL_SPLIT, Split, fold_groups, make_split
 from .recipes import Recipe
 
 RUN_FILE = "run.json"
@@ -34,7 +35,9 @@ RUN_FILE = "run.json"
 #: docs/learning.md).
 SELECTIONS = ("valid", "test", "last")
 LATEST = Path("runs") / "latest"
-_FOLD_DIR = re.compile(r"seed(\d+)/fold(\d+)")
+_FOLD_DIR = re.compile(r"seed(\d+)/(?:fold(\d+)|split)")
+#: The folder of the split protocol's single fold (fold 1).
+SPLIT_DIR = "split"
 # Settings that make two runs different runs (a resume must agree on every one).
 RUN_SETTINGS = ("model", "recipe", "protocol", "select", "metric", "val_fraction")
 # Cache metadata a trained model depends on: another cache must agree on these to be used with it.
@@ -88,8 +91,9 @@ class RunSpec:
 # --- paths -------------------------------------------------------------------------------------
 
 
-def fold_dir(run_dir: Path, seed: int, fold: int) -> Path:
-    return Path(run_dir) / f"seed{seed}" / f"fold{fold}"
+def fold_dir(run_dir: Path, seed: int, fold: int, protocol: str = "session") -> Path:
+    """``RUN/seedS/foldK``; the split protocol's one fold is ``RUN/seedS/split``."""
+    return Path(run_dir) / f"seed{seed}" / (SPLIT_DIR if protocol == "split" else f"fold{fold}")
 
 
 def baseline_dir(run_dir: Path) -> Path:
@@ -97,21 +101,21 @@ def baseline_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "baseline-probe"
 
 
-def fold_checkpoint(run_dir: Path, seed: int, fold: int, which: str = "best") -> Path:
+def fold_checkpoint(run_dir: Path, seed: int, fold: int, which: str = "best", protocol: str = "session") -> Path:
     """``best.pt`` or ``last.pt`` of a fold, which must exist."""
-    path = fold_dir(run_dir, seed, fold) / f"{which}.pt"
+    path = fold_dir(run_dir, seed, fold, protocol) / f"{which}.pt"
     if not path.is_file():
         raise RunError(f"{path}: missing; fold {fold} (seed {seed}) has not finished an epoch")
     return path
 
 
 def trained_folds(run_dir: Path) -> dict[int, list[int]]:
-    """{seed: [folds with a best.pt]} found in the run directory."""
+    """{seed: [folds with a best.pt]} found in the run directory (``seedS/split`` is fold 1)."""
     found: dict[int, list[int]] = {}
-    for best in Path(run_dir).glob("seed*/fold*/best.pt"):
+    for best in Path(run_dir).glob("seed*/*/best.pt"):
         parsed = _FOLD_DIR.fullmatch(best.parent.relative_to(run_dir).as_posix())
         if parsed:
-            found.setdefault(int(parsed[1]), []).append(int(parsed[2]))
+            found.setdefault(int(parsed[1]), []).append(int(parsed[2] or 1))
     return {s: sorted(f) for s, f in sorted(found.items())}
 
 
@@ -149,7 +153,7 @@ def prepare_run(run_dir: Path, spec: RunSpec, resume: bool) -> RunSpec:
             raise RunError(
                 f"{run_dir} holds a run with other settings ({', '.join(differs)} differ); choose a new --run directory"
             )
-        if not resume and any(Path(run_dir).glob("seed*/fold*/state.pt")):
+        if not resume and any(Path(run_dir).glob("seed*/*/state.pt")):
             raise RunError(f"{run_dir} already holds trained folds; pass --resume to continue or choose a new --run")
         return RunSpec.from_dict(saved)
     write_json(path, spec.to_dict())
@@ -166,8 +170,8 @@ def load_run(run_dir: Path) -> RunSpec:
         raise RunError(f"{path}: not a ksr run description ({e})") from None
 
 
-def history_of(run_dir: Path, seed: int, fold: int) -> list[dict]:
-    path = fold_dir(run_dir, seed, fold) / "history.json"
+def history_of(run_dir: Path, seed: int, fold: int, protocol: str = "session") -> list[dict]:
+    path = fold_dir(run_dir, seed, fold, protocol) / "history.json"
     return json.loads(path.read_text())["epochs"] if path.is_file() else []
 
 
@@ -181,13 +185,18 @@ def check_recorded_split(out: Path, split: Split, ids: list[str]) -> None:
         recorded = json.loads(path.read_text())
     except ValueError:
         raise RunError(f"{path}: not readable JSON; remove the fold folder to train it again") from None
-    for part in ("train", "valid", "test"):
-        now = [ids[i] for i in getattr(split, part)]
-        if sorted(now) != sorted(recorded.get(part, [])):
-            gone = len(set(recorded.get(part, [])) - set(now))
+    parts = [(part, getattr(split, part), recorded.get(part, [])) for part in ("train", "valid", "test")]
+    if split.tests or "tests" in recorded:  # the split protocol: each test split on its own
+        names = sorted(set(split.tests) | set(recorded.get("tests", {})))
+        parts += [(name, split.tests.get(name, []), recorded.get("tests", {}).get(name, [])) for name in names]
+    which = OFFICIAL_SPLIT if split.protocol == "split" else f"fold {split.fold}"
+    for part, indices, before in parts:
+        now = [ids[i] for i in indices]
+        if sorted(now) != sorted(before):
+            gone = len(set(before) - set(now))
             raise RunError(
-                f"fold {split.fold}: this cache's {part} utterances are not the ones the run recorded in {path} "
-                f"({len(now)} now, {len(recorded.get(part, []))} recorded, {gone} recorded ones missing); use the "
+                f"{which}: this cache's {part} utterances are not the ones the run recorded in {path} "
+                f"({len(now)} now, {len(before)} recorded, {gone} recorded ones missing); use the "
                 f"cache the run was trained on"
             )
 
@@ -204,6 +213,7 @@ def write_split(out: Path, split: Split, select: str, ids: list[str]) -> None:
             "train": [ids[i] for i in split.train],
             "valid": [ids[i] for i in split.valid],
             "test": [ids[i] for i in split.test],
+            **({"tests": {name: [ids[i] for i in idx] for name, idx in split.tests.items()}} if split.tests else {}),
         },
     )
 
@@ -224,10 +234,43 @@ def check_run_matches_cache(spec: RunSpec, cache: Cache, run_dir: Path) -> None:
 
 
 def cache_split(cache: Cache, spec: RunSpec, fold: int, seed: int) -> Split:
-    return make_split(
-        spec.protocol, fold, cache.sessions, cache.speakers, cache.labels, val_fraction=spec.val_fraction, seed=seed
-    )
+    try:
+        return make_split(
+            spec.protocol,
+            fold,
+            cache.sessions,
+            cache.speakers,
+            cache.labels,
+            val_fraction=spec.val_fraction,
+            seed=seed,
+            splits=cache.splits,
+        )
+    except ValueError as e:
+        raise RunError(f"cache {cache.root}: {e}") from None
 
 
 def num_folds(cache: Cache, protocol: str) -> int:
-    return len(fold_groups(protocol, cache.sessions, cache.speakers))
+    try:
+        return len(fold_groups(protocol, cache.sessions, cache.speakers))
+    except ValueError as e:
+        raise RunError(f"cache {cache.root}: {e}") from None
+
+
+def check_protocol(cache: Cache, spec: RunSpec, folds: list[int] | None) -> None:
+    """Refuse, before anything is written, what the split protocol cannot do: --fold (its one
+    fold is the official split), --select test (it has a validation split: choosing epochs on
+    the test set would only inflate its numbers), and a cache without usable splits."""
+    if spec.protocol != "split":
+        num_folds(cache, spec.protocol)  # a cache without sessions is refused here
+        return
+    if folds:
+        raise RunError(
+            "--fold does not apply to --protocol split: its one model per seed trains on the cache's train "
+            "split, selects on valid and tests on each test split"
+        )
+    if spec.select == "test":
+        raise RunError(
+            "--select test is refused under --protocol split: the official split has a valid split to choose "
+            "epochs on (--select valid), or keep the last epoch (--select last)"
+        )
+    cache_split(cache, spec, 1, 0)  # no splits, some missing, no train / valid / test: one line

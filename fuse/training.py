@@ -72,7 +72,7 @@ def train_fold(
     ranks: Ranks = Ranks(),
 ) -> FoldOutcome:
     """Train (or resume) one fold; writes its folder under ``run_dir`` (rank 0 writes)."""
-    out = fold_dir(run_dir, seed, fold)
+    out = fold_dir(run_dir, seed, fold, spec.protocol)
     split = cache_split(cache, spec, fold, seed)
     selection = split.test if spec.select == "test" else split.valid  # "last" still reports validation
     if len(selection) == 0:

@@ -82,13 +82,13 @@ def delete(root):
 
 def foreign_index(root):
     """The index of another cache (other text encoder width), same writer tag and shard names."""
-    other = make_cache(root.parent / "other", seed=4, text_dim=7)
+    other = make_cache(root.parent / "other", seed=4, text_dim=40)
     shutil.copy(other / "index-w0.json", root / "index-w0.json")
 
 
 def newer_schema(root):
     doc = json.loads((root / "index-w0.json").read_text())
-    doc["schema_version"] = 2
+    doc["schema_version"] = 3
     (root / "index-w0.json").write_text(json.dumps(doc))
 
 
@@ -107,9 +107,13 @@ DAMAGE = {
         foreign_index,
         "shard-w0-00000.h5",
         r"does not belong with index-w0\.json, which looks copied from another cache "
-        r"\(text_encoder\.dim: index has 7, shard has 6\); restore this cache's own index-w0\.json",
+        r"\(text_encoder\.dim: index has 40, shard has 6\); restore this cache's own index-w0\.json",
     ),
-    "newer schema": (newer_schema, "index-w0.json", r"cache schema version 2, this ksr reads version 1: upgrade ksr"),
+    "newer schema": (
+        newer_schema,
+        "index-w0.json",
+        r"cache schema version 3, this ksr reads version 1 or 2: upgrade ksr",
+    ),
 }
 
 
@@ -203,7 +207,7 @@ def test_verify_reports_every_kind_of_damage_at_once(cache, tmp_path):
     shutil.copy(other / "index-x.json", cache / "index-x.json")
     # writer y's index from a newer ksr
     doc = json.loads((cache / "index-y.json").read_text())
-    doc["schema_version"] = 2
+    doc["schema_version"] = 3
     (cache / "index-y.json").write_text(json.dumps(doc))
 
     result, out = invoke(["cache", "verify", cache], tmp_path)
@@ -211,7 +215,7 @@ def test_verify_reports_every_kind_of_damage_at_once(cache, tmp_path):
     assert "Traceback" not in out
     lines = out.splitlines()
     expected = [
-        rf"{cache / 'index-y.json'}: cache schema version 2, this ksr reads version 1: upgrade ksr",
+        rf"{cache / 'index-y.json'}: cache schema version 3, this ksr reads version 1 or 2: upgrade ksr",
         rf"{cache / 'index-x.json'}: written for another cache than index-w0\.json: text_encoder\.dim: "
         r"index-w0\.json has 6, index-x\.json has 7",
         rf"{cache / 'shard-w0-00000.h5'}: missing shard \(listed in index-w0\.json with 10 utterances\)",
