@@ -113,23 +113,43 @@ class TranscribeSummary:
 
 
 class _Progress:
-    """The append-only record of a run: a header line, then one JSON line per finished row."""
+    """The append-only record of a run: a header line, then one JSON line per finished row.
+    Held under an exclusive lock while the run lives, so a second run on the same output stops."""
 
     def __init__(self, path: Path, header: dict):
         self.path = path
         self.records: dict[str, dict] = {}
-        if path.exists():
-            self._resume(header)
-        else:
-            self._file = open(path, "w", encoding="utf-8")
-            self.append([header])
-
-    def _resume(self, header: dict) -> None:
-        data = self.path.read_bytes()
-        complete = data[: data.rfind(b"\n") + 1]  # a torn last line (a kill mid-write) goes
-        lines = complete.decode("utf-8", errors="replace").splitlines()
+        self._file = open(path, "a+b")  # created when absent; nothing is cut before the lock is held
         try:
-            old = json.loads(lines[0]) if lines else None
+            self._lock()
+            data = path.read_bytes()
+            complete = data[: data.rfind(b"\n") + 1]  # a torn last line (a kill mid-write) goes
+            if complete:
+                self._resume(complete, header)
+            self._file.truncate(len(complete))
+            if not complete:  # new, or killed before its first line was whole
+                self.append([header])
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TranscribeError(
+                f"another ksr transcribe is writing this output now (it holds {self.path}): wait until it has finished"
+            ) from None
+
+    def _resume(self, complete: bytes, header: dict) -> None:
+        # Split on newlines only: str.splitlines() would also split inside a transcript (U+2028, ...).
+        lines = complete.decode("utf-8", errors="replace").split("\n")[:-1]
+        try:
+            old = json.loads(lines[0])
             records = [json.loads(line) for line in lines[1:]]
         except ValueError:
             old, records = None, []
@@ -143,13 +163,10 @@ class _Progress:
                 f"rerun it as it was, or delete the file to start again"
             )
         self.records = {r["id"]: r for r in records}
-        with open(self.path, "r+b") as f:
-            f.truncate(len(complete))
-        self._file = open(self.path, "a", encoding="utf-8")
 
     def append(self, records: list[dict]) -> None:
         """Every record of a batch in one write, flushed and fsynced."""
-        self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
         self._file.flush()
         os.fsync(self._file.fileno())
         for r in records:
@@ -212,20 +229,19 @@ def transcribe_manifest(
     summary = TranscribeSummary(out=out, meta_path=files["meta"], errors_path=files["errors"])
     summary.total = len(manifest.rows) + len(manifest.problems)
     started = time.perf_counter()
-    log = ErrorLog(files["errors"], stages=STAGES)
-    record = _Progress(files["progress"], header)
+    record = _Progress(files["progress"], header)  # first: it refuses a second run on the same output
     try:
-        for p in manifest.problems:
-            log.add(p.id or f"(line {p.line})", "manifest", f"line {p.line}: {p.reason}")
-        for u in manifest.rows:  # the failures a killed run recorded stay in the errors file
-            r = record.records.get(u.id)
-            if r is not None and "stage" in r:
-                log.add(u.id, r["stage"], r["reason"])
-        summary.done_before = sum(u.id in record.records for u in manifest.rows)
-        _run(manifest.rows, asr, record, log, summary, batch_size, max_duration, prefetch, progress, on_batch)
+        with ErrorLog(files["errors"], stages=STAGES) as log:
+            for p in manifest.problems:
+                log.add(p.id or f"(line {p.line})", "manifest", f"line {p.line}: {p.reason}")
+            for u in manifest.rows:  # the failures a killed run recorded stay in the errors file
+                r = record.records.get(u.id)
+                if r is not None and "stage" in r:
+                    log.add(u.id, r["stage"], r["reason"])
+            summary.done_before = sum(u.id in record.records for u in manifest.rows)
+            _run(manifest.rows, asr, record, log, summary, batch_size, max_duration, prefetch, progress, on_batch)
     finally:
         record.close()
-        log.close()
     summary.seconds = time.perf_counter() - started
     _finish(manifest, out, column, record.records, header, summary)
     files["progress"].unlink()

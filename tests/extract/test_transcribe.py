@@ -235,6 +235,41 @@ def test_resume_with_other_settings_is_refused(corpus, asr, tmp_path):
         run(corpus, out, asr, column="whisper")
 
 
+def test_a_progress_file_killed_before_its_first_line_starts_afresh(corpus, asr, done, tmp_path):
+    out = tmp_path / "manifest-asr.csv"
+    side_files(out)["progress"].write_bytes(b'{"kind": "ksr-asr-pro')
+    assert run(corpus, out, asr).done_before == 0
+    assert out.read_bytes() == done[0].read_bytes()
+
+
+def test_progress_records_survive_any_character(tmp_path):
+    from ksr.extract.transcribe import _Progress
+
+    header = {"kind": "ksr-asr-progress", **dict.fromkeys(("manifest_sha256", "checkpoint_digest", "language"))}
+    header.update(column="asr_text", batch_size=1)
+    text = 'line\u2028separator\x85next \u00e9\n"quoted"'  # characters str.splitlines() would split on
+    first = _Progress(tmp_path / "p.jsonl", header)
+    first.append([{"id": "a", "text": text}, {"id": "b\u2029", "stage": "asr", "reason": "r"}])
+    first.close()
+    again = _Progress(tmp_path / "p.jsonl", header)
+    again.close()
+    assert again.records == {
+        "a": {"id": "a", "text": text},
+        "b\u2029": {"id": "b\u2029", "stage": "asr", "reason": "r"},
+    }
+
+
+def test_a_second_run_on_the_same_output_is_refused(corpus, asr, tmp_path):
+    import fcntl
+
+    out = tmp_path / "manifest-asr.csv"
+    with open(side_files(out)["progress"], "ab") as held:  # a live run holds this lock
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(TranscribeError, match=r"another ksr transcribe is writing this output now"):
+            run(corpus, out, asr)
+    assert not side_files(out)["errors"].exists()  # refused before it touched anything
+
+
 # --- the command ---------------------------------------------------------------------------------
 
 
