@@ -116,6 +116,7 @@ class WhisperAsr:
         self.window = int(fe.n_samples)  # 480 000 samples = 30 s
         self.max_windows = max_windows
         self.model_type = model.config.model_type
+        self._check_language()
         # Hashed last: from the hub, the processor's files arrive after the weights.
         self.digest = checkpoint_digest(folder, DECODING_FILES)
         self.name = f"hf:{Path(given).name}" if given.startswith(("/", ".", "~")) else f"hf:{given}"
@@ -127,6 +128,26 @@ class WhisperAsr:
 
         if _hf_modality(source, revision) != "whisper":
             raise EncoderError("not a Whisper checkpoint (ksr transcribes with Whisper models only, for now)")
+
+    def _check_language(self) -> None:
+        """``@language`` must be one the checkpoint knows (a code such as ``en`` or a name)."""
+        language = self.spec.language
+        if not language:
+            return
+        known = getattr(self.model.generation_config, "lang_to_id", None) or {}
+        if not known:
+            raise AsrError(
+                f"ASR {self.spec}: this checkpoint names no languages (English-only, or an old generation "
+                f"config): drop @language"
+            )
+        from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+        code = TO_LANGUAGE_CODE.get(language.lower(), language.lower()).strip("<|>")
+        if f"<|{code}|>" not in known:
+            codes = sorted(k.strip("<|>") for k in known)
+            raise AsrError(
+                f"ASR {self.spec}: language {language!r} is not one of its {len(codes)}: {', '.join(codes[:12])}, ..."
+            )
 
     def record(self) -> dict[str, Any]:
         """What a transcript's metadata records about the model that wrote it."""

@@ -19,9 +19,11 @@ A failed batch is retried one row at a time, so a bad row costs only itself.
 Resumable: after each batch its results (transcripts and failures) are appended to
 ``MANIFEST2.asr-progress.jsonl`` in one write, flushed and fsynced; a killed run leaves at worst
 a torn last line, which the rerun drops. The rerun (same manifest, model and batch size, checked
-against the progress file's first line) skips the batches it finds complete and redoes a batch
-the kill cut, whole, so every row is transcribed in the same batch as in an uninterrupted run and
-the output is the same. MANIFEST2 and its side files are written atomically at the end, then the
+against the progress file's first line) keeps the transcripts recorded, skips the batches they
+complete, and redoes whole every other batch (one the kill cut, one with a row that failed: a
+failed row is tried again, as extraction retries its failures), recording only what it lacks;
+so every row is transcribed in the same batch as in an uninterrupted run and the output is the
+same. MANIFEST2 and its side files are written atomically at the end, then the
 progress file is removed: a later run starts afresh.
 """
 
@@ -80,7 +82,7 @@ class TranscribeSummary:
     meta_path: Path
     errors_path: Path
     total: int = 0  # manifest rows, refused ones included
-    done_before: int = 0  # recorded by a killed run and kept
+    done_before: int = 0  # transcribed by a killed run and kept
     transcribed: int = 0  # transcribed by this run
     failed: dict[str, int] = field(default_factory=dict)  # stage -> rows
     no_words: int = 0  # transcribed, but the model heard no words
@@ -124,8 +126,8 @@ class _Progress:
             self._lock()
             data = path.read_bytes()
             complete = data[: data.rfind(b"\n") + 1]  # a torn last line (a kill mid-write) goes
-            if complete:
-                self._resume(complete, header)
+            if complete and not self._resume(complete, header):
+                complete = b""  # nothing worth keeping was recorded: start afresh
             self._file.truncate(len(complete))
             if not complete:  # new, or killed before its first line was whole
                 self.append([header])
@@ -145,7 +147,9 @@ class _Progress:
                 f"another ksr transcribe is writing this output now (it holds {self.path}): wait until it has finished"
             ) from None
 
-    def _resume(self, complete: bytes, header: dict) -> None:
+    def _resume(self, complete: bytes, header: dict) -> bool:
+        """Take the records of a killed run; False when it recorded no transcript and had other
+        settings (a run stopped by a wrong option: nothing is lost by starting again)."""
         # Split on newlines only: str.splitlines() would also split inside a transcript (U+2028, ...).
         lines = complete.decode("utf-8", errors="replace").split("\n")[:-1]
         try:
@@ -156,6 +160,8 @@ class _Progress:
         if not isinstance(old, dict) or old.get("kind") != PROGRESS_KIND:
             raise TranscribeError(f"{self.path} is not a ksr transcription progress file: delete it to start again")
         differ = [k for k in _COMPARED if old.get(k) != header[k]]
+        if differ and not any("text" in r for r in records):
+            return False
         if differ:
             k = differ[0]
             raise TranscribeError(
@@ -163,6 +169,7 @@ class _Progress:
                 f"rerun it as it was, or delete the file to start again"
             )
         self.records = {r["id"]: r for r in records}
+        return True
 
     def append(self, records: list[dict]) -> None:
         """Every record of a batch in one write, flushed and fsynced."""
@@ -234,11 +241,7 @@ def transcribe_manifest(
         with ErrorLog(files["errors"], stages=STAGES) as log:
             for p in manifest.problems:
                 log.add(p.id or f"(line {p.line})", "manifest", f"line {p.line}: {p.reason}")
-            for u in manifest.rows:  # the failures a killed run recorded stay in the errors file
-                r = record.records.get(u.id)
-                if r is not None and "stage" in r:
-                    log.add(u.id, r["stage"], r["reason"])
-            summary.done_before = sum(u.id in record.records for u in manifest.rows)
+            summary.done_before = sum("text" in record.records.get(u.id, {}) for u in manifest.rows)
             _run(manifest.rows, asr, record, log, summary, batch_size, max_duration, prefetch, progress, on_batch)
     finally:
         record.close()
@@ -260,9 +263,10 @@ def _run(
     progress: bool,
     on_batch: Callable[[int], None] | None,
 ) -> None:
-    done = record.records
-    # Batches are fixed by manifest order, so a resumed run forms the same ones: a batch the
-    # kill cut is done again whole, and only its rows not recorded yet are recorded.
+    # Rows a killed run transcribed are kept; the rows it failed on are tried again.
+    done = {i for i, r in record.records.items() if "text" in r}
+    # Batches are fixed by manifest order, so a resumed run forms the same ones: a batch with a
+    # row not transcribed yet is done again whole, and only such rows are recorded.
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     batches = [b for b in batches if any(u.id not in done for u in b)]
     bar = tqdm(

@@ -12,7 +12,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -204,8 +208,9 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(corpus, asr, done, tmp_
     assert progress.is_file() and not out.exists()
     assert len(progress.read_text().splitlines()) == 1 + 2 * BATCH
     summary = run(corpus, out, asr)
-    # Batches of 3 in manifest order: the first two hold 5 good rows and 'junk'; 2 good rows are left.
-    assert (summary.done_before, summary.transcribed) == (2 * BATCH, 2)
+    # Batches of 3 in manifest order: the first two hold 5 good rows and 'junk'; 2 good rows are
+    # left, and the first batch is done again for 'junk' (failed rows are retried).
+    assert (summary.done_before, summary.transcribed) == (5, 2)
     assert out.read_bytes() == done[0].read_bytes()
     assert read_errors(side_files(out)["errors"]) == read_errors(side_files(done[0])["errors"])
     assert not progress.exists()
@@ -221,7 +226,7 @@ def test_resume_redoes_a_batch_the_kill_cut_and_drops_a_torn_line(corpus, asr, d
     # last line torn.
     progress.write_text("".join(lines[:-2]) + lines[-2][:17])
     summary = run(corpus, out, asr)
-    assert summary.done_before == 2 * BATCH - 2
+    assert summary.done_before == 3  # r0, r1 ('junk' failed), r2
     assert out.read_bytes() == done[0].read_bytes()
 
 
@@ -233,6 +238,22 @@ def test_resume_with_other_settings_is_refused(corpus, asr, tmp_path):
         transcribe_manifest(corpus, out, asr, batch_size=2, progress=False)
     with pytest.raises(TranscribeError, match=r"another column \('asr_text', now 'whisper'\)"):
         run(corpus, out, asr, column="whisper")
+
+
+def test_sigkill_through_the_command_then_the_same_command_finishes_it(corpus, folder, done, tmp_path):
+    out = tmp_path / "manifest-asr.csv"
+    cmd = [str(Path(sys.executable).parent / "ksr"), "transcribe", str(corpus), "--asr", f"hf:{folder}"]
+    cmd += ["--out", str(out), "--batch-size", str(BATCH), "--max-duration", "10", "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KSR_TEST_KILL_AT": "transcribe-batch:3"}
+    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    progress = side_files(out)["progress"]
+    assert not out.exists() and len(progress.read_text().splitlines()) == 1 + 2 * BATCH
+    env.pop("KSR_TEST_KILL_AT")
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.startswith("11 manifest rows: 2 transcribed now, 5 by an earlier run, 4 failed")
+    assert out.read_bytes() == done[0].read_bytes() and not progress.exists()
 
 
 def test_a_progress_file_killed_before_its_first_line_starts_afresh(corpus, asr, done, tmp_path):
@@ -314,6 +335,30 @@ def test_output_over_the_input_or_an_existing_column_is_refused(corpus, asr, don
         run(corpus, corpus.with_name("x.csv"), asr, column="note")
     with pytest.raises(TranscribeError, match=r"already has a column 'asr_text'"):
         run(done[0], done[0].with_name("again.csv"), asr)
+
+
+def test_language_is_checked_when_the_model_loads(folder, tmp_path):
+    with pytest.raises(
+        AsrError, match=r"^ASR hf:\S+@language=en: this checkpoint names no languages .*: drop @language$"
+    ):
+        load_asr(f"hf:{folder}@language=en", device="cpu")
+    copy = Path(shutil.copytree(folder, tmp_path / "multilingual"))
+    config = json.loads((copy / "generation_config.json").read_text())
+    config["lang_to_id"] = {"<|en|>": 3, "<|de|>": 4}  # as a multilingual Whisper lists them
+    (copy / "generation_config.json").write_text(json.dumps(config))
+    for language in ("en", "German", "<|de|>"):
+        assert load_asr(f"hf:{copy}@language={language}", device="cpu").spec.language == language
+    with pytest.raises(AsrError, match=r"language 'xx' is not one of its 2: de, en, \.\.\.$"):
+        load_asr(f"hf:{copy}@language=xx", device="cpu")
+
+
+def test_a_run_stopped_by_a_wrong_option_before_any_transcript_starts_afresh(corpus, asr, done, tmp_path):
+    out = tmp_path / "manifest-asr.csv"
+    header = {"kind": "ksr-asr-progress", "batch_size": 99}
+    lines = [header, {"id": "junk", "stage": "audio", "reason": "r"}]
+    side_files(out)["progress"].write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert run(corpus, out, asr).done_before == 0
+    assert out.read_bytes() == done[0].read_bytes()
 
 
 def test_spec_options():
