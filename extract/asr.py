@@ -108,6 +108,14 @@ class WhisperAsr:
             raise AsrError(
                 f"ASR {self.spec}: no usable processor (feature extractor and tokenizer files): {reason}"
             ) from None
+        # transformers builds an empty tokenizer, silently, for a folder without tokenizer files:
+        # every transcript would come out empty.
+        vocab, tokens = int(model.config.vocab_size), len(self.processor.tokenizer)
+        if tokens < vocab // 2:
+            raise AsrError(
+                f"ASR {self.spec}: its tokenizer knows {tokens} tokens for a model that writes {vocab} "
+                f"(tokenizer files missing: vocab.json, merges.txt or tokenizer.json?)"
+            )
         fe = self.processor.feature_extractor
         if fe.sampling_rate != SAMPLE_RATE:
             raise AsrError(f"ASR {self.spec} expects {fe.sampling_rate} Hz audio; ksr feeds {SAMPLE_RATE} Hz")

@@ -337,6 +337,12 @@ def test_output_over_the_input_or_an_existing_column_is_refused(corpus, asr, don
         run(done[0], done[0].with_name("again.csv"), asr)
 
 
+def test_a_checkpoint_without_tokenizer_files_is_refused(tmp_path):
+    encoder_only = save_tiny_whisper(tmp_path / "tiny-whisper", asr=False)  # weights, no tokenizer
+    with pytest.raises(AsrError, match=r"its tokenizer knows 1 tokens for a model that writes 16 \(tokenizer files"):
+        load_asr(f"hf:{encoder_only}", device="cpu")
+
+
 def test_language_is_checked_when_the_model_loads(folder, tmp_path):
     with pytest.raises(
         AsrError, match=r"^ASR hf:\S+@language=en: this checkpoint names no languages .*: drop @language$"
