@@ -76,6 +76,8 @@ class Prediction:
     encoders: dict[str, str]  # modality -> the spec that was loaded
     inputs: ModelInputs
     attention: AttentionMaps | None = None
+    transcript: str | None = None  # the text the model read (given, or heard by the ASR)
+    asr: dict[str, Any] | None = None  # the ASR model that wrote it (``WhisperAsr.record()``)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +89,8 @@ class Prediction:
             "encoders": self.encoders,
             "audio_frames": self.inputs.audio_len,
             "text_tokens": self.inputs.tokens,
+            "transcript": self.transcript,
+            "asr": self.asr,
         }
 
 
@@ -233,6 +237,27 @@ def text_inputs(encoder: TextEncoder, text: str, meta: CacheMeta) -> tuple[torch
     return row, n, encoder.tokenize(text)[:n]
 
 
+def transcribe_audio(
+    spec: str, audio_path: str | os.PathLike, device: torch.device, max_duration: float = MAX_DURATION_S
+) -> tuple[str, dict[str, Any]]:
+    """The transcript the ASR model ``spec`` hears in the file (all of it, read as extraction
+    reads it), and the model's record."""
+    from .extract.asr import AsrError, load_asr
+
+    try:
+        wav = read_audio(audio_path, max_duration=max_duration)
+    except AudioError as e:
+        raise PredictError(f"--audio: {e}") from None
+    try:
+        asr = load_asr(spec, device=device)
+        text = asr.transcribe([wav])[0]
+    except (AsrError, EncoderError) as e:
+        raise PredictError(f"--asr: {e}") from None
+    if not text:
+        raise PredictError(f"--asr: {asr.spec} heard no words in {audio_path}; give the transcript with --text")
+    return text, asr.record()
+
+
 # --- attention ----------------------------------------------------------------------------------
 
 
@@ -269,6 +294,7 @@ def predict(
     force: bool = False,
     tiny_root: str | os.PathLike | None = None,
     max_duration: float = MAX_DURATION_S,
+    asr: str | None = None,
 ) -> Prediction:
     """Label and class probabilities of one utterance (``audio_path`` and its transcript ``text``).
 
@@ -277,6 +303,8 @@ def predict(
     layer) differs from the recorded one is refused unless ``force``. ``attention``: also
     return the last CCAB's cross attention maps (see :class:`AttentionMaps`). ``max_duration``:
     the audio file's longest decodable length in seconds, by its header, as in extraction.
+    ``asr``: an ASR spec (``ksr.extract.asr``) that transcribes the audio when a model that
+    reads text is given no ``text``.
     Raises :class:`PredictError` with a one-line message.
     """
     dev = pick_device(device)
@@ -285,13 +313,22 @@ def predict(
     uses_audio, uses_text = modalities in ("both", "audio"), modalities in ("both", "text")
     if uses_audio and audio_path is None:
         raise PredictError(f"{checkpoint}: this {modalities} model needs the utterance's audio (--audio)")
-    if uses_text and text is None:
-        raise PredictError(f"{checkpoint}: this {modalities} model needs the utterance's transcript (--text)")
-    if uses_audio and not Path(audio_path).is_file():  # before the (slow) encoders load
+    transcribe = uses_text and text is None
+    if transcribe and asr is None:
+        raise PredictError(
+            f"{checkpoint}: this {modalities} model needs the utterance's transcript: give it with --text, "
+            f"or name an ASR model with --asr to transcribe the audio"
+        )
+    if transcribe and audio_path is None:
+        raise PredictError("--asr transcribes the utterance's audio: give it with --audio (or give --text)")
+    if (uses_audio or transcribe) and not Path(audio_path).is_file():  # before the (slow) models load
         raise PredictError(f"--audio: audio file not found: {audio_path}")
     if attention:
         check_has_cross_attention(model)
 
+    asr_record = None
+    if transcribe:
+        text, asr_record = transcribe_audio(asr, audio_path, dev, max_duration)
     specs: dict[str, str] = {}
     inputs = ModelInputs(None, None, None, None)
     if uses_audio:
@@ -329,6 +366,8 @@ def predict(
         checkpoint=str(checkpoint),
         encoders=specs,
         inputs=inputs,
+        transcript=text if uses_text else None,
+        asr=asr_record,
     )
     if attention:
         la, lt = inputs.audio_len, inputs.text_len

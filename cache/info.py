@@ -98,7 +98,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"corpus {m['corpus']!r}",
         f"utterances: {info['utterances']} in {info['shards']} shards; writers: {writers}",
         f"audio: {m['max_audio_len']} x {a['dim']} {m['dtype']}  <- {enc(a)}; sample rate {m['sample_rate']} Hz",
-        f"text:  {m['max_text_len']} x {t['dim']} {m['dtype']}  <- {enc(t)}",
+        f"text:  {m['max_text_len']} x {t['dim']} {m['dtype']}  <- {enc(t)}; transcripts from column "
+        f"{m.get('text_column', 'text')}",
         f"cut to the max length: {info['cut']['audio']} audio, {info['cut']['text']} text",
         f"classes: {_line(info['classes'])}",
         f"sessions: {_line(info['sessions'])}",

@@ -131,6 +131,9 @@ class CacheMeta:
     #: Audio cut to its first this-many seconds before encoding (``ksr extract
     #: --max-audio-seconds``); None: the whole utterance was encoded.
     max_audio_seconds: float | None = None
+    #: The manifest column the transcripts were taken from (``ksr extract --text-column``): the
+    #: human ``text``, or a machine transcript such as ``asr_text``. Older caches: ``text``.
+    text_column: str = "text"
 
     def __post_init__(self):
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
@@ -149,6 +152,8 @@ class CacheMeta:
                 raise ValueError(f"{name} must be an EncoderInfo, not {type(value).__name__}")
         if not self.classes or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be a non-empty list of distinct names, not {list(self.classes)}")
+        if not isinstance(self.text_column, str) or not self.text_column:
+            raise ValueError(f"text_column must be a column name, not {self.text_column!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r}: a cache stores float16 or float32")
         for name in ("sample_rate", "max_audio_len", "max_text_len"):

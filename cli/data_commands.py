@@ -237,6 +237,13 @@ def encoders_cmd(spec: str | None, tiny_dir: str | None) -> None:
     show_default=True,
     help="Text tokens kept per utterance in the cache (the paper's 20).",
 )
+@click.option(
+    "--text-column",
+    default="text",
+    show_default=True,
+    help="The manifest column the transcripts are taken from: text (human), or a machine transcript "
+    "such as the asr_text of `ksr transcribe` (recorded in the cache).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def extract_cmd(
     manifest,
@@ -253,6 +260,7 @@ def extract_cmd(
     max_duration,
     max_audio_len,
     max_text_len,
+    text_column,
     no_progress,
 ) -> None:
     """Encode every utterance of MANIFEST with frozen encoders into a feature cache.
@@ -288,6 +296,7 @@ def extract_cmd(
         max_duration=MAX_DURATION_S if max_duration is None else max_duration,
         max_audio_len=max_audio_len,
         max_text_len=max_text_len,
+        text_column=text_column,
         progress=not no_progress,
         ranks=ranks,
     )

@@ -304,6 +304,13 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete) -> No
 )
 @click.option("--text", default=None, help="The utterance's transcript (not needed by an audio-only model).")
 @click.option(
+    "--asr",
+    "asr_spec",
+    default=None,
+    help="Without --text: transcribe the audio with this speech-recognition model "
+    "(hf:<Whisper hub id or folder>, see docs/transcripts.md) and print the transcript used.",
+)
+@click.option(
     "--audio-encoder",
     default=None,
     help="Audio encoder spec (default: the one the checkpoint records); needed when the recorded name is a local folder.",
@@ -332,7 +339,17 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete) -> No
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
 def predict_cmd(
-    checkpoint, audio_path, text, audio_encoder, text_encoder, force, attention_png, max_duration, as_json, device
+    checkpoint,
+    audio_path,
+    text,
+    asr_spec,
+    audio_encoder,
+    text_encoder,
+    force,
+    attention_png,
+    max_duration,
+    as_json,
+    device,
 ) -> None:
     """Predict the emotion of one utterance with a trained checkpoint.
 
@@ -358,6 +375,7 @@ def predict_cmd(
         attention=attention_png is not None,
         force=force,
         **({} if max_duration is None else {"max_duration": max_duration}),
+        asr=asr_spec,
     )
     if attention_png is not None:
         try:
@@ -367,6 +385,8 @@ def predict_cmd(
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "attention_png": attention_png}, indent=1))
         return
+    if result.asr is not None:
+        click.echo(f"transcript ({result.asr['name']}): {result.transcript}")
     click.echo(f"label: {result.label}")
     for name, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
         click.echo(f"  {name:<12} {p:7.4f}  {'#' * round(40 * p)}")

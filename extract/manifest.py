@@ -13,6 +13,11 @@ with a one-line message naming the file and line; with ``strict=False`` problems
 (duplicate id, empty text, ...) are collected in :attr:`Manifest.problems` and those rows left
 out, so that the extraction loop can report each one and go on. Problems of the file itself
 (missing, empty, missing columns) always raise.
+
+``text_column`` picks the transcript a reader takes (``ksr extract --text-column``): ``text``
+(the human transcript) by default, or another column such as the ``asr_text`` that ``ksr
+transcribe`` adds; that column must then be non-empty and ``text`` may be empty.
+``text_column=None`` requires no transcript at all (``ksr transcribe`` reads manifests so).
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class Manifest:
     rows: list[Utterance]
     extra_columns: tuple[str, ...] = ()
     problems: list[RowProblem] = field(default_factory=list)
+    text_column: str | None = "text"  # the column each row's ``text`` was read from
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -110,7 +116,9 @@ def _parse_seconds(value: str, column: str) -> float | None:
     return seconds
 
 
-def _parse_row(raw: dict, root: Path, extra_columns: Sequence[str], has_split: bool = False) -> Utterance:
+def _parse_row(
+    raw: dict, root: Path, extra_columns: Sequence[str], has_split: bool = False, text_column: str | None = "text"
+) -> Utterance:
     """Turn one CSV record into an :class:`Utterance`; raises ValueError with the reason."""
     if None in raw:  # DictReader puts surplus fields under the key None
         raise ValueError(f"{len(raw) - 1 + len(raw[None])} fields, the header has {len(raw) - 1}")
@@ -130,10 +138,11 @@ def _parse_row(raw: dict, root: Path, extra_columns: Sequence[str], has_split: b
     bad = next((c for c in values["id"] if c < " " or c == "\x7f"), None)
     if bad is not None:  # ids become HDF5 strings and report keys: refuse, don't rewrite them
         raise ValueError(f"id contains the control character {bad!r}")
-    for column in ("id", "audio", "text", "label", "speaker"):
-        if not values[column]:
-            what = "transcript" if column == "text" else column
-            raise ValueError(f"empty {what}")
+    for column in ("id", "audio", text_column, "label", "speaker"):
+        if column is not None and not values[column]:
+            if column == text_column:
+                raise ValueError("empty transcript" + ("" if column == "text" else f" in column {column}"))
+            raise ValueError(f"empty {column}")
     split = values.get(SPLIT_COLUMN, "")
     if has_split and not is_split_name(split):
         raise ValueError(f"split {split!r} is not {SPLIT_RULE}" if split else f"empty split (use {SPLIT_RULE})")
@@ -159,7 +168,7 @@ def _parse_row(raw: dict, root: Path, extra_columns: Sequence[str], has_split: b
     return Utterance(
         id=values["id"],
         audio=audio,
-        text=values["text"],
+        text=values[text_column or "text"],
         label=values["label"],
         speaker=values["speaker"],
         session=session,
@@ -215,12 +224,13 @@ def _encoding_problem(path: Path) -> str | None:
     )
 
 
-def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
+def read_manifest(path: str | os.PathLike, *, strict: bool = True, text_column: str | None = "text") -> Manifest:
     """Read and validate a manifest CSV (UTF-8, a BOM is tolerated).
 
     Raises :class:`ManifestError` for a missing or empty file, missing or repeated columns, a file
     with no rows, and (strict mode) the first bad row. With ``strict=False`` bad rows are left out
-    and listed in ``Manifest.problems``; a duplicate id keeps its first row.
+    and listed in ``Manifest.problems``; a duplicate id keeps its first row. ``text_column``:
+    see the module's docstring.
     """
     path = Path(path)
     if not path.is_file():
@@ -249,6 +259,8 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
             raise ManifestError(
                 f"{path}: missing column(s) {', '.join(missing)} (a manifest needs {', '.join(REQUIRED_COLUMNS)})"
             )
+        if text_column is not None and text_column not in header:
+            raise ManifestError(f"{path}: no column {text_column!r} to take the transcripts from")
         reader.fieldnames = header
         has_split = SPLIT_COLUMN in header
         extra_columns = tuple(
@@ -264,7 +276,7 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
             try:
                 if rid in first_line:
                     raise ValueError(f"duplicate id (first on line {first_line[rid]})")
-                row = _parse_row(raw, root, extra_columns, has_split)
+                row = _parse_row(raw, root, extra_columns, has_split, text_column)
             except ValueError as err:
                 reason = str(err)
                 if line - record_line > 1 and not any(c in rid for c in "\r\n"):
@@ -280,7 +292,7 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
             rows.append(row)
     if not rows and not problems:
         raise ManifestError(f"{path} has a header but no rows")
-    return Manifest(path=path, rows=rows, extra_columns=extra_columns, problems=problems)
+    return Manifest(path=path, rows=rows, extra_columns=extra_columns, problems=problems, text_column=text_column)
 
 
 def _format_seconds(value: float | None) -> str:

@@ -213,6 +213,7 @@ def extract_corpus(
     max_audio_seconds: float | None = None,
     max_duration: float | None = MAX_DURATION_S,
     max_text_len: int = MAX_TEXT_TOKENS,
+    text_column: str = "text",
     prefetch: int | None = None,
     progress: bool = True,
     ranks: Ranks | None = None,
@@ -233,6 +234,9 @@ def extract_corpus(
     ``max_duration``: a file (or segment) whose header gives more seconds than this is not
     decoded at all but fails at stage ``audio`` (default :data:`MAX_DURATION_S`; None: no limit);
     not recorded in the cache (it changes no feature), so a rerun may raise it.
+    ``text_column``: the manifest column the transcripts are taken from (``text``, or e.g. the
+    ``asr_text`` of ``ksr transcribe``); recorded in the cache meta. A given ``Manifest`` was
+    read with its own ``text_column``, which is the one recorded.
     ``ranks``: default from torchrun's environment. ``on_batch(done)`` is called after each
     batch is handed to the writer, ``done`` counting this run's utterances so far (tests
     interrupt a run with it).
@@ -242,7 +246,7 @@ def extract_corpus(
     """
     ranks = ranks or ranks_from_env()
     if not isinstance(manifest, Manifest):
-        manifest = read_manifest(manifest, strict=False)
+        manifest = read_manifest(manifest, strict=False, text_column=text_column)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExtractError(f"{out_dir} is a file, not a cache directory")
@@ -275,6 +279,7 @@ def extract_corpus(
         max_text_len=max_text_len,
         dtype=dtype,
         max_audio_seconds=max_audio_seconds,
+        text_column=manifest.text_column or "text",
     )
     started = time.perf_counter()  # the summary's rate leaves model loading out
     try:  # audio read errors are per utterance (caught in _run): an OSError here is the cache's

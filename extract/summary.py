@@ -44,8 +44,8 @@ class ErrorLog:
     """``errors-<tag>.tsv`` (``id<TAB>stage<TAB>reason``), rewritten by every run, a line
     flushed as soon as it is known (a killed run still shows what failed so far)."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, stages: tuple[str, ...] = STAGES):
+        self.path, self.stages = Path(path), stages
         self.counts: Counter[str] = Counter()
         # backslashreplace: an id with invalid UTF-8 (a manifest problem) still gets its line.
         self._file = open(self.path, "w", encoding="utf-8", errors="backslashreplace", newline="\n")
@@ -53,7 +53,7 @@ class ErrorLog:
         self._file.flush()
 
     def add(self, uid: str, stage: str, reason: str) -> None:
-        if stage not in STAGES:
+        if stage not in self.stages:
             raise ValueError(f"unknown stage {stage!r}")
         self._file.write(f"{one_line(uid, 200)}\t{stage}\t{one_line(reason)}\n")
         self._file.flush()

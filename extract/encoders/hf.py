@@ -63,14 +63,15 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def checkpoint_digest(model_dir: str | os.PathLike) -> str:
+def checkpoint_digest(model_dir: str | os.PathLike, extra: Sequence[str] = ()) -> str:
     """``sha256:<hex>`` over the names and contents of the files that determine the features.
 
     The weights as ``from_pretrained`` picks them (safetensors first, else ``.bin``) plus the
-    config, feature-extractor and tokenizer files present. A file's bytes, not its path or date.
+    config, feature-extractor and tokenizer files present, and the ``extra`` file names present
+    (the ASR adds its decoding settings). A file's bytes, not its path or date.
     """
     model_dir = Path(model_dir)
-    files = [model_dir / n for n in _SETTINGS_FILES if (model_dir / n).is_file()]
+    files = [model_dir / n for n in (*_SETTINGS_FILES, *extra) if (model_dir / n).is_file()]
     for pattern, index in _WEIGHT_PATTERNS:
         weights = sorted(model_dir.glob(pattern))
         if weights:
@@ -107,13 +108,17 @@ def _resolve_dir(source: str, revision: str | None) -> tuple[Path, str | None]:
     return folder, commit
 
 
-def _load_model(source: str, revision: str | None):
-    """``AutoModel`` in eval mode; a checkpoint missing weights the model needs is refused."""
-    from transformers import AutoModel
+def _load_model(source: str, revision: str | None, auto_class=None):
+    """``AutoModel`` (or ``auto_class``) in eval mode; a checkpoint missing weights the model
+    needs is refused."""
+    if auto_class is None:
+        from transformers import AutoModel
+
+        auto_class = AutoModel
 
     try:
         with quiet_transformers():
-            model, info = AutoModel.from_pretrained(source, revision=revision, output_loading_info=True)
+            model, info = auto_class.from_pretrained(source, revision=revision, output_loading_info=True)
     except pickle.UnpicklingError as err:  # transformers reads .bin files with weights_only=True
         found = re.search(r"GLOBAL (\S+)", str(err))
         raise EncoderError(

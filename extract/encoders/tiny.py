@@ -175,37 +175,78 @@ def ensure_tiny(name: str, root: str | os.PathLike | None = None) -> Path:
     return build_tiny(name, folder)
 
 
-def save_tiny_whisper(folder: str | os.PathLike, *, layers: int = 2, mel: int = 80, seed: int = SEED) -> Path:
+#: The tiny ASR Whisper's special tokens (ids 0, 1, 2), as a released Whisper names them.
+_WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>")
+
+
+def _tiny_whisper_tokenizer():
+    """A Whisper tokenizer whose vocabulary is the specials plus the words of TINY_TEXT, one
+    token each (byte-level ``Ġword``): every id decodes to whole words, never to a torn byte."""
+    import re
+
+    from tokenizers import AddedToken
+    from transformers import WhisperTokenizer
+
+    vocab = {s: i for i, s in enumerate(_WHISPER_SPECIALS)}
+    for word in sorted(set(re.findall(r"[a-z']+", TINY_TEXT.lower()))):
+        vocab["\u0120" + word] = len(vocab)
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=[])
+    # Registered as special, so that decoding with skip_special_tokens drops them.
+    tokenizer.add_tokens([AddedToken(s, special=True, normalized=False) for s in _WHISPER_SPECIALS[1:]], True)
+    return tokenizer, len(vocab)
+
+
+def save_tiny_whisper(
+    folder: str | os.PathLike, *, layers: int = 2, mel: int = 80, seed: int = SEED, asr: bool = False
+) -> Path:
     """A tiny Whisper (hidden 32, ``layers`` encoder layers, random weights) written with
     ``save_pretrained`` + its feature extractor into ``folder``, loadable as ``hf:<folder>``:
-    what the tests and the measurements of docs/encoders.md use in place of a released one."""
+    what the tests and the measurements of docs/encoders.md use in place of a released one.
+
+    ``asr=True``: a whole speech-recognition checkpoint instead, as a released Whisper is one
+    (``WhisperForConditionalGeneration``, a tokenizer and a generation config), for ``ksr
+    transcribe``. Its vocabulary is the words of TINY_TEXT, and its weights are drawn wider
+    (std 0.5, not 0.02) so that what it "hears" changes with the audio; it decodes at most 12
+    tokens. Its words are noise: it exercises the plumbing.
+    """
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
     folder = Path(folder)
+    tokenizer, vocab_size = _tiny_whisper_tokenizer() if asr else (None, 16)
     # transformers 5 checks the special token ids against the vocabulary: give them all.
+    if asr:  # ids of the tokenizer's specials; wider weights; room for 12 decoded tokens
+        ids = dict(pad_token_id=0, bos_token_id=0, eos_token_id=0, decoder_start_token_id=1)
+        sizes = dict(decoder_layers=2, max_target_positions=32, init_std=0.5)
+    else:
+        ids = dict(pad_token_id=1, bos_token_id=2, eos_token_id=3, decoder_start_token_id=2)
+        sizes = dict(decoder_layers=1, max_target_positions=16)
     config = WhisperConfig(
-        vocab_size=16,
+        vocab_size=vocab_size,
         num_mel_bins=mel,
         d_model=32,
         encoder_layers=layers,
         encoder_attention_heads=2,
-        decoder_layers=1,
         decoder_attention_heads=2,
         encoder_ffn_dim=64,
         decoder_ffn_dim=64,
         max_source_positions=1500,
-        max_target_positions=16,
-        pad_token_id=1,
-        bos_token_id=2,
-        eos_token_id=3,
-        decoder_start_token_id=2,
         suppress_tokens=None,
         begin_suppress_tokens=None,
+        **ids,
+        **sizes,
     )
     torch.manual_seed(seed)
     from .hf import quiet_transformers
 
     with quiet_transformers():
-        WhisperModel(config).save_pretrained(folder)
-        WhisperFeatureExtractor(feature_size=mel).save_pretrained(folder)
+        if not asr:
+            WhisperModel(config).save_pretrained(folder)
+            WhisperFeatureExtractor(feature_size=mel).save_pretrained(folder)
+            return folder
+        from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
+
+        model = WhisperForConditionalGeneration(config)
+        model.generation_config = GenerationConfig(**ids, max_length=12)
+        model.save_pretrained(folder)
+        WhisperProcessor(WhisperFeatureExtractor(feature_size=mel), tokenizer).save_pretrained(folder)
     return folder

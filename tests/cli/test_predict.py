@@ -4,6 +4,7 @@ must equal the model on the cache's own features, the attention figure, and the 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -216,14 +217,59 @@ def test_draw_attention_needs_maps(prediction, tmp_path):
 # --- refusals and fallbacks ----------------------------------------------------------------------
 
 
-def test_fused_model_needs_text(demo, utterance):
-    with pytest.raises(PredictError, match=r"best\.pt: this both model needs the utterance's transcript \(--text\)$"):
+NEEDS_TEXT = (
+    "this both model needs the utterance's transcript: give it with --text, or name an ASR model with --asr "
+    "to transcribe the audio"
+)
+
+
+def test_fused_model_needs_text_or_asr(demo, utterance):
+    with pytest.raises(PredictError, match=rf"best\.pt: {re.escape(NEEDS_TEXT)}$"):
         predict(demo["ckpt"], utterance.audio, None, device="cpu", tiny_root=demo["tiny"])
     result = CliRunner().invoke(
         main, ["predict", "--checkpoint", str(demo["ckpt"]), "--audio", str(utterance.audio)], env=demo["env"]
     )
     assert result.exit_code == 1
-    assert result.output.strip() == f"Error: {demo['ckpt']}: this both model needs the utterance's transcript (--text)"
+    assert result.output == f"Error: {demo['ckpt']}: {NEEDS_TEXT}\n"
+
+
+@pytest.fixture(scope="module")
+def asr_folder(tmp_path_factory):
+    from ksr.extract.encoders.tiny import save_tiny_whisper
+
+    return save_tiny_whisper(tmp_path_factory.mktemp("asr") / "tiny-whisper-asr", asr=True)
+
+
+def test_asr_transcribes_the_audio_when_no_text_is_given(demo, utterance, asr_folder):
+    from ksr.extract.asr import load_asr
+    from ksr.extract.audio import read_audio
+
+    heard = load_asr(f"hf:{asr_folder}", device="cpu").transcribe([read_audio(utterance.audio)])[0]
+    assert heard and heard != utterance.text
+    result = predict(demo["ckpt"], utterance.audio, None, device="cpu", tiny_root=demo["tiny"], asr=f"hf:{asr_folder}")
+    given = predict(demo["ckpt"], utterance.audio, heard, device="cpu", tiny_root=demo["tiny"])
+    assert result.transcript == heard and np.array_equal(result.logits, given.logits)
+    assert result.asr["name"] == "hf:tiny-whisper-asr" and result.asr["checkpoint_digest"].startswith("sha256:")
+    args = ["predict", "--checkpoint", str(demo["ckpt"]), "--audio", str(utterance.audio), "--asr", f"hf:{asr_folder}"]
+    out = CliRunner().invoke(main, [*args, "--device", "cpu"], env=demo["env"])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines()[:2] == [f"transcript (hf:tiny-whisper-asr): {heard}", f"label: {given.label}"]
+    as_json = json.loads(CliRunner().invoke(main, [*args, "--json"], env=demo["env"]).output)
+    assert as_json["transcript"] == heard and as_json["asr"]["model_type"] == "whisper"
+    # A transcript given with --text wins; the ASR is not used.
+    typed = predict(demo["ckpt"], utterance.audio, "hello", device="cpu", tiny_root=demo["tiny"], asr="hf:/nope")
+    assert typed.transcript == "hello" and typed.asr is None
+
+
+def test_asr_needs_audio_and_a_loadable_model(demo, utterance, tmp_path):
+    raw = load_checkpoint(demo["ckpt"])
+    torch.manual_seed(0)
+    text_only = KSTransformer(load_model(demo["ckpt"]).cfg.replace(modalities="text"))
+    path = save_checkpoint(tmp_path / "text-only.pt", text_only, raw["meta"])
+    with pytest.raises(PredictError, match=r"^--asr transcribes the utterance's audio: give it with --audio"):
+        predict(path, None, None, device="cpu", tiny_root=demo["tiny"], asr="hf:/nope")
+    with pytest.raises(PredictError, match=r"^--asr: ASR hf:/nope: model folder not found: /nope$"):
+        predict(path, utterance.audio, None, device="cpu", tiny_root=demo["tiny"], asr="hf:/nope")
 
 
 def test_missing_audio_file(demo, tmp_path):
