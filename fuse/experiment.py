@@ -11,6 +11,7 @@ import torch
 
 from ..cache import Cache, open_cache
 from ..common import Ranks, join_process_group, resolve_device, write_json
+from .compare import ABLATION_CSV_COLUMNS, ablation_comparison_lines, ablation_csv_cells, against_first
 from .config import ARCHITECTURES, DEPARTURES, ModelConfig, apply_departure
 from .metrics import METRICS
 from .recipes import Recipe
@@ -170,7 +171,7 @@ def run_ablation(
             models[value] = change(base.model, value)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{label} value {value!r} does not make a model: {e}") from None
-    rows = []
+    rows, reports = [], []
     for value, model in models.items():
         spec = RunSpec(**{**base.__dict__, "model": model})
         run_dir = root / f"{kind}-{value}"
@@ -178,6 +179,7 @@ def run_ablation(
         report = train_and_report(
             cache, spec, run_dir, folds, seeds, device, resume=resume, amp=amp, say=say, baseline=False
         )
+        reports.append(report)
         s = report["summary"]
         rows.append(
             {
@@ -187,13 +189,25 @@ def run_ablation(
                 **{f"{m}_std_over_folds": s[f"{m}_std_over_folds"] for m in METRICS},
             }
         )
-    summary = {"ablation": kind, "label": label, "select": base.select, "protocol": base.protocol, "rows": rows}
+    comparison = against_first(reports)  # each row against the first, on the same test utterances
+    for row, c in zip(rows[1:], comparison["comparisons"]):
+        row["vs_first"] = {"metrics": c["metrics"], "mcnemar": c["mcnemar"]}
+    comparison.pop("comparisons")
+    summary = {
+        "ablation": kind,
+        "label": label,
+        "select": base.select,
+        "protocol": base.protocol,
+        "rows": rows,
+        "comparison": comparison,
+    }
     write_json(root / "ablation.json", summary)
     (root / "ablation.md").write_text(ablation_markdown(summary))
     (root / "ablation.csv").write_text(
-        "value,wa,ua,macro_f1,weighted_f1\n"
+        ",".join(("value", *METRICS, *ABLATION_CSV_COLUMNS))
+        + "\n"
         + "".join(
-            f"{r['value']},{r['wa']:.6f},{r['ua']:.6f},{r['macro_f1']:.6f},{r['weighted_f1']:.6f}\n" for r in rows
+            ",".join([str(r["value"]), *(f"{r[m]:.6f}" for m in METRICS), *ablation_csv_cells(r)]) + "\n" for r in rows
         )
     )
     return summary
@@ -216,4 +230,5 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
             + " | ".join(f"{100 * r[m]:.2f} ± {100 * r[m + '_std_over_folds']:.2f}" for m in METRICS)
             + " |"
         )
+    lines += ablation_comparison_lines(summary)
     return "\n".join(lines) + "\n"
