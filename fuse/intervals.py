@@ -32,6 +32,8 @@ def add_intervals(report: dict[str, Any], predictions: dict[str, dict[str, dict]
     k = len(report["classes"])
     report["predictions"] = predictions
     report["bootstrap"] = boot.describe()
+    if boot.resamples < 1:
+        return
     for seed, sr in report["seeds"].items():
         labels, preds, strata = [], [], []
         for fold, f in sr["folds"].items():
