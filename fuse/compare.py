@@ -234,6 +234,11 @@ def _p(p: float | None) -> str:
     return "" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 
 
+def _p_boot(p: float, resamples: int) -> str:
+    """A bootstrap p-value; its smallest value, 1 / (R + 1), means no resample was as far."""
+    return f"<= {_p(p)}" if p <= 1 / (resamples + 1) else _p(p)
+
+
 def compare_markdown(result: dict[str, Any]) -> str:
     boot = result["bootstrap"]
     seeds_a = ", ".join(map(str, result["reference_seeds"]))
@@ -258,7 +263,7 @@ def compare_markdown(result: dict[str, Any]) -> str:
             lo, hi = r["interval"]
             lines.append(
                 f"| `{c['run']}` | {seeds} | {NAMES[m]} | {100 * r['a']:.2f} | {100 * r['b']:.2f} | {_pts(r['difference'])} "
-                f"| [{_pts(lo)}, {_pts(hi)}] | {_p(r['p'])} |"
+                f"| [{_pts(lo)}, {_pts(hi)}] | {_p_boot(r['p'], boot['resamples'])} |"
             )
     lines += [
         "",
@@ -333,7 +338,7 @@ def ablation_comparison_lines(summary: dict[str, Any]) -> list[str]:
         for m in METRICS:
             d = r["vs_first"]["metrics"][m]
             lo, hi = d["interval"]
-            cells += [f"{_pts(d['difference'])} [{_pts(lo)}, {_pts(hi)}]", _p(d["p"])]
+            cells += [f"{_pts(d['difference'])} [{_pts(lo)}, {_pts(hi)}]", _p_boot(d["p"], boot["resamples"])]
         mc = r["vs_first"]["mcnemar"][0]
         lines.append(f"| {r['value']} | " + " | ".join(cells) + f" | {_p(mc['p'])} ({mc['method']}) |")
     return lines
