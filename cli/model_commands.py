@@ -120,7 +120,15 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     show_default=True,
     help="Also fit the linear-probe baseline on the same folds (seconds; RUN/baseline-probe) and report it beside the model.",
 )
-def train_cmd(run_dir, baseline, **options) -> None:
+@click.option(
+    "--bootstrap",
+    "resamples",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Bootstrap resamples for the report's 95% intervals (0: no intervals; docs/reports.md).",
+)
+def train_cmd(run_dir, baseline, resamples, **options) -> None:
     """Train one KS-Transformer per fold on a feature cache, then write the report.
 
     Model dims and classes come from the cache; every other model setting has its own option
@@ -133,6 +141,7 @@ def train_cmd(run_dir, baseline, **options) -> None:
 
     from ..fuse.experiment import train_and_report
     from ..fuse.runs import point_latest
+    from ..fuse.stats import Bootstrap
 
     run = Path(run_dir)
     setup, folds, seeds = setup_training(options, run_dir)
@@ -154,6 +163,7 @@ def train_cmd(run_dir, baseline, **options) -> None:
         amp=options["amp"],
         say=say,
         baseline=baseline,
+        bootstrap=Bootstrap(resamples),
     )
     if ranks.world > 1:
         import torch.distributed as dist

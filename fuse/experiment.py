@@ -17,6 +17,7 @@ from .metrics import METRICS
 from .recipes import Recipe
 from .report import attach_baseline, evaluate_run, write_report
 from .runs import RunError, RunSpec, baseline_dir, model_config_for_cache, num_folds, prepare_run
+from .stats import Bootstrap
 from .training import train_fold
 
 
@@ -102,6 +103,7 @@ def train_and_report(
     amp: bool = True,
     say: Callable[[str], Any] = print,
     baseline: bool = True,
+    bootstrap: Bootstrap = Bootstrap(),
 ) -> dict[str, Any] | None:
     """Train every requested fold and seed, then evaluate and write the report (rank 0).
 
@@ -129,7 +131,7 @@ def train_and_report(
     ranks.barrier()
     if not ranks.main:
         return None
-    report = evaluate_run(run_dir, cache, spec, device=device)
+    report = evaluate_run(run_dir, cache, spec, device=device, bootstrap=bootstrap)
     if baseline and spec.model.architecture != "probe":
         probe_dir = baseline_dir(run_dir)
         probe_spec = replace(spec, model=spec.model.replace(architecture="probe"))
@@ -137,7 +139,7 @@ def train_and_report(
         for seed in seeds:
             for fold in fold_list:
                 train_fold(cache, probe_spec, probe_dir, fold, seed, device, resume=True, ranks=Ranks())
-        probe_report = evaluate_run(probe_dir, cache, probe_spec, device=device)
+        probe_report = evaluate_run(probe_dir, cache, probe_spec, device=device, bootstrap=bootstrap)
         write_report(probe_report, probe_dir)
         attach_baseline(report, "linear probe", probe_report)
     write_report(report, run_dir)

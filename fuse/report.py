@@ -179,7 +179,9 @@ def evaluate_saved_run(
     probe_dir = baseline_dir(run_dir)
     if (probe_dir / "run.json").is_file() and trained_folds(probe_dir):
         attach_baseline(
-            report, "linear probe", evaluate_run(probe_dir, cache, load_run(probe_dir), folds=folds, device=dev)
+            report,
+            "linear probe",
+            evaluate_run(probe_dir, cache, load_run(probe_dir), folds=folds, device=dev, bootstrap=bootstrap),
         )
     return report
 

@@ -36,6 +36,7 @@ def runs(tmp_path_factory):
     )
     for seed in (1, 2):
         args = ["train", "--cache", "cache", "--run", f"s{seed}", *TRAIN, "--seeds", str(seed), "--no-baseline"]
+        args += ["--bootstrap", "200"] if seed == 2 else []
         result = invoke_ksr(args, root)
         assert result.exit_code == 0, result.output
     return root
@@ -82,6 +83,7 @@ def test_reports_give_seeded_intervals_and_every_prediction(runs):
     report = json.loads((runs / "s1/report.json").read_text())
     assert report["bootstrap"]["resamples"] == DEFAULT_RESAMPLES and report["bootstrap"]["seed"] == DEFAULT_SEED
     assert "predictions" not in report  # they have their own file
+    assert json.loads((runs / "s2/report.json").read_text())["bootstrap"]["resamples"] == 200  # ksr train --bootstrap
     with open(runs / "s1/report_predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     classes = report["classes"]
