@@ -128,6 +128,11 @@ def check_comparable(runs: list[RunPredictions]) -> dict[str, dict[str, int]]:
             )
         for fold in tests_a:
             if tests_a[fold] != tests_b[fold]:
+                if set(tests_a[fold]) == set(tests_b[fold]):
+                    raise CompareError(
+                        f"{b.run} and {a.run} give other labels to the same utterances of fold {fold}; "
+                        "compare runs on the same cache"
+                    )
                 only_a, only_b = set(tests_a[fold]) - set(tests_b[fold]), set(tests_b[fold]) - set(tests_a[fold])
                 raise CompareError(
                     f"{b.run} tests other utterances than {a.run} in fold {fold} ({len(only_a)} only in the "

@@ -47,7 +47,7 @@ def resample_indices(strata: Sequence[int] | np.ndarray, resamples: int, seed: i
     is redrawn from its own members, so every resample has each stratum's size."""
     strata = np.asarray(strata)
     rng = np.random.default_rng(seed)
-    out = np.empty((resamples, strata.size), dtype=np.int64)
+    out = np.empty((resamples, strata.size), dtype=np.int32 if strata.size < 2**31 else np.int64)
     _, first = np.unique(strata, return_index=True)
     for value in strata[np.sort(first)]:
         members = np.flatnonzero(strata == value)
@@ -55,13 +55,22 @@ def resample_indices(strata: Sequence[int] | np.ndarray, resamples: int, seed: i
     return out
 
 
+#: Resamples whose confusion cells are counted at once (bounds memory on large test sets).
+CHUNK = 256
+
+
 def confusions(y_true: np.ndarray, y_pred: np.ndarray, index: np.ndarray, num_classes: int) -> np.ndarray:
     """(R, K, K) confusion matrices of the R resamples ``index`` (R, n) of (y_true, y_pred)."""
     k2 = num_classes * num_classes
-    cells = (np.asarray(y_true, np.int64) * num_classes + np.asarray(y_pred, np.int64))[index]
-    cells += np.arange(index.shape[0], dtype=np.int64)[:, None] * k2  # one bincount for all resamples
-    counts = np.bincount(cells.ravel(), minlength=index.shape[0] * k2)
-    return counts.reshape(index.shape[0], num_classes, num_classes)
+    codes = np.asarray(y_true, np.int64) * num_classes + np.asarray(y_pred, np.int64)
+    out = np.empty((index.shape[0], num_classes, num_classes), dtype=np.int64)
+    for start in range(0, index.shape[0], CHUNK):
+        part = index[start : start + CHUNK]
+        cells = codes[part] + np.arange(part.shape[0], dtype=np.int64)[:, None] * k2  # one bincount per chunk
+        out[start : start + part.shape[0]] = np.bincount(cells.ravel(), minlength=part.shape[0] * k2).reshape(
+            part.shape[0], num_classes, num_classes
+        )
+    return out
 
 
 def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -139,6 +139,7 @@ def edit_predictions(run: Path, keep) -> None:
         ("cache", "was evaluated on another cache than s1 (text_encoder.dim differ); compare runs on the same cache"),
         ("fold", "tests folds 1 but s1 folds 1, 2; compare runs on the same folds"),
         ("utterance", "tests other utterances than s1 in fold 1 (1 only in the first, 1 only in the second)"),
+        ("label", "and s1 give other labels to the same utterances of fold 1; compare runs on the same cache"),
     ],
 )
 def test_runs_on_other_caches_or_test_sets_are_refused_in_one_line(runs, damage, message):
@@ -149,6 +150,12 @@ def test_runs_on_other_caches_or_test_sets_are_refused_in_one_line(runs, damage,
         (other / "report.json").write_text(json.dumps(report))
     elif damage == "fold":
         edit_predictions(other, lambda r: r if r["fold"] == "1" else None)
+    elif damage == "label":
+        first = {}
+        relabel = {"ang": "sad", "sad": "ang", "hap": "neu", "neu": "hap"}
+        edit_predictions(
+            other, lambda r: {**r, "label": relabel[r["label"]]} if first.setdefault("id", r["id"]) == r["id"] else r
+        )
     else:
         first = {}
         edit_predictions(other, lambda r: {**r, "id": "renamed"} if first.setdefault("id", r["id"]) == r["id"] else r)
