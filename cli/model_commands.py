@@ -120,7 +120,15 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     show_default=True,
     help="Also fit the linear-probe baseline on the same folds (seconds; RUN/baseline-probe) and report it beside the model.",
 )
-def train_cmd(run_dir, baseline, **options) -> None:
+@click.option(
+    "--bootstrap",
+    "resamples",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Bootstrap resamples for the report's 95% intervals (0: no intervals; docs/reports.md).",
+)
+def train_cmd(run_dir, baseline, resamples, **options) -> None:
     """Train one KS-Transformer per fold on a feature cache, then write the report.
 
     Model dims and classes come from the cache; every other model setting has its own option
@@ -133,6 +141,7 @@ def train_cmd(run_dir, baseline, **options) -> None:
 
     from ..fuse.experiment import train_and_report
     from ..fuse.runs import point_latest
+    from ..fuse.stats import Bootstrap
 
     run = Path(run_dir)
     setup, folds, seeds = setup_training(options, run_dir)
@@ -154,6 +163,7 @@ def train_cmd(run_dir, baseline, **options) -> None:
         amp=options["amp"],
         say=say,
         baseline=baseline,
+        bootstrap=Bootstrap(resamples),
     )
     if ranks.world > 1:
         import torch.distributed as dist
@@ -265,7 +275,16 @@ def ablate_cmd(kind, root, values, **options) -> None:
 @click.option(
     "--allow-incomplete", is_flag=True, help="Print the mean over folds even when a fold stopped before its last epoch."
 )
-def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete) -> None:
+@click.option(
+    "--bootstrap",
+    "resamples",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Bootstrap resamples for the 95% intervals (0: no intervals).",
+)
+@click.option("--bootstrap-seed", default=None, type=int, help="The bootstrap's seed (default: a fixed one, recorded).")
+def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resamples, bootstrap_seed) -> None:
     """Evaluate the selected checkpoints on their test folds and write the report.
 
     Per fold: WA (accuracy), UA (macro recall), macro F1, weighted F1, confusion matrix, selected
@@ -276,9 +295,16 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete) -> No
     from pathlib import Path
 
     from ..fuse.report import evaluate_saved_run, to_markdown, write_report
+    from ..fuse.stats import DEFAULT_SEED, Bootstrap
 
+    boot = Bootstrap(resamples, DEFAULT_SEED if bootstrap_seed is None else bootstrap_seed)
     report = evaluate_saved_run(
-        Path(run_dir), cache_dir, folds=list(folds) or None, device=device, allow_incomplete=allow_incomplete
+        Path(run_dir),
+        cache_dir,
+        folds=list(folds) or None,
+        device=device,
+        allow_incomplete=allow_incomplete,
+        bootstrap=boot,
     )
     stem = "report" if not folds else "report_fold" + "_".join(str(f) for f in folds)
     write_report(report, Path(out_dir) if out_dir else Path(run_dir), stem)

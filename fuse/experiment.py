@@ -11,11 +11,13 @@ import torch
 
 from ..cache import Cache, open_cache
 from ..common import Ranks, join_process_group, resolve_device, write_json, write_text
+from .compare import ABLATION_CSV_COLUMNS, ablation_comparison_lines, ablation_csv_cells, against_first
 from .config import ARCHITECTURES, DEPARTURES, ModelConfig, apply_departure
 from .metrics import METRICS
 from .recipes import Recipe
 from .report import attach_baseline, evaluate_run, write_report
 from .runs import RunError, RunSpec, baseline_dir, check_protocol, model_config_for_cache, num_folds, prepare_run
+from .stats import Bootstrap
 from .training import train_fold
 
 
@@ -101,6 +103,7 @@ def train_and_report(
     amp: bool = True,
     say: Callable[[str], Any] = print,
     baseline: bool = True,
+    bootstrap: Bootstrap = Bootstrap(),
 ) -> dict[str, Any] | None:
     """Train every requested fold and seed, then evaluate and write the report (rank 0).
 
@@ -130,7 +133,7 @@ def train_and_report(
     ranks.barrier()
     if not ranks.main:
         return None
-    report = evaluate_run(run_dir, cache, spec, device=device)
+    report = evaluate_run(run_dir, cache, spec, device=device, bootstrap=bootstrap)
     if baseline and spec.model.architecture != "probe":
         probe_dir = baseline_dir(run_dir)
         probe_spec = replace(spec, model=spec.model.replace(architecture="probe"))
@@ -138,7 +141,7 @@ def train_and_report(
         for seed in seeds:
             for fold in fold_list:
                 train_fold(cache, probe_spec, probe_dir, fold, seed, device, resume=True, ranks=Ranks())
-        probe_report = evaluate_run(probe_dir, cache, probe_spec, device=device)
+        probe_report = evaluate_run(probe_dir, cache, probe_spec, device=device, bootstrap=bootstrap)
         write_report(probe_report, probe_dir)
         attach_baseline(report, "linear probe", probe_report)
     write_report(report, run_dir)
@@ -172,7 +175,7 @@ def run_ablation(
             models[value] = change(base.model, value)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{label} value {value!r} does not make a model: {e}") from None
-    rows = []
+    rows, reports = [], []
     for value, model in models.items():
         spec = RunSpec(**{**base.__dict__, "model": model})
         run_dir = root / f"{kind}-{value}"
@@ -180,6 +183,7 @@ def run_ablation(
         report = train_and_report(
             cache, spec, run_dir, folds, seeds, device, resume=resume, amp=amp, say=say, baseline=False
         )
+        reports.append(report)
         s = report["summary"]
         rows.append(
             {
@@ -189,14 +193,26 @@ def run_ablation(
                 **{f"{m}_std_over_folds": s[f"{m}_std_over_folds"] for m in METRICS},
             }
         )
-    summary = {"ablation": kind, "label": label, "select": base.select, "protocol": base.protocol, "rows": rows}
+    comparison = against_first(reports)  # each row against the first, on the same test utterances
+    for row, c in zip(rows[1:], comparison["comparisons"]):
+        row["vs_first"] = {"metrics": c["metrics"], "mcnemar": c["mcnemar"]}
+    comparison.pop("comparisons")
+    summary = {
+        "ablation": kind,
+        "label": label,
+        "select": base.select,
+        "protocol": base.protocol,
+        "rows": rows,
+        "comparison": comparison,
+    }
     write_json(root / "ablation.json", summary)
     write_text(root / "ablation.md", ablation_markdown(summary))
     write_text(
         root / "ablation.csv",
-        "value,wa,ua,macro_f1,weighted_f1\n"
+        ",".join(("value", *METRICS, *ABLATION_CSV_COLUMNS))
+        + "\n"
         + "".join(
-            f"{r['value']},{r['wa']:.6f},{r['ua']:.6f},{r['macro_f1']:.6f},{r['weighted_f1']:.6f}\n" for r in rows
+            ",".join([str(r["value"]), *(f"{r[m]:.6f}" for m in METRICS), *ablation_csv_cells(r)]) + "\n" for r in rows
         ),
     )
     return summary
@@ -223,4 +239,5 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
             + " | ".join(f"{100 * r[m]:.2f} ± {100 * r[m + '_std_over_folds']:.2f}" for m in METRICS)
             + " |"
         )
+    lines += ablation_comparison_lines(summary)
     return "\n".join(lines) + "\n"

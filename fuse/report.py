@@ -17,6 +17,15 @@ from .baselines import PROBE_C_GRID
 from .checkpoint import load_model_and_meta
 from .folds import OFFICIAL_SPLIT, public_fold_name
 from .inference import infer
+from .intervals import (
+    CI_COLUMNS,
+    add_intervals,
+    ci_cells,
+    fold_predictions,
+    interval_lines,
+    predictions_path,
+    write_predictions,
+)
 from .metrics import METRICS, mean_std, scores
 from .official_split import official_split_lines, official_split_summary, split_tests
 from .runs import (
@@ -33,6 +42,7 @@ from .runs import (
     num_folds,
     trained_folds,
 )
+from .stats import Bootstrap
 
 TEST_SELECTION_NOTE = (
     "MODEL SELECTED ON THE TEST SET (--select test): this reproduces the public implementation's "
@@ -58,6 +68,7 @@ def evaluate_run(
     folds: list[int] | None = None,
     device: torch.device = torch.device("cpu"),
     batch_size: int = 64,
+    bootstrap: Bootstrap = Bootstrap(),
 ) -> dict[str, Any]:
     check_run_matches_cache(spec, cache, run_dir)
     available = trained_folds(run_dir)
@@ -66,6 +77,7 @@ def evaluate_run(
     classes = list(cache.classes)
     k = len(classes)
     per_seed: dict[str, Any] = {}
+    predictions: dict[str, dict[str, dict]] = {}  # per seed and fold: the test utterances' predictions
     warnings: list[str] = []
     for seed, seed_folds in available.items():
         wanted = seed_folds if folds is None else [f for f in folds if f in seed_folds]
@@ -97,6 +109,9 @@ def evaluate_run(
                         f"as {classes[int(result.preds[0])]}: the model collapsed to one class"
                     )
                 fold_reports[name] = s
+                predictions.setdefault(str(seed), {})[name] = fold_predictions(
+                    [cache.ids[i] for i in test], y, result.preds
+                )
                 y_all.append(y)
                 p_all.append(result.preds)
         summary = {m: mean_std([f[m] for f in fold_reports.values()]) for m in METRICS}
@@ -115,7 +130,7 @@ def evaluate_run(
     official = official_split_summary(per_seed) if spec.protocol == "split" else None
     if official:
         summary = official["summary"]
-    return {
+    report = {
         "run": str(run_dir),
         "model": model_name(spec.model),
         "protocol": spec.protocol,
@@ -132,7 +147,10 @@ def evaluate_run(
         "warnings": warnings,
         "summary": summary,
         **({"official_split": official["tests"]} if official else {}),
+        "cache_meta": cache.meta.to_dict(),  # what the predictions were made on (ksr compare checks it)
     }
+    add_intervals(report, predictions, bootstrap)
+    return report
 
 
 def coverage(spec: RunSpec, per_seed: dict[str, Any], folds_planned: int) -> dict[str, Any]:
@@ -164,6 +182,7 @@ def evaluate_saved_run(
     folds: list[int] | None = None,
     device: str = "auto",
     allow_incomplete: bool = False,
+    bootstrap: Bootstrap = Bootstrap(),
 ) -> dict[str, Any]:
     """``ksr eval``: the run's report on ``cache_dir`` (default: the cache it was trained on)."""
     spec = load_run(run_dir)
@@ -174,12 +193,14 @@ def evaluate_saved_run(
         raise RunError(f"the run's cache {source!r} is not there; pass --cache")
     dev = resolve_device(device)
     cache = open_cache(source, device=dev if dev.type == "cuda" else "cpu")
-    report = evaluate_run(run_dir, cache, spec, folds=folds, device=dev)
+    report = evaluate_run(run_dir, cache, spec, folds=folds, device=dev, bootstrap=bootstrap)
     report["allow_incomplete"] = allow_incomplete
     probe_dir = baseline_dir(run_dir)
     if (probe_dir / "run.json").is_file() and trained_folds(probe_dir):
         attach_baseline(
-            report, "linear probe", evaluate_run(probe_dir, cache, load_run(probe_dir), folds=folds, device=dev)
+            report,
+            "linear probe",
+            evaluate_run(probe_dir, cache, load_run(probe_dir), folds=folds, device=dev, bootstrap=bootstrap),
         )
     return report
 
@@ -321,18 +342,29 @@ def to_markdown(report: dict[str, Any]) -> str:
         ]
         for name, row in zip(report["classes"], p["confusion"]):
             lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    lines += interval_lines(report)
     return "\n".join(lines) + "\n"
 
 
 def to_csv(report: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["seed", "fold", "test", "selected_epoch", "n", *METRICS])
+    w.writerow(["seed", "fold", "test", "selected_epoch", "n", *METRICS, *CI_COLUMNS])
     for seed, sr in report["seeds"].items():
         for fold, f in sr["folds"].items():
-            w.writerow([seed, fold, f["test_group"], f["selected_epoch"], f["n"], *(f"{f[m]:.6f}" for m in METRICS)])
+            w.writerow(
+                [
+                    seed,
+                    fold,
+                    f["test_group"],
+                    f["selected_epoch"],
+                    f["n"],
+                    *(f"{f[m]:.6f}" for m in METRICS),
+                    *ci_cells(f),
+                ]
+            )
         p = sr["pooled"]
-        w.writerow([seed, "pooled", "all", "", p["n"], *(f"{p[m]:.6f}" for m in METRICS)])
+        w.writerow([seed, "pooled", "all", "", p["n"], *(f"{p[m]:.6f}" for m in METRICS), *ci_cells(p)])
     if report.get("coverage", {}).get("complete", True) or report.get("allow_incomplete"):
         w.writerow(["all", "mean", "", "", "", *(f"{report['summary'][m]:.6f}" for m in METRICS)])
     else:
@@ -346,13 +378,17 @@ def to_csv(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], out_dir: Path, stem: str = "report") -> list[Path]:
-    """report.json, report.md, report.csv, and PNG figures when matplotlib is installed."""
+    """report.json, report.md, report.csv, report_predictions.csv (every test utterance), and PNG
+    figures when matplotlib is installed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     slim = strip_histories(report)
+    slim.pop("predictions", None)  # in their own CSV file
     write_json(out_dir / f"{stem}.json", slim)
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.csv"]
     write_text(paths[1], to_markdown(report))
     write_text(paths[2], to_csv(report))
+    if write_predictions(report, predictions_path(paths[0])):
+        paths.append(predictions_path(paths[0]))
     try:
         from .plots import plot_report
     except ImportError:

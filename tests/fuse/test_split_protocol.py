@@ -258,3 +258,24 @@ def test_the_split_folder_is_a_fold_of_the_run(trained):
     assert trained_folds(run) == {1: [1], 2: [1]}
     assert run_of_checkpoint(run / "seed2/split/best.pt") == run.resolve()
     assert fold_dir(run, 2, 1, "split") == run / "seed2/split" and fold_dir(run, 2, 1) == run / "seed2/fold1"
+
+
+def test_split_reports_carry_intervals_and_compare_pairs_them(trained):
+    root, cache, run = trained
+    report = json.loads((run / "report.json").read_text())
+    for seed in ("1", "2"):
+        folds = report["seeds"][seed]["folds"]
+        assert set(folds) == {"test1", "test2"}
+        for f in folds.values():
+            low, high = f["ci"]["ua"]
+            assert low <= f["ua"] <= high
+        low, high = report["seeds"][seed]["pooled"]["ci"]["wa"]
+        assert low <= report["seeds"][seed]["pooled"]["wa"] <= high
+    rows = (run / "report_predictions.csv").read_text().splitlines()
+    assert {line.split(",")[1] for line in rows[1:]} == {"test1", "test2"}
+    assert len(rows) - 1 == 2 * len(expected_ids(cache)["test1"] + expected_ids(cache)["test2"])
+    result = invoke_ksr(["compare", run, run, "--json", root / "same.json"], root)
+    assert result.exit_code == 0, result.output
+    same = json.loads((root / "same.json").read_text())
+    assert same["folds"] == ["test1", "test2"]
+    assert all(v["difference"] == 0 for v in same["comparisons"][0]["metrics"].values())

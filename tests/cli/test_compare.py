@@ -1,0 +1,226 @@
+"""ksr compare, report intervals and ablation comparisons on two tiny runs that differ only by seed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from support.cli_runner import invoke_ksr
+from support.tiny import TINY_MODEL
+
+from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
+from ksr.fuse.metrics import METRICS, scores
+from ksr.fuse.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
+
+TRAIN = ["--recipe", "ksr", "--epochs", "16", *TINY_MODEL, "--batch-size", "16", "--fold", "1", "--fold", "2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A weak-signal cache (the models reach 55-60% WA, with different errors) and two runs of the
+    same settings with seeds 1 and 2 (about 20 s)."""
+    root = tmp_path_factory.mktemp("compare")
+    meta = synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32")
+    write_synthetic_cache(
+        root / "cache",
+        200,
+        meta,
+        seed=1,
+        audio_lengths=[10 + (7 * i) % 20 for i in range(200)],
+        text_lengths=[2 + i % 5 for i in range(200)],
+        signal=0.3,
+    )
+    for seed in (1, 2):
+        args = ["train", "--cache", "cache", "--run", f"s{seed}", *TRAIN, "--seeds", str(seed), "--no-baseline"]
+        args += ["--bootstrap", "200"] if seed == 2 else []
+        result = invoke_ksr(args, root)
+        assert result.exit_code == 0, result.output
+    return root
+
+
+def compare(root: Path, *args) -> tuple:
+    result = invoke_ksr(["compare", *args, "--json", "out.json"], root)
+    out = root / "out.json"
+    got = json.loads(out.read_text()) if result.exit_code == 0 else None
+    out.unlink(missing_ok=True)
+    return result, got
+
+
+def copy_run(root: Path, name: str, new: str) -> Path:
+    dest = root / new
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(root / name, dest)
+    return dest
+
+
+def test_two_runs_differing_only_by_seed_are_a_null_result(runs):
+    # On a fixed seed this is deterministic; the models disagree on about half the utterances
+    # yet are right equally often, so a correct test must not call them different.
+    result, got = compare(runs, "s1", "s2")
+    assert result.exit_code == 0, result.output
+    assert "| run B | seeds | metric |" in result.output and "McNemar" in result.output
+    (c,) = got["comparisons"]
+    assert got["bootstrap"]["resamples"] == DEFAULT_RESAMPLES and got["bootstrap"]["seed"] == DEFAULT_SEED
+    assert got["utterances"] == 80 and got["folds"] == [1, 2]
+    report_a = json.loads((runs / "s1/report.json").read_text())
+    report_b = json.loads((runs / "s2/report.json").read_text())
+    for m in METRICS:
+        r = c["metrics"][m]
+        assert r["a"] == pytest.approx(report_a["seeds"]["1"]["pooled"][m])
+        assert r["b"] == pytest.approx(report_b["seeds"]["2"]["pooled"][m])
+        assert r["interval"][0] < 0 < r["interval"][1], m
+        assert r["p"] > 0.1, m
+    (mc,) = c["mcnemar"]
+    assert mc["b"] + mc["c"] > 20 and mc["p"] > 0.1
+    assert "over_seeds" not in c  # one seed each
+
+
+def test_reports_give_seeded_intervals_and_every_prediction(runs):
+    report = json.loads((runs / "s1/report.json").read_text())
+    assert report["bootstrap"]["resamples"] == DEFAULT_RESAMPLES and report["bootstrap"]["seed"] == DEFAULT_SEED
+    assert "predictions" not in report  # they have their own file
+    assert json.loads((runs / "s2/report.json").read_text())["bootstrap"]["resamples"] == 200  # ksr train --bootstrap
+    with open(runs / "s1/report_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    classes = report["classes"]
+    for fold in ("1", "2"):
+        entry = report["seeds"]["1"]["folds"][fold]
+        for m in METRICS:
+            assert entry["ci"][m][0] <= entry[m] <= entry["ci"][m][1]
+        mine = [r for r in rows if r["fold"] == fold]
+        split = json.loads((runs / f"s1/seed1/fold{fold}/split.json").read_text())
+        assert sorted(r["id"] for r in mine) == sorted(split["test"])
+        again = scores([classes.index(r["label"]) for r in mine], [classes.index(r["prediction"]) for r in mine], 4)
+        assert again["wa"] == pytest.approx(entry["wa"]) and again["ua"] == pytest.approx(entry["ua"])
+    pooled = report["seeds"]["1"]["pooled"]
+    assert all(pooled["ci"][m][0] <= pooled[m] <= pooled["ci"][m][1] for m in METRICS)
+    header = (runs / "s1/report.csv").read_text().splitlines()[0]
+    assert header.endswith("weighted_f1_ci_low,weighted_f1_ci_high")
+    assert "## 95% confidence intervals" in (runs / "s1/report.md").read_text()
+
+
+def test_missing_or_stale_predictions_are_made_again_from_the_checkpoints(runs):
+    _, saved = compare(runs, "s1", "s2")
+    fresh = copy_run(runs, "s2", "s2-fresh")
+    (fresh / "report_predictions.csv").unlink()
+    result, got = compare(runs, "s1", "s2-fresh")
+    assert result.exit_code == 0, result.output
+    assert got["comparisons"][0]["source"] == "checkpoints"
+    assert got["comparisons"][0]["metrics"] == saved["comparisons"][0]["metrics"]
+    stale = copy_run(runs, "s2", "s2-stale")
+    later = (stale / "report_predictions.csv").stat().st_mtime + 10
+    os.utime(stale / "seed2/fold1/best.pt", (later, later))
+    _, got = compare(runs, "s1", "s2-stale")
+    assert got["comparisons"][0]["source"] == "checkpoints"
+    _, got = compare(runs, "s1", "s2", "--evaluate")
+    assert (
+        got["reference_source"] == "checkpoints"
+        and got["comparisons"][0]["metrics"] == saved["comparisons"][0]["metrics"]
+    )
+
+
+def edit_predictions(run: Path, keep) -> None:
+    path = run / "report_predictions.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(r for r in (keep(r) for r in rows) if r)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("cache", "was evaluated on another cache than s1 (text_encoder.dim differ); compare runs on the same cache"),
+        ("fold", "tests folds 1 but s1 folds 1, 2; compare runs on the same folds"),
+        ("utterance", "tests other utterances than s1 in fold 1 (1 only in the first, 1 only in the second)"),
+        ("label", "and s1 give other labels to the same utterances of fold 1; compare runs on the same cache"),
+    ],
+)
+def test_runs_on_other_caches_or_test_sets_are_refused_in_one_line(runs, damage, message):
+    other = copy_run(runs, "s2", f"other-{damage}")
+    if damage == "cache":
+        report = json.loads((other / "report.json").read_text())
+        report["cache_meta"]["text_encoder"]["dim"] = 16
+        (other / "report.json").write_text(json.dumps(report))
+    elif damage == "fold":
+        edit_predictions(other, lambda r: r if r["fold"] == "1" else None)
+    elif damage == "label":
+        first = {}
+        relabel = {"ang": "sad", "sad": "ang", "hap": "neu", "neu": "hap"}
+        edit_predictions(
+            other, lambda r: {**r, "label": relabel[r["label"]]} if first.setdefault("id", r["id"]) == r["id"] else r
+        )
+    else:
+        first = {}
+        edit_predictions(other, lambda r: {**r, "id": "renamed"} if first.setdefault("id", r["id"]) == r["id"] else r)
+    os.utime(other / "report_predictions.csv")  # newer than the checkpoints: read, not re-evaluated
+    result, _ = compare(runs, "s1", other.name)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    assert message in result.output
+    alone = invoke_ksr(["compare", "s1"], runs)
+    assert alone.exit_code == 1 and "at least two runs" in alone.output
+
+
+def test_several_seeds_are_compared_over_seeds_too(runs):
+    """Runs X (seed 1 of s1, seed 2 of s2) and Y (the same predictions, seeds swapped): every
+    difference averaged over seeds is exactly 0, the paired test over seeds gives p = 1."""
+    rows = {}
+    for name in ("s1", "s2"):
+        with open(runs / name / "report_predictions.csv", newline="") as f:
+            rows[name] = list(csv.DictReader(f))
+    for new, first, second in (("X", "s1", "s2"), ("Y", "s2", "s1")):
+        run = copy_run(runs, "s1", new)
+        shutil.rmtree(run / "seed1")
+        with open(run / "report_predictions.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows["s1"][0]))
+            w.writeheader()
+            w.writerows({**r, "seed": "1"} for r in rows[first])
+            w.writerows({**r, "seed": "2"} for r in rows[second])
+    result, got = compare(runs, "X", "Y")
+    assert result.exit_code == 0, result.output
+    c = got["comparisons"][0]
+    assert c["seeds"] == [1, 2] and c["seeds_paired"]
+    assert [(t["seed_a"], t["seed_b"]) for t in c["mcnemar"]] == [(1, 1), (2, 2)]
+    assert c["mcnemar"][0]["b"] == c["mcnemar"][1]["c"]  # the swap mirrors the discordant counts
+    for m in METRICS:
+        assert c["metrics"][m]["difference"] == pytest.approx(0, abs=1e-12)
+        assert c["over_seeds"][m]["mean_difference"] == pytest.approx(0, abs=1e-12)
+        assert c["over_seeds"][m]["test"] == "paired t-test" and c["over_seeds"][m]["p"] == pytest.approx(1)
+        assert c["over_seed_folds"][m]["n"] == 4
+    assert "Over seeds" in result.output
+
+
+def test_eval_bootstrap_options(runs):
+    result = invoke_ksr(["eval", "--run", "s1", "--out", "ev", "--bootstrap", "50", "--bootstrap-seed", "7"], runs)
+    assert result.exit_code == 0, result.output
+    report = json.loads((runs / "ev/report.json").read_text())
+    assert (report["bootstrap"]["resamples"], report["bootstrap"]["seed"]) == (50, 7)
+    assert "50 resamples" in result.output
+    none = invoke_ksr(["eval", "--run", "s1", "--out", "ev0", "--bootstrap", "0"], runs)
+    assert none.exit_code == 0 and "confidence intervals" not in none.output
+    assert "ci" not in json.loads((runs / "ev0/report.json").read_text())["seeds"]["1"]["pooled"]
+
+
+def test_ablation_rows_are_compared_with_the_first(runs):
+    args = ["ablate", "modality", "--cache", "cache", "--root", "abl", "--values", "both,text"]
+    result = invoke_ksr([*args, "--epochs", "2", *TINY_MODEL, "--batch-size", "32", "--fold", "2"], runs)
+    assert result.exit_code == 0, result.output
+    table = json.loads((runs / "abl/ablation.json").read_text())
+    first, second = table["rows"]
+    assert "vs_first" not in first
+    pooled = [
+        json.loads(Path(runs, r["run"], "report.json").read_text())["seeds"]["123"]["pooled"] for r in (first, second)
+    ]
+    for m in METRICS:
+        assert second["vs_first"]["metrics"][m]["difference"] == pytest.approx(pooled[1][m] - pooled[0][m])
+    assert "Against the first row (modalities = both)" in (runs / "abl/ablation.md").read_text()
+    lines = (runs / "abl/ablation.csv").read_text().splitlines()
+    assert lines[0].split(",")[-2:] == ["weighted_f1_diff_p", "mcnemar_p"]
+    assert len(lines[2].split(",")) == len(lines[0].split(","))
