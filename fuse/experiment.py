@@ -16,6 +16,7 @@ from .metrics import METRICS
 from .recipes import Recipe
 from .report import attach_baseline, evaluate_run, write_report
 from .runs import RunError, RunSpec, baseline_dir, model_config_for_cache, num_folds, prepare_run
+from .tensorboard import TensorBoard
 from .training import train_fold
 
 
@@ -101,12 +102,13 @@ def train_and_report(
     amp: bool = True,
     say: Callable[[str], Any] = print,
     baseline: bool = True,
+    tensorboard: TensorBoard | None = None,
 ) -> dict[str, Any] | None:
     """Train every requested fold and seed, then evaluate and write the report (rank 0).
 
     With ``baseline`` (and a model that is not itself the probe), the linear probe is fitted on
     the same folds, seeds and selection into RUN/baseline-probe (seconds), and the report shows
-    it beside the model."""
+    it beside the model. ``tensorboard`` receives the model's curves (not the probe's)."""
     available = num_folds(cache, spec.protocol)
     missing = [f for f in folds or [] if not 1 <= f <= available]
     if missing:  # before anything is written: a failed start leaves no run behind
@@ -119,7 +121,9 @@ def train_and_report(
     fold_list = folds or list(range(1, available + 1))
     for seed in seeds:
         for fold in fold_list:
-            out = train_fold(cache, spec, run_dir, fold, seed, device, resume=resume, amp=amp, ranks=ranks)
+            out = train_fold(
+                cache, spec, run_dir, fold, seed, device, resume=resume, amp=amp, ranks=ranks, tensorboard=tensorboard
+            )
             if ranks.main:
                 say(
                     f"seed {seed} fold {fold}: kept epoch {out.best_epoch}, {'test' if spec.select == 'test' else 'valid'} {spec.metric} "
