@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -11,6 +13,7 @@ import pytest
 import torch
 from support.cli_runner import invoke_ksr
 
+from ksr.cache import padding_mask, stored_row
 from ksr.cache.synthetic import synthetic_meta
 from ksr.fuse import ModelConfig, load_model, save_checkpoint
 from ksr.fuse.architectures import build_model
@@ -166,3 +169,26 @@ def test_export_error_is_a_ksr_error():
     from ksr.common import KsrError
 
     assert issubclass(ExportError, KsrError)
+
+
+def test_docs_snippet_runs_without_ksr(tmp_path, monkeypatch, capsys):
+    """docs/export.md's onnxruntime example: the cache's rows and masks, the model's logits."""
+    docs = (Path(__file__).resolve().parents[2] / "docs/export.md").read_text()
+    block = re.search(r"```python\n(.*?)```", docs, re.S).group(1)
+    assert "ksr" not in re.findall(r"^(?:import|from) (\w+)", block, re.M)
+    cfg = SMALL["public"][0]
+    meta = write_checkpoint(tmp_path / "m.pt", cfg)
+    assert meta.dtype == "float16"  # the snippet must round as such a cache does
+    export_onnx(tmp_path / "m.pt", tmp_path / "model.onnx", check=False)
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(block, "docs/export.md", "exec"), ns)
+    assert capsys.readouterr().out.split(" ", 1)[0] in CLASSES
+    feeds = ns["model_inputs"](ns["audio"], ns["text"])
+    for name, length in (("audio", meta.max_audio_len), ("text", meta.max_text_len)):
+        row, n = stored_row(torch.from_numpy(ns[name]), length, meta.dtype)
+        assert np.array_equal(feeds[name][0], row.numpy()), name
+        assert np.array_equal(feeds[f"{name}_padding_mask"][0], padding_mask(torch.tensor([n]), length)[0].numpy())
+    with torch.no_grad():
+        want = load_model(tmp_path / "m.pt")(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+    assert np.abs(ns["logits"] - want).max() <= 1e-4
