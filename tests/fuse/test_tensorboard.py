@@ -43,7 +43,7 @@ def cache_dir(tmp_path_factory):
     return root
 
 
-def train_args(cache_dir, run: str, *extra) -> list:
+def train_args(cache_dir, run: str, *extra, folds=(1, 4), seeds="3,5") -> list:
     return [
         "train",
         "--cache",
@@ -57,12 +57,9 @@ def train_args(cache_dir, run: str, *extra) -> list:
         "--batch-size",
         "16",
         *TINY_MODEL,
-        "--fold",
-        "1",
-        "--fold",
-        "4",
+        *[a for fold in folds for a in ("--fold", fold)],
         "--seeds",
-        "3,5",
+        seeds,
         "--no-baseline",
         *extra,
     ]
@@ -164,3 +161,14 @@ def test_missing_writer_is_one_line_before_training(cache_dir, tmp_path, monkeyp
         "pip install 'ksr[tensorboard]' (or pip install tensorboardX)"
     ]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "curves").exists()
+
+
+def test_test_selection_logs_its_selection_set_as_test(cache_dir, tmp_path):
+    """Under --select test the epoch's scores are the test set's: tagged test/, no valid/."""
+    args = train_args(cache_dir, "runs/sel", "--tensorboard", "tb", "--select", "test", folds=(1,), seeds="3")
+    result = invoke_ksr(args, tmp_path)
+    assert result.exit_code == 0, result.output
+    curves = scalars(tmp_path / "tb/seed3/fold1")
+    assert set(curves) == {"train/loss", "train/lr"} | {f"test/{m}" for m in METRIC_TAGS}
+    history = json.loads((tmp_path / "runs/sel/seed3/fold1/history.json").read_text())["epochs"]
+    assert [v for _, v in curves["test/ua"]] == [np.float32(e["test_ua"]) for e in history]
