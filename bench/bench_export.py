@@ -88,7 +88,7 @@ def measure(name: str, changes: dict, threads: int, runs: int, warmup: int) -> d
                 call()
                 times[runtime].append(time.perf_counter() - t)
         load.append(os.getloadavg()[0])
-    return {"times": times, "export_s": export_s, "mib": exported.bytes / 2**20, "diff": diff, "load": load}
+    return {"times": times, "export_s": export_s, "mib": exported.nbytes / 2**20, "diff": diff, "load": load}
 
 
 def run(quick: bool = False) -> str:

@@ -36,7 +36,7 @@ def export_cmd(checkpoint: str, onnx_path: str, force: bool, check: bool) -> Non
     result = export_onnx(checkpoint, onnx_path, force=force, check=check)
     shapes = ", ".join(f"{name} {dtype} ({', '.join(str(d) for d in shape)})" for name, dtype, shape in result.inputs)
     click.echo(
-        f"wrote {result.path} ({result.bytes / 2**20:.1f} MiB): {shapes} -> logits over {', '.join(result.classes)}"
+        f"wrote {result.path} ({result.nbytes / 2**20:.1f} MiB): {shapes} -> logits over {', '.join(result.classes)}"
     )
     if result.max_abs_diff is not None:
         click.echo(

@@ -11,7 +11,7 @@ The batch axis is dynamic; Ta and Tt are the lengths of the cache the checkpoint
 keys of S and that count is a constant of the graph. An audio-only or text-only model takes only
 its modality's two inputs. ``metadata_props`` holds the class names, the cache's record of its
 encoders (names, weight digests, layers, frame rate, lengths, dtype), the model config and
-where the checkpoint came from, each as JSON (``METADATA``).
+where the checkpoint came from, JSON where structured (the keys: docs/export.md).
 
 What is exported is the checkpoint's own model with its attention on the plain path
 (``impl="plain"``): the public code's operations, which the fast paths are tested to match (the
@@ -53,17 +53,6 @@ from .runs import RUN_FILE, run_of_checkpoint
 
 OPSET = 17  # LayerNormalization is one operator from opset 17 on
 FORMAT = "ksr-onnx/1"
-#: metadata_props keys; every value is a string, JSON where it holds a structure
-METADATA = {
-    "ksr.format": "this file's layout version",
-    "ksr.classes": "JSON list: the class of each logit, in order",
-    "ksr.inputs": "JSON list of [name, dtype, shape] ('batch' = any size)",
-    "ksr.padding_mask": "what a True in a padding mask means",
-    "ksr.cache_meta": "JSON: the training cache's metadata (encoders with weight digests and layers, lengths, dtype)",
-    "ksr.model_config": "JSON: the model's ModelConfig",
-    "ksr.checkpoint": "JSON: the checkpoint's file name and meta (fold, seed, epoch, selection)",
-    "ksr.version": "the ksr version that wrote the file",
-}
 
 
 class ExportError(KsrError, ValueError):
@@ -75,7 +64,7 @@ class Exported:
     path: Path
     inputs: list[tuple[str, str, list]]  # (name, dtype, shape)
     classes: tuple[str, ...]
-    bytes: int
+    nbytes: int  # the file's size
     max_abs_diff: float | None = None  # onnxruntime against torch on random padded inputs
 
 
@@ -231,7 +220,7 @@ def write_onnx(model: nn.Module, cache: CacheMeta, out: Path, source: dict[str, 
     # without parsing and re-serialising its hundreds of MB of weights.
     data = [buffer.getvalue(), props.SerializeToString()]
     atomic_write(out, "wb", lambda f: [f.write(part) for part in data])
-    return Exported(out, spec, cache.classes, sum(len(part) for part in data))
+    return Exported(out, spec, cache.classes, nbytes=sum(len(part) for part in data))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
