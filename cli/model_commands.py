@@ -128,7 +128,16 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     type=click.IntRange(min=0),
     help="Bootstrap resamples for the report's 95% intervals (0: no intervals; docs/reports.md).",
 )
-def train_cmd(run_dir, baseline, resamples, **options) -> None:
+@click.option(
+    "--tensorboard",
+    "tensorboard_dir",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[DIR]",
+    help="Write TensorBoard curves (loss, lr, valid and test/ metrics per epoch; DIR/seedS/foldK) into DIR, default RUN/tensorboard. Needs pip install 'ksr[tensorboard]'.",
+)
+def train_cmd(run_dir, baseline, resamples, tensorboard_dir, **options) -> None:
     """Train one KS-Transformer per fold on a feature cache, then write the report.
 
     Model dims and classes come from the cache; every other model setting has its own option
@@ -144,6 +153,11 @@ def train_cmd(run_dir, baseline, resamples, **options) -> None:
     from ..fuse.stats import Bootstrap
 
     run = Path(run_dir)
+    board = None
+    if tensorboard_dir is not None:  # before the cache is read: a missing writer stops here
+        from ..fuse.tensorboard import TensorBoard
+
+        board = TensorBoard(tensorboard_dir or run / "tensorboard")
     setup, folds, seeds = setup_training(options, run_dir)
     ranks = setup.ranks
     say = click.echo if ranks.main else (lambda *a, **k: None)
@@ -164,6 +178,7 @@ def train_cmd(run_dir, baseline, resamples, **options) -> None:
         say=say,
         baseline=baseline,
         bootstrap=Bootstrap(resamples),
+        tensorboard=board,
     )
     if ranks.world > 1:
         import torch.distributed as dist

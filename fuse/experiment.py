@@ -18,6 +18,7 @@ from .recipes import Recipe
 from .report import attach_baseline, evaluate_run, write_report
 from .runs import RunError, RunSpec, baseline_dir, check_protocol, model_config_for_cache, num_folds, prepare_run
 from .stats import Bootstrap
+from .tensorboard import TensorBoard
 from .training import train_fold
 
 
@@ -104,12 +105,13 @@ def train_and_report(
     say: Callable[[str], Any] = print,
     baseline: bool = True,
     bootstrap: Bootstrap = Bootstrap(),
+    tensorboard: TensorBoard | None = None,
 ) -> dict[str, Any] | None:
     """Train every requested fold and seed, then evaluate and write the report (rank 0).
 
     With ``baseline`` (and a model that is not itself the probe), the linear probe is fitted on
     the same folds, seeds and selection into RUN/baseline-probe (seconds), and the report shows
-    it beside the model."""
+    it beside the model. ``tensorboard`` receives the model's curves (not the probe's)."""
     check_protocol(cache, spec, folds)
     available = num_folds(cache, spec.protocol)
     missing = [f for f in folds or [] if not 1 <= f <= available]
@@ -123,7 +125,9 @@ def train_and_report(
     fold_list = folds or list(range(1, available + 1))
     for seed in seeds:
         for fold in fold_list:
-            out = train_fold(cache, spec, run_dir, fold, seed, device, resume=resume, amp=amp, ranks=ranks)
+            out = train_fold(
+                cache, spec, run_dir, fold, seed, device, resume=resume, amp=amp, ranks=ranks, tensorboard=tensorboard
+            )
             if ranks.main:
                 where = "official split" if spec.protocol == "split" else f"fold {fold}"
                 say(

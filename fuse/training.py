@@ -31,6 +31,7 @@ from .metrics import METRICS, scores
 from .normalise import fit_standardizers
 from .recipes import build_optimizer, build_scheduler, warmup_factor
 from .runs import RunError, RunSpec, cache_split, check_recorded_split, fold_dir, write_split
+from .tensorboard import TensorBoard
 
 
 def measured_on(spec: RunSpec) -> str:
@@ -70,8 +71,10 @@ def train_fold(
     progress: bool = True,
     on_epoch: Callable[[int, dict], None] | None = None,
     ranks: Ranks = Ranks(),
+    tensorboard: TensorBoard | None = None,
 ) -> FoldOutcome:
-    """Train (or resume) one fold; writes its folder under ``run_dir`` (rank 0 writes)."""
+    """Train (or resume) one fold; writes its folder under ``run_dir`` (rank 0 writes), and with
+    ``tensorboard`` its curves, the test set's scores among them."""
     out = fold_dir(run_dir, seed, fold, spec.protocol)
     split = cache_split(cache, spec, fold, seed)
     selection = split.test if spec.select == "test" else split.valid  # "last" still reports validation
@@ -126,6 +129,7 @@ def train_fold(
         leave=False,
     )
     saved = start_epoch  # epochs committed to the fold's files
+    board = tensorboard.open(seed, fold, start_epoch, spec.protocol) if tensorboard is not None and ranks.main else None
     try:
         with signals.sigterm_raises():  # SIGTERM as SIGINT: the epoch under way is abandoned
             for epoch in epochs:
@@ -172,6 +176,11 @@ def train_fold(
                     **{f"{measured_on(spec)}_{m}": sel[m] for m in METRICS},
                 }
                 history.append(record)
+                if board is not None:  # eval-mode passes draw no random numbers: training is unchanged
+                    test = (
+                        None if spec.select == "test" else scored(model, cache, split.test, spec, device, amp, "test")
+                    )
+                    board.epoch(epoch, record, test)
                 meta = {
                     "fold": fold,
                     "seed": seed,
@@ -218,7 +227,19 @@ def train_fold(
             f"stopped by SIGTERM in fold {fold}, epoch {saved + 1} of {r.epochs}: the {saved} finished epoch(s) "
             f"are saved; continue with the same command and --resume"
         ) from None
+    finally:
+        if board is not None:
+            board.close()
     return FoldOutcome(fold, seed, best["epoch"], best["value"], len(history), time.perf_counter() - began)
+
+
+def scored(model, cache: Cache, indices: np.ndarray, spec: RunSpec, device, amp: bool, name: str) -> dict[str, float]:
+    """``{name}_loss`` and ``{name}_<metric>`` of the model on the cache utterances ``indices``."""
+    if len(indices) == 0:
+        return {}
+    out = infer(model, cache, indices, spec.recipe.batch_size, device, amp)
+    s = scores(cache.labels[indices], out.preds, spec.model.num_classes)
+    return {f"{name}_loss": out.loss, **{f"{name}_{m}": s[m] for m in METRICS}}
 
 
 def fit_probe_fold(
