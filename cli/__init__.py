@@ -48,4 +48,4 @@ def main() -> None:
 
 
 # Registering the commands on `main` (they import it from here).
-from . import data_commands, model_commands  # noqa: E402, F401
+from . import corpus_commands, data_commands, model_commands  # noqa: E402, F401
