@@ -123,7 +123,7 @@ def index_clips(folder: Path) -> tuple[dict[tuple[int, int], Path], int]:
     plain name wins over a prefixed one for the same utterance."""
     clips: dict[tuple[int, int], Path] = {}
     prefixed = 0
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+    for entry in sorted(os.scandir(folder.resolve()), key=lambda e: e.name):  # absolute paths
         m = _CLIP.match(entry.name)
         if m is None or not entry.is_file():
             continue  # ._ files, .DS_Store, other junk
@@ -209,7 +209,7 @@ def prepare_meld(root: str | os.PathLike) -> SplitReport:
             report.add(
                 Utterance(
                     id=uid,
-                    audio=clips[key].resolve(),
+                    audio=clips[key],
                     text=" ".join(r["Utterance"].split()),
                     label=EMOTIONS[emotion],
                     speaker=speaker,

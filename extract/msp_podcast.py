@@ -81,19 +81,21 @@ def find_labels(root: Path) -> Path:
     )
 
 
-def _files(folder: Path, suffix: str) -> dict[str, Path]:
+def _files(folder: Path, suffix: str) -> dict[str, str]:
     """Name -> path of the files of ``folder`` ending in ``suffix`` (one listing, no stat per
-    turn: a release has over 200,000); macOS ``._`` files are junk."""
+    turn: a release has over 200,000; a Path is made only for the rows written); macOS ``._``
+    files are junk."""
     if not folder.is_dir():
         return {}
+    folder = folder.resolve()  # once, not per file
     return {
-        e.name: Path(e.path)
+        e.name: e.path
         for e in os.scandir(folder)
         if e.name.endswith(suffix) and not e.name.startswith("._") and e.is_file()
     }
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: str) -> str:
     with open(path, encoding="utf-8", errors="replace") as f:
         return " ".join(f.read().split())
 
@@ -201,7 +203,7 @@ def prepare_msp_podcast(root: str | os.PathLike, task: str = "4class") -> SplitR
         report.add(
             Utterance(
                 id=uid,
-                audio=wav.resolve(),
+                audio=Path(wav),
                 text=_read_text(transcript) if transcript else "",
                 label=label,
                 speaker=speaker,

@@ -7,6 +7,7 @@ checked against values written out by hand."""
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,14 @@ def test_not_a_folder(tmp_path):
     with pytest.raises(MeldError) as info:
         prepare_meld(tmp_path / "nowhere")
     assert str(info.value) == f"not a folder: {tmp_path / 'nowhere'}"
+
+
+def test_without_pyav_prepare_says_extraction_will_need_it(tmp_path, monkeypatch):
+    build_meld(tmp_path / "meld")
+    monkeypatch.setitem(sys.modules, "av", None)  # find_spec("av") is None, as when not installed
+    out = tmp_path / "m.csv"
+    result = CliRunner().invoke(main, ["prepare", "meld", str(tmp_path / "meld"), "--out", str(out)])
+    assert result.exit_code == 0 and out.is_file()
+    assert result.output.splitlines()[-1] == (
+        "warning: PyAV is not installed: ksr extract cannot decode the mp4 clips without it (pip install 'ksr[video]')"
+    )
