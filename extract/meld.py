@@ -4,10 +4,14 @@ The release's format (``shared/reference/corpora.md``):
 
 - ``train_sent_emo.csv``, ``dev_sent_emo.csv``, ``test_sent_emo.csv``, columns ``Sr No.,Utterance,
   Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime``. The
-  transcript is ``Utterance``: it holds commas and quotes (standard CSV quoting), and older copies
-  carry stray cp1252 bytes (0x92, a right single quote) in otherwise UTF-8 files. Each line is
-  decoded as UTF-8; in a line that is not valid UTF-8 only the offending bytes are read as
-  cp1252, and the summary says how many lines needed it.
+  transcript is ``Utterance``: it holds commas and quotes (standard CSV quoting), and copies
+  older than the MELD repository's fix of November 2020 (those of ``MELD.Raw.tar.gz`` among them)
+  carry Windows cp1252 punctuation inside otherwise UTF-8 text, in two forms: as C1 control
+  characters (0x92 written as the valid UTF-8 of U+0092: 3,492 of them in train_sent_emo.csv,
+  with 0x85, 0x91, 0x93, 0x94, 0x96, 0x97) or as raw bytes that are not UTF-8 at all. Each line is
+  decoded as UTF-8, only the offending bytes of a line that is not are read as cp1252, and
+  U+0080..U+009F are read as the cp1252 characters they stand for (U+0092 -> U+2019); the summary
+  says how many lines needed each.
 - Clips ``dia{Dialogue_ID}_utt{Utterance_ID}.mp4`` in ``train_splits/``, ``dev_splits_complete/``
   and ``output_repeated_splits_test/`` (test clips may be named ``final_videos_testdia..``);
   these folders sit in the release folder or below it (``train/``, ``dev/``, ``test/``), as the
@@ -71,20 +75,27 @@ def _cp1252_bytes(err: UnicodeDecodeError) -> tuple[str, int]:
 
 
 codecs.register_error("ksr-meld-cp1252", _cp1252_bytes)
+#: U+0080..U+009F (C1 controls, never text) -> the cp1252 character of the same byte value.
+_C1 = str.maketrans({c: bytes([c]).decode("cp1252", errors="replace") for c in range(0x80, 0xA0)})
+_HAS_C1 = re.compile("[\u0080-\u009f]")
 
 
-def decode_lines(data: bytes) -> tuple[str, int]:
+def decode_lines(data: bytes) -> tuple[str, int, int]:
     """``data`` as text, line by line: UTF-8, and in lines that are not, the stray bytes as
-    cp1252. Returns the text and the number of such lines."""
-    out, mended = [], 0
+    cp1252; then C1 controls as the cp1252 characters they stand for. Returns the text, the
+    number of lines with bytes that are not UTF-8, and the number with C1 controls."""
+    out, raw, c1 = [], 0, 0
     for line in data.splitlines(keepends=True):
         try:
-            out.append(line.decode("utf-8"))
+            text = line.decode("utf-8")
         except UnicodeDecodeError:
-            out.append(line.decode("utf-8", errors="ksr-meld-cp1252"))
-            mended += 1
-    text = "".join(out)
-    return text.removeprefix("\ufeff"), mended
+            text = line.decode("utf-8", errors="ksr-meld-cp1252")
+            raw += 1
+        if _HAS_C1.search(text):
+            text = text.translate(_C1)
+            c1 += 1
+        out.append(text)
+    return "".join(out).removeprefix("\ufeff"), raw, c1
 
 
 def _candidates(root: Path, name: str) -> list[Path]:
@@ -137,9 +148,9 @@ def index_clips(folder: Path) -> tuple[dict[tuple[int, int], Path], int]:
 
 
 def _records(path: Path):
-    """The (line, record) rows of one MELD CSV, after checking its header, and the number of
-    lines whose stray bytes were read as cp1252."""
-    text, mended = decode_lines(path.read_bytes())
+    """The (line, record) rows of one MELD CSV, after checking its header, and the numbers of
+    lines mended (see :func:`decode_lines`)."""
+    text, *mended = decode_lines(path.read_bytes())
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         header = [h.strip() for h in reader.fieldnames or []]
@@ -180,9 +191,15 @@ def prepare_meld(root: str | os.PathLike) -> SplitReport:
             f"{split}: {rel}, clips in {os.path.relpath(media[split], root)}/"
             + (f" ({prefixed} named final_videos_test...)" if prefixed else "")
         )
-        if mended:
+        raw, c1 = mended
+        if raw:
             report.notes.append(
-                f"{rel}: {mended} line(s) not valid UTF-8, their stray bytes read as cp1252 (0x92 -> \u2019)"
+                f"{rel}: {raw} line(s) not valid UTF-8, their stray bytes read as cp1252 (0x92 -> \u2019)"
+            )
+        if c1:
+            report.notes.append(
+                f"{rel}: {c1} line(s) with cp1252 punctuation stored as control characters, read as meant "
+                "(U+0092 -> \u2019)"
             )
         if len(records) != EXPECTED_ROWS[split]:
             report.warnings.append(f"{rel} has {len(records)} rows, the release's has {EXPECTED_ROWS[split]}")

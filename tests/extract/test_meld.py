@@ -28,7 +28,8 @@ TRAIN = [
     b'7,  Hmm.  ,,fear,negative,2,1,5,6,"00:10:02,000","00:10:03,000"',
 ]
 DEV = [
-    b'1,Eww  gross.,Monica,disgust,negative,0,0,4,1,"00:02:00,000","00:02:01,500"',
+    # the form of the MELD.Raw copies: cp1252 codes as C1 controls, valid UTF-8 (U+0092, U+0085)
+    b'1,He\xc2\x92s  gross\xc2\x85,Monica,disgust,negative,0,0,4,1,"00:02:00,000","00:02:01,500"',
     b'2,"Okay, fine.",Phoebe,neutral,neutral,0,1,4,1,"00:02:02,000","00:02:03,000"',
 ]
 TEST = [
@@ -92,7 +93,7 @@ ROWS = {
         "00:10:02,000", "00:10:03,000", "train_splits/dia2_utt1.mp4",
     ),
     "valid_dia0_utt0": (
-        "Eww gross.",
+        "He\u2019s gross\u2026",
         "dis", "Monica", "F", "valid", "disgust", "negative", "0", "0", "4", "1",
         "00:02:00,000", "00:02:01,500", "dev_splits_complete/dia0_utt0.mp4",
     ),
@@ -174,15 +175,21 @@ def test_every_row_of_the_manifest(tmp_path, nested):
         f"test: {csv_dir}test_sent_emo.csv, clips in {media}output_repeated_splits_test/ (1 named final_videos_test...)"
         in lines
     )
+    assert (
+        f"{csv_dir}dev_sent_emo.csv: 1 line(s) with cp1252 punctuation stored as control characters, read as "
+        "meant (U+0092 -> \u2019)" in lines
+    )
+    assert not any(line.startswith(f"{csv_dir}test_sent_emo.csv: ") for line in lines)  # clean UTF-8: nothing done
     assert "1 rows with no speaker: speaker 'unknown'" in lines
     assert f"warning: {csv_dir}train_sent_emo.csv has 7 rows, the release's has 9989" in lines
     assert lines[-1] == f"wrote 10 rows to {out}"
 
 
 def test_line_robust_decoding():
-    text, mended = decode_lines(b"\xef\xbb\xbfa,b\ncaf\xc3\xa9 \x92ok\x81\r\nplain\n")
-    assert text == "a,b\ncaf\u00e9 \u2019ok\ufffd\r\nplain\n"  # 0x81 is unused in cp1252
-    assert mended == 1
+    text, raw, c1 = decode_lines(b"\xef\xbb\xbfa,b\ncaf\xc3\xa9 \x92ok\x81\r\nplain\nc1 \xc2\x93q\xc2\x94\n")
+    # 0x81 is unused in cp1252; U+0093/U+0094 are cp1252's curly double quotes
+    assert text == "a,b\ncaf\u00e9 \u2019ok\ufffd\r\nplain\nc1 \u201cq\u201d\n"
+    assert (raw, c1) == (1, 1)
 
 
 def test_a_prefixed_and_a_plain_clip_of_one_utterance(tmp_path):
