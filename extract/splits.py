@@ -14,9 +14,6 @@ from pathlib import Path
 
 from .manifest import Utterance
 
-#: The split names a manifest may carry: ``train`` trains, ``valid`` selects, every ``test*``
-#: split is tested on its own.
-TRAIN, VALID = "train", "valid"
 #: Speaker of turns whose corpus does not say who speaks (MSP-Podcast's ``Unknown``, an empty
 #: MELD field): one fixed marker, so the rows stay usable and countable, and no made-up identity
 #: is invented per turn. A speaker-based protocol would take these turns for one speaker; the
