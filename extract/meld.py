@@ -102,7 +102,8 @@ def _candidates(root: Path, name: str) -> list[Path]:
     """``root/name``, ``root/*/name``, ``root/*/*/name``, shallowest first."""
     found = []
     for pattern in (name, f"*/{name}", f"*/*/{name}"):
-        found.extend(sorted(p for p in root.glob(pattern) if not any(part.startswith(".") for part in p.parts[-3:])))
+        hidden = (p for p in root.glob(pattern) if any(part.startswith(".") for part in p.relative_to(root).parts))
+        found.extend(sorted(set(root.glob(pattern)) - set(hidden)))
     return found
 
 
@@ -115,14 +116,14 @@ def find_release(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
         files = [p for p in _candidates(root, CSV_FILES[split]) if p.is_file()]
         if not files:
             raise MeldError(
-                f"no {CSV_FILES[split]} in {root} or a folder below it: give the MELD release folder "
+                f"no {CSV_FILES[split]} in {root} or up to two folders below it: give the MELD release folder "
                 f"(with {', '.join(CSV_FILES.values())} and the clip folders)"
             )
         csvs[split] = files[0]
         folders = [p for p in _candidates(root, MEDIA_FOLDERS[split]) if p.is_dir()]
         if not folders:
             raise MeldError(
-                f"no {MEDIA_FOLDERS[split]}/ folder (the {split} clips) in {root} or a folder below it: "
+                f"no {MEDIA_FOLDERS[split]}/ folder (the {split} clips) in {root} or up to two folders below it: "
                 "unpack MELD.Raw's archives there"
             )
         media[split] = folders[0]

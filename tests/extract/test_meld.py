@@ -192,6 +192,16 @@ def test_line_robust_decoding():
     assert (raw, c1) == (1, 1)
 
 
+def test_a_release_inside_a_hidden_folder_is_found_and_hidden_copies_below_it_are_not(tmp_path):
+    root = tmp_path / ".cache" / "meld"
+    build_meld(root, nested=True)  # CSVs one folder down, clips two
+    (root / ".trash" / "train" / "train_splits").mkdir(parents=True)  # as deep, sorted first, hidden
+    (root / ".trash" / "train_sent_emo.csv").write_bytes(HEADER + b"\n")
+    report = prepare_meld(root)
+    assert report.total == 10
+    assert report.notes[0] == "train: MELD.Raw/train_sent_emo.csv, clips in MELD.Raw/train/train_splits/"
+
+
 def test_a_prefixed_and_a_plain_clip_of_one_utterance(tmp_path):
     base = build_meld(tmp_path / "meld")
     (base / "output_repeated_splits_test" / "dia0_utt0.mp4").write_bytes(b"x")
@@ -212,14 +222,14 @@ def test_a_missing_csv_or_clip_folder_is_refused(tmp_path):
     (base / "dev_sent_emo.csv").rename(base / "dev.csv")
     _refused(
         tmp_path,
-        f"no dev_sent_emo.csv in {base} or a folder below it: give the MELD release folder (with "
+        f"no dev_sent_emo.csv in {base} or up to two folders below it: give the MELD release folder (with "
         "train_sent_emo.csv, dev_sent_emo.csv, test_sent_emo.csv and the clip folders)",
     )
     (base / "dev.csv").rename(base / "dev_sent_emo.csv")
     (base / "output_repeated_splits_test").rename(base / "test_clips")
     _refused(
         tmp_path,
-        f"no output_repeated_splits_test/ folder (the test clips) in {base} or a folder below it: "
+        f"no output_repeated_splits_test/ folder (the test clips) in {base} or up to two folders below it: "
         "unpack MELD.Raw's archives there",
     )
 
