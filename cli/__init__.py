@@ -58,4 +58,11 @@ def main() -> None:
 
 
 # Registering the commands on `main` (they import it from here).
-from . import compare_commands, data_commands, export_commands, model_commands, transcribe_commands  # noqa: E402, F401
+from . import (  # noqa: E402, F401
+    compare_commands,
+    corpus_commands,
+    data_commands,
+    export_commands,
+    model_commands,
+    transcribe_commands,
+)

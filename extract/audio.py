@@ -1,5 +1,8 @@
 """Audio input: read with soundfile, mix to mono, resample to 16 kHz with soxr.
 
+Media containers (``.mp4`` and kin, MELD's clips) are decoded with PyAV instead
+(:mod:`ksr.extract.media`); mixing and resampling are the same for both.
+
 Every encoder takes 16 kHz mono float32. A file that cannot give that raises :class:`AudioError`
 with a one-line reason; the extraction loop catches it per utterance, writes the reason to its
 errors file and goes on.
@@ -21,7 +24,7 @@ from ..common import SAMPLE_RATE, KsrError
 END_TOLERANCE_S = 0.1
 #: The most audio, in seconds, one file (or its segment) may decode to; checked from the file's
 #: header before any sample is read, so that one huge file, or one whose header claims an absurd
-#: length, cannot take the machine's memory. ``ksr extract --max-duration`` raises it.
+#: length, cannot take the machine's memory. ``--max-duration`` (extract, transcribe, predict) raises it.
 MAX_DURATION_S = 600.0
 
 
@@ -70,30 +73,14 @@ def read_audio(
         raise AudioError(f"audio file not found: {path}")
     if path.stat().st_size == 0:
         raise AudioError(f"unreadable audio {path.name}: the file is empty (0 bytes)")
-    try:
-        with sf.SoundFile(path) as f:
-            rate, total = f.samplerate, f.frames
-            first = 0 if start is None else int(round(start * rate))
-            last = total if end is None else int(round(end * rate))
-            if end is not None and last > total:
-                if last - total > END_TOLERANCE_S * rate:
-                    raise AudioError(f"segment end {end:.3f} s is past the end of {path.name} ({total / rate:.3f} s)")
-                last = total
-            if first >= total and total > 0:
-                raise AudioError(f"segment start {start:.3f} s is past the end of {path.name} ({total / rate:.3f} s)")
-            seconds = max(last - first, 0) / rate
-            if max_duration is not None and seconds > max_duration:
-                raise AudioError(
-                    f"{path.name}: {seconds:.1f} s of audio by its header, more than the {max_duration:g} s one file "
-                    f"may decode to (--max-duration raises the limit)"
-                )
-            f.seek(first)
-            samples = f.read(max(last - first, 0), dtype="float32", always_2d=True)
-    except AudioError:
-        raise
-    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-        reason = " ".join(str(err).split())  # one line
-        raise AudioError(f"unreadable audio {path.name}: {reason}") from None
+    from .media import decode_container, is_container  # media imports this module
+
+    if is_container(path):
+        decoded, rate = decode_container(path, start=start, end=end, max_duration=max_duration)
+        first, last = _segment(path.name, rate, decoded.shape[0], start, end, None)
+        samples = decoded[first:last]
+    else:
+        samples, rate = _read_soundfile(path, start, end, max_duration)
     if samples.shape[0] == 0:
         raise AudioError(
             f"empty audio: {path.name} has no samples" + ("" if start is None and end is None else " in the segment")
@@ -101,6 +88,59 @@ def read_audio(
     if not np.isfinite(samples).all():
         raise AudioError(f"audio {path.name} contains NaN or infinite samples")
     return np.ascontiguousarray(resample(to_mono(samples), rate, sample_rate))
+
+
+def _segment(
+    name: str, rate: int, total: int, start: float | None, end: float | None, max_duration: float | None
+) -> tuple[int, int]:
+    """The first and last sample of ``start``..``end`` in a file of ``total`` samples (an end
+    just past the file is clamped); AudioError for a segment outside the file or too long."""
+    first = 0 if start is None else int(round(start * rate))
+    last = total if end is None else int(round(end * rate))
+    if end is not None and last > total:
+        if last - total > END_TOLERANCE_S * rate:
+            raise AudioError(f"segment end {end:.3f} s is past the end of {name} ({total / rate:.3f} s)")
+        last = total
+    if first >= total and total > 0:
+        raise AudioError(f"segment start {start:.3f} s is past the end of {name} ({total / rate:.3f} s)")
+    seconds = max(last - first, 0) / rate
+    if max_duration is not None and seconds > max_duration:
+        raise too_long(name, max_duration, seconds)
+    return first, max(last, first)
+
+
+def too_long(name: str, max_duration: float, seconds: float | None = None) -> AudioError:
+    """The duration guard's one line (``seconds``: what the header gives, when it gives it)."""
+    have = f"{seconds:.1f} s of audio by its header, more than" if seconds is not None else "more than"
+    return AudioError(f"{name}: {have} the {max_duration:g} s one file may decode to (--max-duration raises the limit)")
+
+
+def _read_soundfile(
+    path: Path, start: float | None, end: float | None, max_duration: float | None
+) -> tuple[np.ndarray, int]:
+    """The segment of a file soundfile reads, as (frames, channels) float32, and its rate."""
+    try:
+        with sf.SoundFile(path) as f:
+            rate = f.samplerate
+            first, last = _segment(path.name, rate, f.frames, start, end, max_duration)
+            f.seek(first)
+            return f.read(last - first, dtype="float32", always_2d=True), rate
+    except AudioError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+        reason = " ".join(str(err).split())  # one line
+        raise AudioError(f"unreadable audio {path.name}: {reason}") from None
+
+
+def probe_seconds(path: str | os.PathLike) -> float:
+    """The audio's duration in seconds from the file's header, no sample decoded; raises what
+    soundfile or PyAV raise for a file they cannot open (the caller decides)."""
+    from .media import is_container, probe_container_seconds
+
+    if is_container(path):
+        return probe_container_seconds(path)
+    info = sf.info(str(path))
+    return info.frames / info.samplerate if info.samplerate > 0 else 0.0
 
 
 def cut_audio(samples: np.ndarray, max_seconds: float | None, rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import soundfile as sf
-
 from ..common import SAMPLE_RATE, Ranks
+from .audio import probe_seconds as header_seconds
 from .manifest import Utterance
 
 
@@ -26,12 +25,9 @@ def probe_seconds(utt: Utterance) -> float:
     if not os.path.isfile(utt.audio):  # a pipe or device named in a manifest could block
         return 0.0
     try:
-        info = sf.info(str(utt.audio))
+        total = header_seconds(utt.audio)  # soundfile, or PyAV for mp4 and kin
     except Exception:  # noqa: BLE001 - any header problem is reported when the file is read
         return 0.0
-    if info.samplerate <= 0:
-        return 0.0
-    total = info.frames / info.samplerate
     start = utt.start or 0.0
     end = total if utt.end is None else min(utt.end, total)
     return max(end - start, 0.0)
