@@ -411,7 +411,10 @@ def test_caches_from_human_and_machine_text(done, tmp_path):
     assert len(both) == GOOD - 1
     h = human.batch([human.ids.index(i) for i in both])
     m = machine.batch([machine.ids.index(i) for i in both])
-    assert torch.equal(h.audio, m.audio)  # the same audio features
+    # The same audio features, up to the order of float sums: the two caches leave out different
+    # rows, so their batches differ, and with two threads BLAS blocks the sums by batch shape
+    # (seen: 3.6e-7; the tolerance is test_extract_encoders.py's batched-vs-single one).
+    assert torch.allclose(h.audio, m.audio, rtol=0, atol=2e-5)
     for k in range(len(both)):  # other words, other text features
         assert not torch.equal(h.text[k], m.text[k])
     errors = {i: reason for i, _, reason in read_errors(tmp_path / "machine" / "errors-w0.tsv")}
