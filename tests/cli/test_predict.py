@@ -45,6 +45,8 @@ def demo(tmp_path_factory):
         "--epochs",
         "1",
         "--no-compare",
+        "--processes",
+        "1",  # in this process: the test reads its output (tests/cli/test_demo_processes.py: two)
     ]
     result = CliRunner().invoke(main, args, env=env)
     assert result.exit_code == 0, result.output
