@@ -14,7 +14,6 @@ and reader use.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from .extract.encoders import AudioEncoder, EncoderError, TextEncoder, load_enco
 from .fuse.checkpoint import CheckpointError, load_model_and_meta
 from .fuse.config import cache_dims
 from .fuse.model import KSTransformer
-from .fuse.runs import RUN_FILE, run_of_checkpoint
+from .fuse.runs import RunError, recorded_cache_meta
 
 
 class PredictError(KsrError, ValueError):
@@ -98,29 +97,11 @@ class Prediction:
 
 
 def checkpoint_cache_meta(path: str | os.PathLike, meta: dict[str, Any]) -> CacheMeta:
-    """The training cache's metadata: from the checkpoint's ``meta``, else from ``RUN/run.json``
-    for a checkpoint at ``RUN/seedS/foldK/best.pt`` written before checkpoints recorded it."""
-    recorded = meta.get("cache_meta")
-    source = str(path)
-    if not recorded:
-        run = run_of_checkpoint(path)
-        if run is None:
-            raise PredictError(
-                f"{path}: the checkpoint records no cache metadata (encoders, classes, max "
-                f"lengths) and there is no {RUN_FILE} two folders above its fold folder; "
-                f"predict with a checkpoint written by `ksr train`"
-            )
-        source = str(run / RUN_FILE)
-        try:
-            recorded = json.loads((run / RUN_FILE).read_text()).get("cache_meta")
-        except (OSError, ValueError, AttributeError) as e:
-            raise PredictError(f"{source}: not a readable run description ({e})") from None
-        if not recorded:
-            raise PredictError(f"{source}: holds no cache_meta; predict with a checkpoint written by `ksr train`")
+    """The training cache's metadata (``fuse.runs.recorded_cache_meta``), as predict's error."""
     try:
-        return CacheMeta.from_dict(recorded)
-    except (TypeError, ValueError, KeyError) as e:
-        raise PredictError(f"{source}: bad cache metadata ({e})") from None
+        return recorded_cache_meta(path, meta)
+    except RunError as e:
+        raise PredictError(str(e)) from None
 
 
 def load_checkpoint_model(path: str | os.PathLike, device: torch.device) -> tuple[KSTransformer, CacheMeta]:

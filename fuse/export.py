@@ -49,7 +49,7 @@ from .attention import MultiheadAttention
 from .checkpoint import load_model_and_meta
 from .config import cache_dims
 from .layers import LayerStack
-from .runs import RUN_FILE, run_of_checkpoint
+from .runs import recorded_cache_meta
 
 OPSET = 17  # LayerNormalization is one operator from opset 17 on
 FORMAT = "ksr-onnx/1"
@@ -66,19 +66,6 @@ class Exported:
     classes: tuple[str, ...]
     nbytes: int  # the file's size
     max_abs_diff: float | None = None  # onnxruntime against torch on random padded inputs
-
-
-def recorded_cache_meta(path: Path, meta: dict[str, Any]) -> CacheMeta:
-    """The training cache's metadata the checkpoint records (or its run's run.json, for older ones)."""
-    recorded = meta.get("cache_meta")
-    if not recorded and (run := run_of_checkpoint(path)) is not None:
-        recorded = json.loads((run / RUN_FILE).read_text()).get("cache_meta")
-    if not recorded:
-        raise ExportError(
-            f"{path}: the checkpoint records no cache metadata (classes, lengths, encoders); "
-            "export a checkpoint written by `ksr train`"
-        )
-    return CacheMeta.from_dict(recorded)
 
 
 def input_spec(modalities: str, cache: CacheMeta) -> list[tuple[str, str, list]]:

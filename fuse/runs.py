@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..cache import Cache, check_compatible
+from ..cache import Cache, CacheMeta, check_compatible
 from ..common import KsrError, remove_dead_temps, write_json
 from .config import ModelConfig, cache_dims
 from .folds import OFFICIAL_SPLIT, Split, fold_groups, make_split
@@ -125,6 +125,30 @@ def run_of_checkpoint(path: str | os.PathLike) -> Path | None:
     if _FOLD_DIR.fullmatch(f"{fold.parent.name}/{fold.name}") and (fold.parent.parent / RUN_FILE).is_file():
         return fold.parent.parent
     return None
+
+
+def recorded_cache_meta(path: str | os.PathLike, meta: dict[str, Any]) -> CacheMeta:
+    """The training cache's metadata a checkpoint records in its ``meta``, else (checkpoints
+    written before they recorded it) its run's ``RUN/run.json`` two folders above its fold folder."""
+    recorded, source = meta.get("cache_meta"), str(path)
+    if not recorded:
+        run = run_of_checkpoint(path)
+        if run is None:
+            raise RunError(
+                f"{path}: the checkpoint records no cache metadata (encoders, classes, max lengths) and there "
+                f"is no {RUN_FILE} two folders above its fold folder; use a checkpoint written by `ksr train`"
+            )
+        source = str(run / RUN_FILE)
+        try:
+            recorded = json.loads((run / RUN_FILE).read_text()).get("cache_meta")
+        except (OSError, ValueError, AttributeError) as e:
+            raise RunError(f"{source}: not a readable run description ({e})") from None
+        if not recorded:
+            raise RunError(f"{source}: holds no cache_meta; use a checkpoint written by `ksr train`")
+    try:
+        return CacheMeta.from_dict(recorded)
+    except (TypeError, ValueError, KeyError) as e:
+        raise RunError(f"{source}: bad cache metadata ({e})") from None
 
 
 def point_latest(run_dir: Path, latest: Path = LATEST) -> None:

@@ -305,7 +305,7 @@ def test_checkpoint_without_cache_meta_or_run_json(demo, utterance, tmp_path):
     with pytest.raises(
         PredictError,
         match=r"old\.pt: the checkpoint records no cache metadata .* no run\.json two "
-        r"folders above its fold folder; predict with a checkpoint written by "
+        r"folders above its fold folder; use a checkpoint written by "
         r"`ksr train`$",
     ):
         predict(old, utterance.audio, utterance.text, device="cpu", tiny_root=demo["tiny"])

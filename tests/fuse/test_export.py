@@ -152,8 +152,8 @@ def test_cli_writes_checks_and_refuses_in_one_line(tmp_path, monkeypatch):
     )
     refused(
         ["export", "bare.pt", "--onnx", "bare.onnx"],
-        "bare.pt: the checkpoint records no cache metadata (classes, lengths, encoders); export a checkpoint "
-        "written by `ksr train`",
+        "bare.pt: the checkpoint records no cache metadata (encoders, classes, max lengths) and there is no "
+        "run.json two folders above its fold folder; use a checkpoint written by `ksr train`",
     )
     forced = invoke_ksr(["export", "m.pt", "--onnx", "m.onnx", "--force", "--no-check"], tmp_path)
     assert forced.exit_code == 0 and "max |logit" not in forced.output
