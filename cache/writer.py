@@ -333,7 +333,7 @@ class CacheWriter:
             self._failed = True
             tmp.unlink(missing_ok=True)
             if isinstance(exc, Exception) and is_disk_full(exc):
-                raise disk_full_error(final, self._audio[:n].nbytes + self._text[:n].nbytes) from None
+                raise disk_full_error(final, self._audio[:n].nbytes + self._text[:n].nbytes, exc) from None
             raise
         # Between the rename above and this index update the shard exists but no reader sees
         # it; a rerun of this writer removes it (its utterances are not in stored_ids()).

@@ -30,8 +30,13 @@ _FULL_TEXTS = ("no space left on device", "disk quota exceeded", "errno = 28,", 
 
 
 class DiskFullError(KsrError):
-    """A write that the disk (or a quota) had no room for. Committed files are intact: every
-    durable file is written to a temporary name first, which is removed."""
+    """A write that the disk, a quota or the file-size limit (``ulimit -f``) had no room for.
+    Committed files are intact: every durable file is written to a temporary name first, which
+    is removed."""
+
+
+class NotAFileError(KsrError):
+    """An output path that names a device, a pipe or a folder: ksr writes regular files only."""
 
 
 def human_bytes(n: float) -> str:
@@ -50,16 +55,38 @@ def free_bytes(path: str | os.PathLike) -> int:
     return shutil.disk_usage(folder).free
 
 
+def file_size_limit() -> int | None:
+    """The largest file this process may write (``ulimit -f``, RLIMIT_FSIZE), None when unlimited."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
 def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` says the disk or the quota is full (errno, or the text HDF5 and torch give)."""
-    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+    """Whether ``exc`` says the disk, the quota or the file-size limit is full (errno, or the text
+    HDF5 and torch give)."""
+    if isinstance(exc, OSError) and exc.errno in (*_FULL_ERRNOS, errno.EFBIG):
         return True
     text = str(exc).lower()
     return isinstance(exc, (OSError, RuntimeError)) and any(t in text for t in _FULL_TEXTS)
 
 
-def disk_full_error(path: str | os.PathLike, needed: int | None = None) -> DiskFullError:
-    """The one-line error for a write to ``path`` that did not fit (``needed``: the bytes it takes)."""
+def disk_full_error(
+    path: str | os.PathLike, needed: int | None = None, exc: BaseException | None = None
+) -> DiskFullError:
+    """The one-line error for a write to ``path`` that did not fit (``needed``: the bytes it takes;
+    ``exc``: the failure, whose errno tells a file-size limit from a full disk)."""
+    limit = file_size_limit()
+    too_large = isinstance(exc, OSError) and exc.errno == errno.EFBIG
+    if limit is not None and (too_large or (needed is not None and needed > limit)):
+        return DiskFullError(
+            f"file too large: cannot write {path}: the file-size limit (ulimit -f) is {human_bytes(limit)}"
+            + (f", the file needs {human_bytes(needed)}" if needed is not None else "")
+            + "; raise the limit: the work committed so far is kept"
+        )
     need = f"about {human_bytes(needed + SPACE_MARGIN)} needed" if needed is not None else "more needed"
     return DiskFullError(
         f"disk full: cannot write {path} ({human_bytes(free_bytes(path))} free on its file system, {need}); "
@@ -70,7 +97,8 @@ def disk_full_error(path: str | os.PathLike, needed: int | None = None) -> DiskF
 def ensure_free(path: str | os.PathLike, needed: int) -> None:
     """Refuse, before writing anything, a file of ``needed`` bytes that the disk has no room for.
     Checking first keeps writers out of their own out-of-space paths (HDF5 has crashed in some)."""
-    if free_bytes(path) < needed + SPACE_MARGIN:
+    limit = file_size_limit()
+    if free_bytes(path) < needed + SPACE_MARGIN or (limit is not None and needed > limit):
         raise disk_full_error(path, needed)
 
 
@@ -112,7 +140,7 @@ def write_then_rename(
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, Exception) and is_disk_full(exc):
-            raise disk_full_error(final, size) from None
+            raise disk_full_error(final, size, exc) from None
         raise
     fsync_path(final.parent)
 
@@ -126,6 +154,10 @@ def atomic_write(
     :func:`remove_dead_temps` deletes such files once their writer has died. ``fault`` defaults
     to ``write:{name}``; ``size``, when known, is checked against the free space first."""
     path = Path(path)
+    if path.is_symlink():  # write through the link: replacing it would leave its target stale
+        path = path.resolve()
+    if path.exists() and not path.is_file():
+        raise NotAFileError(f"{path}: not a regular file (a folder, device or pipe); ksr writes its results to files")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

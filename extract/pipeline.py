@@ -307,7 +307,7 @@ def extract_corpus(
             )
     except (OSError, DiskFullError) as err:
         if isinstance(err, OSError) and is_disk_full(err):
-            err = disk_full_error(out_dir)
+            err = disk_full_error(out_dir, None, err)
         if isinstance(err, DiskFullError):
             raise ExtractError(f"{err}; then run the same command again to continue") from None
         raise ExtractError(f"cannot write the cache in {out_dir}: {err}") from None

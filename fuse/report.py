@@ -103,6 +103,12 @@ def evaluate_run(
                 if spec.protocol == "session":
                     s["public_fold_name"] = public_fold_name(fold_index_session(split.test_group))
                 s["epochs_done"] = len(s["history"])
+                if s["absent_classes"]:
+                    missing = ", ".join(classes[c] for c in s["absent_classes"])
+                    warnings.append(
+                        f"seed {seed} {'fold ' if not split.tests else ''}{name}: no test utterance of {missing}: "
+                        f"UA and macro F1 average over all {k} classes and count {missing} as 0"
+                    )
                 if len(result.preds) and len(np.unique(result.preds)) == 1:
                     warnings.append(
                         f"seed {seed} {'fold ' if not split.tests else ''}{name}: every test utterance was predicted "

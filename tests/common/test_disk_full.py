@@ -167,3 +167,28 @@ def test_sigterm_outside_a_fold_is_one_line_with_the_signal_status(monkeypatch):
     assert signal.getsignal(signal.SIGTERM) == before
     assert result.exit_code == 143, result.output
     assert result.output.strip().splitlines()[-1].startswith("Error: stopped by SIGTERM")
+
+
+def test_a_link_is_written_through_and_a_pipe_is_refused(tmp_path):
+    import os
+
+    from ksr.common.files import NotAFileError
+
+    target = tmp_path / "real.json"
+    (tmp_path / "link.json").symlink_to(target)
+    write_json(tmp_path / "link.json", {"a": 1})
+    assert (tmp_path / "link.json").is_symlink() and json.loads(target.read_text()) == {"a": 1}
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(NotAFileError, match=r"pipe: not a regular file \(a folder, device or pipe\)"):
+        write_json(tmp_path / "pipe", {"a": 1})
+    assert not (tmp_path / "pipe").is_file() and (tmp_path / "pipe").exists()
+
+
+def test_the_file_size_limit_is_checked_like_free_space(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "file_size_limit", lambda: 1000)
+    with pytest.raises(
+        DiskFullError, match=r"file too large: cannot write .*big\.pt: the file-size limit \(ulimit -f\)"
+    ):
+        atomic_save({"w": torch.zeros(1000)}, tmp_path / "big.pt")
+    assert not list(tmp_path.iterdir())
+    assert is_disk_full(OSError(errno.EFBIG, "File too large"))

@@ -199,3 +199,25 @@ def test_select_last_keeps_each_folds_last_epoch(cache_dir, tmp_path):
     assert history["best"]["epoch"] == 2 and "valid_ua" in history["epochs"][0]  # still scored on validation
     assert load_checkpoint(run / "seed123/fold2/best.pt")["meta"]["epoch"] == 2
     assert "the last epoch of each fold kept (no selection)" in (run / "report.md").read_text()
+
+
+def test_a_class_absent_from_a_test_fold_is_named(tmp_path):
+    """UA and macro F1 average over every class of the cache; a class no test utterance has
+    counts as 0 there, and the report names it instead of printing a low UA without a word."""
+    from ksr.cache import open_cache
+
+    classes = ("ang", "neu", "hap", "sad", "fea", "dis")
+    meta = synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32", classes=classes)
+    write_synthetic_cache(tmp_path / "cache", 30, meta, seed=3, sessions=5, signal=1.0)
+    cache = open_cache(tmp_path / "cache", progress=False)
+    in_session_2 = {classes[int(y)] for y, s in zip(cache.labels, cache.sessions) if str(s) == "2"}
+    absent = [c for c in classes if c not in in_session_2]
+    assert absent  # 6 utterances, 6 classes drawn at random: some class is missing (seed 3)
+    run = tmp_path / "run"
+    assert train(run, tmp_path / "cache", "--epochs", "1", "--fold", "2", "--no-baseline").exit_code == 0
+    warnings = json.loads((run / "report.json").read_text())["warnings"]
+    named = [w for w in warnings if "no test utterance of" in w]
+    assert named == [
+        f"seed 123 fold 2: no test utterance of {', '.join(absent)}: UA and macro F1 average over all 6 classes "
+        f"and count {', '.join(absent)} as 0"
+    ]
