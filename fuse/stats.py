@@ -6,6 +6,15 @@ resample keeps every fold's size, as the protocol does) and recomputes the metri
 ``fuse.metrics`` on every resample, all resamples at once (one bincount of confusion cells).
 Intervals are percentile intervals. A paired bootstrap draws the same utterances for both
 predictions, so what the runs share (the utterances, their difficulty) cancels in the difference.
+
+Classes in a resample. ``fuse.metrics.scores`` averages UA and macro F1 over every class of the
+report; a class with no test utterance counts 0 there. The bootstrap keeps that definition for
+the classes the resampled test set lacks (they count 0 in every resample, as in the estimate),
+but a class the test set has and a resample happens to miss (a rare class: 3 of 93 utterances are
+all missed about once in 20 resamples) has no recall in that resample, not a recall of 0: it is
+left out of that resample's UA and macro F1 average. Counting it 0 would pull the interval far
+below the estimate (perfect predictions would get a UA interval down to 75% with 4 classes).
+On the identity resample both definitions agree, so the point estimate is ``scores``'s.
 """
 
 from __future__ import annotations
@@ -77,19 +86,23 @@ def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
 
 
-def metrics_of_confusions(cm: np.ndarray) -> dict[str, np.ndarray]:
+def metrics_of_confusions(cm: np.ndarray, tested: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """WA, UA, macro and weighted F1 of (R, K, K) confusion matrices, as ``fuse.metrics.scores``
-    defines them (every class counts; 0 where a ratio is undefined)."""
+    defines them (0 where a ratio is undefined). ``tested`` (K,): the classes the test set that
+    was resampled has; one of them absent from a resample's true labels is left out of that
+    resample's UA and macro F1 (see the module's docstring). Without it every class counts."""
     cm = cm.astype(np.float64)
     hits = np.diagonal(cm, axis1=1, axis2=2)
     support, predicted = cm.sum(axis=2), cm.sum(axis=1)
     total = support.sum(axis=1)
     recall, precision = _divide(hits, support), _divide(hits, predicted)
     f1 = _divide(2 * precision * recall, precision + recall)
+    counted = np.ones_like(support, dtype=bool) if tested is None else (support > 0) | ~np.asarray(tested, bool)
+    classes = counted.sum(axis=1)
     return {
         "wa": _divide(hits.sum(axis=1), total),
-        "ua": recall.mean(axis=1),
-        "macro_f1": f1.mean(axis=1),
+        "ua": _divide((recall * counted).sum(axis=1), classes),
+        "macro_f1": _divide((f1 * counted).sum(axis=1), classes),
         "weighted_f1": _divide((f1 * support).sum(axis=1), total),
     }
 
@@ -98,9 +111,11 @@ def resampled_metrics(
     y_true: np.ndarray, preds: np.ndarray, index: np.ndarray, num_classes: int
 ) -> dict[str, np.ndarray]:
     """Each metric on each resample (R,); ``preds`` may be (S, n), one row per seed: the metric is
-    then the mean over seeds of each seed's metric (as reports average seeds)."""
+    then the mean over seeds of each seed's metric (as reports average seeds). The classes of
+    ``y_true`` are the test set's: one a resample misses is left out of its UA and macro F1."""
     preds = np.atleast_2d(preds)
-    per_seed = [metrics_of_confusions(confusions(y_true, p, index, num_classes)) for p in preds]
+    tested = np.bincount(np.asarray(y_true, np.int64), minlength=num_classes)[:num_classes] > 0
+    per_seed = [metrics_of_confusions(confusions(y_true, p, index, num_classes), tested) for p in preds]
     return {m: np.mean([s[m] for s in per_seed], axis=0) for m in METRICS}
 
 

@@ -33,10 +33,15 @@ def predictions(n: int, accuracy: float, seed: int, folds: int = 3):
 # --- the slow references ------------------------------------------------------------------------
 
 
-def slow_metrics(y, p):
-    """WA, UA, macro F1, weighted F1 from their definitions, one class and one utterance at a time."""
+def slow_metrics(y, p, tested=None):
+    """WA, UA, macro F1, weighted F1 from their definitions, one class and one utterance at a time.
+
+    ``tested``: the classes of the test set that ``y`` was resampled from; one of them missing from
+    ``y`` has no recall and is left out of UA and macro F1. Every other class counts, 0 when
+    absent (``scores``'s definition, and the only one when ``tested`` is None)."""
     n = len(y)
     recall, f1, support = [], [], []
+    counted = [k for k in range(K) if tested is None or k in y or k not in tested]
     for k in range(K):
         tp = sum(1 for t, q in zip(y, p) if t == k and q == k)
         sup = sum(1 for t in y if t == k)
@@ -48,8 +53,8 @@ def slow_metrics(y, p):
         support.append(sup)
     return {
         "wa": sum(1 for t, q in zip(y, p) if t == q) / n,
-        "ua": sum(recall) / K,
-        "macro_f1": sum(f1) / K,
+        "ua": sum(recall[k] for k in counted) / len(counted),
+        "macro_f1": sum(f1[k] for k in counted) / len(counted),
         "weighted_f1": sum(f * s for f, s in zip(f1, support)) / n,
     }
 
@@ -98,7 +103,43 @@ def test_bootstrap_intervals_equal_the_slow_reference():
     rows = slow_draw(strata.tolist(), boot.resamples, boot.seed)
     values = {m: [] for m in METRICS}
     for row in rows:
-        got = slow_metrics([int(y[i]) for i in row], [int(p[i]) for i in row])
+        got = slow_metrics([int(y[i]) for i in row], [int(p[i]) for i in row], tested=set(y.tolist()))
+        for m in METRICS:
+            values[m].append(got[m])
+    for m in METRICS:
+        want = [slow_quantile(values[m], 0.025), slow_quantile(values[m], 0.975)]
+        assert fast[m] == pytest.approx(want, abs=1e-12), m
+
+
+def test_a_rare_class_missed_by_a_resample_is_left_out_not_counted_zero():
+    # 3 of 93 utterances: about 1 resample in 20 lacks class 3; counting its recall 0 there put the
+    # lower end of a perfect model's UA interval at 75%
+    y = np.array([0] * 30 + [1] * 30 + [2] * 30 + [3] * 3)
+    boot = Bootstrap(resamples=1000, seed=3)
+    idx = resample_indices(np.zeros(y.size, int), boot.resamples, boot.seed)
+    assert np.count_nonzero(~np.any(y[idx] == 3, axis=1)) > 2.5 / 100 * boot.resamples  # the case happens
+    perfect = bootstrap_intervals(y, y, np.zeros(y.size, int), K, boot)
+    assert perfect == {m: [1.0, 1.0] for m in METRICS}
+    assert paired_bootstrap(y, y, y.copy(), np.zeros(y.size, int), K, boot)["ua"]["interval"] == [0.0, 0.0]
+    # a class the test set lacks still counts 0, in the estimate as in every resample
+    three = y[y < 3]
+    assert bootstrap_intervals(three, three, np.zeros(three.size, int), K, boot)["ua"] == [0.75, 0.75]
+    assert resampled_metrics(three, three, np.arange(three.size)[None, :], K)["ua"][0] == 0.75
+
+
+def test_rare_class_intervals_equal_the_slow_reference():
+    rng = np.random.default_rng(8)
+    y = np.array([0] * 25 + [1] * 20 + [2] * 15 + [3] * 2)
+    p = np.where(rng.random(y.size) < 0.7, y, rng.integers(0, K, y.size))
+    p[-1] = 0  # one of the two utterances of class 3 is missed
+    strata = np.repeat([1, 2], [31, 31])
+    boot = Bootstrap(resamples=300, seed=21)
+    fast = bootstrap_intervals(y, p, strata, K, boot)
+    rows = slow_draw(strata.tolist(), boot.resamples, boot.seed)
+    assert any(3 not in [int(y[i]) for i in row] for row in rows)
+    values = {m: [] for m in METRICS}
+    for row in rows:
+        got = slow_metrics([int(y[i]) for i in row], [int(p[i]) for i in row], tested={0, 1, 2, 3})
         for m in METRICS:
             values[m].append(got[m])
     for m in METRICS:
@@ -112,8 +153,8 @@ def test_several_seeds_are_averaged_per_resample():
     idx = resample_indices(strata, 50, seed=3)
     both = resampled_metrics(y, np.stack([p, q]), idx, K)
     for r in (0, 17, 49):
-        a = slow_metrics(y[idx[r]].tolist(), p[idx[r]].tolist())
-        b = slow_metrics(y[idx[r]].tolist(), q[idx[r]].tolist())
+        a = slow_metrics(y[idx[r]].tolist(), p[idx[r]].tolist(), set(y.tolist()))
+        b = slow_metrics(y[idx[r]].tolist(), q[idx[r]].tolist(), set(y.tolist()))
         for m in METRICS:
             assert both[m][r] == pytest.approx((a[m] + b[m]) / 2, abs=1e-12)
 
@@ -144,7 +185,11 @@ def test_paired_bootstrap_equals_the_slow_reference():
         diffs = []
         for row in rows:
             yr = [int(y[i]) for i in row]
-            diffs.append(slow_metrics(yr, [int(q[i]) for i in row])[m] - slow_metrics(yr, [int(p[i]) for i in row])[m])
+            tested = set(y.tolist())
+            diffs.append(
+                slow_metrics(yr, [int(q[i]) for i in row], tested)[m]
+                - slow_metrics(yr, [int(p[i]) for i in row], tested)[m]
+            )
         far = sum(1 for x in diffs if abs(x - d) >= abs(d))
         got = fast[m]
         assert got["difference"] == pytest.approx(d, abs=1e-12)
