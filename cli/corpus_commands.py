@@ -6,6 +6,7 @@ Their manifests carry a ``split`` column and an empty ``session`` (docs/corpora.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import click
 
@@ -35,6 +36,10 @@ def _write(report, out: str, columns) -> None:
         click.echo(f"warning: {warning}", err=True)
     if not report.rows:
         raise click.ClickException(f"no usable rows found under {report.root}")
+    if Path(out).resolve().is_relative_to(Path(report.root).resolve()):
+        raise click.ClickException(
+            f"--out {out} is inside the release folder {report.root}: write the manifest elsewhere"
+        )
     write_manifest(out, report.rows, extra_columns=columns)
     click.echo(f"wrote {report.total} rows to {out}")
 

@@ -34,6 +34,17 @@ def is_container(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in CONTAINER_SUFFIXES
 
 
+def check_decoder(paths) -> None:
+    """Before a run: refuse media files (mp4, ...) in one line when PyAV is missing, instead of
+    one failed item per file."""
+    media = [p for p in paths if is_container(p)]
+    if media:
+        try:
+            _av()
+        except AudioError as e:
+            raise AudioError(f"{len(media)} audio file(s) such as {Path(media[0]).name} are media files: {e}") from None
+
+
 def _av():
     try:
         import av

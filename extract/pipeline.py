@@ -48,9 +48,10 @@ from ..common import (
     signals,
 )
 from ..common.files import DiskFullError, disk_full_error, is_disk_full
-from .audio import MAX_DURATION_S, cut_audio, read_audio
+from .audio import MAX_DURATION_S, AudioError, cut_audio, read_audio
 from .encoders import AudioEncoder, Encoder, EncoderError, TextEncoder, load_encoder
 from .manifest import Manifest, Utterance, read_manifest
+from .media import check_decoder
 from .plan import plan_batches, probe_seconds, rank_share
 from .prefetch import read_ahead
 from .summary import STAGES, ErrorLog, ExtractSummary, reason_of
@@ -250,6 +251,10 @@ def extract_corpus(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExtractError(f"{out_dir} is a file, not a cache directory")
+    try:
+        check_decoder(u.audio for u in manifest.rows)
+    except AudioError as e:
+        raise ExtractError(str(e)) from None
     dev = resolve_device(device, ranks.local_rank)
     audio = _load(audio_encoder, "audio", dev, compute_dtype, tiny_root)
     text = _load(text_encoder, "text", dev, compute_dtype, tiny_root)

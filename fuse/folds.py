@@ -162,8 +162,9 @@ def official_split(splits: Sequence) -> Split:
     for need, have in ((SPLIT_TRAIN, (splits == SPLIT_TRAIN).any()), (SPLIT_VALID, (splits == SPLIT_VALID).any())):
         if not have:
             raise ValueError(
-                f"this cache has no {need!r} utterances: the split protocol trains on train, selects on valid "
-                f"and tests on each test split"
+                f"this cache has no {need!r} utterances: the split protocol trains on train, scores every epoch on "
+                f"valid (and selects on it unless --select last) and tests on each test split"
+                + ("; mark part of train as valid in the manifest's split column" if need == SPLIT_VALID else "")
             )
     if not names:
         raise ValueError(

@@ -182,3 +182,19 @@ def test_extraction_reads_clips_and_reports_a_broken_one(tmp_path):
         )
     ]
     assert verify_cache(out, progress=False).ok
+
+
+def test_extraction_without_pyav_stops_before_it_starts(tmp_path, monkeypatch):
+    from ksr.extract.manifest import REQUIRED_COLUMNS
+    from ksr.extract.pipeline import ExtractError, extract_corpus
+
+    write_mp4(tmp_path / "a.mp4", 0.4)
+    (tmp_path / "manifest.csv").write_text(",".join(REQUIRED_COLUMNS) + "\na,a.mp4,Hi.,neu,s1,1,F\n")
+    monkeypatch.setitem(sys.modules, "av", None)  # import av raises ImportError
+    with pytest.raises(
+        ExtractError, match=r"^1 audio file\(s\) such as a\.mp4 are media files: decoding mp4 .* needs PyAV"
+    ):
+        extract_corpus(
+            tmp_path / "manifest.csv", tmp_path / "cache", "tiny-audio", "tiny-text", tiny_root=tmp_path / "k"
+        )
+    assert not (tmp_path / "cache").exists()  # nothing written, no encoder loaded

@@ -232,3 +232,15 @@ def test_a_turn_listed_twice_keeps_its_first_row(tmp_path):
     assert [r.label for r in report.rows if r.id == "MSP-PODCAST_0002_0033"] == ["hap"]
     assert report.problems["listed twice (first kept)"] == ["MSP-PODCAST_0002_0033"]
     assert report.total == 5
+
+
+def test_the_manifest_is_never_written_into_the_release(tmp_path):
+    build_msp(tmp_path)
+    labels = tmp_path / "Labels" / "labels_consensus.csv"
+    before = labels.read_bytes()
+    result = CliRunner().invoke(main, ["prepare", "msp-podcast", str(tmp_path), "--out", str(labels)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: --out {labels} is inside the release folder {tmp_path}: write the manifest elsewhere"
+    )
+    assert labels.read_bytes() == before
