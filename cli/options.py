@@ -100,7 +100,7 @@ def training_options(f):
             type=click.Choice(SELECTIONS),
             default="valid",
             show_default=True,
-            help="Pick the epoch on a validation set from the training sessions, or on the TEST set as the public code does (reports are marked).",
+            help="Which epoch's model is kept. valid: the epoch with the best validation score (the official valid split under --protocol split); test: the epoch with the best score on the TEST set, as the public code does (reports are marked; refused under --protocol split); last: the last epoch, no selection (the validation set is still held out and scored).",
         ),
         click.option("--metric", type=click.Choice(METRICS), default="wa", show_default=True, help="Selection metric."),
         click.option(
@@ -131,7 +131,7 @@ def training_options(f):
             "--optimizer",
             type=click.Choice(OPTIMIZERS),
             default=None,
-            help="Override the recipe's optimizer (both presets use SGD; the demo uses AdamW).",
+            help="Override the recipe's optimizer (the paper and official recipes use SGD, the ksr recipe AdamW).",
         ),
         click.option(
             "--warmup-epochs",

@@ -62,14 +62,19 @@ class AsrSpec:
 
 def parse_asr_spec(text: str) -> AsrSpec:
     """Parse ``hf:<source>[@language=L][@revision=R]``; raises :class:`AsrError` in one line.
-    Options are read from the right, so a folder's path may itself contain ``@``."""
+    Options are read from the right, so a folder's path may itself contain ``@``; an option with
+    an empty value (``@language=``) is refused."""
     spec, options = text.strip(), {}
     while (m := _OPTION.search(spec)) is not None:
         if m["key"] not in _OPTIONS:
             raise AsrError(f"ASR spec {text!r}: unknown option @{m['key']} (known: @language, @revision)")
         if m["key"] in options:
             raise AsrError(f"ASR spec {text!r}: @{m['key']} given twice")
-        options[m["key"]] = m["value"].strip() or None
+        value = m["value"].strip()
+        if not value:
+            example = "@language=en" if m["key"] == "language" else "@revision=<commit>"
+            raise AsrError(f"ASR spec {text!r}: @{m['key']} has no value (give one, e.g. {example}, or drop it)")
+        options[m["key"]] = value
         spec = spec[: m.start()]
     kind, sep, source = spec.partition(":")
     if kind != "hf" or not sep or not source:

@@ -14,6 +14,9 @@ so TensorBoard lists them side by side. Per epoch, with the epoch number of the 
 The writer is tensorboardX (it needs only protobuf; ``pip install 'ksr[tensorboard]'``); its
 event files are TensorBoard's own format. Viewing them needs the ``tensorboard`` package:
 ``tensorboard --logdir DIR``.
+
+DIR is a folder: made if missing, refused (one line, before the cache is read) when it, or the
+nearest part of its path that exists, is a file.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..common.errors import KsrError
 from ..common.optional import require
 from .runs import fold_dir
 
@@ -46,6 +50,10 @@ class TensorBoard:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        existing = next((p for p in (self.root, *self.root.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            where = "" if existing == self.root else f" ({existing} is)"
+            raise KsrError(f"--tensorboard {self.root}: not a directory{where}; give a folder for the curves")
         self._writer = require("tensorboardX", "--tensorboard", "tensorboard").SummaryWriter
 
     def open(self, seed: int, fold: int, first_epoch: int = 0, protocol: str = "session") -> FoldBoard:

@@ -313,6 +313,14 @@ def test_cli_transcribes_and_prints_the_summary(corpus, folder, done, tmp_path):
         ("whisper-tiny", "unknown ASR spec 'whisper-tiny': use hf:<hub id or folder of a Whisper checkpoint>"),
         ("hf:/nonexistent/whisper", "ASR hf:/nonexistent/whisper: model folder not found: /nonexistent/whisper"),
         ("hf:x@layer=3", "ASR spec 'hf:x@layer=3': unknown option @layer (known: @language, @revision)"),
+        (
+            "hf:x@language=",
+            "ASR spec 'hf:x@language=': @language has no value (give one, e.g. @language=en, or drop it)",
+        ),
+        (
+            "hf:x@revision= @language=en",
+            "ASR spec 'hf:x@revision= @language=en': @revision has no value (give one, e.g. @revision=<commit>, or drop it)",
+        ),
     ],
 )
 def test_bad_asr_specs_are_one_line(corpus, tmp_path, spec, message):
@@ -371,6 +379,11 @@ def test_spec_options():
     assert parse_asr_spec("hf:/m/w@x@language=en@revision=abc") == parse_asr_spec(" hf:/m/w@x@revision=abc@language=en")
     spec = parse_asr_spec("hf:/m/w@x@language=en")
     assert (spec.source, spec.language, spec.revision, str(spec)) == ("/m/w@x", "en", None, "hf:/m/w@x@language=en")
+    for empty in ("hf:/m/w@language=", "hf:/m/w@language=  @revision=abc"):
+        with pytest.raises(
+            AsrError, match=r"^ASR spec .*: @language has no value \(give one, e\.g\. @language=en, or drop it\)$"
+        ):
+            parse_asr_spec(empty)
 
 
 # --- caches from either transcript ---------------------------------------------------------------

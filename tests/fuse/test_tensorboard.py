@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ksr.cache import open_cache
 from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
+from ksr.common.errors import KsrError
 from ksr.fuse import ModelConfig, load_model
 from ksr.fuse.recipes import recipe
 from ksr.fuse.runs import RunSpec, model_config_for_cache, prepare_run
@@ -172,3 +173,15 @@ def test_test_selection_logs_its_selection_set_as_test(cache_dir, tmp_path):
     assert set(curves) == {"train/loss", "train/lr"} | {f"test/{m}" for m in METRIC_TAGS}
     history = json.loads((tmp_path / "runs/sel/seed3/fold1/history.json").read_text())["epochs"]
     assert [v for _, v in curves["test/ua"]] == [np.float32(e["test_ua"]) for e in history]
+
+
+@pytest.mark.parametrize("where", ["tbfile", "tbfile/curves"])
+def test_a_file_as_the_folder_is_one_line_before_training(cache_dir, tmp_path, where):
+    (tmp_path / "tbfile").write_text("not a folder")
+    result = invoke_ksr(train_args(cache_dir, "runs/file", "--tensorboard", where), tmp_path)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: --tensorboard {where}: not a directory"), lines
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(KsrError, match="not a directory"):
+        TensorBoard(tmp_path / where)
