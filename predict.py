@@ -292,12 +292,13 @@ def predict(
     model, meta = load_checkpoint_model(checkpoint, dev)
     modalities = model.cfg.modalities
     uses_audio, uses_text = modalities in ("both", "audio"), modalities in ("both", "text")
+    kind = {"both": "fused (audio + text)", "audio": "audio-only", "text": "text-only"}[modalities]
     if uses_audio and audio_path is None:
-        raise PredictError(f"{checkpoint}: this {modalities} model needs the utterance's audio (--audio)")
+        raise PredictError(f"{checkpoint}: this {kind} model needs the utterance's audio (--audio)")
     transcribe = uses_text and text is None
     if transcribe and asr is None:
         raise PredictError(
-            f"{checkpoint}: this {modalities} model needs the utterance's transcript: give it with --text, "
+            f"{checkpoint}: this {kind} model needs the utterance's transcript: give it with --text, "
             f"or name an ASR model with --asr to transcribe the audio"
         )
     if transcribe and audio_path is None:

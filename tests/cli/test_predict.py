@@ -220,7 +220,7 @@ def test_draw_attention_needs_maps(prediction, tmp_path):
 
 
 NEEDS_TEXT = (
-    "this both model needs the utterance's transcript: give it with --text, or name an ASR model with --asr "
+    "this fused (audio + text) model needs the utterance's transcript: give it with --text, or name an ASR model with --asr "
     "to transcribe the audio"
 )
 
