@@ -19,7 +19,11 @@ from . import main
     help="Bootstrap resamples of the test utterances (default 1000).",
 )
 @click.option(
-    "--seed", "boot_seed", default=None, type=int, help="The bootstrap's seed (default: the one reports use)."
+    "--seed",
+    "boot_seed",
+    default=None,
+    type=click.IntRange(min=0),
+    help="The bootstrap's seed, a non-negative integer (default: the one reports use).",
 )
 @click.option(
     "--evaluate",
@@ -39,8 +43,9 @@ def compare_cmd(runs, json_path, resamples, boot_seed, evaluate, cache_dir, devi
 
     For each run after the first: the difference of WA, UA, macro and weighted F1 with a paired
     bootstrap 95% interval and p-value, McNemar's test on the pooled predictions, and, when both
-    runs have several seeds, t-tests over seeds and seed-fold pairs. Runs evaluated on different
-    caches or test utterances are refused. Prints a Markdown table.
+    runs have several seeds, t-tests over seeds (and seed-fold pairs, except under the split
+    protocol). Runs evaluated on different caches or test utterances are refused. An unfinished
+    run, or one that chose its epochs on the test set, is compared with a warning. Prints Markdown.
     """
     from pathlib import Path
 

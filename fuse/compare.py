@@ -8,8 +8,15 @@ otherwise the comparison is refused in one line that says what differs.
 
 Against the first run, every other run gets: the paired bootstrap difference of each metric (pooled
 over folds, averaged over a run's seeds) with its interval and p-value, McNemar's test on the pooled
-predictions of each pair of seeds, and, when both runs have several seeds, a t-test over seeds
-(each seed's mean over folds, as reports give it) and over seed-fold pairs.
+predictions of each pair of seeds, and, when both runs have several seeds, a t-test over seeds on
+each seed's number as its report gives it: the mean over folds, or under the split protocol (test
+splits test1, test2, ... instead of folds 1, 2, ...) the metric pooled over the test splits, since a
+seed has one model there. Folds add a t-test over seed-fold pairs; test splits do not, as they are
+tested by the same model, not independent repetitions.
+
+Runs are compared even when one is unfinished (its report's ``coverage``) or chose its epochs on
+the test set (``select`` = ``test``), but the result says so: a ``warnings`` list in the JSON, a
+warning line in the Markdown.
 """
 
 from __future__ import annotations
@@ -37,19 +44,30 @@ class CompareError(KsrError, ValueError):
 
 @dataclass
 class RunPredictions:
-    """One run's test predictions: {seed: {fold: {"ids", "labels", "preds"}}}."""
+    """One run's test predictions: {seed: {fold: {"ids", "labels", "preds"}}}, and what its report
+    says about it (``coverage``, ``select``: None when the report does not say)."""
 
     run: str
     classes: list[str]
     cache_meta: dict[str, Any]
     predictions: dict[str, dict[str, dict[str, list]]]
     source: str
+    coverage: dict[str, Any] | None = None
+    select: str | None = None
 
     @classmethod
     def from_report(cls, report: dict[str, Any], source: str = "report") -> RunPredictions:
         if "predictions" not in report or "cache_meta" not in report:
             raise CompareError(f"{report['run']}: its report holds no per-utterance predictions; run ksr eval on it")
-        return cls(str(report["run"]), list(report["classes"]), report["cache_meta"], report["predictions"], source)
+        return cls(
+            str(report["run"]),
+            list(report["classes"]),
+            report["cache_meta"],
+            report["predictions"],
+            source,
+            report.get("coverage"),
+            report.get("select"),
+        )
 
     @property
     def seeds(self) -> list[str]:
@@ -69,7 +87,7 @@ def load_run_predictions(
     if not evaluate and report_json.is_file() and saved.is_file():
         newest = max((p.stat().st_mtime for p in run_dir.glob("seed*/fold*/best.pt")), default=0.0)
         if newest <= saved.stat().st_mtime:
-            report = json.loads(report_json.read_text())
+            report = _read_report(report_json)
             report["run"] = str(run_dir)
             report["predictions"] = read_predictions(saved, report["classes"])
             report.setdefault("cache_meta", spec.cache_meta)
@@ -81,6 +99,19 @@ def load_run_predictions(
     cache = open_cache(source, device=dev if dev.type == "cuda" else "cpu")
     report = evaluate_run(run_dir, cache, spec, device=dev, bootstrap=Bootstrap(resamples=0))
     return RunPredictions.from_report(report, source="checkpoints")
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    """A report.json, or a one-line refusal naming it."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CompareError(f"{path}: not UTF-8 text (byte {e.start}); write it again with ksr eval") from None
+    except json.JSONDecodeError as e:
+        raise CompareError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); write it again with ksr eval") from None
+    if not isinstance(report, dict) or not isinstance(report.get("classes"), list):
+        raise CompareError(f"{path}: not a ksr report (no list of classes); write it again with ksr eval")
+    return report
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -117,8 +148,8 @@ def check_comparable(runs: list[RunPredictions]) -> dict[str, dict[str, int]]:
         differs = sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
         if differs:
             raise CompareError(
-                f"{b.run} was evaluated on another cache than {a.run} ({', '.join(differs)} differ); "
-                "compare runs on the same cache"
+                f"{b.run} was evaluated on another cache than {a.run} ({', '.join(differs)} "
+                f"{'differs' if len(differs) == 1 else 'differ'}); compare runs on the same cache"
             )
         tests_b = _test_set(b)
         if sorted(tests_a, key=fold_key) != sorted(tests_b, key=fold_key):
@@ -158,6 +189,44 @@ def _fold_means(run: RunPredictions, k: int) -> dict[str, dict[str, dict[str, fl
     }
 
 
+def _seed_values(run: RunPredictions, k: int, split: bool) -> dict[str, dict[str, float]]:
+    """{seed: {metric: value}}: each seed's number as its report gives it, the mean over folds, or
+    under the split protocol the metric pooled over the test splits (scored on their predictions
+    together, as ``fuse.official_split`` does)."""
+    out = {}
+    for seed in run.seeds:
+        groups = run.predictions[seed].values()
+        if split:
+            got = scores([y for g in groups for y in g["labels"]], [p for g in groups for p in g["preds"]], k)
+            out[seed] = {m: float(got[m]) for m in METRICS}
+        else:
+            per_fold = [scores(g["labels"], g["preds"], k) for g in groups]
+            out[seed] = {m: float(np.mean([f[m] for f in per_fold])) for m in METRICS}
+    return out
+
+
+def is_split(folds: list[str]) -> bool:
+    """Test splits (test1, test2, ...: ``--protocol split``) rather than folds (1, 2, ...)."""
+    return any(not f.isdigit() for f in folds)
+
+
+def run_warnings(runs: list[RunPredictions]) -> list[str]:
+    """What makes a comparison of these runs unreliable though it is made: unfinished runs, epochs
+    chosen on the test set."""
+    out = []
+    for r in runs:
+        cov = r.coverage or {}
+        if cov.get("complete") is False:
+            left = "; ".join(cov.get("unfinished") or []) or "some fold stopped early"
+            out.append(f"{r.run} is an unfinished run ({left}): its numbers are not final")
+        if r.select == "test":
+            out.append(
+                f"{r.run} selected its epochs on the test set (--select test): its numbers are optimistic "
+                "and the comparison is biased in its favour"
+            )
+    return out
+
+
 def _seed_pairs(a: RunPredictions, b: RunPredictions) -> tuple[list[tuple[str, str]], bool]:
     """Seed pairs for McNemar, in sorted order: seed s with seed s when the runs have the same seeds."""
     return list(zip(a.seeds, b.seeds)), a.seeds == b.seeds
@@ -173,11 +242,12 @@ def compare_runs(runs: list[RunPredictions], boot: Bootstrap = Bootstrap()) -> d
     order = [(f, i) for f in folds for i in tests[f]]
     y = np.asarray([tests[f][i] for f, i in order])
     strata = np.asarray([folds.index(f) for f, _ in order])
+    split = is_split(folds)
     a = runs[0]
-    preds_a, folds_a = _aligned(a, order), _fold_means(a, k)
+    preds_a, folds_a, seeds_a = _aligned(a, order), _fold_means(a, k), _seed_values(a, k, split)
     comparisons = []
     for b in runs[1:]:
-        preds_b, folds_b = _aligned(b, order), _fold_means(b, k)
+        preds_b, folds_b, seeds_b = _aligned(b, order), _fold_means(b, k), _seed_values(b, k, split)
         pairs, same_seeds = _seed_pairs(a, b)
         entry: dict[str, Any] = {
             "run": b.run,
@@ -196,14 +266,10 @@ def compare_runs(runs: list[RunPredictions], boot: Bootstrap = Bootstrap()) -> d
         }
         if len(a.seeds) > 1 and len(b.seeds) > 1:
             entry["over_seeds"] = {
-                m: compare_values(
-                    [np.mean([v[m] for v in folds_a[s].values()]) for s in a.seeds],
-                    [np.mean([v[m] for v in folds_b[s].values()]) for s in b.seeds],
-                    paired=same_seeds,
-                )
+                m: compare_values([seeds_a[s][m] for s in a.seeds], [seeds_b[s][m] for s in b.seeds], paired=same_seeds)
                 for m in METRICS
             }
-            if same_seeds:
+            if same_seeds and not split:
                 entry["over_seed_folds"] = {
                     m: compare_values(
                         [folds_a[s][f][m] for s in a.seeds for f in folds],
@@ -221,9 +287,17 @@ def compare_runs(runs: list[RunPredictions], boot: Bootstrap = Bootstrap()) -> d
         "corpus": a.cache_meta.get("corpus"),
         "utterances": int(y.size),
         "folds": [int(f) if f.isdigit() else f for f in folds],
+        "protocol": "split" if split else "folds",
+        "seed_value": (
+            "each seed's metric pooled over the test splits, as split reports give it"
+            if split
+            else "each seed's mean over folds, as reports give it"
+        ),
+        "warnings": run_warnings(runs),
         "bootstrap": {
             **boot.describe(),
-            "statistic": "each metric pooled over the folds, averaged over a run's seeds; differences are B - A",
+            "statistic": f"each metric pooled over the {'test splits' if split else 'folds'}, averaged over a run's "
+            "seeds; differences are B - A",
             "p_value": "(1 + #{|d*_r - d| >= |d|}) / (R + 1), two-sided",
         },
         "mcnemar_rule": f"exact binomial below {EXACT_BELOW} discordant utterances, else chi-square with continuity correction",
@@ -247,15 +321,18 @@ def _p_boot(p: float, resamples: int) -> str:
 def compare_markdown(result: dict[str, Any]) -> str:
     boot = result["bootstrap"]
     seeds_a = ", ".join(map(str, result["reference_seeds"]))
-    lines = [
-        "# ksr compare",
-        "",
+    split = result.get("protocol") == "split"
+    unit = "test split" if split else "fold"
+    lines = ["# ksr compare", ""]
+    for warning in result.get("warnings", []):
+        lines += [f"**Warning**: {warning}.", ""]
+    lines += [
         f"Reference A: `{result['reference']}` (seeds {seeds_a}). {result['utterances']} test utterances of "
-        f"corpus {result['corpus']} in folds {', '.join(map(str, result['folds']))}, the same for every run.",
+        f"corpus {result['corpus']} in {unit}s {', '.join(map(str, result['folds']))}, the same for every run.",
         "",
-        f"Differences are B - A in percentage points, on each metric pooled over the folds and averaged over a "
+        f"Differences are B - A in percentage points, on each metric pooled over the {unit}s and averaged over a "
         f"run's seeds. {round(100 * boot['confidence'])}% intervals and p-values: paired bootstrap, "
-        f"{boot['resamples']} resamples of the test utterances within each fold (seed {boot['seed']}), "
+        f"{boot['resamples']} resamples of the test utterances within each {unit} (seed {boot['seed']}), "
         f"p = {boot['p_value']}.",
         "",
         "| run B | seeds | metric | A % | B % | B - A (points) | 95% CI | p |",
@@ -287,19 +364,26 @@ def compare_markdown(result: dict[str, Any]) -> str:
     if over:
         lines += [
             "",
-            "Over seeds (each seed's mean over folds, as reports give it; seed-fold pairs when the runs share their seeds):",
+            (
+                "Over seeds (each seed's metric pooled over the test splits, as split reports give it; no seed-fold "
+                "pairs: a seed's test splits are tested by one model):"
+                if split
+                else "Over seeds (each seed's mean over folds, as reports give it; seed-fold pairs when the runs "
+                "share their seeds):"
+            ),
             "",
-            "| run B | metric | mean B - A over seeds (points) | test | p | mean B - A over seed-fold pairs | p |",
-            "|---|---|---|---|---|---|---|",
+            "| run B | metric | mean B - A over seeds (points) | test | p |"
+            + ("" if split else " mean B - A over seed-fold pairs | p |"),
+            "|---|---|---|---|---|" + ("" if split else "---|---|"),
         ]
         for c in over:
             for m in METRICS:
                 s = c["over_seeds"][m]
                 sf = (c.get("over_seed_folds") or {}).get(m)
-                lines.append(
-                    f"| `{c['run']}` | {NAMES[m]} | {_pts(s['mean_difference'])} | {s['test']}, n = {s['n']} | {_p(s['p'])} | "
-                    + (f"{_pts(sf['mean_difference'])} (n = {sf['n']}) | {_p(sf['p'])} |" if sf else " | |")
-                )
+                row = f"| `{c['run']}` | {NAMES[m]} | {_pts(s['mean_difference'])} | {s['test']}, n = {s['n']} | {_p(s['p'])} |"
+                if not split:
+                    row += f" {_pts(sf['mean_difference'])} (n = {sf['n']}) | {_p(sf['p'])} |" if sf else " | |"
+                lines.append(row)
     return "\n".join(lines) + "\n"
 
 

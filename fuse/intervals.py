@@ -109,20 +109,32 @@ def write_predictions(report: dict[str, Any], path: Path) -> Path | None:
 
 
 def read_predictions(path: Path, classes: list[str]) -> dict[str, dict[str, dict]]:
-    """``report["predictions"]`` back from ``write_predictions``'s file."""
+    """``report["predictions"]`` back from ``write_predictions``'s file; a damaged file is refused
+    in one line that names it (and the line of the file, where there is one)."""
     index = {name: i for i, name in enumerate(classes)}
     out: dict[str, dict[str, dict]] = {}
-    with open(path, newline="") as f:
-        rows = csv.DictReader(f)
-        if tuple(rows.fieldnames or ()) != PREDICTION_COLUMNS:
-            raise KsrError(f"{path}: not a ksr predictions file (columns {', '.join(PREDICTION_COLUMNS)})")
-        for row in rows:
-            try:
-                y, p = index[row["label"]], index[row["prediction"]]
-            except KeyError as e:
-                raise KsrError(f"{path}: class {e} is not one of the report's classes {classes}") from None
-            got = out.setdefault(row["seed"], {}).setdefault(row["fold"], {"ids": [], "labels": [], "preds": []})
-            got["ids"].append(row["id"])
-            got["labels"].append(y)
-            got["preds"].append(p)
+    again = "write it again with ksr eval"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = csv.DictReader(f)
+            if tuple(rows.fieldnames or ()) != PREDICTION_COLUMNS:
+                raise KsrError(f"{path}: not a ksr predictions file (columns {', '.join(PREDICTION_COLUMNS)})")
+            for row in rows:
+                where = f"{path}, line {rows.line_num}"
+                if None in row or None in row.values():
+                    raise KsrError(f"{where}: not {len(PREDICTION_COLUMNS)} fields; {again}")
+                if not row["seed"].isdigit() or not row["seed"].isascii():
+                    raise KsrError(f"{where}: seed {row['seed']!r} is not a non-negative integer; {again}")
+                try:
+                    y, p = index[row["label"]], index[row["prediction"]]
+                except KeyError as e:
+                    raise KsrError(f"{where}: class {e} is not one of the report's classes {classes}") from None
+                got = out.setdefault(row["seed"], {}).setdefault(row["fold"], {"ids": [], "labels": [], "preds": []})
+                got["ids"].append(row["id"])
+                got["labels"].append(y)
+                got["preds"].append(p)
+    except UnicodeDecodeError as e:
+        raise KsrError(f"{path}: not UTF-8 text (byte {e.start}); {again}") from None
+    except csv.Error as e:
+        raise KsrError(f"{path}: not a readable CSV file ({e}); {again}") from None
     return out

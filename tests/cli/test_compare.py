@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from support.cli_runner import invoke_ksr
 from support.tiny import TINY_MODEL
@@ -136,7 +137,7 @@ def edit_predictions(run: Path, keep) -> None:
 @pytest.mark.parametrize(
     "damage, message",
     [
-        ("cache", "was evaluated on another cache than s1 (text_encoder.dim differ); compare runs on the same cache"),
+        ("cache", "was evaluated on another cache than s1 (text_encoder.dim differs); compare runs on the same cache"),
         ("fold", "tests folds 1 but s1 folds 1, 2; compare runs on the same folds"),
         ("utterance", "tests other utterances than s1 in fold 1 (1 only in the first, 1 only in the second)"),
         ("label", "and s1 give other labels to the same utterances of fold 1; compare runs on the same cache"),
@@ -224,3 +225,117 @@ def test_ablation_rows_are_compared_with_the_first(runs):
     lines = (runs / "abl/ablation.csv").read_text().splitlines()
     assert lines[0].split(",")[-2:] == ["weighted_f1_diff_p", "mcnemar_p"]
     assert len(lines[2].split(",")) == len(lines[0].split(","))
+
+
+def test_damaged_files_and_bad_options_are_refused_in_one_line_that_names_them(runs):
+    cases = {
+        "bytes": (
+            lambda path: path.write_bytes(path.read_bytes()[:60] + b"\xff\xfe" + path.read_bytes()[60:]),
+            "not UTF-8 text",
+        ),
+        "seed": (lambda path: edit_predictions(path.parent, lambda r: {**r, "seed": "x"}), "line 2: seed 'x' is not"),
+        "short": (lambda path: path.write_text("seed,fold,id,label,prediction\n1,1,a\n"), "line 2: not 5 fields"),
+        "class": (
+            lambda path: edit_predictions(path.parent, lambda r: {**r, "label": "joy"}),
+            "line 2: class 'joy' is not one",
+        ),
+    }
+    for name, (damage, needle) in cases.items():
+        run = copy_run(runs, "s2", f"damaged-{name}")
+        damage(run / "report_predictions.csv")
+        result, _ = compare(runs, "s1", run.name)
+        assert result.exit_code == 1, result.output
+        assert result.output.count("\n") == 1 and "Traceback" not in result.output, result.output
+        assert f"{run.name}/report_predictions.csv" in result.output and needle in result.output, result.output
+    run = copy_run(runs, "s2", "damaged-json")
+    (run / "report.json").write_bytes(b'{"run": \xff')
+    result, _ = compare(runs, "s1", run.name)
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert f"{run.name}/report.json: not UTF-8 text" in result.output
+    result = invoke_ksr(["compare", "s1", "s2", "--seed", "-5"], runs)
+    assert result.exit_code == 2 and "'--seed'" in result.output and "-5" in result.output, result.output
+
+
+def fake_run(root: Path, name: str, predictions: dict, **report) -> Path:
+    """A copy of run s1 whose report is ``report`` over s1's, with these predictions
+    {seed: {fold: (ids, labels, preds)}} (class indexes)."""
+    run = copy_run(root, "s1", name)
+    base = json.loads((run / "report.json").read_text())
+    (run / "report.json").write_text(json.dumps({**base, **report}))
+    classes = base["classes"]
+    with open(run / "report_predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["seed", "fold", "id", "label", "prediction"])
+        for seed, folds in predictions.items():
+            for fold, (ids, labels, preds) in folds.items():
+                w.writerows([seed, fold, i, classes[y], classes[p]] for i, y, p in zip(ids, labels, preds))
+    return run
+
+
+def split_predictions(seed: int, accuracy: dict[str, float]) -> dict:
+    """Test splits of unequal sizes (30 and 10 utterances): pooling them differs from their mean."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for test, n in (("test1", 30), ("test2", 10)):
+        labels = np.arange(n) % 4
+        preds = np.where(rng.random(n) < accuracy[test], labels, (labels + 1 + rng.integers(0, 3, n)) % 4)
+        out[test] = ([f"{test}-{i}" for i in range(n)], labels.tolist(), preds.tolist())
+    return out
+
+
+def test_split_runs_are_compared_over_seeds_on_the_pooled_test_splits(runs):
+    accuracy = {
+        ("A", "1"): {"test1": 0.5, "test2": 0.9},
+        ("A", "2"): {"test1": 0.6, "test2": 0.8},
+        ("B", "1"): {"test1": 0.8, "test2": 0.3},
+        ("B", "2"): {"test1": 0.7, "test2": 0.5},
+    }
+    preds = {
+        run: {seed: split_predictions(10 * i + int(seed), accuracy[(run, seed)]) for seed in ("1", "2")}
+        for i, run in enumerate("AB")
+    }
+    for run in "AB":
+        fake_run(runs, f"split{run}", preds[run], protocol="split", seeds={})
+    result, got = compare(runs, "splitA", "splitB")
+    assert result.exit_code == 0, result.output
+    assert got["folds"] == ["test1", "test2"] and got["protocol"] == "split"
+    (c,) = got["comparisons"]
+    assert "over_seed_folds" not in c  # test1 and test2 of a seed are one model, not two folds
+
+    def pooled(run, seed):
+        folds = preds[run][seed].values()
+        return scores(sum((f[1] for f in folds), []), sum((f[2] for f in folds), []), 4)
+
+    def mean_of_splits(run, seed, m):
+        return np.mean([scores(f[1], f[2], 4)[m] for f in preds[run][seed].values()])
+
+    for m in METRICS:
+        want = np.mean([pooled("B", s)[m] - pooled("A", s)[m] for s in ("1", "2")])
+        assert c["over_seeds"][m]["mean_difference"] == pytest.approx(want, abs=1e-12), m
+        assert c["over_seeds"][m]["n"] == 2 and c["over_seeds"][m]["test"] == "paired t-test"
+    wrong = np.mean([mean_of_splits("B", s, "wa") - mean_of_splits("A", s, "wa") for s in ("1", "2")])
+    assert abs(wrong - c["over_seeds"]["wa"]["mean_difference"]) > 0.05  # the mean of the splits is not it
+    assert "each seed's metric pooled over the test splits" in result.output
+    assert "seed-fold pairs |" not in result.output and "in test splits test1, test2" in result.output
+
+
+def test_unfinished_runs_and_test_set_selection_are_compared_with_a_warning(runs):
+    _, clean = compare(runs, "s1", "s2")
+    assert clean["warnings"] == []
+    unfinished = copy_run(runs, "s2", "killed")
+    report = json.loads((unfinished / "report.json").read_text())
+    report["coverage"] = {**report["coverage"], "complete": False, "unfinished": ["seed 2 fold 2: 5 of 16 epochs"]}
+    (unfinished / "report.json").write_text(json.dumps(report))
+    on_test = copy_run(runs, "s1", "on-test")
+    report = json.loads((on_test / "report.json").read_text())
+    (on_test / "report.json").write_text(json.dumps({**report, "select": "test"}))
+    result, got = compare(runs, "on-test", "killed")
+    assert result.exit_code == 0, result.output
+    assert got["warnings"] == [
+        "on-test selected its epochs on the test set (--select test): its numbers are optimistic and the "
+        "comparison is biased in its favour",
+        "killed is an unfinished run (seed 2 fold 2: 5 of 16 epochs): its numbers are not final",
+    ]
+    for warning in got["warnings"]:
+        assert f"**Warning**: {warning}." in result.output
+    assert got["comparisons"][0]["metrics"] == clean["comparisons"][0]["metrics"]  # compared all the same
