@@ -327,7 +327,12 @@ def ablate_cmd(kind, root, values, **options) -> None:
     type=click.IntRange(min=0),
     help="Bootstrap resamples for the 95% intervals (0: no intervals).",
 )
-@click.option("--bootstrap-seed", default=None, type=int, help="The bootstrap's seed (default: a fixed one, recorded).")
+@click.option(
+    "--bootstrap-seed",
+    default=None,
+    type=click.IntRange(min=0),
+    help="The bootstrap's seed (default: a fixed one, recorded).",
+)
 def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resamples, bootstrap_seed) -> None:
     """Evaluate the selected checkpoints on their test folds and write the report.
 

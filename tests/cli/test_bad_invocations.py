@@ -32,6 +32,7 @@ BAD = [
     ("train --cache CACHE --run RUN --heads 2 --warmup-epochs 500", 1, "warmup_epochs must be in"),
     ("ablate keep-rate --cache CACHE --heads 2 --values 0.5,abc --root RUN", 1, "keep rate value 'abc'"),
     ("eval --run RUN/nothere", 1, "no run.json here"),
+    ("eval --run RUN/nothere --bootstrap-seed -5", 2, "'--bootstrap-seed'"),
     ("eval --run RUN/nothere --device cuda:9", 1, ""),
     ("extract M --out RUN/o --shard-size 0", 2, "'--shard-size'"),
     ("extract M --out RUN/o --device bogus --audio-encoder tiny-audio --text-encoder tiny-text", 1, ""),
