@@ -171,11 +171,12 @@ def setup_training(o: dict, run_dir: str | None = None):
     from ..fuse.config import cli_settings
     from ..fuse.experiment import setup_training
     from ..fuse.recipes import PRESET_MODEL_SETTINGS, PRESET_NOTES, recipe
-    from ..fuse.runs import RUN_FILE, load_run
+    from ..fuse.runs import RUN_FILE, load_run, requested_seeds_and_folds
 
     ctx = click.get_current_context()
     typed = {name for name in o if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     seeds = _csv(int, o["seeds"], "integer seeds")
+    folds = list(o["folds"]) or None
     recipe_changes = {k: o[k] for k in RECIPE_OPTIONS}
     changes = {f.name: o[f.name] for f in cli_settings() if o[f.name] is not None}
     run = {k: o[k] for k in ("protocol", "select", "metric", "val_fraction")}
@@ -193,6 +194,9 @@ def setup_training(o: dict, run_dir: str | None = None):
             **{k: v for k, v in changes.items() if k in typed},
         }
         run = {**{k: getattr(saved, k) for k in run}, **{k: v for k, v in run.items() if k in typed}}
+        asked_seeds, asked_folds = requested_seeds_and_folds(Path(run_dir))  # the interrupted command's
+        seeds = seeds if "seeds" in typed else asked_seeds or seeds
+        folds = folds if "folds" in typed else asked_folds or folds
     r = recipe(recipe_name, **recipe_changes)
     changes = {**PRESET_MODEL_SETTINGS.get(recipe_name, {}), **changes}
     setup = setup_training(o["cache_dir"], r, changes, **run, device=o["device"], cache_mode=o["cache_mode"])
@@ -204,4 +208,4 @@ def setup_training(o: dict, run_dir: str | None = None):
             "reports are marked as such",
             err=True,
         )
-    return setup, list(o["folds"]) or None, seeds or [r.seed]
+    return setup, folds, seeds or [r.seed]

@@ -120,7 +120,7 @@ def train_and_report(
             f"fold {missing[0]} does not exist: the {spec.protocol} protocol has folds 1..{available} on this cache"
         )
     if ranks.main:
-        spec = prepare_run(run_dir, spec, resume)
+        spec = prepare_run(run_dir, spec, resume, seeds, folds)
     ranks.barrier()
     fold_list = folds or list(range(1, available + 1))
     for seed in seeds:

@@ -165,8 +165,11 @@ def point_latest(run_dir: Path, latest: Path = LATEST) -> None:
 # --- run.json ----------------------------------------------------------------------------------
 
 
-def prepare_run(run_dir: Path, spec: RunSpec, resume: bool) -> RunSpec:
-    """Create the run directory, or check that a resumed one asks for the same run."""
+def prepare_run(
+    run_dir: Path, spec: RunSpec, resume: bool, seeds: list[int] | None = None, folds: list[int] | None = None
+) -> RunSpec:
+    """Create the run directory, or check that a resumed one asks for the same run. A new run's
+    ``seeds`` and ``folds`` (None: all) are recorded in run.json for ``--resume`` (requested_seeds)."""
     path = Path(run_dir) / RUN_FILE
     remove_dead_temps(run_dir)
     if path.exists():
@@ -180,8 +183,18 @@ def prepare_run(run_dir: Path, spec: RunSpec, resume: bool) -> RunSpec:
         if not resume and any(Path(run_dir).glob("seed*/*/state.pt")):
             raise RunError(f"{run_dir} already holds trained folds; pass --resume to continue or choose a new --run")
         return RunSpec.from_dict(saved)
-    write_json(path, spec.to_dict())
+    write_json(path, {**spec.to_dict(), "seeds": seeds, "folds": folds})
     return spec
+
+
+def requested_seeds_and_folds(run_dir: Path) -> tuple[list[int] | None, list[int] | None]:
+    """The seeds and folds the command that started a run asked for (None: not recorded, or all
+    folds), so that ``--resume`` alone continues that command."""
+    try:
+        saved = json.loads((Path(run_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None, None
+    return saved.get("seeds"), saved.get("folds")
 
 
 def load_run(run_dir: Path) -> RunSpec:

@@ -221,3 +221,16 @@ def test_a_class_absent_from_a_test_fold_is_named(tmp_path):
         f"seed 123 fold 2: no test utterance of {', '.join(absent)}: UA and macro F1 average over all 6 classes "
         f"and count {', '.join(absent)} as 0"
     ]
+
+
+def test_resume_alone_continues_the_seeds_and_folds_of_the_interrupted_command(cache_dir, tmp_path):
+    run = tmp_path / "run"
+    assert train(run, cache_dir, "--epochs", "1", "--fold", "2", "--seeds", "5", "--no-baseline").exit_code == 0
+    saved = json.loads((run / "run.json").read_text())
+    assert (saved["seeds"], saved["folds"]) == ([5], [2])
+    resumed = CliRunner().invoke(main, ["train", "--cache", str(cache_dir), "--run", str(run), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "training 1 fold(s) x 1 seed(s)" in resumed.output
+    assert sorted(p.name for p in run.glob("seed*")) == ["seed5"]  # not the default seed 123, not 5 folds
+    again = CliRunner().invoke(main, ["train", "--cache", str(cache_dir), "--run", str(run), "--resume", "--fold", "3"])
+    assert again.exit_code == 0 and (run / "seed5" / "fold3" / "best.pt").is_file()  # typed options still win
