@@ -310,8 +310,9 @@ class CacheWriter:
         )
         created = now_iso()
         # HDF5's own structures (attributes, string datasets, B-trees) come on top of the features.
+        features = self._audio[:n].nbytes + self._text[:n].nbytes
         try:
-            ensure_free(final, self._audio[:n].nbytes + self._text[:n].nbytes + SHARD_METADATA_BYTES + 512 * n)
+            ensure_free(final, features + SHARD_METADATA_BYTES + 512 * n)
             write_shard(
                 tmp,
                 self.meta,
@@ -333,7 +334,7 @@ class CacheWriter:
             self._failed = True
             tmp.unlink(missing_ok=True)
             if isinstance(exc, Exception) and is_disk_full(exc):
-                raise disk_full_error(final, self._audio[:n].nbytes + self._text[:n].nbytes, exc) from None
+                raise disk_full_error(final, features, exc) from None
             raise
         # Between the rename above and this index update the shard exists but no reader sees
         # it; a rerun of this writer removes it (its utterances are not in stored_ids()).

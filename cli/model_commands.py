@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from . import main
-from .options import setup_training, training_options
+from .options import bootstrap_option, setup_training, training_options
 
 # --- model commands (ksr.fuse) ---------------------------------------------------------------
 
@@ -149,14 +149,7 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     show_default=True,
     help="Also fit the linear-probe baseline on the same folds (seconds; RUN/baseline-probe) and report it beside the model.",
 )
-@click.option(
-    "--bootstrap",
-    "resamples",
-    default=1000,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Bootstrap resamples for the report's 95% intervals (0: no intervals; docs/reports.md).",
-)
+@bootstrap_option
 @click.option(
     "--tensorboard",
     "tensorboard_dir",
@@ -319,14 +312,7 @@ def ablate_cmd(kind, root, values, **options) -> None:
 @click.option(
     "--allow-incomplete", is_flag=True, help="Print the mean over folds even when a fold stopped before its last epoch."
 )
-@click.option(
-    "--bootstrap",
-    "resamples",
-    default=1000,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Bootstrap resamples for the 95% intervals (0: no intervals).",
-)
+@bootstrap_option
 @click.option(
     "--bootstrap-seed",
     default=None,

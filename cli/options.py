@@ -56,6 +56,17 @@ def model_options(f):
     return f
 
 
+#: ``--bootstrap N`` of the commands that write reports (train, eval).
+bootstrap_option = click.option(
+    "--bootstrap",
+    "resamples",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Bootstrap resamples for the report's 95% intervals (0: no intervals; docs/reports.md).",
+)
+
+
 def training_options(f):
     """The options ksr train and ksr ablate share (recipe, protocol, model settings, device)."""
     from ..cache.reader import MODES
