@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
+from support.tiny import tiny_meta
 
-from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
+from ksr.cache.synthetic import write_synthetic_cache
 from ksr.cli import main
 
 
 @pytest.fixture(scope="module")
 def where(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
-    meta = synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32")
+    meta = tiny_meta()
     write_synthetic_cache(root / "cache", 40, meta, seed=1, signal=1.0)
     (root / "m.csv").write_text("id,audio,text,label,speaker,session,gender\n")
     return root

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support.cli_runner import invoke_ksr
-from support.tiny import TINY_MODEL
+from support.tiny import TINY_MODEL, tiny_meta
 
-from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
+from ksr.cache.synthetic import write_synthetic_cache
 from ksr.fuse.metrics import METRICS, scores
 from ksr.fuse.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 
@@ -25,7 +25,7 @@ def runs(tmp_path_factory):
     """A weak-signal cache (the models reach 55-60% WA, with different errors) and two runs of the
     same settings with seeds 1 and 2 (about 20 s)."""
     root = tmp_path_factory.mktemp("compare")
-    meta = synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32")
+    meta = tiny_meta()
     write_synthetic_cache(
         root / "cache",
         200,

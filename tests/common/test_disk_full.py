@@ -14,7 +14,7 @@ import signal
 import pytest
 import torch
 from click.testing import CliRunner
-from support.tiny import TINY_MODEL
+from support.tiny import TINY_MODEL, tiny_meta
 
 import ksr.common.files as files
 from ksr.cache import CacheWriter, open_cache, verify_cache
@@ -135,7 +135,7 @@ def test_hdf5_out_of_space_is_one_error(tmp_path, monkeypatch):
 
 
 def test_train_on_a_full_disk_is_one_line_and_resume_completes(tmp_path, monkeypatch):
-    meta = synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32")
+    meta = tiny_meta()
     write_synthetic_cache(tmp_path / "cache", 40, meta, seed=1, signal=1.0)
     run = tmp_path / "run"
     args = ["train", "--cache", str(tmp_path / "cache"), "--run", str(run), "--fold", "1", "--epochs", "2"]

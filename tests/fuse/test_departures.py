@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support.tiny import TINY_MODEL
+from support.tiny import TINY_MODEL, tiny_meta
 
 from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
 from ksr.cli import main
@@ -29,7 +29,7 @@ TINY_ARGS = [
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
-    meta = synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32")
+    meta = tiny_meta()
     write_synthetic_cache(
         root,
         60,

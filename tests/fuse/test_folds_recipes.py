@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from support.tiny import TINY_MODEL
+from support.tiny import TINY_MODEL, tiny_meta
 
 from ksr.fuse.folds import fold_groups, make_split, public_fold_name
 from ksr.fuse.recipes import PRESETS, Recipe, build_optimizer, build_scheduler, recipe, warmup_factor
@@ -154,14 +154,14 @@ def test_the_ksr_preset_is_what_the_learning_study_measured():
 def test_recipe_ksr_brings_standardised_inputs_and_paper_says_it_does_not_train(tmp_path):
     from click.testing import CliRunner
 
-    from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
+    from ksr.cache.synthetic import write_synthetic_cache
     from ksr.cli import main
 
     cache = tmp_path / "cache"
     write_synthetic_cache(
         cache,
         40,
-        synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32"),
+        tiny_meta(),
         seed=1,
         signal=1.0,
     )

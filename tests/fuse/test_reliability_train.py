@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 from support.cli_runner import invoke_ksr
-from support.tiny import TINY_MODEL
+from support.tiny import TINY_MODEL, tiny_meta
 
-from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
+from ksr.cache.synthetic import write_synthetic_cache
 from ksr.common.faults import ENV as KILL_AT
 from ksr.fuse import CheckpointError, load_checkpoint, load_model
 from ksr.fuse.checkpoint import read_torch_file
@@ -52,7 +52,7 @@ FOLD = Path("seed123/fold2")
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache") / "c"
-    meta = synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32")
+    meta = tiny_meta()
     write_synthetic_cache(
         root,
         60,

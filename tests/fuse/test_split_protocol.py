@@ -12,16 +12,16 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 from support.cli_runner import invoke_ksr
-from support.tiny import TINY_MODEL
+from support.tiny import TINY_MODEL, tiny_meta
 
 from ksr.cache import open_cache
-from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
+from ksr.cache.synthetic import write_synthetic_cache
 from ksr.fuse import load_model
 from ksr.fuse.folds import fold_groups, official_split
 from ksr.fuse.runs import fold_dir, run_of_checkpoint, trained_folds
 
 V1 = Path(__file__).resolve().parents[1] / "data" / "cache-v1"
-META = synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32")
+META = tiny_meta()
 PATTERN = ["train"] * 6 + ["valid"] * 2 + ["test1"] * 2 + ["test2"] * 2
 SPLITS = PATTERN * 8  # 96 utterances: 48 train, 16 valid, 16 test1, 16 test2
 TRAIN = [

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from support.cli_runner import invoke_ksr
-from support.tiny import TINY_MODEL
+from support.tiny import TINY_MODEL, tiny_meta
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ksr.cache import open_cache
-from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
+from ksr.cache.synthetic import write_synthetic_cache
 from ksr.common.errors import KsrError
 from ksr.fuse import ModelConfig, load_model
 from ksr.fuse.recipes import recipe
@@ -31,7 +31,7 @@ EXPECTED_TAGS = {"train/loss", "train/lr"} | {f"{part}/{m}" for part in ("valid"
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
-    meta = synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32")
+    meta = tiny_meta()
     write_synthetic_cache(
         root,
         100,

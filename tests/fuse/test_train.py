@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from support.tiny import TINY_MODEL
+from support.tiny import TINY_MODEL, tiny_meta
 
 from ksr.cache import CacheMismatchError, open_cache
 from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
@@ -25,7 +25,7 @@ TINY = ModelConfig(num_layers=(1, 1, 1), num_heads=2, audio_ffn_dim=8, text_ffn_
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
-    meta = synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32")
+    meta = tiny_meta()
     write_synthetic_cache(
         root,
         120,

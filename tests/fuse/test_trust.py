@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from support.tiny import TINY_MODEL
+from support.tiny import TINY_MODEL, tiny_meta
 
-from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
+from ksr.cache.synthetic import write_synthetic_cache
 from ksr.cli import main
 from ksr.common.faults import ENV as KILL_AT
 from ksr.fuse import load_checkpoint, load_model, save_checkpoint
@@ -34,7 +34,7 @@ TINY = [
 
 
 def make_cache(root: Path, n: int, seed: int, sessions: int = 5) -> Path:
-    meta = synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32")
+    meta = tiny_meta()
     write_synthetic_cache(
         root,
         n,
@@ -207,7 +207,7 @@ def test_a_class_absent_from_a_test_fold_is_named(tmp_path):
     from ksr.cache import open_cache
 
     classes = ("ang", "neu", "hap", "sad", "fea", "dis")
-    meta = synthetic_meta(audio_dim=8, text_dim=12, max_audio_len=30, max_text_len=6, dtype="float32", classes=classes)
+    meta = tiny_meta(classes=classes)
     write_synthetic_cache(tmp_path / "cache", 30, meta, seed=3, sessions=5, signal=1.0)
     cache = open_cache(tmp_path / "cache", progress=False)
     in_session_2 = {classes[int(y)] for y, s in zip(cache.labels, cache.sessions) if str(s) == "2"}
