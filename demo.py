@@ -1,10 +1,10 @@
 """``make demo``: the whole pipeline on the built-in corpus, no downloads.
 
-Generates the demo corpus (``ksr.extract.demo``; docs/demo.md), extracts it with the tiny
+Generates the demo corpus (``ksr.extract.corpora.demo``; docs/demo.md), extracts it with the tiny
 built-in encoders, trains a small KS-Transformer with the ``ksr`` recipe on every
 leave-one-session-out fold, and audio-only and text-only models beside it; every one of the
 three also gets its linear-probe baseline on the same folds. Every step resumes: a rerun reuses
-the corpus, the cache and finished folds. It joins the stages, so it lives beside ``cli.py``.
+the corpus, the cache and finished folds. It joins the stages, so it lives beside ``cli/``.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import torch
 
 from .cache import open_cache
 from .common import KsrError, Ranks, join_process_group, resolve_device
-from .extract.demo import make_demo_corpus
+from .extract.corpora.demo import make_demo_corpus
 from .extract.pipeline import extract_corpus
-from .fuse.config import ModelConfig
-from .fuse.experiment import train_and_report
-from .fuse.recipes import PRESET_MODEL_SETTINGS, recipe
-from .fuse.runs import RunSpec, model_config_for_cache, point_latest
+from .fuse.model.config import ModelConfig
+from .fuse.report.experiment import train_and_report
+from .fuse.train.recipes import PRESET_MODEL_SETTINGS, recipe
+from .fuse.train.runs import RunSpec, model_config_for_cache, point_latest
 
 # The demo trains with the `ksr` recipe and keeps each fold's last epoch (docs/learning.md: its
 # 24-utterance validation sets pick worse epochs than the last), and departs from the paper's

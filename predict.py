@@ -7,7 +7,7 @@ and the same round trip through the cache's storage dtype. Then the model sees w
 have seen had the utterance been in its training cache.
 
 This module joins the stages (it imports ``ksr.extract``'s encoders and ``ksr.fuse``'s model),
-so it lives at the top of the package, beside ``cli.py``. The cut, padding, rounding and masks
+so it lives at the top of the package, beside ``cli/``. The cut, padding, rounding and masks
 are ``ksr.cache``'s own (``stored_row``, ``padding_mask``), the same functions the cache writer
 and reader use.
 """
@@ -26,10 +26,10 @@ from .cache import CacheMeta, EncoderInfo, padding_mask, row_problem, stored_row
 from .common import DeviceError, KsrError, resolve_device
 from .extract.audio import MAX_DURATION_S, AudioError, cut_audio, read_audio
 from .extract.encoders import AudioEncoder, EncoderError, TextEncoder, load_encoder, parse_spec, placement
-from .fuse.checkpoint import CheckpointError, load_model_and_meta
-from .fuse.config import cache_dims
-from .fuse.model import KSTransformer
-from .fuse.runs import RunError, recorded_cache_meta
+from .fuse.model.config import cache_dims
+from .fuse.model.model import KSTransformer
+from .fuse.train.checkpoint import CheckpointError, load_model_and_meta
+from .fuse.train.runs import RunError, recorded_cache_meta
 
 
 class PredictError(KsrError, ValueError):
@@ -223,7 +223,7 @@ def transcribe_audio(
 ) -> tuple[str, dict[str, Any]]:
     """The transcript the ASR model ``spec`` hears in the file (all of it, read as extraction
     reads it), and the model's record."""
-    from .extract.asr import AsrError, load_asr
+    from .extract.asr.recognizer import AsrError, load_asr
 
     try:
         wav = read_audio(audio_path, max_duration=max_duration)
@@ -263,7 +263,7 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
         raise PredictError(str(e)) from None
 
 
-def predict(
+def predict_one(
     checkpoint: str | os.PathLike,
     audio_path: str | os.PathLike | None = None,
     text: str | None = None,
@@ -284,7 +284,7 @@ def predict(
     layer) differs from the recorded one is refused unless ``force``. ``attention``: also
     return the last CCAB's cross attention maps (see :class:`AttentionMaps`). ``max_duration``:
     the audio file's longest decodable length in seconds, by its header, as in extraction.
-    ``asr``: an ASR spec (``ksr.extract.asr``) that transcribes the audio when a model that
+    ``asr``: an ASR spec (``ksr.extract.asr.recognizer``) that transcribes the audio when a model that
     reads text is given no ``text``.
     Raises :class:`PredictError` with a one-line message.
     """
@@ -342,7 +342,7 @@ def predict(
     classes = tuple(meta.classes)
     result = Prediction(
         label=classes[int(np.argmax(probs))],
-        probabilities={c: float(p) for c, p in zip(classes, probs)},
+        probabilities={c: float(p) for c, p in zip(classes, probs, strict=True)},
         logits=logits.numpy(),
         classes=classes,
         checkpoint=str(checkpoint),
@@ -371,11 +371,11 @@ def readable_token(token: str) -> str:
 def draw_attention(prediction: Prediction, path: str | os.PathLike) -> Path:
     """The PNG of ``prediction.attention`` (averaged over heads): words by audio frames, words
     attending to frames on top, frames attending to words (transposed) below."""
-    from .fuse.plots import attention_figure
+    from .fuse.report.plots import attention_figure
 
     maps = prediction.attention
     if maps is None:
-        raise PredictError("no attention maps: call predict(..., attention=True)")
+        raise PredictError("no attention maps: call predict_one(..., attention=True)")
     top = maps.text_to_audio.mean(axis=0)
     bottom = maps.audio_to_text.mean(axis=0).T
     panels = {

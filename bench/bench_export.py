@@ -51,7 +51,7 @@ def measure(name: str, changes: dict, threads: int, runs: int, warmup: int) -> d
 
     from ksr.cache.synthetic import synthetic_meta
     from ksr.fuse import KSTransformer, ModelConfig
-    from ksr.fuse.export import write_onnx
+    from ksr.fuse.report.export import write_onnx
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

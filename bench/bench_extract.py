@@ -40,7 +40,7 @@ def make_corpus(folder: Path, n: int, seed: int = 0) -> Path:
     """``n`` noise utterances with IEMOCAP-like durations and transcripts; the manifest path."""
     import soundfile as sf
 
-    from ksr.extract.manifest import Utterance, write_manifest
+    from ksr.extract.corpora.manifest import Utterance, write_manifest
 
     rng = np.random.default_rng(seed)
     (folder / "wav").mkdir(parents=True, exist_ok=True)

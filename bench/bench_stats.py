@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from ksr.fuse.compare import RunPredictions, compare_runs
-from ksr.fuse.intervals import add_intervals
-from ksr.fuse.stats import Bootstrap, bootstrap_intervals
+from ksr.fuse.report.compare import RunPredictions, compare_runs
+from ksr.fuse.report.intervals import add_intervals
+from ksr.fuse.report.stats import Bootstrap, bootstrap_intervals
 
 SESSIONS = [1085, 1023, 1151, 1031, 1241]  # IEMOCAP's 4-class utterances per session (5,531)
 

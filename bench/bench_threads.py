@@ -47,7 +47,7 @@ def child(model: str, steps: int) -> dict:
     import torch.nn.functional as F
 
     from ksr.fuse import ModelConfig
-    from ksr.fuse.model import KSTransformer
+    from ksr.fuse.model.model import KSTransformer
 
     changes, audio_dim, text_dim, frames, batch = MODELS[model]
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """Training epochs as users run them: ``train_fold`` on an IEMOCAP-sized cache, timed per epoch,
 extrapolated to a full run (5 folds x 120 epochs). ``bench/run.py --only gpu-train``.
 
-What is timed is ksr's own loop, not a copy of it: ``ksr.fuse.training.train_fold`` on fold 1
+What is timed is ksr's own loop, not a copy of it: ``ksr.fuse.train.training.train_fold`` on fold 1
 (leave-one-session-out, validation selection, the ``paper`` recipe, batch 32, the default
 ``KSTransformer(ModelConfig())``, dims 512/1024) of a synthetic cache opened in memory (on the
 GPU when there is one). One epoch is what ``train_fold`` does per epoch: shuffled batches from
@@ -61,7 +61,7 @@ VARIANTS = {
 # --- what a child measures ----------------------------------------------------------------------
 def compile_every_model() -> None:
     """Make each KSTransformer built from now on compile its forward in place (this process only)."""
-    from ksr.fuse.model import KSTransformer
+    from ksr.fuse.model.model import KSTransformer
 
     init = KSTransformer.__init__
 
@@ -121,11 +121,11 @@ def peak_rss_mib() -> float:
 
 
 def child(variant: str, cache_dir: str, epochs: int, warmup: int, run_root: str | None) -> dict:
-    import ksr.fuse.training as training
+    import ksr.fuse.train.training as training
     from ksr.cache import open_cache
     from ksr.fuse import ModelConfig
-    from ksr.fuse.recipes import recipe
-    from ksr.fuse.runs import RunSpec, cache_split, model_config_for_cache
+    from ksr.fuse.train.recipes import recipe
+    from ksr.fuse.train.runs import RunSpec, cache_split, model_config_for_cache
 
     amp, compiled, _ = VARIANTS[variant]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

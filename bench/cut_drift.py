@@ -31,8 +31,8 @@ def speech_turns(folder: Path, turns: int, seconds: float = TURN_SECONDS) -> lis
     """``turns`` waveforms of ``seconds`` each: the demo corpus's utterances of one speaker
     joined (with 0.2 s pauses) until long enough."""
     from ksr.extract.audio import read_audio
-    from ksr.extract.demo import make_demo_corpus
-    from ksr.extract.manifest import read_manifest
+    from ksr.extract.corpora.demo import make_demo_corpus
+    from ksr.extract.corpora.manifest import read_manifest
 
     manifest = read_manifest(make_demo_corpus(folder / "demo", seed=1, per_speaker=16))
     by_speaker: dict[str, list[np.ndarray]] = {}
@@ -148,7 +148,7 @@ def measure(spec: str, turns: list[np.ndarray], cuts: list[float]) -> list[dict]
     for cut in cuts:
         n = int(round(cut * 16000))
         diffs, scale = [], []
-        for w, full in zip(turns, whole):
+        for w, full in zip(turns, whole, strict=True):
             part = enc.encode([w[:n]])[0]
             keep = min(KEEP, part.shape[0])
             diffs.append((part[:keep] - full[:keep]).abs())

@@ -24,7 +24,7 @@ _foreach_copy = getattr(torch, "_foreach_copy_", None)
 
 def copy_unthreaded(dst: torch.Tensor, src: torch.Tensor) -> None:
     """``dst.copy_(src)``, converting the dtype, in pieces torch runs on the calling thread."""
-    for a, b in zip(dst.view(-1).split(_GRAIN), src.reshape(-1).split(_GRAIN)):
+    for a, b in zip(dst.view(-1).split(_GRAIN), src.reshape(-1).split(_GRAIN), strict=True):
         a.copy_(b)
 
 
@@ -52,7 +52,7 @@ def gather_pieces(
     """
     out = row_pieces(dst, k)
     copy_to, copy_from, zero = [], [], []
-    for j, (start, v) in enumerate(zip(starts, valid)):
+    for j, (start, v) in enumerate(zip(starts, valid, strict=True)):
         copy_to += out[j * k : j * k + v]
         copy_from += src[start : start + v]
         zero += out[j * k + v : (j + 1) * k]
@@ -62,7 +62,7 @@ def gather_pieces(
         if zero:
             torch._foreach_zero_(zero)
     else:  # pragma: no cover - torch without _foreach_copy_
-        for a, b in zip(copy_to, copy_from):
+        for a, b in zip(copy_to, copy_from, strict=True):
             a.copy_(b)
         for a in zero:
             a.zero_()

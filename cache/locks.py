@@ -107,7 +107,7 @@ def live_writers(root: str | os.PathLike, exclude: Iterable[str] = ()) -> dict[s
     return found
 
 
-def describe(writers: dict[str, str]) -> str:
+def describe_writers(writers: dict[str, str]) -> str:
     """``writer 'w0' (pid 123)``, or several joined with "and"."""
     return " and ".join(f"writer {tag!r}" + (f" (pid {pid})" if pid else "") for tag, pid in writers.items())
 
@@ -118,6 +118,6 @@ def live_writer_problem(root: str | os.PathLike) -> str | None:
     if not writers:
         return None
     return (
-        f"{root}: being written now by {describe(writers)}: what it holds is not the whole cache yet; "
+        f"{root}: being written now by {describe_writers(writers)}: what it holds is not the whole cache yet; "
         f"use it once the extraction has finished"
     )

@@ -211,7 +211,7 @@ def _build(cls, d: Any, what: str):
 def _same(a: Any, b: Any) -> bool:
     """Equality that treats 24 and "24", 100 and 100.0, tuples and lists as the same value."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, str) != isinstance(b, str) and a is not None and b is not None:
         return str(a) == str(b)
     return a == b

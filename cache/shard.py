@@ -90,7 +90,7 @@ def write_shard(
             f.create_dataset(name, data=np.array(strs[name], dtype=object), dtype=h5py.string_dtype("utf-8"))
     fd = os.open(path, os.O_WRONLY)
     try:
-        for (_, arr), offset in zip(features, offsets):
+        for (_, arr), offset in zip(features, offsets, strict=True):
             view = memoryview(arr).cast("B")
             while len(view):
                 done = os.pwrite(fd, view, offset)

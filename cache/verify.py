@@ -40,7 +40,7 @@ def inspect_cache(root: str | Path, checksums: bool = False, progress: bool | No
         todo = [e for _, e in pairs if (scan.root / e.file).stat().st_size == e.bytes]
         with byte_bar(sum(e.bytes for e in todo), f"verifying {scan.root.name}", progress) as bar:
             digests = map_in_threads(lambda e: sha256_file(scan.root / e.file, bar), todo)
-        for entry, got in zip(todo, digests):
+        for entry, got in zip(todo, digests, strict=True):
             out.bytes_hashed += entry.bytes
             if got != entry.sha256:
                 out.problems.append(checksum_problem(scan.root / entry.file, got, entry.sha256))

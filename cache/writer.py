@@ -27,7 +27,7 @@ from ..common import faults, signals
 from ..common.files import disk_full_error, ensure_free, fsync_path, is_disk_full, sha256_file
 from .errors import CacheError
 from .index import TMP_SUFFIX, ShardEntry, WriterIndex, now_iso, scan_dir, write_index
-from .locks import describe, live_writers, lock_writer, unlock_writer
+from .locks import describe_writers, live_writers, lock_writer, unlock_writer
 from .rows import fill_row
 from .schema import (
     INT_FIELDS,
@@ -103,7 +103,7 @@ class CacheWriter:
         others = live_writers(self.root, exclude=peers)
         if others:
             raise CacheError(
-                f"{self.root}: another extraction is writing this cache now as {describe(others)}; two runs "
+                f"{self.root}: another extraction is writing this cache now as {describe_writers(others)}; two runs "
                 f"at once would store utterances twice: wait until it has finished (or stop it), then run this again"
             )
 
@@ -289,7 +289,7 @@ class CacheWriter:
         n = self._n
         name = shard_name(self.tag, self._next_seq)
         tmp, final = self.root / (name + TMP_SUFFIX), self.root / name
-        rows = list(zip(*self._rows[:n]))
+        rows = list(zip(*self._rows[:n], strict=True))
         cols = dict(
             zip(
                 (
@@ -306,6 +306,7 @@ class CacheWriter:
                     "split",
                 ),
                 rows,
+                strict=True,
             )
         )
         created = now_iso()

@@ -2,7 +2,7 @@
 
 Commands live by stage: ``model_commands`` (train, eval, ablate, predict, demo,
 convert-official) and ``data_commands`` (prepare, extract, encoders, cache); ``options`` builds
-the training options, the model settings among them generated from ``ksr.fuse.config``.
+the training options, the model settings among them generated from ``ksr.fuse.model.config``.
 
 Expected failures (``KsrError`` and its kin: bad input, damaged files, missing devices) end as
 one line and exit status 1, whatever the command (``KSR_DEBUG=1`` shows the traceback).

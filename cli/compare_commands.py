@@ -50,8 +50,8 @@ def compare_cmd(runs, json_path, resamples, boot_seed, evaluate, cache_dir, devi
     from pathlib import Path
 
     from ..common import write_json
-    from ..fuse.compare import CompareError, compare_markdown, compare_runs, load_run_predictions
-    from ..fuse.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, Bootstrap
+    from ..fuse.report.compare import CompareError, compare_markdown, compare_runs, load_run_predictions
+    from ..fuse.report.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, Bootstrap
 
     if len(runs) < 2:
         raise CompareError("compare needs at least two runs: RUN_A RUN_B [RUN_C ...]")

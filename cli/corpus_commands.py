@@ -28,8 +28,8 @@ MELD_COLUMNS = (
 
 
 def _write(report, out: str, columns) -> None:
-    from ..extract.manifest import write_manifest
-    from ..extract.splits import format_split_report
+    from ..extract.corpora.manifest import write_manifest
+    from ..extract.corpora.splits import format_split_report
 
     click.echo(format_split_report(report))
     for warning in report.warnings:
@@ -61,7 +61,7 @@ def prepare_msp_podcast_cmd(root: str, out: str, task: str) -> None:
     Prints the counts per split and class, and what was left out: O and X labels, Test3 (no
     public labels), turns without their wav; turns without a transcript get an empty text.
     """
-    from ..extract.msp_podcast import prepare_msp_podcast
+    from ..extract.corpora.msp_podcast import prepare_msp_podcast
 
     _write(prepare_msp_podcast(root, task), out, MSP_COLUMNS)
 
@@ -76,7 +76,7 @@ def prepare_meld_cmd(root: str, out: str) -> None:
     Prints the counts per split and class, and the rows left out (a missing clip). The clips'
     audio is decoded with PyAV when extracting: pip install 'ksr[video]'.
     """
-    from ..extract.meld import prepare_meld
+    from ..extract.corpora.meld import prepare_meld
 
     _write(prepare_meld(root), out, MELD_COLUMNS)
     if importlib.util.find_spec("av") is None:

@@ -90,8 +90,8 @@ def prepare_iemocap_cmd(root: str, out: str) -> None:
     Prints the counts per session and class, what was skipped as not data, and warnings (a
     complete release gives 5,531 utterances).
     """
-    from ..extract.iemocap import format_report, prepare_iemocap
-    from ..extract.manifest import write_manifest
+    from ..extract.corpora.iemocap import format_report, prepare_iemocap
+    from ..extract.corpora.manifest import write_manifest
 
     report = prepare_iemocap(root)
     click.echo(format_report(report))
@@ -107,7 +107,7 @@ def prepare_iemocap_cmd(root: str, out: str) -> None:
 @click.argument("manifest", type=click.Path(dir_okay=False))
 def prepare_check_cmd(manifest: str) -> None:
     """Validate a manifest (yours or prepared): columns, rows, audio files present."""
-    from ..extract.manifest import check_manifest, read_manifest
+    from ..extract.corpora.manifest import check_manifest, read_manifest
 
     summary, errors = check_manifest(read_manifest(manifest, strict=False))
     for line in summary:
@@ -130,7 +130,7 @@ def prepare_check_cmd(manifest: str) -> None:
 )
 def prepare_demo_cmd(out: str, seed: int, per_speaker: int) -> None:
     """Write the built-in demo corpus into OUT: OUT/wav/*.wav and OUT/manifest.csv."""
-    from ..extract.demo import make_demo_corpus
+    from ..extract.corpora.demo import make_demo_corpus
 
     click.echo(f"wrote the demo corpus: {make_demo_corpus(out, seed=seed, per_speaker=per_speaker)}")
 
@@ -270,7 +270,7 @@ def extract_cmd(
     (--nproc-per-node N) each rank extracts its share into its own shards.
     """
     from ..common import ranks_from_env
-    from ..extract.audio import MAX_DURATION_S
+    from ..extract.audio_errors import MAX_DURATION_S
     from ..extract.pipeline import DEFAULT_SHARD_SIZE, extract_corpus
 
     class_list = None

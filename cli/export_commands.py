@@ -31,7 +31,7 @@ def export_cmd(checkpoint: str, onnx_path: str, force: bool, check: bool) -> Non
     for the paper's); output: logits (batch, classes). The class names, the cache's encoder record
     and the model config are in the file's metadata. Needs pip install 'ksr[export]'.
     """
-    from ..fuse.export import export_onnx
+    from ..fuse.report.export import export_onnx
 
     result = export_onnx(checkpoint, onnx_path, force=force, check=check)
     shapes = ", ".join(f"{name} {dtype} ({', '.join(str(d) for d in shape)})" for name, dtype, shape in result.inputs)

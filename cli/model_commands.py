@@ -35,10 +35,10 @@ def convert_official_cmd(best_pt: str, out_pt: str, heads: int, keep_rate: float
     tensor shapes; every tensor is checked. OUT_PT loads with ksr.fuse.load_model().
     """
     from ..fuse import convert_official
-    from ..fuse.official import describe
+    from ..fuse.train.official import describe_public_model
 
     model = convert_official(best_pt, out_pt, num_heads=heads, keep_rate=keep_rate)
-    click.echo(f"wrote {out_pt}: {describe(model.cfg)}, {heads} heads, keep rate {keep_rate}")
+    click.echo(f"wrote {out_pt}: {describe_public_model(model.cfg)}, {heads} heads, keep rate {keep_rate}")
 
 
 @main.command("demo")
@@ -109,7 +109,7 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
 
     from ..common import ranks_from_env
     from ..demo import EPOCHS, comparison_table, default_processes, lost_peer, run_demo, run_under_torchrun
-    from ..fuse.report import to_markdown
+    from ..fuse.report.render import to_markdown
 
     epochs = epochs or EPOCHS
 
@@ -170,16 +170,17 @@ def train_cmd(run_dir, baseline, resamples, tensorboard_dir, **options) -> None:
     """
     from pathlib import Path
 
-    from ..fuse.experiment import train_and_report
-    from ..fuse.runs import point_latest
-    from ..fuse.stats import Bootstrap
+    from ..fuse.report.experiment import train_and_report
+    from ..fuse.report.stats import Bootstrap
+    from ..fuse.train.runs import point_latest
 
     run = Path(run_dir)
     board = None
     if tensorboard_dir is not None:  # before the cache is read: a missing writer stops here
-        from ..fuse.tensorboard import TensorBoard
+        from ..fuse.report.tensorboard import TensorBoard
+        from ..fuse.train.runs import tensorboard_dir as tensorboard_dir_of
 
-        board = TensorBoard(tensorboard_dir or run / "tensorboard")
+        board = TensorBoard(tensorboard_dir or tensorboard_dir_of(run))
     setup, folds, seeds = setup_training(options, run_dir)
     ranks = setup.ranks
     say = click.echo if ranks.main else (lambda *a, **k: None)
@@ -221,7 +222,7 @@ def train_cmd(run_dir, baseline, resamples, tensorboard_dir, **options) -> None:
 
 
 def _ablation_kinds() -> list[str]:
-    from ..fuse.experiment import ABLATIONS
+    from ..fuse.report.experiment import ABLATIONS
 
     return list(ABLATIONS)
 
@@ -257,7 +258,7 @@ def ablate_cmd(kind, root, values, **options) -> None:
     """
     from pathlib import Path
 
-    from ..fuse.experiment import ablation_markdown, run_ablation
+    from ..fuse.report.experiment import ablation_markdown, run_ablation
 
     setup, folds, seeds = setup_training(options)
     if setup.ranks.world > 1:
@@ -282,10 +283,9 @@ def ablate_cmd(kind, root, values, **options) -> None:
 @click.option(
     "--run",
     "run_dir",
-    default="runs/latest",
-    show_default=True,
+    default=None,
     type=click.Path(file_okay=False),
-    help="The run to evaluate (default: the last trained).",
+    help="The run to evaluate (default: runs/latest, the last run ksr train finished).",
 )
 @click.option(
     "--fold",
@@ -329,9 +329,12 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resam
     """
     from pathlib import Path
 
-    from ..fuse.report import evaluate_saved_run, to_markdown, write_report
-    from ..fuse.stats import DEFAULT_SEED, Bootstrap
+    from ..fuse.report.evaluation import evaluate_saved_run
+    from ..fuse.report.render import to_markdown, write_report
+    from ..fuse.report.stats import DEFAULT_SEED, Bootstrap
+    from ..fuse.train.runs import LATEST, report_stem
 
+    run_dir = run_dir or str(LATEST)
     boot = Bootstrap(resamples, DEFAULT_SEED if bootstrap_seed is None else bootstrap_seed)
     report = evaluate_saved_run(
         Path(run_dir),
@@ -341,7 +344,7 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resam
         allow_incomplete=allow_incomplete,
         bootstrap=boot,
     )
-    stem = "report" if not folds else "report_fold" + "_".join(str(f) for f in folds)
+    stem = report_stem(list(folds))
     write_report(report, Path(out_dir) if out_dir else Path(run_dir), stem)
     click.echo(to_markdown(report))
 
@@ -420,13 +423,13 @@ def predict_cmd(
     """
     import json
 
-    from ..predict import draw_attention, predict
+    from ..predict import draw_attention, predict_one
 
     if attention_png is not None:
-        from ..fuse.plots import figure_format
+        from ..fuse.report.plots import figure_format
 
         figure_format(attention_png)  # before the encoders load: a bad name costs nothing
-    result = predict(
+    result = predict_one(
         checkpoint,
         audio_path,
         text,

@@ -1,5 +1,5 @@
 """Options shared by ``ksr train`` and ``ksr ablate``; the model settings are generated from
-``ksr.fuse.config`` (one flag per ModelConfig field, with its help and its rules)."""
+``ksr.fuse.model.config`` (one flag per ModelConfig field, with its help and its rules)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _csv(kind, text: str | None, what: str) -> list | None:
 
 def model_options(f):
     """One option per ModelConfig setting, generated from the dataclass (its help and its rules)."""
-    from ..fuse.config import cli_settings, setting_problem
+    from ..fuse.model.config import cli_settings, setting_problem
 
     def check(field):
         def callback(ctx, param, value):
@@ -70,10 +70,10 @@ bootstrap_option = click.option(
 def training_options(f):
     """The options ksr train and ksr ablate share (recipe, protocol, model settings, device)."""
     from ..cache.reader import MODES
-    from ..fuse.folds import PROTOCOLS
-    from ..fuse.metrics import METRICS
-    from ..fuse.recipes import OPTIMIZERS, PRESETS, SCHEDULES
-    from ..fuse.runs import SELECTIONS
+    from ..fuse.train.folds import PROTOCOLS
+    from ..fuse.train.metrics import METRICS
+    from ..fuse.train.recipes import OPTIMIZERS, PRESETS, SCHEDULES
+    from ..fuse.train.runs import SELECTIONS
 
     options = [
         click.option(
@@ -169,54 +169,40 @@ def training_options(f):
     return f
 
 
-# Recipe fields with their own option (None: the preset's value).
-RECIPE_OPTIONS = ("epochs", "lr", "batch_size", "momentum", "schedule", "optimizer", "warmup_epochs")
-
-
 def setup_training(o: dict, run_dir: str | None = None):
     """(setup, folds, seeds) from the shared training options; model settings are checked before
-    a large cache is read. ``--resume`` on a run that has a run.json takes the run's own settings:
-    options typed again must agree with them (prepare_run refuses a difference)."""
+    a large cache is read. ``--resume`` continues what the run recorded (``resumed_options``)."""
     from click.core import ParameterSource
 
-    from ..fuse.config import cli_settings
-    from ..fuse.experiment import setup_training
-    from ..fuse.recipes import PRESET_MODEL_SETTINGS, PRESET_NOTES, recipe
-    from ..fuse.runs import RUN_FILE, load_run, requested_seeds_and_folds
+    from ..fuse.model.config import cli_settings
+    from ..fuse.report.experiment import open_training
+    from ..fuse.train.recipes import PRESET_MODEL_SETTINGS, PRESET_NOTES, recipe
+    from ..fuse.train.runs import RECIPE_OPTIONS, RUN_OPTIONS, resumed_options
 
     ctx = click.get_current_context()
     typed = {name for name in o if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-    seeds = _csv(int, o["seeds"], "integer seeds")
-    folds = list(o["folds"]) or None
-    recipe_changes = {k: o[k] for k in RECIPE_OPTIONS}
-    changes = {f.name: o[f.name] for f in cli_settings() if o[f.name] is not None}
-    run = {k: o[k] for k in ("protocol", "select", "metric", "val_fraction")}
-    recipe_name = o["recipe_name"]
-    if o["resume"] and run_dir and (Path(run_dir) / RUN_FILE).is_file():
-        saved = load_run(Path(run_dir))
-        if "recipe_name" not in typed:
-            recipe_name = saved.recipe.name
-        recipe_changes = {
-            **{k: getattr(saved.recipe, k) for k in recipe_changes},
-            **{k: v for k, v in recipe_changes.items() if k in typed},
-        }
-        changes = {
-            **{f.name: getattr(saved.model, f.name) for f in cli_settings()},
-            **{k: v for k, v in changes.items() if k in typed},
-        }
-        run = {**{k: getattr(saved, k) for k in run}, **{k: v for k, v in run.items() if k in typed}}
-        asked_seeds, asked_folds = requested_seeds_and_folds(Path(run_dir))  # the interrupted command's
-        seeds = seeds if "seeds" in typed else asked_seeds or seeds
-        folds = folds if "folds" in typed else asked_folds or folds
-    r = recipe(recipe_name, **recipe_changes)
-    changes = {**PRESET_MODEL_SETTINGS.get(recipe_name, {}), **changes}
-    setup = setup_training(o["cache_dir"], r, changes, **run, device=o["device"], cache_mode=o["cache_mode"])
-    if recipe_name in PRESET_NOTES and setup.ranks.main:
-        click.echo(PRESET_NOTES[recipe_name], err=True)
+    o = {**o, "seeds": _csv(int, o["seeds"], "integer seeds"), "folds": list(o["folds"]) or None}
+    if o["resume"] and run_dir:
+        o = resumed_options(Path(run_dir), o, typed)
+    r = recipe(o["recipe_name"], **{k: o[k] for k in RECIPE_OPTIONS})
+    changes = {
+        **PRESET_MODEL_SETTINGS.get(o["recipe_name"], {}),
+        **{f.name: o[f.name] for f in cli_settings() if o[f.name] is not None},
+    }
+    setup = open_training(
+        o["cache_dir"],
+        r,
+        changes,
+        **{k: o[k] for k in RUN_OPTIONS},
+        device=o["device"],
+        cache_mode=o["cache_mode"],
+    )
+    if o["recipe_name"] in PRESET_NOTES and setup.ranks.main:
+        click.echo(PRESET_NOTES[o["recipe_name"]], err=True)
     if o["select"] == "test" and setup.spec.protocol != "split" and setup.ranks.main:  # split refuses it
         click.echo(
             "warning: --select test picks each fold's epoch on its TEST set (the public code's protocol); "
             "reports are marked as such",
             err=True,
         )
-    return setup, folds, seeds or [r.seed]
+    return setup, o["folds"], o["seeds"] or [r.seed]

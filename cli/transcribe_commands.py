@@ -1,4 +1,4 @@
-"""``ksr transcribe``: machine transcripts for a manifest (``ksr.extract.transcribe``)."""
+"""``ksr transcribe``: machine transcripts for a manifest (``ksr.extract.asr.transcribe``)."""
 
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ def transcribe_cmd(manifest, asr_spec, out, column, batch_size, device, max_dura
     OUT.errors.tsv. Then `ksr extract OUT --text-column asr_text` makes a cache from the
     machine transcripts.
     """
-    from ..extract.audio import MAX_DURATION_S
-    from ..extract.transcribe import transcribe_manifest
+    from ..extract.asr.transcribe import transcribe_manifest
+    from ..extract.audio_errors import MAX_DURATION_S
 
     summary = transcribe_manifest(
         manifest,

@@ -17,19 +17,13 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ..common import SAMPLE_RATE, KsrError
+from ..common import SAMPLE_RATE
+from .audio_errors import MAX_DURATION_S, AudioError, too_long
+from .media import decode_container, is_container, probe_container_seconds
 
 #: A segment end past the end of the file by at most this much (rounding in segment lists) is
 #: clamped; more is an error.
 END_TOLERANCE_S = 0.1
-#: The most audio, in seconds, one file (or its segment) may decode to; checked from the file's
-#: header before any sample is read, so that one huge file, or one whose header claims an absurd
-#: length, cannot take the machine's memory. ``--max-duration`` (extract, transcribe, predict) raises it.
-MAX_DURATION_S = 600.0
-
-
-class AudioError(KsrError, ValueError):
-    """An utterance whose audio cannot be used; the message is a one-line reason."""
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -73,8 +67,6 @@ def read_audio(
         raise AudioError(f"audio file not found: {path}")
     if path.stat().st_size == 0:
         raise AudioError(f"unreadable audio {path.name}: the file is empty (0 bytes)")
-    from .media import decode_container, is_container  # media imports this module
-
     if is_container(path):
         decoded, rate = decode_container(path, start=start, end=end, max_duration=max_duration)
         first, last = _segment(path.name, rate, decoded.shape[0], start, end, None)
@@ -109,12 +101,6 @@ def _segment(
     return first, max(last, first)
 
 
-def too_long(name: str, max_duration: float, seconds: float | None = None) -> AudioError:
-    """The duration guard's one line (``seconds``: what the header gives, when it gives it)."""
-    have = f"{seconds:.1f} s of audio by its header, more than" if seconds is not None else "more than"
-    return AudioError(f"{name}: {have} the {max_duration:g} s one file may decode to (--max-duration raises the limit)")
-
-
 def _read_soundfile(
     path: Path, start: float | None, end: float | None, max_duration: float | None
 ) -> tuple[np.ndarray, int]:
@@ -135,8 +121,6 @@ def _read_soundfile(
 def probe_seconds(path: str | os.PathLike) -> float:
     """The audio's duration in seconds from the file's header, no sample decoded; raises what
     soundfile or PyAV raise for a file they cannot open (the caller decides)."""
-    from .media import is_container, probe_container_seconds
-
     if is_container(path):
         return probe_container_seconds(path)
     info = sf.info(str(path))

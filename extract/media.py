@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import AudioError, too_long
+from .audio_errors import AudioError, too_long
 
 #: File name endings read with PyAV instead of soundfile.
 CONTAINER_SUFFIXES: frozenset[str] = frozenset({".mp4", ".m4a", ".mov", ".mkv", ".webm", ".aac"})

@@ -40,7 +40,6 @@ from ..common import (
     MAX_TEXT_TOKENS,
     PAPER_CLASSES,
     SAMPLE_RATE,
-    KsrError,
     Ranks,
     faults,
     ranks_from_env,
@@ -49,10 +48,11 @@ from ..common import (
 )
 from ..common.files import DiskFullError, disk_full_error, is_disk_full
 from .audio import MAX_DURATION_S, AudioError, cut_audio, read_audio
+from .corpora.manifest import Manifest, Utterance, read_manifest
 from .encoders import AudioEncoder, Encoder, EncoderError, TextEncoder, load_encoder
-from .manifest import Manifest, Utterance, read_manifest
+from .failures import Breaker, ExtractError, encode_isolated
 from .media import check_decoder
-from .plan import plan_batches, probe_seconds, rank_share
+from .plan import plan_batches, rank_share, utterance_seconds
 from .prefetch import read_ahead
 from .summary import STAGES, ErrorLog, ExtractSummary, reason_of
 
@@ -67,12 +67,6 @@ DEFAULT_BATCH_SECONDS = {"cpu": 10.0, "cuda": 120.0}
 #: device computes.
 DEFAULT_PREFETCH = 2
 DEFAULT_SHARD_SIZE = 512
-#: Stop when the first this-many encoder calls all fail: a broken encoder, not bad items.
-FAILFAST = 16
-
-
-class ExtractError(KsrError, RuntimeError):
-    """A problem of the whole run (not of one utterance); the message is one line."""
 
 
 def default_classes(labels: Sequence[str]) -> tuple[str, ...]:
@@ -98,53 +92,6 @@ def _load(
             raise EncoderError(f"encoder {spec.name!r} is a {spec.modality} encoder, not {modality}")
         return spec
     return load_encoder(spec, modality=modality, device=device, dtype=compute_dtype, tiny_root=tiny_root)
-
-
-class _Breaker:
-    """Tell a broken encoder (every call fails from the start) from a few bad utterances."""
-
-    def __init__(self, stage: str):
-        self.stage, self.ok, self.failed = stage, 0, 0
-
-    def record(self, ok: int, failed: int, reason: str) -> None:
-        self.ok += ok
-        self.failed += failed
-        if self.ok == 0 and self.failed >= FAILFAST:
-            raise ExtractError(
-                f"the {self.stage} failed on the first {self.failed} utterances (last: {reason}); stopping"
-            )
-
-
-def _encode(
-    encode: Callable[[list], list], items: list, on_fail: Callable[[int, str], None], breaker: _Breaker
-) -> list[torch.Tensor | None]:
-    """Encode a batch; if it fails, encode its items one at a time so that one bad item (or a
-    GPU out of memory on a large batch) costs only itself."""
-    if not items:
-        return []
-    try:
-        out = list(encode(items))
-        breaker.record(len(out), 0, "")
-        return out
-    except ExtractError:
-        raise
-    except Exception as err:  # noqa: BLE001 - isolated below, reported per utterance
-        if len(items) == 1:
-            on_fail(0, reason_of(err))
-            breaker.record(0, 1, reason_of(err))
-            return [None]
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    out: list[torch.Tensor | None] = []
-    for i, item in enumerate(items):
-        try:
-            out.append(encode([item])[0])
-            breaker.record(1, 0, "")
-        except Exception as err:  # noqa: BLE001
-            on_fail(i, reason_of(err))
-            out.append(None)
-            breaker.record(0, 1, reason_of(err))
-    return out
 
 
 def _tidy_other_writers(root: Path, meta: CacheMeta, ranks: Ranks) -> None:
@@ -354,7 +301,7 @@ def _run(
     stored = writer.stored_ids()
     classes = set(meta.classes)
     if ranks.world > 1:  # shares are balanced by duration: every rank probes every file
-        seconds = [probe_seconds(u) for u in rows]
+        seconds = [utterance_seconds(u) for u in rows]
         share = rank_share([u.id for u in rows], seconds, ranks)
     else:
         seconds = [0.0] * len(rows)
@@ -373,7 +320,7 @@ def _run(
     summary.total += len(share)
     if ranks.world == 1:
         for i in usable:
-            seconds[i] = probe_seconds(rows[i])
+            seconds[i] = utterance_seconds(rows[i])
     if meta.max_audio_seconds is not None:  # batches are planned on what is encoded
         seconds = [min(s, meta.max_audio_seconds) for s in seconds]
     # Batches are planned over the stored utterances too, and those with nothing new are
@@ -396,7 +343,7 @@ def _run(
         dynamic_ncols=True,
         smoothing=0.05,
     )
-    breakers = {s: _Breaker(s) for s in ("audio-encoder", "text-encoder")}
+    breakers = {s: Breaker(s) for s in ("audio-encoder", "text-encoder")}
     loop_start = time.perf_counter()
 
     def fail(u: Utterance, stage: str, reason: str) -> None:
@@ -414,7 +361,7 @@ def _run(
         for batch, wavs in read_ahead(batches, read, depth=prefetch):
             faults.point("extract-batch")  # tests: SIGKILL here (KSR_TEST_KILL_AT)
             good: list[tuple[Utterance, np.ndarray]] = []
-            for u, w in zip(batch, wavs):
+            for u, w in zip(batch, wavs, strict=True):
                 if isinstance(w, BaseException):
                     fail(u, "audio", reason_of(w))
                 elif len(w) < audio.min_samples:
@@ -427,20 +374,20 @@ def _run(
                     )
                 else:
                     good.append((u, w))
-            a_feats = _encode(
+            a_feats = encode_isolated(
                 audio.encode,
                 [w for _, w in good],
                 lambda i, r, good=good: fail(good[i][0], "audio-encoder", r),
                 breakers["audio-encoder"],
             )
-            good = [(u, w, a) for (u, w), a in zip(good, a_feats) if a is not None]
-            t_feats = _encode(
+            good = [(u, w, a) for (u, w), a in zip(good, a_feats, strict=True) if a is not None]
+            t_feats = encode_isolated(
                 text.encode,
                 [u.text for u, _, _ in good],
                 lambda i, r, good=good: fail(good[i][0], "text-encoder", r),
                 breakers["text-encoder"],
             )
-            for (u, w, a), t in zip(good, t_feats):
+            for (u, w, a), t in zip(good, t_feats, strict=True):
                 if t is None or u.id in stored:
                     continue
                 problem = row_problem(a, meta.max_audio_len, "audio", meta.dtype) or row_problem(

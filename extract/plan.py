@@ -11,11 +11,11 @@ import os
 from collections.abc import Sequence
 
 from ..common import SAMPLE_RATE, Ranks
-from .audio import probe_seconds as header_seconds
-from .manifest import Utterance
+from .audio import probe_seconds
+from .corpora.manifest import Utterance
 
 
-def probe_seconds(utt: Utterance) -> float:
+def utterance_seconds(utt: Utterance) -> float:
     """The utterance's duration in seconds from the file header (cheap: no samples are read).
 
     A file that cannot be probed gives 0.0: it is planned like any other and reading it
@@ -25,7 +25,7 @@ def probe_seconds(utt: Utterance) -> float:
     if not os.path.isfile(utt.audio):  # a pipe or device named in a manifest could block
         return 0.0
     try:
-        total = header_seconds(utt.audio)  # soundfile, or PyAV for mp4 and kin
+        total = probe_seconds(utt.audio)  # soundfile, or PyAV for mp4 and kin
     except Exception:  # noqa: BLE001 - any header problem is reported when the file is read
         return 0.0
     start = utt.start or 0.0

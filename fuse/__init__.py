@@ -3,10 +3,10 @@
 Reads features only through ``ksr.cache``; never imports ``ksr.extract`` or an encoder library.
 """
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from .config import ModelConfig
-from .model import KSTransformer, count_parameters
-from .official import convert_official, model_from_official_state, to_official_state_dict
+from .model.config import ModelConfig
+from .model.model import KSTransformer, count_parameters
+from .train.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from .train.official import convert_official, model_from_official_state, to_official_state_dict
 
 __all__ = [
     "CheckpointError",

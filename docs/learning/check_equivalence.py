@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np, torch
 import harness as H
 from ksr.cache import open_cache
-from ksr.fuse.config import ModelConfig
-from ksr.fuse.recipes import Recipe
+from ksr.fuse.model.config import ModelConfig
+from ksr.fuse.train.recipes import Recipe
 from ksr.fuse.train import RunSpec, train_fold, model_config_for_cache
 
 setup = H.Setup(metric="wa")

@@ -4,8 +4,8 @@ import json, math, tempfile
 from pathlib import Path
 import torch, harness as H
 from ksr.cache import open_cache
-from ksr.fuse.config import ModelConfig
-from ksr.fuse.recipes import recipe
+from ksr.fuse.model.config import ModelConfig
+from ksr.fuse.train.recipes import recipe
 from ksr.fuse.train import RunSpec, train_fold, model_config_for_cache
 
 r = recipe("ksr", epochs=3)

@@ -6,7 +6,7 @@ import math, numpy as np, torch
 import harness as H
 from ksr.cache import open_cache
 from ksr.fuse import quirks
-from ksr.fuse.recipes import Recipe, build_optimizer, build_scheduler
+from ksr.fuse.train.recipes import Recipe, build_optimizer, build_scheduler
 
 d = H.load(H.HERE / "caches/demo")
 cache = open_cache(H.HERE / "caches/demo", progress=False)

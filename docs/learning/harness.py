@@ -27,11 +27,11 @@ from torch import nn
 torch.set_num_threads(1)
 
 from ksr.cache import open_cache
-from ksr.fuse.config import ModelConfig
-from ksr.fuse.folds import make_split
-from ksr.fuse.metrics import scores
-from ksr.fuse.model import KSTransformer
-from ksr.fuse.recipes import Recipe, build_optimizer, build_scheduler
+from ksr.fuse.model.config import ModelConfig
+from ksr.fuse.train.folds import make_split
+from ksr.fuse.train.metrics import scores
+from ksr.fuse.model.model import KSTransformer
+from ksr.fuse.train.recipes import Recipe, build_optimizer, build_scheduler
 
 HERE = Path(__file__).resolve().parent
 

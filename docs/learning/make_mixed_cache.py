@@ -5,7 +5,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch
 torch.set_num_threads(1)
 from pathlib import Path
-from ksr.extract.demo import make_demo_corpus
+from ksr.extract.corpora.demo import make_demo_corpus
 from ksr.extract.pipeline import extract_corpus
 from study_encoders import Fbank
 HERE = Path(__file__).resolve().parent

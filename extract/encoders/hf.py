@@ -91,7 +91,7 @@ def check_local_folder(source: str) -> None:
         raise EncoderError(f"model folder not found: {source}")
 
 
-def _resolve_dir(source: str, revision: str | None) -> tuple[Path, str | None]:
+def resolve_model_dir(source: str, revision: str | None) -> tuple[Path, str | None]:
     """The local folder holding the checkpoint's files, and the hub commit when from the hub."""
     check_local_folder(source)
     if Path(source).is_dir():
@@ -108,7 +108,7 @@ def _resolve_dir(source: str, revision: str | None) -> tuple[Path, str | None]:
     return folder, commit
 
 
-def _load_model(source: str, revision: str | None, auto_class=None):
+def load_pretrained(source: str, revision: str | None, auto_class=None):
     """``AutoModel`` (or ``auto_class``) in eval mode; a checkpoint missing weights the model
     needs is refused."""
     if auto_class is None:
@@ -149,7 +149,7 @@ def _spec(source: str, layer: int, revision: str | None) -> str:
     return f"hf:{source}@layer={layer}" + (f"@revision={revision}" if revision else "")
 
 
-class _HFMixin:
+class HFEncoderMixin:
     """Loading shared by the audio and text encoders."""
 
     def _keep(self, model):
@@ -173,8 +173,8 @@ class _HFMixin:
         returns the source as loaded."""
         given = str(source)
         source = os.path.expanduser(given)
-        folder, commit = _resolve_dir(source, revision)
-        model = self._keep(_load_model(source, revision))
+        folder, commit = resolve_model_dir(source, revision)
+        model = self._keep(load_pretrained(source, revision))
         self.device, self.dtype = placement(device, dtype)
         self.model = model.to(device=self.device, dtype=self.dtype)
         config = model.config
@@ -189,7 +189,7 @@ class _HFMixin:
         return source
 
 
-class HFAudioEncoder(_HFMixin, AudioEncoder):
+class HFAudioEncoder(HFEncoderMixin, AudioEncoder):
     """A transformers speech model (wav2vec 2.0, HuBERT, WavLM, data2vec-audio)."""
 
     def __init__(
@@ -229,7 +229,7 @@ class HFAudioEncoder(_HFMixin, AudioEncoder):
         hop = int(np.prod(config.conv_stride))
         self.frame_rate = SAMPLE_RATE / hop
         need = 1
-        for kernel, stride in zip(reversed(config.conv_kernel), reversed(config.conv_stride)):
+        for kernel, stride in zip(reversed(config.conv_kernel), reversed(config.conv_stride), strict=True):
             need = (need - 1) * stride + kernel
         self.min_samples = need
         self._hash_checkpoint()
@@ -258,13 +258,13 @@ class HFAudioEncoder(_HFMixin, AudioEncoder):
             rows = [hidden[i, :n] for i, n in enumerate(frames)]
         else:
             rows = [self._forward([w], mask=False)[0] for w in wavs]
-        for r, n in zip(rows, frames):
+        for r, n in zip(rows, frames, strict=True):
             if r.shape[0] != n:  # the conv formula and the model must agree
                 raise EncoderError(f"{self.name} gave {r.shape[0]} frames where its conv formula says {n}")
         return [r.float().cpu() for r in rows]
 
 
-class HFTextEncoder(_HFMixin, TextEncoder):
+class HFTextEncoder(HFEncoderMixin, TextEncoder):
     """A transformers text model (RoBERTa, BERT and kin) with its own tokenizer."""
 
     def __init__(

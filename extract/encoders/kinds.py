@@ -49,10 +49,10 @@ KINDS: tuple[Kind, ...] = (
 
 def encoder_kinds() -> list[Kind]:
     """:data:`KINDS`, plus a row for each kind registered elsewhere that it does not name."""
-    from .spec import _KINDS
+    from .spec import registered_kinds
 
     named = {k.spec.split(":")[0].split("[")[0] for k in KINDS}
-    return list(KINDS) + [Kind(f"{p}:<...>", "?", "?", "registered kind") for p in _KINDS if p not in named]
+    return list(KINDS) + [Kind(f"{p}:<...>", "?", "?", "registered kind") for p in registered_kinds() if p not in named]
 
 
 def format_kinds(kinds: list[Kind]) -> str:

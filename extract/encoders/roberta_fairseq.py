@@ -28,7 +28,7 @@ What the folder holds:
   lines are skipped.
 - ``ksr-fairseq-roberta.json``: where it came from (sha256 of each input file).
 
-The checkpoint is read by :func:`ksr.extract.encoders.wav2vec1.read_checkpoint` (``torch.load``
+The checkpoint is read by :func:`ksr.extract.encoders.wav2vec1.read_fairseq_checkpoint` (``torch.load``
 with ``weights_only=True``; only ``argparse.Namespace`` and numpy scalars besides tensors and
 plain data), so nothing pickled in it runs.
 """
@@ -51,7 +51,7 @@ import torch
 
 from ...common import sha256_file
 from .base import EncoderError
-from .wav2vec1 import read_checkpoint
+from .wav2vec1 import read_fairseq_checkpoint
 
 #: fairseq's Dictionary: these four come first, in this order (ids 0..3).
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
@@ -428,7 +428,7 @@ def _write_tokenizer(folder: Path, vocab: Mapping[str, int], merges: Sequence[st
 # Conversion
 
 
-def convert(
+def convert_fairseq_roberta(
     model_pt: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
@@ -464,7 +464,7 @@ def convert(
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise EncoderError(f"{out_dir} exists and is not empty (overwrite=True / --overwrite replaces it)")
 
-    settings_raw, state = read_checkpoint(model_pt)
+    settings_raw, state = read_fairseq_checkpoint(model_pt)
     settings = read_settings(settings_raw, state)
     hf_state = to_hf_keys(state, source=str(model_pt))
     model = load_into_model(hf_state, settings, source=str(model_pt))
@@ -519,7 +519,7 @@ def convert(
     return out_dir
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def command_line(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ksr.extract.encoders.roberta_fairseq",
         description="Convert a fairseq RoBERTa checkpoint (roberta.large's model.pt) into a "
@@ -533,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
     args = parser.parse_args(argv)
     try:
-        out = convert(
+        out = convert_fairseq_roberta(
             args.model_pt,
             args.out_dir,
             dict_txt=args.dict_txt,
@@ -549,4 +549,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command_line())

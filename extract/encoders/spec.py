@@ -65,6 +65,11 @@ Loader = Callable[..., Encoder]
 _KINDS: dict[str, Loader] = {}
 
 
+def registered_kinds() -> list[str]:
+    """The prefixes of the encoder kinds registered with :func:`register_kind`, in order."""
+    return list(_KINDS)
+
+
 def register_kind(prefix: str, loader: Loader, *, options: tuple[str, ...] = (), bare: bool = False) -> None:
     """Make ``<prefix>:<source>[@...]`` load with ``loader(spec: EncoderSpec, device=, dtype=,
     tiny_root=)``; for kinds outside this module (the fairseq wav2vec 1.0). ``options``: the
@@ -147,7 +152,7 @@ def load_encoder(
     tiny_root: str | os.PathLike | None = None,
 ) -> Encoder:
     """Build the encoder a spec names, on ``device`` (default: the best one, see
-    :func:`~ksr.extract.encoders.base.best_device`). ``modality`` ("audio"/"text"), when given,
+    :func:`~ksr.extract.encoders.base.placement`). ``modality`` ("audio"/"text"), when given,
     must match the model's, so that a text model is never taken for the audio side."""
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
     layer = -1 if parsed.layer is None else parsed.layer
@@ -177,7 +182,7 @@ def load_encoder(
     return encoder
 
 
-def _hf_modality(source: str, revision: str | None) -> str:
+def hf_modality(source: str, revision: str | None) -> str:
     """``whisper`` for Whisper (its encoder), ``audio`` for models with a convolutional
     waveform front end, else ``text``."""
     from transformers import AutoConfig
@@ -199,7 +204,7 @@ def _load_hf(source: str, layer: int, revision: str | None, device, dtype) -> En
     from .hf import HFAudioEncoder, HFTextEncoder, check_local_folder
 
     check_local_folder(source)
-    modality = _hf_modality(os.path.expanduser(source), revision)
+    modality = hf_modality(os.path.expanduser(source), revision)
     if modality == "whisper":
         from .whisper import WhisperAudioEncoder
 

@@ -439,7 +439,7 @@ def _allowed_globals() -> list:
     return allowed
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[Any, dict[str, torch.Tensor]]:
+def read_fairseq_checkpoint(path: str | os.PathLike) -> tuple[Any, dict[str, torch.Tensor]]:
     """``(model settings, fairseq state dict)`` of a fairseq wav2vec checkpoint file.
 
     Loaded with ``weights_only=True`` and only :func:`_allowed_globals` added: a checkpoint
@@ -483,9 +483,9 @@ def file_digest(path: str | os.PathLike) -> str:
     return "sha256:" + sha256_file(path)
 
 
-def build_model(path: str | os.PathLike) -> Wav2Vec1:
+def build_wav2vec1(path: str | os.PathLike) -> Wav2Vec1:
     """The port with a checkpoint's weights, in eval mode on the CPU in float32."""
-    settings, state = read_checkpoint(path)
+    settings, state = read_fairseq_checkpoint(path)
     config = Wav2Vec1Config.from_args(settings)
     model = Wav2Vec1(config)
     ours = from_fairseq_keys(state, model.state_dict(), source=str(path))
@@ -516,7 +516,7 @@ class Wav2Vec1Encoder(AudioEncoder):
         path = Path(os.path.expanduser(given))
         if not path.is_file():
             raise EncoderError(f"wav2vec checkpoint not found: {given}")
-        model = build_model(path)
+        model = build_wav2vec1(path)
         self.device, self.dtype = placement(device, dtype)
         self.model = model.to(device=self.device, dtype=self.dtype)
         config = model.config
@@ -549,7 +549,7 @@ class Wav2Vec1Encoder(AudioEncoder):
                 feats = self.model(batch.to(device=self.device, dtype=self.dtype))
                 if feats.shape[2] != n:  # the conv formula and the model must agree
                     raise EncoderError(f"{self.name} gave {feats.shape[2]} frames where its conv formula says {n}")
-                for i, f in zip(chunk, feats):
+                for i, f in zip(chunk, feats, strict=True):
                     out[i] = f.transpose(0, 1).float().cpu()
         return out  # type: ignore[return-value]
 
@@ -573,8 +573,8 @@ __all__ = [
     "Wav2Vec1",
     "Wav2Vec1Config",
     "Wav2Vec1Encoder",
-    "build_model",
-    "read_checkpoint",
+    "build_wav2vec1",
+    "read_fairseq_checkpoint",
     "to_fairseq_keys",
     "from_fairseq_keys",
     "load_wav2vec1",

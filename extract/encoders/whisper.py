@@ -35,13 +35,13 @@ import numpy as np
 import torch
 
 from .base import SAMPLE_RATE, AudioEncoder, EncoderError
-from .hf import _HFMixin, quiet_transformers
+from .hf import HFEncoderMixin, quiet_transformers
 
 #: Windows per forward pass: 16 x 30 s keeps large-v3 in float16 at a few GiB on a GPU.
 MAX_WINDOWS = 16
 
 
-class WhisperAudioEncoder(_HFMixin, AudioEncoder):
+class WhisperAudioEncoder(HFEncoderMixin, AudioEncoder):
     """The encoder of a transformers Whisper checkpoint (hub id or ``save_pretrained`` folder)."""
 
     min_samples = 1
@@ -117,10 +117,10 @@ class WhisperAudioEncoder(_HFMixin, AudioEncoder):
         for start in range(0, len(windows), self.max_windows):
             chunk = windows[start : start + self.max_windows]
             hidden = self._forward([w for _, w in chunk])
-            for (i, w), h in zip(chunk, hidden):
+            for (i, w), h in zip(chunk, hidden, strict=True):
                 parts[i].append(h[: self._window_frames(len(w))].float().cpu())
         rows = [torch.cat(p) for p in parts]
-        for wav, r in zip(wavs, rows):
+        for wav, r in zip(wavs, rows, strict=True):
             if r.shape[0] != self.num_frames(len(wav)):  # cannot happen: a guard on the above
                 raise EncoderError(
                     f"{self.name} gave {r.shape[0]} frames for {len(wav)} "

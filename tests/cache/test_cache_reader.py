@@ -26,7 +26,7 @@ def _epochs(cache, seed, epochs=2, **kw):
 
 def _same_batches(x, y):
     assert len(x) == len(y)
-    for a, b in zip(x, y):
+    for a, b in zip(x, y, strict=True):
         assert a.ids == b.ids
         for name in (
             "audio",
@@ -53,7 +53,7 @@ def test_memory_and_stream_give_the_same_batches(cache_dir, kw):
     memory = open_cache(cache_dir, mode="memory", progress=False)
     stream = open_cache(cache_dir, mode="stream", progress=False)
     a, b = _epochs(memory, 7, **kw), _epochs(stream, 7, **kw)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         _same_batches(x, y)
     n_batches = 23 // kw["batch_size"] if kw.get("drop_last") else -(-23 // kw["batch_size"])
     assert len(a[0]) == n_batches == len(memory.loader(**kw))
@@ -104,7 +104,9 @@ def test_order_does_not_depend_on_how_the_cache_was_written(tmp_path):
     two = open_cache(tmp_path / "two", mode="stream", progress=False)
     assert [ix.tag for ix in two.indexes] == ["rank0", "rank1"]
     assert one.ids == two.ids == sorted(u["id"] for u in utts)
-    for x, y in zip(_epochs(one, 3, batch_size=4, shuffle=True), _epochs(two, 3, batch_size=4, shuffle=True)):
+    for x, y in zip(
+        _epochs(one, 3, batch_size=4, shuffle=True), _epochs(two, 3, batch_size=4, shuffle=True), strict=True
+    ):
         _same_batches(x, y)
 
 

@@ -50,7 +50,7 @@ def test_round_trip_values_lengths_masks(tmp_path, dtype, mode):
             assert (err <= np.abs(u["audio"][:n]) * 2.0**-11 + 2.0**-25).all()
     assert batch.audio_lengths.tolist() == [1, 459, 460, 460, 460, 37, 460]
     assert batch.text_lengths.tolist() == [1, 19, 20, 20, 20, 20, 7]
-    for j, (la, lt) in enumerate(zip(batch.audio_lengths.tolist(), batch.text_lengths.tolist())):
+    for j, (la, lt) in enumerate(zip(batch.audio_lengths.tolist(), batch.text_lengths.tolist(), strict=True)):
         assert batch.audio_padding_mask[j].tolist() == [t >= la for t in range(460)]
         assert batch.text_padding_mask[j].tolist() == [t >= lt for t in range(20)]
     assert batch.audio_padding_mask.dtype == torch.bool and batch.labels.dtype == torch.long

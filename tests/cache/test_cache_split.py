@@ -54,7 +54,7 @@ def test_splits_round_trip_in_both_modes(tmp_path):
     utts = write(tmp_path, SPLITS)
     for mode in ("memory", "stream"):
         with open_cache(tmp_path, mode=mode, progress=False) as cache:
-            assert dict(zip(cache.ids, cache.splits.tolist())) == {u["id"]: u["split"] for u in utts}
+            assert dict(zip(cache.ids, cache.splits.tolist(), strict=True)) == {u["id"]: u["split"] for u in utts}
             assert set(cache.sessions.tolist()) == {""}
     with h5py.File(tmp_path / "shard-w0-00000.h5", "r") as f:
         assert f.attrs["schema_version"] == SCHEMA_VERSION == 2
@@ -119,7 +119,7 @@ def test_a_version_1_cache_takes_version_2_shards(tmp_path):
         for u in extra:
             w.add(**u)
     with open_cache(tmp_path / "c", progress=False) as cache:
-        got = dict(zip(cache.ids, cache.splits.tolist()))
+        got = dict(zip(cache.ids, cache.splits.tolist(), strict=True))
     assert len(got) == 45 and [got[f"new{i}"] for i in range(5)] == ["train"] * 5
     assert sum(v == "" for v in got.values()) == 40
     info = cache_info(tmp_path / "c")

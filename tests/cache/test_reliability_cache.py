@@ -19,8 +19,8 @@ import ksr.common.faults
 from ksr.cache import CacheWriter
 from ksr.cache.synthetic import synthetic_meta, synthetic_utterances, write_synthetic_cache
 from ksr.fuse import ModelConfig
-from ksr.fuse.recipes import recipe
-from ksr.fuse.runs import RunSpec, prepare_run
+from ksr.fuse.train.recipes import recipe
+from ksr.fuse.train.runs import RunSpec, prepare_run
 
 META = dict(audio_dim=8, text_dim=6, max_audio_len=12, max_text_len=5, dtype="float32")
 TRAIN = [

@@ -14,8 +14,8 @@ from support.cli_runner import invoke_ksr
 from support.tiny import TINY_MODEL, tiny_meta
 
 from ksr.cache.synthetic import write_synthetic_cache
-from ksr.fuse.metrics import METRICS, scores
-from ksr.fuse.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
+from ksr.fuse.report.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
+from ksr.fuse.train.metrics import METRICS, scores
 
 TRAIN = ["--recipe", "ksr", "--epochs", "16", *TINY_MODEL, "--batch-size", "16", "--fold", "1", "--fold", "2"]
 
@@ -268,7 +268,7 @@ def fake_run(root: Path, name: str, predictions: dict, **report) -> Path:
         w.writerow(["seed", "fold", "id", "label", "prediction"])
         for seed, folds in predictions.items():
             for fold, (ids, labels, preds) in folds.items():
-                w.writerows([seed, fold, i, classes[y], classes[p]] for i, y, p in zip(ids, labels, preds))
+                w.writerows([seed, fold, i, classes[y], classes[p]] for i, y, p in zip(ids, labels, preds, strict=True))
     return run
 
 

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from ksr.extract.demo import make_demo_corpus
+from ksr.extract.corpora.demo import make_demo_corpus
 
 
 def ksr_demo(tmp_path, *args: str) -> subprocess.CompletedProcess:

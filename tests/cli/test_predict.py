@@ -18,11 +18,11 @@ from ksr.cache import open_cache
 from ksr.cli import main
 from ksr.common import atomic_save
 from ksr.demo import AUDIO_FRAMES as DEMO_AUDIO_FRAMES
-from ksr.extract.demo import make_demo_corpus
-from ksr.extract.manifest import read_manifest, write_manifest
+from ksr.extract.corpora.demo import make_demo_corpus
+from ksr.extract.corpora.manifest import read_manifest, write_manifest
 from ksr.extract.pipeline import extract_corpus
 from ksr.fuse import KSTransformer, load_checkpoint, load_model, save_checkpoint
-from ksr.predict import PredictError, draw_attention, predict
+from ksr.predict import PredictError, draw_attention, predict_one
 
 SEED = 123  # the official recipe's seed: the demo's run folder is seed123
 FOLD = 1  # tests Session 1
@@ -69,7 +69,9 @@ def utterance(demo):
 
 @pytest.fixture(scope="module")
 def prediction(demo, utterance):
-    return predict(demo["ckpt"], utterance.audio, utterance.text, device="cpu", attention=True, tiny_root=demo["tiny"])
+    return predict_one(
+        demo["ckpt"], utterance.audio, utterance.text, device="cpu", attention=True, tiny_root=demo["tiny"]
+    )
 
 
 def test_demo_pipeline_writes_report_and_records_cache_meta(demo):
@@ -227,7 +229,7 @@ NEEDS_TEXT = (
 
 def test_fused_model_needs_text_or_asr(demo, utterance):
     with pytest.raises(PredictError, match=rf"best\.pt: {re.escape(NEEDS_TEXT)}$"):
-        predict(demo["ckpt"], utterance.audio, None, device="cpu", tiny_root=demo["tiny"])
+        predict_one(demo["ckpt"], utterance.audio, None, device="cpu", tiny_root=demo["tiny"])
     result = CliRunner().invoke(
         main, ["predict", "--checkpoint", str(demo["ckpt"]), "--audio", str(utterance.audio)], env=demo["env"]
     )
@@ -243,13 +245,15 @@ def asr_folder(tmp_path_factory):
 
 
 def test_asr_transcribes_the_audio_when_no_text_is_given(demo, utterance, asr_folder):
-    from ksr.extract.asr import load_asr
+    from ksr.extract.asr.recognizer import load_asr
     from ksr.extract.audio import read_audio
 
     heard = load_asr(f"hf:{asr_folder}", device="cpu").transcribe([read_audio(utterance.audio)])[0]
     assert heard and heard != utterance.text
-    result = predict(demo["ckpt"], utterance.audio, None, device="cpu", tiny_root=demo["tiny"], asr=f"hf:{asr_folder}")
-    given = predict(demo["ckpt"], utterance.audio, heard, device="cpu", tiny_root=demo["tiny"])
+    result = predict_one(
+        demo["ckpt"], utterance.audio, None, device="cpu", tiny_root=demo["tiny"], asr=f"hf:{asr_folder}"
+    )
+    given = predict_one(demo["ckpt"], utterance.audio, heard, device="cpu", tiny_root=demo["tiny"])
     assert result.transcript == heard and np.array_equal(result.logits, given.logits)
     assert result.asr["name"] == "hf:tiny-whisper-asr" and result.asr["checkpoint_digest"].startswith("sha256:")
     args = ["predict", "--checkpoint", str(demo["ckpt"]), "--audio", str(utterance.audio), "--asr", f"hf:{asr_folder}"]
@@ -259,7 +263,7 @@ def test_asr_transcribes_the_audio_when_no_text_is_given(demo, utterance, asr_fo
     as_json = json.loads(CliRunner().invoke(main, [*args, "--json"], env=demo["env"]).output)
     assert as_json["transcript"] == heard and as_json["asr"]["model_type"] == "whisper"
     # A transcript given with --text wins; the ASR is not used.
-    typed = predict(demo["ckpt"], utterance.audio, "hello", device="cpu", tiny_root=demo["tiny"], asr="hf:/nope")
+    typed = predict_one(demo["ckpt"], utterance.audio, "hello", device="cpu", tiny_root=demo["tiny"], asr="hf:/nope")
     assert typed.transcript == "hello" and typed.asr is None
 
 
@@ -269,15 +273,15 @@ def test_asr_needs_audio_and_a_loadable_model(demo, utterance, tmp_path):
     text_only = KSTransformer(load_model(demo["ckpt"]).cfg.replace(modalities="text"))
     path = save_checkpoint(tmp_path / "text-only.pt", text_only, raw["meta"])
     with pytest.raises(PredictError, match=r"^--asr transcribes the utterance's audio: give it with --audio"):
-        predict(path, None, None, device="cpu", tiny_root=demo["tiny"], asr="hf:/nope")
+        predict_one(path, None, None, device="cpu", tiny_root=demo["tiny"], asr="hf:/nope")
     with pytest.raises(PredictError, match=r"^--asr: ASR hf:/nope: model folder not found: /nope$"):
-        predict(path, utterance.audio, None, device="cpu", tiny_root=demo["tiny"], asr="hf:/nope")
+        predict_one(path, utterance.audio, None, device="cpu", tiny_root=demo["tiny"], asr="hf:/nope")
 
 
 def test_missing_audio_file(demo, tmp_path):
     missing = tmp_path / "nope.wav"
     with pytest.raises(PredictError, match=rf"^--audio: audio file not found: {missing}$"):
-        predict(demo["ckpt"], missing, "hello", device="cpu", tiny_root=demo["tiny"])
+        predict_one(demo["ckpt"], missing, "hello", device="cpu", tiny_root=demo["tiny"])
 
 
 def test_bad_device_and_unwritable_figure_are_one_line(demo, utterance, tmp_path):
@@ -308,14 +312,14 @@ def test_checkpoint_without_cache_meta_or_run_json(demo, utterance, tmp_path):
         r"folders above its fold folder; use a checkpoint written by "
         r"`ksr train`$",
     ):
-        predict(old, utterance.audio, utterance.text, device="cpu", tiny_root=demo["tiny"])
+        predict_one(old, utterance.audio, utterance.text, device="cpu", tiny_root=demo["tiny"])
 
 
 def test_older_checkpoint_falls_back_to_run_json(demo, utterance, prediction, tmp_path):
     run = tmp_path / "run"
     old = without_cache_meta(demo["ckpt"], run / "seed1" / "fold1" / "best.pt")
     shutil.copy(demo["run"] / "run.json", run / "run.json")
-    again = predict(old, utterance.audio, utterance.text, device="cpu", tiny_root=demo["tiny"])
+    again = predict_one(old, utterance.audio, utterance.text, device="cpu", tiny_root=demo["tiny"])
     assert np.array_equal(again.logits, prediction.logits)
 
 
@@ -328,13 +332,13 @@ def test_encoder_digest_mismatch_is_refused_unless_forced(demo, utterance, predi
     meta["audio_encoder"]["checkpoint_digest"] = fake
     path = save_checkpoint(tmp_path / "other.pt", model, raw["meta"])
     with pytest.raises(PredictError) as info:
-        predict(path, utterance.audio, utterance.text, device="cpu", tiny_root=demo["tiny"])
+        predict_one(path, utterance.audio, utterance.text, device="cpu", tiny_root=demo["tiny"])
     assert str(info.value) == (
         f"audio encoder tiny-audio@layer=2 (weights {real}, layer 2) is not the one the checkpoint was trained "
         f"with (tiny-audio, weights {fake}, layer 2); pass that encoder with --audio-encoder, or --force to "
         f"predict anyway"
     )
-    forced = predict(path, utterance.audio, utterance.text, device="cpu", force=True, tiny_root=demo["tiny"])
+    forced = predict_one(path, utterance.audio, utterance.text, device="cpu", force=True, tiny_root=demo["tiny"])
     assert np.array_equal(forced.logits, prediction.logits)
 
 
@@ -343,13 +347,13 @@ def test_audio_only_model_needs_no_text(demo, utterance):
     torch.manual_seed(0)
     audio_only = KSTransformer(load_model(demo["ckpt"]).cfg.replace(modalities="audio"))
     path = save_checkpoint(demo["root"] / "audio-only.pt", audio_only, raw["meta"])
-    result = predict(path, utterance.audio, None, device="cpu", tiny_root=demo["tiny"])
+    result = predict_one(path, utterance.audio, None, device="cpu", tiny_root=demo["tiny"])
     assert abs(sum(result.probabilities.values()) - 1) < 1e-6 and result.encoders == {"audio": "tiny-audio@layer=2"}
     assert result.inputs.text is None and result.inputs.tokens == []
     with pytest.raises(
         PredictError, match=r"^--attention: this audio-only model has no cross-modal attention to draw$"
     ):
-        predict(path, utterance.audio, None, device="cpu", attention=True, tiny_root=demo["tiny"])
+        predict_one(path, utterance.audio, None, device="cpu", attention=True, tiny_root=demo["tiny"])
 
 
 def test_tokens_read_as_words_in_the_figure():
@@ -367,7 +371,7 @@ def test_tokens_read_as_words_in_the_figure():
 def test_text_that_is_not_utf8_is_one_line(demo, utterance):
     # A Latin-1 byte in a UTF-8 command line reaches Python as a lone surrogate (surrogateescape).
     with pytest.raises(PredictError, match=r"^--text is not valid UTF-8 \(character 4 is the byte 0xe9\)"):
-        predict(demo["ckpt"], utterance.audio, "caf\udce9 au lait", device="cpu", tiny_root=demo["tiny"])
+        predict_one(demo["ckpt"], utterance.audio, "caf\udce9 au lait", device="cpu", tiny_root=demo["tiny"])
 
 
 def test_attention_figure_format_follows_the_suffix(demo, utterance, tmp_path):
@@ -389,7 +393,9 @@ def test_duration_guard_is_an_option_of_predict(demo, utterance):
     with pytest.raises(
         PredictError, match=rf"more than the {limit:g} s one file may decode to \(--max-duration raises"
     ):
-        predict(demo["ckpt"], utterance.audio, utterance.text, device="cpu", tiny_root=demo["tiny"], max_duration=limit)
+        predict_one(
+            demo["ckpt"], utterance.audio, utterance.text, device="cpu", tiny_root=demo["tiny"], max_duration=limit
+        )
     base = ["predict", "--checkpoint", str(demo["ckpt"]), "--audio", str(utterance.audio), "--text", utterance.text]
     result = CliRunner().invoke(main, [*base, "--device", "cpu", "--max-duration", str(limit)], env=demo["env"])
     assert result.exit_code == 1 and "(--max-duration raises the limit)" in result.output

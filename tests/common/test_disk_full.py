@@ -155,7 +155,7 @@ def test_train_on_a_full_disk_is_one_line_and_resume_completes(tmp_path, monkeyp
 
 
 def test_sigterm_outside_a_fold_is_one_line_with_the_signal_status(monkeypatch):
-    import ksr.fuse.report as report
+    import ksr.fuse.report.evaluation as report
 
     def stopped_at_report(*args, **kwargs):
         signal.raise_signal(signal.SIGTERM)

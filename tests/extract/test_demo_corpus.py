@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ksr.extract.demo import (
+from ksr.extract.corpora.demo import (
     CLASSES,
     CUE_CYCLE,
     CUES,
@@ -25,10 +25,10 @@ from ksr.extract.demo import (
     WORD_POOLS,
     make_demo_corpus,
     plan_demo,
-    render,
+    render_item,
 )
-from ksr.extract.demo_voice import MAX_SECONDS, MIN_SECONDS, SAMPLE_RATE
-from ksr.extract.manifest import read_manifest
+from ksr.extract.corpora.demo_voice import MAX_SECONDS, MIN_SECONDS, SAMPLE_RATE
+from ksr.extract.corpora.manifest import read_manifest
 
 SESSIONS = (1, 2, 3, 4, 5)
 
@@ -40,7 +40,7 @@ SESSIONS = (1, 2, 3, 4, 5)
 def _bayes_accuracy(keys, labels) -> float:
     """Accuracy of the best classifier that sees only ``keys``: the majority label of each key."""
     by_key: dict = {}
-    for key, label in zip(keys, labels):
+    for key, label in zip(keys, labels, strict=True):
         by_key.setdefault(key, Counter())[label] += 1
     return sum(c.most_common(1)[0][1] for c in by_key.values()) / len(labels)
 
@@ -146,9 +146,9 @@ def test_same_seed_same_bytes_other_seed_other_corpus(tmp_path):
 
 def test_audio_is_a_function_of_seed_and_item():
     items = plan_demo(seed=9, per_speaker=8)
-    x = render(items[5], seed=9)
-    assert np.array_equal(x, render(items[5], seed=9))
-    assert not np.array_equal(x[:1000], render(items[5], seed=10)[:1000])
+    x = render_item(items[5], seed=9)
+    assert np.array_equal(x, render_item(items[5], seed=9))
+    assert not np.array_equal(x[:1000], render_item(items[5], seed=10)[:1000])
     assert x.dtype == np.float32 and x.ndim == 1
 
 
@@ -173,7 +173,7 @@ def test_manifest_and_audio_are_valid(corpus, signals):
     assert Counter(r.label for r in corpus) == {c: 80 for c in CLASSES}
     assert {r.session for r in corpus} == set(SESSIONS)
     assert {r.speaker for r in corpus} == {f"Ses{s:02d}{g}" for s in SESSIONS for g in "FM"}
-    for r, (x, rate) in zip(corpus, signals):
+    for r, (x, rate) in zip(corpus, signals, strict=True):
         assert r.audio.parent.name == "wav" and r.audio.is_file()
         assert r.gender == r.speaker[-1] and r.id.startswith(r.speaker)
         info = sf.info(r.audio)
@@ -253,7 +253,7 @@ def _predict(features, inputs, model, train_on: str) -> np.ndarray:
         test, train = session == s, pool & (session != s)
         if model == "sentence":  # the exact transcript: its majority label in training
             seen: dict = {}
-            for text, y in zip(inputs[train], label[train]):
+            for text, y in zip(inputs[train], label[train], strict=True):
                 seen.setdefault(text, Counter())[y] += 1
             fallback = Counter(label[train]).most_common(1)[0][0]
             pred[test] = [seen[t].most_common(1)[0][0] if t in seen else fallback for t in inputs[test]]

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from ksr.cache import open_cache
 from ksr.cli import main
-from ksr.extract.manifest import REQUIRED_COLUMNS
+from ksr.extract.corpora.manifest import REQUIRED_COLUMNS
 from ksr.extract.summary import MIN_CLASS_UTTERANCES, ExtractSummary
 
 LABELS = ["positive"] * 6 + ["negative"] * 5 + ["postive"]

@@ -243,7 +243,7 @@ def test_normalised_input_ignores_loudness(small):
 
 def test_batch_equals_one_at_a_time(small):
     wavs = [_wav(n, n) for n in (5000, 16000, 9999)]
-    for w, row in zip(wavs, small.encode(wavs)):
+    for w, row in zip(wavs, small.encode(wavs), strict=True):
         assert torch.equal(row, small.encode([w])[0])
 
 

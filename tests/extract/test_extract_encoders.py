@@ -29,7 +29,7 @@ FRAMES = [1, 19, 54, 98]  # worked out by hand from kernels (10,8,8,4) and strid
 
 
 def _conv_frames(n: int, kernels=(10, 8, 8, 4), strides=(5, 4, 4, 2)) -> int:
-    for k, s in zip(kernels, strides):
+    for k, s in zip(kernels, strides, strict=True):
         n = (n - k) // s + 1
     return n
 
@@ -279,7 +279,7 @@ def test_tiny_builds_are_deterministic(tmp_path, name, wavs):
     cls = HFAudioEncoder if name == "tiny-audio" else HFTextEncoder
     ea, eb = cls(a), cls(b)
     items = wavs if name == "tiny-audio" else ["Excuse me.", "I'm happy."]
-    for x, y in zip(ea.encode(items), eb.encode(items)):
+    for x, y in zip(ea.encode(items), eb.encode(items), strict=True):
         assert torch.equal(x, y)
 
 
@@ -374,11 +374,11 @@ def test_half_precision_path(root, audio, text, wavs):
     a16 = load_encoder("tiny-audio", tiny_root=root, device="cpu", dtype=torch.float16)
     t16 = load_encoder("tiny-text", tiny_root=root, device="cpu", dtype=torch.float16)
     assert a16.describe()["dtype"] == "float16" and a16.digest == audio.digest
-    for x, y in zip(a16.encode(wavs), audio.encode(wavs)):
+    for x, y in zip(a16.encode(wavs), audio.encode(wavs), strict=True):
         assert x.dtype == torch.float32 and x.device.type == "cpu"
         torch.testing.assert_close(x, y, atol=2e-2, rtol=0)
     texts = ["Excuse me.", "Why are you so angry?"]
-    for x, y in zip(t16.encode(texts), text.encode(texts)):
+    for x, y in zip(t16.encode(texts), text.encode(texts), strict=True):
         torch.testing.assert_close(x, y, atol=2e-2, rtol=0)
 
 

@@ -47,7 +47,7 @@ def reference_fbank(wav: np.ndarray, num_mel: int = 80) -> np.ndarray:
             frame[i] -= 0.97 * frame[i - 1]
         frame[0] -= 0.97 * frame[0]
         padded = np.zeros(512)
-        padded[:400] = [v * w for v, w in zip(frame, window)]
+        padded[:400] = [v * w for v, w in zip(frame, window, strict=True)]
         power = np.zeros(256)
         for k in range(256):
             re = np.sum(padded * np.cos(2 * np.pi * k * t / 512))
@@ -111,7 +111,7 @@ def test_batch_equals_one_at_a_time(speechlike):
     enc = load_encoder("fbank")
     items = [speechlike[:500], speechlike, speechlike[100:9000]]
     batch = enc.encode(items)
-    for item, row in zip(items, batch):
+    for item, row in zip(items, batch, strict=True):
         assert torch.equal(row, enc.encode([item])[0])
 
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from support.extract_fixtures import build_iemocap_replica
 
 from ksr.cli import main
-from ksr.extract.iemocap import (
+from ksr.extract.corpora.iemocap import (
     EXPECTED_COUNTS,
     IemocapError,
     format_report,
@@ -19,7 +19,7 @@ from ksr.extract.iemocap import (
     parse_utterance_id,
     prepare_iemocap,
 )
-from ksr.extract.manifest import read_manifest
+from ksr.extract.corpora.manifest import read_manifest
 
 # Worked out by hand from tests/extract_fixtures.REPLICA (not computed from it).
 EXPECTED_ROWS = {

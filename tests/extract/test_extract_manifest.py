@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from ksr.cli import main
-from ksr.extract.manifest import ManifestError, Utterance, read_manifest, write_manifest
+from ksr.extract.corpora.manifest import ManifestError, Utterance, read_manifest, write_manifest
 
 HEADER = "id,audio,text,label,speaker,session,gender\n"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "manifest.md"

@@ -147,7 +147,7 @@ def test_predict_cuts_as_the_cache_did(corpus, tmp_path):
 
 def test_extract_options_set_the_kept_lengths(tmp_path):
     """`ksr extract --max-audio-len/--max-text-len` reach the cache (the demo's 230 frames)."""
-    from ksr.extract.demo import make_demo_corpus
+    from ksr.extract.corpora.demo import make_demo_corpus
 
     manifest = make_demo_corpus(tmp_path / "data", seed=0, per_speaker=4)
     out = tmp_path / "cache"

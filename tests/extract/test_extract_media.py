@@ -10,8 +10,8 @@ import pytest
 from support.media import RATE, TONES, stereo_tones, write_mp4
 
 from ksr.extract.audio import AudioError, probe_seconds, read_audio, resample
-from ksr.extract.manifest import Utterance
-from ksr.extract.plan import probe_seconds as plan_seconds
+from ksr.extract.corpora.manifest import Utterance
+from ksr.extract.plan import utterance_seconds as plan_seconds
 
 pytest.importorskip("av")
 
@@ -44,7 +44,7 @@ def test_an_aac_clip_decodes_to_16k_mono_close_to_its_signal(tmp_path, video):
     # Mono is the channel MEAN (a sum would double these; no resampling would put the tones
     # at a third of their frequency): 0.5/2 at 440 Hz and 0.3/2 at 660 Hz. AAC is lossy; 5%
     # of each amplitude is well above its error on two steady tones (measured 1.8% and 0.05%).
-    for (freq, amp), got in zip(TONES, (_amplitude(wav, f) for f, _ in TONES)):
+    for (freq, amp), got in zip(TONES, (_amplitude(wav, f) for f, _ in TONES), strict=True):
         assert got == pytest.approx(amp / 2, rel=0.05), (freq, got)
     assert _amplitude(wav, 1000.0) < 0.005  # nothing where the signal has nothing
     # Sample by sample against a lossless reading: the AAC coding noise (FFmpeg's encoder at its
@@ -151,8 +151,8 @@ def test_extraction_reads_clips_and_reports_a_broken_one(tmp_path):
     import csv
 
     from ksr.cache import verify_cache
+    from ksr.extract.corpora.manifest import REQUIRED_COLUMNS
     from ksr.extract.encoders import load_encoder
-    from ksr.extract.manifest import REQUIRED_COLUMNS
     from ksr.extract.pipeline import extract_corpus
     from ksr.extract.summary import read_errors
 
@@ -185,7 +185,7 @@ def test_extraction_reads_clips_and_reports_a_broken_one(tmp_path):
 
 
 def test_extraction_without_pyav_stops_before_it_starts(tmp_path, monkeypatch):
-    from ksr.extract.manifest import REQUIRED_COLUMNS
+    from ksr.extract.corpora.manifest import REQUIRED_COLUMNS
     from ksr.extract.pipeline import ExtractError, extract_corpus
 
     write_mp4(tmp_path / "a.mp4", 0.4)

@@ -26,8 +26,8 @@ from ksr.cache import open_cache, verify_cache
 from ksr.cli import main
 from ksr.common import PAPER_CLASSES, Ranks
 from ksr.extract.audio import read_audio
+from ksr.extract.corpora.manifest import REQUIRED_COLUMNS
 from ksr.extract.encoders import load_encoder
-from ksr.extract.manifest import REQUIRED_COLUMNS
 from ksr.extract.pipeline import ExtractError, default_classes, extract_corpus
 from ksr.extract.plan import plan_batches, rank_share
 from ksr.extract.summary import read_errors

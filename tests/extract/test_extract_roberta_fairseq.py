@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from ksr.extract.encoders import EncoderError, load_encoder
 from ksr.extract.encoders.roberta_fairseq import (
     PROVENANCE,
+    command_line,
     compose_vocab,
-    convert,
+    convert_fairseq_roberta,
     from_hf_keys,
-    main,
     read_dictionary,
     read_merges,
     read_settings,
@@ -194,7 +194,7 @@ def release(tmp_path_factory):
 def converted(release, tmp_path_factory):
     folder, _, _ = release
     out = tmp_path_factory.mktemp("conv") / "roberta-hf"
-    convert(folder / "model.pt", out)
+    convert_fairseq_roberta(folder / "model.pt", out)
     return out
 
 
@@ -240,7 +240,7 @@ def test_every_weight_is_mapped_and_the_mapping_inverts():
 def test_release_names_and_fused_projections_give_the_same_weights():
     """The 2019 release's names (decoder.*, emb_layer_norm) and the very old fused in_proj."""
     new, old = random_state(50), random_state(50, old_names=True)
-    assert all(torch.equal(a, b) for a, b in zip(to_hf_keys(new).values(), to_hf_keys(old).values()))
+    assert all(torch.equal(a, b) for a, b in zip(to_hf_keys(new).values(), to_hf_keys(old).values(), strict=True))
     fused = dict(old)
     for i in range(LAYERS):
         q = f"decoder.sentence_encoder.layers.{i}.self_attn."
@@ -355,7 +355,7 @@ def test_converted_folder_gives_fairseq_roberta_features(release, converted):
     for layer in (LAYERS, 1, 0):
         enc = load_encoder(f"hf:{converted}@layer={layer}", device="cpu", dtype=torch.float32)
         feats = enc.encode(TEXTS)
-        for text, got in zip(TEXTS, feats):
+        for text, got in zip(TEXTS, feats, strict=True):
             ids = torch.tensor(enc.tokenizer(text)["input_ids"])
             ref = fairseq_reference(state, ids, layer)
             assert got.shape == ref.shape == (len(ids), DIM)
@@ -382,40 +382,40 @@ def test_release_key_names_convert_to_the_same_folder(release, converted, tmp_pa
     torch.save({"args": roberta_args(), "model": old}, tmp_path / "model.pt")
     for name in ("dict.txt", "encoder.json", "vocab.bpe"):
         (tmp_path / name).write_bytes((folder / name).read_bytes())
-    out = convert(tmp_path / "model.pt", tmp_path / "out")
+    out = convert_fairseq_roberta(tmp_path / "model.pt", tmp_path / "out")
     a = load_encoder(f"hf:{out}", device="cpu").encode(TEXTS)
     b = load_encoder(f"hf:{converted}", device="cpu").encode(TEXTS)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_conversion_refusals(release, tmp_path):
     folder, _, state = release
     with pytest.raises(EncoderError, match="RoBERTa checkpoint not found"):
-        convert(tmp_path / "absent.pt", tmp_path / "o")
+        convert_fairseq_roberta(tmp_path / "absent.pt", tmp_path / "o")
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     (lonely / "model.pt").write_bytes((folder / "model.pt").read_bytes())
     with pytest.raises(EncoderError, match=r"missing dict\.txt .*encoder\.json .*vocab\.bpe"):
-        convert(lonely / "model.pt", tmp_path / "o")
+        convert_fairseq_roberta(lonely / "model.pt", tmp_path / "o")
     # a dictionary of another size
     small = tmp_path / "small.txt"
     small.write_text("\n".join((folder / "dict.txt").read_text().splitlines()[:-1]) + "\n")
     with pytest.raises(EncoderError, match="embeddings: not this model's dictionary"):
-        convert(folder / "model.pt", tmp_path / "o", dict_txt=small)
+        convert_fairseq_roberta(folder / "model.pt", tmp_path / "o", dict_txt=small)
     # a dictionary without tokens BPE builds
     short = tmp_path / "short"
     write_bpe(short, drop=3)
     torch.save({"args": roberta_args(), "model": random_state(vocab_size(short))}, short / "model.pt")
     with pytest.raises(EncoderError, match="lacks 3 GPT-2 tokens that BPE can output"):
-        convert(short / "model.pt", tmp_path / "o")
+        convert_fairseq_roberta(short / "model.pt", tmp_path / "o")
     # an existing folder is kept unless asked
     out = tmp_path / "taken"
     out.mkdir()
     (out / "x").write_text("mine")
     with pytest.raises(EncoderError, match="exists and is not empty"):
-        convert(folder / "model.pt", out)
+        convert_fairseq_roberta(folder / "model.pt", out)
     assert (out / "x").read_text() == "mine"
-    convert(folder / "model.pt", out, overwrite=True)
+    convert_fairseq_roberta(folder / "model.pt", out, overwrite=True)
     assert not (out / "x").exists() and (out / "config.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
 
@@ -434,7 +434,7 @@ def test_checkpoints_with_pickled_code_are_refused(release, tmp_path):
     path = tmp_path / "model.pt"
     torch.save({"args": roberta_args(), "model": state, "extra_state": _Payload(marker)}, path)
     with pytest.raises(EncoderError, match=r"refused to load.*(posix|os)\.system"):
-        convert(
+        convert_fairseq_roberta(
             path,
             tmp_path / "o",
             dict_txt=folder / "dict.txt",
@@ -446,9 +446,9 @@ def test_checkpoints_with_pickled_code_are_refused(release, tmp_path):
 
 def test_command_line(release, tmp_path, capsys):
     folder, _, _ = release
-    assert main([str(folder / "model.pt"), str(tmp_path / "cli")]) == 0
+    assert command_line([str(folder / "model.pt"), str(tmp_path / "cli")]) == 0
     assert f"hf:{tmp_path / 'cli'}@layer=-1" in capsys.readouterr().out
-    assert main([str(tmp_path / "none.pt"), str(tmp_path / "cli2")]) == 1
+    assert command_line([str(tmp_path / "none.pt"), str(tmp_path / "cli2")]) == 1
     assert "RoBERTa checkpoint not found" in capsys.readouterr().err
 
 
@@ -528,14 +528,14 @@ def test_matches_fairseq_roberta(tmp_path, names, record_property):
     folder = tmp_path / "roberta"
     write_bpe(folder)
     hub, state = _fairseq_release(folder, old_names=names == "release-2019")
-    out = convert(folder / "model.pt", tmp_path / "hf")
+    out = convert_fairseq_roberta(folder / "model.pt", tmp_path / "hf")
     texts = [*TEXTS, "  two  spaces", "émotion ✓ 😀"]
     worst = {}
     scale = 0.0
     for layer in (LAYERS, 1, 0):
         enc = load_encoder(f"hf:{out}@layer={layer}", device="cpu", dtype=torch.float32)
         got = enc.encode(texts)  # one padded batch, as ksr extracts
-        for text, feats in zip(texts, got):
+        for text, feats in zip(texts, got, strict=True):
             with torch.inference_mode():
                 tokens = hub.encode(text)  # "<s> " + GPT-2 BPE + " </s>", then dict.txt
                 assert enc.tokenizer(text)["input_ids"] == tokens.tolist(), text

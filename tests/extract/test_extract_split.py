@@ -13,8 +13,8 @@ from support.cli_runner import invoke_ksr
 from support.tiny import TINY_MODEL
 
 from ksr.cache import open_cache
+from ksr.extract.corpora.manifest import ManifestError, Utterance, check_manifest, read_manifest, write_manifest
 from ksr.extract.encoders import load_encoder
-from ksr.extract.manifest import ManifestError, Utterance, check_manifest, read_manifest, write_manifest
 from ksr.extract.pipeline import extract_corpus
 
 HEADER = "id,audio,text,label,speaker,session,gender,split\n"
@@ -111,7 +111,7 @@ def test_extraction_stores_each_utterance_split(tmp_path):
     summary = extract_corpus(manifest, tmp_path / "cache", *encoders, progress=False, classes=["ang", "neu"])
     assert summary.extracted == len(splits)
     with open_cache(tmp_path / "cache", progress=False) as cache:
-        assert dict(zip(cache.ids, cache.splits.tolist())) == {f"u{i}": s for i, s in enumerate(splits)}
+        assert dict(zip(cache.ids, cache.splits.tolist(), strict=True)) == {f"u{i}": s for i, s in enumerate(splits)}
         assert set(cache.sessions.tolist()) == {""}
     # The manifest's splits are the run's sets, from the file to split.json.
     args = ["train", "--cache", "cache", "--run", "run", "--protocol", "split", "--epochs", "1", "--no-baseline"]

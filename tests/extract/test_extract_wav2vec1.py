@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ksr.extract.audio import AudioError
 from ksr.extract.encoders import EncoderError, load_encoder, parse_spec
-from ksr.extract.encoders.wav2vec1 import PAPER_ENV, Wav2Vec1, Wav2Vec1Config, build_model, to_fairseq_keys
+from ksr.extract.encoders.wav2vec1 import PAPER_ENV, Wav2Vec1, Wav2Vec1Config, build_wav2vec1, to_fairseq_keys
 
 SEED = 20220523
 LARGE_FEATURES = "[(512, 10, 5), (512, 8, 4), (512, 4, 2), (512, 4, 2), (512, 4, 2), (512, 1, 1), (512, 1, 1)]"
@@ -254,7 +254,7 @@ def test_same_length_groups_are_split_by_the_sample_budget(small, monkeypatch):
     wavs = [_wav(2000, s) for s in range(5)]
     whole = small.encode(wavs)
     monkeypatch.setattr(small, "max_batch_samples", 4000)  # two per pass
-    for a, b in zip(whole, small.encode(wavs)):
+    for a, b in zip(whole, small.encode(wavs), strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=0)
 
 
@@ -591,7 +591,7 @@ def test_fairseq_checkpoint_reader_agrees(tmp_path):
     wav = _wav(6000, 31)
     with torch.inference_mode():
         ref = fs.feature_aggregator(fs.feature_extractor(torch.from_numpy(wav)[None]))[0].T
-    got = build_model(path)(torch.from_numpy(wav)[None])[0].T
+    got = build_wav2vec1(path)(torch.from_numpy(wav)[None])[0].T
     assert (got - ref).abs().max().item() <= 1e-5
 
 

@@ -129,7 +129,7 @@ def test_batch_equals_one_at_a_time(folder):
     enc.max_windows = 2  # windows of one utterance across two forward passes too
     wavs = [_wav(n, seed=n) for n in (5000, 480000 + 3000, 16000)]
     batch = enc.encode(wavs)
-    for w, b in zip(wavs, batch):
+    for w, b in zip(wavs, batch, strict=True):
         torch.testing.assert_close(b, enc.encode([w])[0], atol=ATOL, rtol=0)
 
 

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from ksr.cli import main
-from ksr.extract.meld import MeldError, decode_lines, prepare_meld
+from ksr.extract.corpora.meld import MeldError, decode_lines, prepare_meld
 
 HEADER = b"Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime"
 TRAIN = [

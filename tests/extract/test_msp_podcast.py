@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from support.extract_fixtures import write_wav
 
 from ksr.cli import main
-from ksr.extract.msp_podcast import MspPodcastError, prepare_msp_podcast
+from ksr.extract.corpora.msp_podcast import MspPodcastError, prepare_msp_podcast
 
 HEADER = "FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set"
 # (stem, EmoClass, act, val, dom, SpkrID, Gender, Split_Set, transcript or None)

@@ -38,8 +38,8 @@ from ksr.cache.index import scan_dir
 from ksr.cache.schema import INT_FIELDS, STR_FIELDS
 from ksr.cli import main
 from ksr.common import faults
+from ksr.extract.corpora.manifest import REQUIRED_COLUMNS
 from ksr.extract.encoders import load_encoder
-from ksr.extract.manifest import REQUIRED_COLUMNS
 from ksr.extract.pipeline import extract_corpus
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs POSIX fork and signals")

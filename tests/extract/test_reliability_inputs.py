@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from ksr.cache import verify_cache
 from ksr.cache.index import scan_dir
 from ksr.cli import main
+from ksr.extract.corpora.manifest import REQUIRED_COLUMNS, ManifestError, read_manifest
 from ksr.extract.encoders import load_encoder
-from ksr.extract.manifest import REQUIRED_COLUMNS, ManifestError, read_manifest
 from ksr.extract.pipeline import extract_corpus
 from ksr.extract.summary import read_errors
 

@@ -28,17 +28,17 @@ from click.testing import CliRunner
 
 from ksr.cache import CacheMeta, open_cache
 from ksr.cli import main
-from ksr.extract.asr import DECODING_FILES, AsrError, load_asr, parse_asr_spec
+from ksr.extract.asr.recognizer import DECODING_FILES, AsrError, load_asr, parse_asr_spec
+from ksr.extract.asr.transcribe import TranscribeError, side_files, transcribe_manifest
+from ksr.extract.asr.wer import word_error_rate
 from ksr.extract.audio import read_audio
-from ksr.extract.demo import make_demo_corpus
+from ksr.extract.corpora.demo import make_demo_corpus
+from ksr.extract.corpora.manifest import ManifestError, read_manifest, write_manifest
 from ksr.extract.encoders import load_encoder
 from ksr.extract.encoders.hf import checkpoint_digest
 from ksr.extract.encoders.tiny import save_tiny_whisper
-from ksr.extract.manifest import ManifestError, read_manifest, write_manifest
 from ksr.extract.pipeline import extract_corpus
 from ksr.extract.summary import read_errors
-from ksr.extract.transcribe import TranscribeError, side_files, transcribe_manifest
-from ksr.extract.wer import word_error_rate
 
 BATCH = 3
 GOOD = 7  # demo utterances in the manifest; one of them without a human transcript
@@ -264,7 +264,7 @@ def test_a_progress_file_killed_before_its_first_line_starts_afresh(corpus, asr,
 
 
 def test_progress_records_survive_any_character(tmp_path):
-    from ksr.extract.transcribe import _Progress
+    from ksr.extract.asr.transcribe import _Progress
 
     header = {"kind": "ksr-asr-progress", **dict.fromkeys(("manifest_sha256", "checkpoint_digest", "language"))}
     header.update(column="asr_text", batch_size=1)
@@ -414,10 +414,10 @@ def test_caches_from_human_and_machine_text(done, tmp_path):
     human, machine = open_cache(tmp_path / "human", progress=False), open_cache(tmp_path / "machine", progress=False)
     assert (human.meta.text_column, machine.meta.text_column) == ("text", "asr_text")
     written = {r["id"]: r for r in rows_of(out)}
-    assert {i: t for i, t in zip(machine.ids, machine.transcripts)} == {
+    assert {i: t for i, t in zip(machine.ids, machine.transcripts, strict=True)} == {
         i: r["asr_text"] for i, r in written.items() if r["asr_text"]
     }
-    assert {i: t for i, t in zip(human.ids, human.transcripts)} == {
+    assert {i: t for i, t in zip(human.ids, human.transcripts, strict=True)} == {
         i: r["text"] for i, r in written.items() if r["text"] and r["asr_text"]
     }
     both = sorted(set(human.ids) & set(machine.ids))

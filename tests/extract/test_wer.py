@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ksr.extract.wer import normalise_words, word_edits, word_error_rate
+from ksr.extract.asr.wer import normalise_words, word_edits, word_error_rate
 
 
 @pytest.mark.parametrize(

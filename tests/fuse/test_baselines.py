@@ -16,9 +16,9 @@ from ksr.cache import open_cache
 from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
 from ksr.cli import main
 from ksr.fuse import ModelConfig, load_model
-from ksr.fuse.architectures import build_model
-from ksr.fuse.baselines import HeadBaseline, masked_mean_std
-from ksr.fuse.normalise import fit_standardizers
+from ksr.fuse.model.architectures import build_model
+from ksr.fuse.model.baselines import HeadBaseline, masked_mean_std
+from ksr.fuse.model.normalise import fit_standardizers
 
 TINY = ["--epochs", "2", "--layers", "1,1,1", "--heads", "1", "--audio-ffn-dim", "8", "--text-ffn-dim", "8"]
 

@@ -13,7 +13,7 @@ from support.tiny import TINY_MODEL, tiny_meta
 from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
 from ksr.cli import main
 from ksr.fuse import ModelConfig
-from ksr.fuse.config import DEPARTURES, apply_departure
+from ksr.fuse.model.config import DEPARTURES, apply_departure
 
 TINY_ARGS = [
     "--epochs",
@@ -64,7 +64,7 @@ def test_bad_model_settings_are_refused_at_parse_time(cache_dir, tmp_path, args,
 
 
 def test_every_model_setting_has_one_flag_with_help():
-    from ksr.fuse.config import cli_settings
+    from ksr.fuse.model.config import cli_settings
 
     helps = CliRunner().invoke(main, ["train", "--help"]).output
     names = {f.name for f in cli_settings()}

@@ -16,9 +16,9 @@ from support.cli_runner import invoke_ksr
 from ksr.cache import padding_mask, stored_row
 from ksr.cache.synthetic import synthetic_meta
 from ksr.fuse import ModelConfig, load_model, save_checkpoint
-from ksr.fuse.architectures import build_model
-from ksr.fuse.config import DEPARTURES
-from ksr.fuse.export import ExportError, export_onnx, read_metadata, write_onnx
+from ksr.fuse.model.architectures import build_model
+from ksr.fuse.model.config import DEPARTURES
+from ksr.fuse.report.export import ExportError, export_onnx, read_metadata, write_onnx
 
 # tests/support/tiny.py's model (layers 1,1,1, 2 heads, FFN 8) on small feature dims
 TINY = dict(num_layers=(1, 1, 1), num_heads=2, audio_ffn_dim=8, text_ffn_dim=8)

@@ -14,8 +14,9 @@ import pytest
 import torch
 from support.model_inputs import padded_inputs, small_config
 
-from ksr.fuse import KSTransformer, ModelConfig, fast_attention, key_sparse
-from ksr.fuse.attention import MultiheadAttention
+from ksr.fuse import KSTransformer, ModelConfig
+from ksr.fuse.model import fast_attention, key_sparse
+from ksr.fuse.model.attention import MultiheadAttention
 
 KEEP_RATES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 BACKENDS = list(fast_attention.BACKENDS)
@@ -92,7 +93,7 @@ def weights_used(mha, query, key, mask):
     if mha.impl == "plain":
         return mha.attention_map(query, key, key, mask)
     q, k, v = mha.project(query, key, key)
-    _, keep = fast_attention.attention(
+    _, keep = fast_attention.attend(
         q,
         k,
         v,
@@ -193,7 +194,7 @@ def test_column_sums_are_bitwise_the_plain_ones(t, s):
     for budget in (1, 3 * t * s, 1 << 30):  # one slice per chunk, three, all at once
         assert torch.equal(fast_attention.column_sums(q, k, mask, budget=budget), want)
     v = torch.randn(b, h, s, d)
-    _, keep = fast_attention.attention(
+    _, keep = fast_attention.attend(
         q, k, v, mask, key_sparse=True, keep_rate=0.5, renormalise=False, dropout_p=0.0, backend="chunked"
     )
     assert torch.equal(keep, key_sparse.select_keys(want, 0.5))
@@ -242,7 +243,7 @@ def test_fast_is_the_default_and_plain_stays_available():
         ModelConfig(attention_impl="flash")
     with pytest.raises(ValueError, match="unknown attention backend"):
         q = torch.randn(1, 1, 4, 2)
-        fast_attention.attention(
+        fast_attention.attend(
             q, q, q, None, key_sparse=False, keep_rate=0.5, renormalise=False, dropout_p=0.0, backend="magic"
         )
 
@@ -262,8 +263,8 @@ def test_dropout_is_a_bernoulli_on_the_masked_weights(backend):
     mask = torch.zeros(b, s, dtype=torch.bool)
     mask[0, 40:] = True
     common = dict(key_sparse=True, keep_rate=0.5, renormalise=False, backend=backend)
-    weights, keep = fast_attention.attention(q, k, v, mask, dropout_p=0.0, **common)
-    dropped, keep_again = fast_attention.attention(q, k, v, mask, dropout_p=p, **common)
+    weights, keep = fast_attention.attend(q, k, v, mask, dropout_p=0.0, **common)
+    dropped, keep_again = fast_attention.attend(q, k, v, mask, dropout_p=p, **common)
     assert torch.equal(keep, keep_again)
     live = weights != 0  # kept, unpadded keys
     survivors = dropped != 0
@@ -286,7 +287,7 @@ def test_chunked_dropout_gradients_are_exact():
 
         def f(q, k, v, renormalise=renormalise):
             torch.manual_seed(11)
-            return fast_attention.attention(
+            return fast_attention.attend(
                 q, k, v, mask, key_sparse=True, keep_rate=0.5, renormalise=renormalise, dropout_p=0.3, backend="chunked"
             )[0]
 
@@ -305,7 +306,7 @@ def test_chunk_threads_change_nothing(monkeypatch):
         monkeypatch.setattr(fast_attention, "CPU_WORKERS", workers)
         torch.manual_seed(7)
         outs.append(
-            fast_attention.attention(
+            fast_attention.attend(
                 q, k, v, mask, key_sparse=True, keep_rate=0.4, renormalise=False, dropout_p=0.2, backend="chunked"
             )[0]
         )

@@ -3,7 +3,7 @@
 
 import pytest
 
-from ksr.fuse.folds import fold_groups
+from ksr.fuse.train.folds import fold_groups
 
 CASES = [
     (["10", "2", "1"], ["1", "2", "10"]),

@@ -10,8 +10,8 @@ import pytest
 import torch
 from support.tiny import TINY_MODEL, tiny_meta
 
-from ksr.fuse.folds import fold_groups, make_split, public_fold_name
-from ksr.fuse.recipes import PRESETS, Recipe, build_optimizer, build_scheduler, recipe, warmup_factor
+from ksr.fuse.train.folds import fold_groups, make_split, public_fold_name
+from ksr.fuse.train.recipes import PRESETS, Recipe, build_optimizer, build_scheduler, recipe, warmup_factor
 
 
 def corpus(seed=0, per_speaker=40):

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from ksr.fuse import key_sparse
-from ksr.fuse.attention import MultiheadAttention
+from ksr.fuse.model import key_sparse
+from ksr.fuse.model.attention import MultiheadAttention
 
 KEEP_RATES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 

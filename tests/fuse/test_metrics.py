@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ksr.fuse.metrics import confusion_matrix, mean_std, scores
+from ksr.fuse.train.metrics import confusion_matrix, mean_std, scores
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

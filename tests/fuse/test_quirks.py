@@ -12,8 +12,9 @@ import torch
 from support import reference_forward
 from support.model_inputs import padded_inputs, small_config
 
-from ksr.fuse import KSTransformer, positions, to_official_state_dict
-from ksr.fuse.attention import MultiheadAttention
+from ksr.fuse import KSTransformer, to_official_state_dict
+from ksr.fuse.model import positions
+from ksr.fuse.model.attention import MultiheadAttention
 
 
 def option_and_references(option, reference_changes, seed=0):

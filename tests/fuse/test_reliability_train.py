@@ -28,8 +28,8 @@ from support.tiny import TINY_MODEL, tiny_meta
 from ksr.cache.synthetic import write_synthetic_cache
 from ksr.common.faults import ENV as KILL_AT
 from ksr.fuse import CheckpointError, load_checkpoint, load_model
-from ksr.fuse.checkpoint import read_torch_file
-from ksr.fuse.training import read_training_state
+from ksr.fuse.train.checkpoint import read_torch_file
+from ksr.fuse.train.training import read_training_state
 
 TRAIN = [
     "--epochs",

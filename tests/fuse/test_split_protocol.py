@@ -17,8 +17,8 @@ from support.tiny import TINY_MODEL, tiny_meta
 from ksr.cache import open_cache
 from ksr.cache.synthetic import write_synthetic_cache
 from ksr.fuse import load_model
-from ksr.fuse.folds import fold_groups, official_split
-from ksr.fuse.runs import fold_dir, run_of_checkpoint, trained_folds
+from ksr.fuse.train.folds import fold_groups, official_split
+from ksr.fuse.train.runs import fold_files, run_of_checkpoint, trained_folds
 
 V1 = Path(__file__).resolve().parents[1] / "data" / "cache-v1"
 META = tiny_meta()
@@ -257,7 +257,8 @@ def test_the_split_folder_is_a_fold_of_the_run(trained):
     _, _, run = trained
     assert trained_folds(run) == {1: [1], 2: [1]}
     assert run_of_checkpoint(run / "seed2/split/best.pt") == run.resolve()
-    assert fold_dir(run, 2, 1, "split") == run / "seed2/split" and fold_dir(run, 2, 1) == run / "seed2/fold1"
+    assert fold_files(run, 2, 1, "split").root == run / "seed2/split"
+    assert fold_files(run, 2, 1).root == run / "seed2/fold1"
 
 
 def test_split_reports_carry_intervals_and_compare_pairs_them(trained):

@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from ksr.fuse.metrics import METRICS
-from ksr.fuse.stats import (
+from ksr.fuse.report.stats import (
     Bootstrap,
     bootstrap_intervals,
     compare_values,
@@ -18,6 +17,7 @@ from ksr.fuse.stats import (
     resample_indices,
     resampled_metrics,
 )
+from ksr.fuse.train.metrics import METRICS
 
 K = 4
 
@@ -43,7 +43,7 @@ def slow_metrics(y, p, tested=None):
     recall, f1, support = [], [], []
     counted = [k for k in range(K) if tested is None or k in y or k not in tested]
     for k in range(K):
-        tp = sum(1 for t, q in zip(y, p) if t == k and q == k)
+        tp = sum(1 for t, q in zip(y, p, strict=True) if t == k and q == k)
         sup = sum(1 for t in y if t == k)
         pred = sum(1 for q in p if q == k)
         r = tp / sup if sup else 0.0
@@ -52,10 +52,10 @@ def slow_metrics(y, p, tested=None):
         f1.append(2 * pr * r / (pr + r) if pr + r else 0.0)
         support.append(sup)
     return {
-        "wa": sum(1 for t, q in zip(y, p) if t == q) / n,
+        "wa": sum(1 for t, q in zip(y, p, strict=True) if t == q) / n,
         "ua": sum(recall[k] for k in counted) / len(counted),
         "macro_f1": sum(f1[k] for k in counted) / len(counted),
-        "weighted_f1": sum(f * s for f, s in zip(f1, support)) / n,
+        "weighted_f1": sum(f * s for f, s in zip(f1, support, strict=True)) / n,
     }
 
 

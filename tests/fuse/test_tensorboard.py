@@ -19,10 +19,10 @@ from ksr.cache import open_cache
 from ksr.cache.synthetic import write_synthetic_cache
 from ksr.common.errors import KsrError
 from ksr.fuse import ModelConfig, load_model
-from ksr.fuse.recipes import recipe
-from ksr.fuse.runs import RunSpec, model_config_for_cache, prepare_run
-from ksr.fuse.tensorboard import TensorBoard, scalar_tags
-from ksr.fuse.training import train_fold
+from ksr.fuse.report.tensorboard import TensorBoard, scalar_tags
+from ksr.fuse.train.recipes import recipe
+from ksr.fuse.train.runs import RunSpec, model_config_for_cache, prepare_run
+from ksr.fuse.train.training import train_fold
 
 METRIC_TAGS = ("loss", "wa", "ua", "macro_f1", "weighted_f1")
 EXPECTED_TAGS = {"train/loss", "train/lr"} | {f"{part}/{m}" for part in ("valid", "test") for m in METRIC_TAGS}

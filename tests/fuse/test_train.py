@@ -14,10 +14,11 @@ from ksr.cache import CacheMismatchError, open_cache
 from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
 from ksr.cli import main
 from ksr.fuse import ModelConfig
-from ksr.fuse.recipes import recipe
-from ksr.fuse.report import evaluate_run, write_report
-from ksr.fuse.runs import RunError, RunSpec, model_config_for_cache, prepare_run
-from ksr.fuse.training import train_fold
+from ksr.fuse.report.evaluation import evaluate_run
+from ksr.fuse.report.render import write_report
+from ksr.fuse.train.recipes import recipe
+from ksr.fuse.train.runs import RunError, RunSpec, model_config_for_cache, prepare_run
+from ksr.fuse.train.training import train_fold
 
 TINY = ModelConfig(num_layers=(1, 1, 1), num_heads=2, audio_ffn_dim=8, text_ffn_dim=8, max_positions=64)
 
@@ -93,7 +94,7 @@ def test_split_never_leaks_the_test_session(cache_dir, tmp_path):
     prepare_run(tmp_path, spec, resume=False)
     train_fold(cache, spec, tmp_path, fold=3, seed=0, device=torch.device("cpu"), progress=False)
     split = json.loads((tmp_path / "seed0/fold3/split.json").read_text())
-    session = dict(zip(cache.ids, cache.sessions.tolist()))
+    session = dict(zip(cache.ids, cache.sessions.tolist(), strict=True))
     assert {session[i] for i in split["test"]} == {"3"}
     assert "3" not in {session[i] for i in split["train"] + split["valid"]}
     assert split["test_group"] == "Session 3"

@@ -103,7 +103,7 @@ def test_a_cache_with_other_sessions_is_refused_by_eval_and_resume(cache_dir, tm
 
 
 def test_a_non_finite_loss_stops_training_in_one_line(cache_dir, tmp_path, monkeypatch):
-    import ksr.fuse.training as training
+    import ksr.fuse.train.training as training
 
     real = training.F.cross_entropy
     monkeypatch.setattr(
@@ -210,7 +210,7 @@ def test_a_class_absent_from_a_test_fold_is_named(tmp_path):
     meta = tiny_meta(classes=classes)
     write_synthetic_cache(tmp_path / "cache", 30, meta, seed=3, sessions=5, signal=1.0)
     cache = open_cache(tmp_path / "cache", progress=False)
-    in_session_2 = {classes[int(y)] for y, s in zip(cache.labels, cache.sessions) if str(s) == "2"}
+    in_session_2 = {classes[int(y)] for y, s in zip(cache.labels, cache.sessions, strict=True) if str(s) == "2"}
     absent = [c for c in classes if c not in in_session_2]
     assert absent  # 6 utterances, 6 classes drawn at random: some class is missing (seed 3)
     run = tmp_path / "run"

@@ -1,0 +1,205 @@
+"""A report on paper and on disk: Markdown, CSV, and the files ``write_report`` writes."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from ...common import write_json, write_text
+from ..train.folds import OFFICIAL_SPLIT
+from ..train.metrics import METRICS
+from ..train.runs import REPORT_STEM, ReportFiles
+from .intervals import CI_COLUMNS, ci_cells, interval_lines, pct, write_predictions
+from .split_tables import official_split_lines
+
+
+def comparison_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
+    """(name, summary) of the model and each baseline attached to its report."""
+    return [(report.get("model", "model"), report["summary"])] + [
+        (b["model"], b["summary"]) for b in report.get("baselines", {}).values()
+    ]
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: what it covers, its warnings, the summary beside the baselines,
+    each seed's folds and pooled confusion matrix, the intervals."""
+    lines = markdown_heading(report)
+    cov = report.get("coverage")
+    for warning in report.get("warnings", []):
+        lines += [f"**Warning**: {warning}.", ""]
+    hide_mean = cov is not None and not cov["complete"] and not report.get("allow_incomplete")
+    lines += markdown_summary(report, hide_mean)
+    lines += markdown_baselines(report)
+    for seed, sr in report["seeds"].items():
+        lines += markdown_seed(report, seed, sr)
+    lines += interval_lines(report)
+    return "\n".join(lines) + "\n"
+
+
+def markdown_heading(report: dict[str, Any]) -> list[str]:
+    """The model, its selection, protocol, classes and what the report covers."""
+    lines = [f"# ksr report: {report['run']}", ""]
+    if "model" in report:
+        lines += [f"Model: {report['model']}.", ""]
+    if report["select"] == "test":
+        lines += [f"**{report['note']}.**", ""]
+    else:
+        lines += [f"Model selection: {report['note']} (metric: {report['selection_metric']}).", ""]
+    lines += [
+        f"Protocol: {report['protocol']}; {report['fold_naming']}.",
+        f"Classes: {', '.join(report['classes'])}.",
+        "",
+    ]
+    cov = report.get("coverage")
+    if not cov:
+        return lines
+    found = "; ".join(f"seed {seed}: folds {', '.join(map(str, folds))}" for seed, folds in cov["folds_found"].items())
+    lines += [
+        (
+            f"Covers seed(s) {', '.join(cov['folds_found'])}: one model per seed on the {OFFICIAL_SPLIT}; "
+            f"{cov['epochs_planned']} epochs planned."
+        )
+        if report["protocol"] == "split"
+        else (
+            f"Covers {found} (the protocol has {cov['folds_planned']} folds); "
+            f"{cov['epochs_planned']} epochs planned per fold."
+        ),
+        "",
+    ]
+    if not cov["complete"]:
+        lines += [
+            "**UNFINISHED RUN**: " + "; ".join(cov["unfinished"]) + ". Resume it (ksr train --resume) "
+            "before reading its numbers.",
+            "",
+        ]
+    return lines
+
+
+def markdown_summary(report: dict[str, Any], hide_mean: bool) -> list[str]:
+    """The mean over folds (each test split under the split protocol), and the std over seeds."""
+    s = report["summary"]
+    if "official_split" in report:
+        return official_split_lines(report, hide_mean)
+    mean_row = (
+        ("| mean over folds | " + " | ".join(f"{pct(s[m])} ± {pct(s[m + '_std_over_folds'])}" for m in METRICS) + " |")
+        if not hide_mean
+        else "| mean over folds | not given: unfinished run (--allow-incomplete) | | | |"
+    )
+    lines = ["| | WA % | UA % | macro F1 % | weighted F1 % |", "|---|---|---|---|---|", mean_row]
+    if "wa_std_over_seeds" in s:
+        lines.append("| std over seeds | " + " | ".join(pct(s[m + "_std_over_seeds"]) for m in METRICS) + " |")
+    return lines
+
+
+def markdown_baselines(report: dict[str, Any]) -> list[str]:
+    """The model's summary row beside each baseline's (none without baselines)."""
+    if not report.get("baselines"):
+        return []
+    over = "all test splits pooled, mean ± std over seeds" if "official_split" in report else "mean ± std over folds"
+    lines = [
+        "",
+        f"Beside its baselines (same cache, folds, seeds and selection; {over}):",
+        "",
+        "| model | WA % | UA % | macro F1 % | weighted F1 % |",
+        "|---|---|---|---|---|",
+    ]
+    for name, summary in comparison_rows(report):
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{pct(summary[m])} ± {pct(summary[m + '_std_over_folds'])}" for m in METRICS)
+            + " |"
+        )
+    return lines
+
+
+def markdown_seed(report: dict[str, Any], seed: str, sr: dict[str, Any]) -> list[str]:
+    """One seed: a row per fold (or test split), the pooled row, the pooled confusion matrix."""
+    unit = "test split" if "official_split" in report else "fold"
+    lines = [
+        "",
+        f"## seed {seed}",
+        "",
+        f"| {unit} | test | selected epoch (from 0) | n | WA % | UA % | macro F1 % | weighted F1 % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for fold, f in sr["folds"].items():
+        lines.append(
+            f"| {fold} | {f['test_group']} | {f['selected_epoch']} | {f['n']} | "
+            + " | ".join(pct(f[m]) for m in METRICS)
+            + " |"
+        )
+    p = sr["pooled"]
+    lines.append(f"| pooled | all {unit}s | | {p['n']} | " + " | ".join(pct(p[m]) for m in METRICS) + " |")
+    lines += [
+        "",
+        "Confusion matrix, pooled (rows: true, columns: predicted):",
+        "",
+        "| | " + " | ".join(report["classes"]) + " |",
+        "|---" * (len(report["classes"]) + 1) + "|",
+    ]
+    for name, row in zip(report["classes"], p["confusion"], strict=True):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    return lines
+
+
+def to_csv(report: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["seed", "fold", "test", "selected_epoch", "n", *METRICS, *CI_COLUMNS])
+    for seed, sr in report["seeds"].items():
+        for fold, f in sr["folds"].items():
+            w.writerow(
+                [
+                    seed,
+                    fold,
+                    f["test_group"],
+                    f["selected_epoch"],
+                    f["n"],
+                    *(f"{f[m]:.6f}" for m in METRICS),
+                    *ci_cells(f),
+                ]
+            )
+        p = sr["pooled"]
+        w.writerow([seed, "pooled", "all", "", p["n"], *(f"{p[m]:.6f}" for m in METRICS), *ci_cells(p)])
+    if report.get("coverage", {}).get("complete", True) or report.get("allow_incomplete"):
+        w.writerow(["all", "mean", "", "", "", *(f"{report['summary'][m]:.6f}" for m in METRICS)])
+    else:
+        w.writerow(["all", "unfinished run: no mean", "", "", "", *([""] * len(METRICS))])
+    complete = report.get("coverage", {}).get("complete", True) or report.get("allow_incomplete")
+    for name, row in report.get("official_split", {}).items() if complete else ():
+        w.writerow(["all", "mean over seeds", name, "", row["n"], *(f"{row[m]:.6f}" for m in METRICS)])
+    for name, baseline in report.get("baselines", {}).items():
+        w.writerow(["baseline", "mean", name, "", "", *(f"{baseline['summary'][m]:.6f}" for m in METRICS)])
+    return buf.getvalue()
+
+
+def write_report(report: dict[str, Any], out_dir: Path, stem: str = REPORT_STEM) -> list[Path]:
+    """The report's files (``ReportFiles``): JSON, Markdown, CSV, every test utterance's
+    prediction, and PNG figures when matplotlib is installed."""
+    files = ReportFiles(Path(out_dir), stem)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    slim = strip_histories(report)
+    slim.pop("predictions", None)  # in their own CSV file
+    write_json(files.json, slim)
+    paths = [files.json, files.markdown, files.csv]
+    write_text(files.markdown, to_markdown(report))
+    write_text(files.csv, to_csv(report))
+    if write_predictions(report, files.predictions):
+        paths.append(files.predictions)
+    try:
+        from .plots import plot_report
+    except ImportError:
+        return paths
+    return paths + plot_report(report, files)
+
+
+def strip_histories(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without per-epoch histories (they stay in each fold's history.json)."""
+    slim = dict(report)
+    slim["seeds"] = {
+        seed: {**sr, "folds": {k: {kk: vv for kk, vv in f.items() if kk != "history"} for k, f in sr["folds"].items()}}
+        for seed, sr in report["seeds"].items()
+    }
+    return slim

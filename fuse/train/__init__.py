@@ -1,0 +1,16 @@
+"""Training: recipes, folds, run folders, the loop, checkpoints, metrics.
+
+Modules, in reading order:
+
+- ``recipes``: the named presets of optimiser, schedule and batch.
+- ``folds``: the protocols' splits (which utterances train, validate, test).
+- ``runs``: a run folder, its files and layout under every protocol, ``run.json``, resume.
+- ``metrics``: WA, UA, macro and weighted F1, confusion matrices.
+- ``inference``: a model's pass over cache utterances.
+- ``checkpoint``: ksr checkpoints (save, load, check).
+- ``official``: checkpoints of the public implementation (conversion both ways).
+- ``probe``: fitting the linear-probe baseline (scikit-learn).
+- ``training``: the resumable training loop of one fold and seed.
+
+Imports ``ksr.fuse.model``; never ``ksr.fuse.report``.
+"""
