@@ -97,7 +97,7 @@ class Prediction:
 
 
 def checkpoint_cache_meta(path: str | os.PathLike, meta: dict[str, Any]) -> CacheMeta:
-    """The training cache's metadata (``fuse.runs.recorded_cache_meta``), as predict's error."""
+    """The training cache's metadata (``fuse.train.runs.recorded_cache_meta``), as predict's error."""
     try:
         return recorded_cache_meta(path, meta)
     except RunError as e:
@@ -290,47 +290,12 @@ def predict_one(
     """
     dev = pick_device(device)
     model, meta = load_checkpoint_model(checkpoint, dev)
-    modalities = model.cfg.modalities
-    uses_audio, uses_text = modalities in ("both", "audio"), modalities in ("both", "text")
-    kind = {"both": "fused (audio + text)", "audio": "audio-only", "text": "text-only"}[modalities]
-    if uses_audio and audio_path is None:
-        raise PredictError(f"{checkpoint}: this {kind} model needs the utterance's audio (--audio)")
-    transcribe = uses_text and text is None
-    if transcribe and asr is None:
-        raise PredictError(
-            f"{checkpoint}: this {kind} model needs the utterance's transcript: give it with --text, "
-            f"or name an ASR model with --asr to transcribe the audio"
-        )
-    if transcribe and audio_path is None:
-        raise PredictError("--asr transcribes the utterance's audio: give it with --audio (or give --text)")
-    if (uses_audio or transcribe) and not Path(audio_path).is_file():  # before the (slow) models load
-        raise PredictError(f"--audio: audio file not found: {audio_path}")
-    if attention:
-        check_has_cross_attention(model)
-
+    transcribe = check_request(model, checkpoint, audio_path, text, asr, attention)
     asr_record = None
     if transcribe:
         text, asr_record = transcribe_audio(asr, audio_path, dev, max_duration)
-    specs: dict[str, str] = {}
-    inputs = ModelInputs(None, None, None, None)
-    if uses_audio:
-        enc, specs["audio"] = load_matching_encoder("audio", meta.audio_encoder, audio_encoder, dev, force, tiny_root)
-        row, inputs.audio_len = audio_inputs(enc, audio_path, meta, max_duration)
-        inputs.audio, inputs.audio_padding_mask = (
-            row[None],
-            padding_mask(torch.tensor([inputs.audio_len]), meta.max_audio_len),
-        )
-        frame_rate = meta.audio_encoder.frame_rate or enc.frame_rate
-        del enc
-    if uses_text:
-        enc, specs["text"] = load_matching_encoder("text", meta.text_encoder, text_encoder, dev, force, tiny_root)
-        row, inputs.text_len, inputs.tokens = text_inputs(enc, text, meta)
-        inputs.text, inputs.text_padding_mask = (
-            row[None],
-            padding_mask(torch.tensor([inputs.text_len]), meta.max_text_len),
-        )
-        del enc
-
+    loading = EncoderChoice(audio_encoder, text_encoder, dev, force, tiny_root)
+    inputs, specs, frame_rate = model_inputs(model, meta, loading, audio_path, text, max_duration)
     with torch.no_grad():
         args = [
             t.to(dev) if t is not None else None
@@ -348,7 +313,7 @@ def predict_one(
         checkpoint=str(checkpoint),
         encoders=specs,
         inputs=inputs,
-        transcript=text if uses_text else None,
+        transcript=text if model.cfg.modalities != "audio" else None,
         asr=asr_record,
     )
     if attention:
@@ -361,6 +326,68 @@ def predict_one(
             layer=f"CCAB {model.cfg.num_layers[1]} cross layer",
         )
     return result
+
+
+def check_request(
+    model: KSTransformer, checkpoint, audio_path, text: str | None, asr: str | None, attention: bool
+) -> bool:
+    """Refuse, before any encoder loads, what the model cannot be given; whether the audio must be
+    transcribed (a model that reads text, given no text but an ASR model)."""
+    modalities = model.cfg.modalities
+    uses_audio, uses_text = modalities in ("both", "audio"), modalities in ("both", "text")
+    kind = {"both": "fused (audio + text)", "audio": "audio-only", "text": "text-only"}[modalities]
+    if uses_audio and audio_path is None:
+        raise PredictError(f"{checkpoint}: this {kind} model needs the utterance's audio (--audio)")
+    transcribe = uses_text and text is None
+    if transcribe and asr is None:
+        raise PredictError(
+            f"{checkpoint}: this {kind} model needs the utterance's transcript: give it with --text, "
+            f"or name an ASR model with --asr to transcribe the audio"
+        )
+    if transcribe and audio_path is None:
+        raise PredictError("--asr transcribes the utterance's audio: give it with --audio (or give --text)")
+    if (uses_audio or transcribe) and not Path(audio_path).is_file():  # before the (slow) models load
+        raise PredictError(f"--audio: audio file not found: {audio_path}")
+    if attention:
+        check_has_cross_attention(model)
+    return transcribe
+
+
+@dataclass(frozen=True)
+class EncoderChoice:
+    """Which encoders make the features: the recorded ones unless a spec overrides them."""
+
+    audio: str | None
+    text: str | None
+    device: torch.device
+    force: bool
+    tiny_root: str | os.PathLike | None
+
+
+def model_inputs(
+    model: KSTransformer, meta: CacheMeta, choice: EncoderChoice, audio_path, text: str | None, max_duration: float
+) -> tuple[ModelInputs, dict[str, str], float | None]:
+    """The model's inputs as the training cache stored them, the encoder specs used, and the
+    audio frame rate (None for a text-only model)."""
+    modalities = model.cfg.modalities
+    specs: dict[str, str] = {}
+    inputs = ModelInputs(None, None, None, None)
+    frame_rate = None
+    dev, force, tiny = choice.device, choice.force, choice.tiny_root
+    if modalities in ("both", "audio"):
+        enc, specs["audio"] = load_matching_encoder("audio", meta.audio_encoder, choice.audio, dev, force, tiny)
+        row, inputs.audio_len = audio_inputs(enc, audio_path, meta, max_duration)
+        inputs.audio = row[None]
+        inputs.audio_padding_mask = padding_mask(torch.tensor([inputs.audio_len]), meta.max_audio_len)
+        frame_rate = meta.audio_encoder.frame_rate or enc.frame_rate
+        del enc
+    if modalities in ("both", "text"):
+        enc, specs["text"] = load_matching_encoder("text", meta.text_encoder, choice.text, dev, force, tiny)
+        row, inputs.text_len, inputs.tokens = text_inputs(enc, text, meta)
+        inputs.text = row[None]
+        inputs.text_padding_mask = padding_mask(torch.tensor([inputs.text_len]), meta.max_text_len)
+        del enc
+    return inputs, specs, frame_rate
 
 
 def readable_token(token: str) -> str:

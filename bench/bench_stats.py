@@ -1,4 +1,4 @@
-"""fuse.stats on an IEMOCAP-sized prediction set: 5,531 test utterances in 5 folds (the 4-class
+"""fuse.report.stats on an IEMOCAP-sized prediction set: 5,531 test utterances in 5 folds (the 4-class
 sessions' sizes), 1,000 bootstrap resamples, as a report and ``ksr compare`` draw them.
 
 Goal (issue 16): the intervals must not slow a report down. Measured: one pooled interval (all
@@ -58,7 +58,7 @@ def run(quick: bool = False) -> str:
             (f"ksr compare of two runs, {len(seeds)} seed(s) each", _best(lambda pair=pair: compare_runs(pair, boot)))
         )
     lines = [
-        "## bootstrap intervals and comparisons (fuse.stats)",
+        "## bootstrap intervals and comparisons (fuse.report.stats)",
         "",
         f"{y.size} utterances in 5 folds, {boot.resamples} resamples; best of 3.",
         "",

@@ -17,7 +17,22 @@ Reading (training)::
     for batch in cache.loader(train, batch_size=32, shuffle=True, generator=g):
         logits = model(batch.audio, batch.text, batch.audio_padding_mask, batch.text_padding_mask)
 
-The schema is documented in docs/cache.md.
+The schema is documented in docs/cache.md. Modules, in reading order:
+
+- ``schema``: what a cache holds and how its files are named (``CacheMeta``, ``EncoderInfo``).
+- ``rows``: the one definition of a row (cut, pad, storage dtype) and its padding mask.
+- ``convert``: array helpers shared by the writer and the reader.
+- ``shard``: one shard file: writing, checking, hashing, reading rows.
+- ``index``: index files and the directory scan.
+- ``locks``: which writers are writing a cache right now.
+- ``writer``: ``CacheWriter``, one finished shard at a time.
+- ``reader``: ``open_cache`` -> ``Cache`` -> batches.
+- ``verify``: ``ksr cache verify``.
+- ``repair``: ``ksr cache repair`` (duplicate copies two writers left).
+- ``info``: ``ksr cache info``, from the metadata alone.
+- ``synthetic``: synthetic caches for tests and benchmarks.
+- ``util``: threads over shards and progress bars.
+- ``errors``: the cache's exceptions.
 """
 
 from .errors import CacheError, CacheMismatchError

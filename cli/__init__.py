@@ -1,8 +1,16 @@
 """The ``ksr`` command: each command parses its options, calls one function of a stage, prints.
 
-Commands live by stage: ``model_commands`` (train, eval, ablate, predict, demo,
-convert-official) and ``data_commands`` (prepare, extract, encoders, cache); ``options`` builds
-the training options, the model settings among them generated from ``ksr.fuse.model.config``.
+Commands live by stage, one module per group:
+
+- ``data_commands``: prepare (IEMOCAP, demo, check), extract, encoders, cache.
+- ``corpus_commands``: prepare msp-podcast and prepare meld (official splits).
+- ``transcribe_commands``: transcribe (machine transcripts).
+- ``model_commands``: train, ablate, eval, predict, demo, convert-official.
+- ``compare_commands``: compare (runs against runs).
+- ``export_commands``: export (ONNX).
+- ``options``: the training options, the model settings among them generated from
+  ``ksr.fuse.model.config``.
+- ``__main__``: ``python -m ksr.cli``.
 
 Expected failures (``KsrError`` and its kin: bad input, damaged files, missing devices) end as
 one line and exit status 1, whatever the command (``KSR_DEBUG=1`` shows the traceback).

@@ -68,28 +68,27 @@ bootstrap_option = click.option(
 
 
 def training_options(f):
-    """The options ksr train and ksr ablate share (recipe, protocol, model settings, device)."""
-    from ..cache.reader import MODES
+    """The options ksr train and ksr ablate share: the data and protocol, the recipe, the device,
+    then the model settings (in that order in --help)."""
+    f = model_options(f)
+    for option in reversed([*data_options(), *recipe_options(), *device_options()]):
+        f = option(f)
+    return f
+
+
+def data_options() -> list:
+    """The cache, and which of its utterances train, validate and test."""
     from ..fuse.train.folds import PROTOCOLS
     from ..fuse.train.metrics import METRICS
-    from ..fuse.train.recipes import OPTIMIZERS, PRESETS, SCHEDULES
     from ..fuse.train.runs import SELECTIONS
 
-    options = [
+    return [
         click.option(
             "--cache",
             "cache_dir",
             required=True,
             type=click.Path(exists=True, file_okay=False),
             help="The feature cache to train on.",
-        ),
-        click.option(
-            "--recipe",
-            "recipe_name",
-            type=click.Choice(list(PRESETS)),
-            default="paper",
-            show_default=True,
-            help="Preset: paper = SGD lr 5e-4 halved every 30 epochs; official = the public code's SGD momentum 0.9 + cosine; ksr = AdamW 4e-3, warm-up, cosine, 24 epochs, standardised inputs (docs/learning.md).",
         ),
         click.option(
             "--protocol",
@@ -121,6 +120,22 @@ def training_options(f):
             type=click.FloatRange(0, 1, min_open=True, max_open=True),
             help="Share of each class of the training sessions held out for validation.",
         ),
+    ]
+
+
+def recipe_options() -> list:
+    """The recipe preset and its overrides."""
+    from ..fuse.train.recipes import OPTIMIZERS, PRESETS, SCHEDULES
+
+    return [
+        click.option(
+            "--recipe",
+            "recipe_name",
+            type=click.Choice(list(PRESETS)),
+            default="paper",
+            show_default=True,
+            help="Preset: paper = SGD lr 5e-4 halved every 30 epochs; official = the public code's SGD momentum 0.9 + cosine; ksr = AdamW 4e-3, warm-up, cosine, 24 epochs, standardised inputs (docs/learning.md).",
+        ),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs."),
         click.option(
             "--lr",
@@ -150,6 +165,14 @@ def training_options(f):
             default=None,
             help="Override the recipe's linear warm-up, in epochs (stepped per batch; 0 = none).",
         ),
+    ]
+
+
+def device_options() -> list:
+    """Where training runs, how the cache is read, and resuming."""
+    from ..cache.reader import MODES
+
+    return [
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto."),
         click.option(
             "--amp/--no-amp", default=True, show_default=True, help="bfloat16 autocast on GPU (ignored on CPU)."
@@ -163,10 +186,6 @@ def training_options(f):
         ),
         click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch."),
     ]
-    f = model_options(f)  # listed after the training options in --help
-    for option in reversed(options):
-        f = option(f)
-    return f
 
 
 def setup_training(o: dict, run_dir: str | None = None):

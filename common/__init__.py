@@ -1,6 +1,15 @@
 """Shared low-level helpers: constants, devices, ranks, durable files, test fault points.
 
-Every stage may import this package; it imports no stage (``../shared/DESIGN.md``).
+Every stage may import this package; it imports no stage (``../shared/DESIGN.md``). Modules:
+
+- ``constants``: the sample rate, the 460 / 20 lengths, the paper's class order.
+- ``errors``: ``KsrError``, the base of every expected failure.
+- ``devices``: the one place a ``--device`` value becomes a torch device.
+- ``ranks``: this process among torchrun's ranks.
+- ``files``: atomic writes, fsync, disk-full errors, file digests.
+- ``signals``: SIGTERM handled like SIGINT.
+- ``faults``: test-only crash points.
+- ``optional``: optional dependencies, refused in one line when missing.
 """
 
 from .constants import MAX_AUDIO_FRAMES, MAX_TEXT_TOKENS, PAPER_CLASSES, SAMPLE_RATE

@@ -26,6 +26,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -206,24 +207,17 @@ def extract_corpus(
     audio = _load(audio_encoder, "audio", dev, compute_dtype, tiny_root)
     text = _load(text_encoder, "text", dev, compute_dtype, tiny_root)
     where = "cuda" if audio.device.type == "cuda" else "cpu"
-    if batch_seconds is None:
-        batch_seconds = DEFAULT_BATCH_SECONDS[where]
-    if not (batch_seconds > 0 and math.isfinite(batch_seconds)):
-        raise ExtractError(f"batch_seconds must be a positive number of seconds, not {batch_seconds}")
-    if max_duration is not None and not max_duration > 0:
-        raise ExtractError(f"max_duration must be a positive number of seconds, not {max_duration}")
-    if prefetch is None:
-        prefetch = DEFAULT_PREFETCH
-    if classes is None:
-        classes = default_classes([u.label for u in manifest.rows])
-    if not classes:
-        first = f" (first: {manifest.problems[0]})" if manifest.problems else ""
-        raise ExtractError(
-            f"{manifest.path}: no usable rows, {len(manifest.problems)} refused{first}: nothing to extract"
-        )
+    settings = LoopSettings(
+        batch_seconds=DEFAULT_BATCH_SECONDS[where] if batch_seconds is None else batch_seconds,
+        max_batch_items=max_batch_items,
+        prefetch=DEFAULT_PREFETCH if prefetch is None else prefetch,
+        progress=progress,
+        on_batch=on_batch,
+        max_duration=max_duration,
+    )
     meta = CacheMeta(
         corpus=corpus or corpus_name(manifest.path),
-        classes=tuple(classes),
+        classes=tuple(cache_classes(manifest, classes)),
         audio_encoder=audio.cache_record(),
         text_encoder=text.cache_record(),
         sample_rate=SAMPLE_RATE,
@@ -234,7 +228,23 @@ def extract_corpus(
         text_column=manifest.text_column or "text",
     )
     started = time.perf_counter()  # the summary's rate leaves model loading out
-    try:  # audio read errors are per utterance (caught in _run): an OSError here is the cache's
+    summary = _write_cache(manifest, out_dir, (audio, text), meta, ranks, settings, shard_size)
+    summary.seconds = time.perf_counter() - started
+    return _gather(summary, ranks)
+
+
+def _write_cache(
+    manifest: Manifest,
+    out_dir: Path,
+    encoders: tuple[AudioEncoder, TextEncoder],
+    meta: CacheMeta,
+    ranks: Ranks,
+    settings: LoopSettings,
+    shard_size: int,
+) -> ExtractSummary:
+    """The loop inside its writer and errors file; a failure of the cache (disk full, SIGTERM)
+    ends as one line that says what is kept."""
+    try:  # audio read errors are per utterance (caught in the loop): an OSError here is the cache's
         with (
             signals.sigterm_raises(),  # SIGTERM as SIGINT: the writer still writes its partial shard
             CacheWriter(out_dir, meta, tag=ranks.tag, shard_size=shard_size, peers=ranks.tags()) as writer,
@@ -242,21 +252,7 @@ def extract_corpus(
         ):
             if ranks.main:
                 _tidy_other_writers(out_dir, meta, ranks)
-            summary = _run(
-                manifest,
-                writer,
-                log,
-                audio,
-                text,
-                meta,
-                ranks,
-                batch_seconds,
-                max_batch_items,
-                prefetch,
-                progress,
-                on_batch,
-                max_duration,
-            )
+            summary = ExtractionLoop(manifest, writer, log, encoders, meta, ranks, settings).run()
     except (OSError, DiskFullError) as err:
         if isinstance(err, OSError) and is_disk_full(err):
             err = disk_full_error(out_dir, None, err)
@@ -269,161 +265,212 @@ def extract_corpus(
             f"partial shard included); run the same command again to continue"
         ) from None
     summary.errors_files = [log.path]
-    summary.seconds = time.perf_counter() - started
-    return _gather(summary, ranks)
-
-
-def _run(
-    manifest: Manifest,
-    writer: CacheWriter,
-    log: ErrorLog,
-    audio: AudioEncoder,
-    text: TextEncoder,
-    meta: CacheMeta,
-    ranks: Ranks,
-    batch_seconds: float,
-    max_batch_items: int,
-    prefetch: int,
-    progress: bool,
-    on_batch: Callable[[int], None] | None,
-    max_duration: float | None,
-) -> ExtractSummary:
-    summary = ExtractSummary(cache_dir=writer.root, ranks=ranks.world, classes=tuple(meta.classes))
-    failed: Counter[str] = Counter()
-    in_cache: Counter[str] = Counter()  # per class: stored before, or stored by this run
-    if ranks.main:  # rows the reader rejected belong to no share: rank 0 reports them
-        for p in manifest.problems:
-            log.add(p.id or f"(line {p.line})", "manifest", f"line {p.line}: {p.reason}")
-        summary.total += len(manifest.problems)
-        failed["manifest"] = len(manifest.problems)
-
-    rows = manifest.rows
-    stored = writer.stored_ids()
-    classes = set(meta.classes)
-    if ranks.world > 1:  # shares are balanced by duration: every rank probes every file
-        seconds = [utterance_seconds(u) for u in rows]
-        share = rank_share([u.id for u in rows], seconds, ranks)
-    else:
-        seconds = [0.0] * len(rows)
-        share = list(range(len(rows)))
-    usable: list[int] = []  # rows of the share with a label of the cache, stored ones too
-    for i in share:
-        u = rows[i]
-        if u.label not in classes:
-            log.add(u.id, "label", f"label {u.label!r} is not one of the classes {','.join(meta.classes)}")
-            summary.skipped += 1
-            continue
-        usable.append(i)
-        if u.id in stored:
-            summary.stored_before += 1
-            in_cache[u.label] += 1
-    summary.total += len(share)
-    if ranks.world == 1:
-        for i in usable:
-            seconds[i] = utterance_seconds(rows[i])
-    if meta.max_audio_seconds is not None:  # batches are planned on what is encoded
-        seconds = [min(s, meta.max_audio_seconds) for s in seconds]
-    # Batches are planned over the stored utterances too, and those with nothing new are
-    # dropped: every run then encodes an utterance in the same batch, so a resumed run stores
-    # bit for bit what an uninterrupted one does (a batch's make-up moves float rounding). Only
-    # a batch that a crash cut is encoded again, its stored utterances thrown away.
-    batches = [
-        [rows[i] for i in b]
-        for b in plan_batches(usable, seconds, batch_seconds, max_batch_items)
-        if any(rows[i].id not in stored for i in b)
-    ]
-    todo = len(usable) - summary.stored_before
-
-    bar = tqdm(
-        total=todo,
-        unit="utt",
-        desc=f"extract {ranks.tag}",
-        file=sys.stderr,
-        disable=not (progress and ranks.main),
-        dynamic_ncols=True,
-        smoothing=0.05,
-    )
-    breakers = {s: Breaker(s) for s in ("audio-encoder", "text-encoder")}
-    loop_start = time.perf_counter()
-
-    def fail(u: Utterance, stage: str, reason: str) -> None:
-        if u.id in stored:  # encoded again for its batch's sake: it is in the cache already
-            return
-        log.add(u.id, stage, reason)
-        failed[stage] += 1
-
-    def read(u: Utterance) -> np.ndarray:
-        wav = read_audio(u.audio, start=u.start, end=u.end, max_duration=max_duration)
-        return cut_audio(wav, meta.max_audio_seconds)
-
-    done = 0
-    try:
-        for batch, wavs in read_ahead(batches, read, depth=prefetch):
-            faults.point("extract-batch")  # tests: SIGKILL here (KSR_TEST_KILL_AT)
-            good: list[tuple[Utterance, np.ndarray]] = []
-            for u, w in zip(batch, wavs, strict=True):
-                if isinstance(w, BaseException):
-                    fail(u, "audio", reason_of(w))
-                elif len(w) < audio.min_samples:
-                    fail(
-                        u,
-                        "audio",
-                        f"too short: {len(w)} samples ({len(w) / SAMPLE_RATE:.3f} s)"
-                        f" at 16 kHz; {audio.name} needs {audio.min_samples} for "
-                        f"one frame",
-                    )
-                else:
-                    good.append((u, w))
-            a_feats = encode_isolated(
-                audio.encode,
-                [w for _, w in good],
-                lambda i, r, good=good: fail(good[i][0], "audio-encoder", r),
-                breakers["audio-encoder"],
-            )
-            good = [(u, w, a) for (u, w), a in zip(good, a_feats, strict=True) if a is not None]
-            t_feats = encode_isolated(
-                text.encode,
-                [u.text for u, _, _ in good],
-                lambda i, r, good=good: fail(good[i][0], "text-encoder", r),
-                breakers["text-encoder"],
-            )
-            for (u, w, a), t in zip(good, t_feats, strict=True):
-                if t is None or u.id in stored:
-                    continue
-                problem = row_problem(a, meta.max_audio_len, "audio", meta.dtype) or row_problem(
-                    t, meta.max_text_len, "text", meta.dtype
-                )
-                if problem:
-                    fail(u, "features", problem)
-                    continue
-                # Any error from here on is the cache's (disk full, ...): it stops the run.
-                writer.add(
-                    u.id,
-                    a,
-                    t,
-                    u.label,
-                    speaker=u.speaker,
-                    session="" if u.session is None else str(u.session),
-                    gender=u.gender,
-                    transcript=u.text,
-                    split=u.split,
-                )
-                summary.extracted += 1
-                in_cache[u.label] += 1
-                summary.audio_seconds += len(w) / SAMPLE_RATE
-                faults.point("extract-add")
-            new = sum(u.id not in stored for u in batch)
-            done += new
-            bar.update(new)
-            elapsed = time.perf_counter() - loop_start
-            bar.set_postfix_str(
-                f"{summary.audio_seconds / max(elapsed, 1e-9):.1f} s audio/s, {sum(failed.values())} failed",
-                refresh=False,
-            )
-            if on_batch is not None:
-                on_batch(done)
-    finally:
-        bar.close()
-        summary.failed = {s: failed[s] for s in STAGES if failed[s]}
-        summary.class_counts = {c: in_cache[c] for c in meta.classes}
     return summary
+
+
+def cache_classes(manifest: Manifest, classes: Sequence[str] | None) -> Sequence[str]:
+    """The cache's class order: ``classes``, else :func:`default_classes` of the manifest's
+    labels; a manifest without one usable row is refused."""
+    if classes is None:
+        classes = default_classes([u.label for u in manifest.rows])
+    if not classes:
+        first = f" (first: {manifest.problems[0]})" if manifest.problems else ""
+        raise ExtractError(
+            f"{manifest.path}: no usable rows, {len(manifest.problems)} refused{first}: nothing to extract"
+        )
+    return classes
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the loop batches, reads ahead and reports (none of it changes a stored feature)."""
+
+    batch_seconds: float
+    max_batch_items: int = 256
+    prefetch: int = DEFAULT_PREFETCH
+    progress: bool = True
+    on_batch: Callable[[int], None] | None = None
+    max_duration: float | None = MAX_DURATION_S
+
+    def __post_init__(self) -> None:
+        if not (self.batch_seconds > 0 and math.isfinite(self.batch_seconds)):
+            raise ExtractError(f"batch_seconds must be a positive number of seconds, not {self.batch_seconds}")
+        if self.max_duration is not None and not self.max_duration > 0:
+            raise ExtractError(f"max_duration must be a positive number of seconds, not {self.max_duration}")
+
+
+class ExtractionLoop:
+    """One rank's pass over its share of the manifest: plan the batches (:meth:`plan`), then
+    per batch read the audio (a thread ahead), encode audio and text (:meth:`encode`) and store
+    the rows (:meth:`store`); every utterance left out gets its line in the errors file."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        writer: CacheWriter,
+        log: ErrorLog,
+        encoders: tuple[AudioEncoder, TextEncoder],
+        meta: CacheMeta,
+        ranks: Ranks,
+        settings: LoopSettings,
+    ) -> None:
+        self.manifest, self.writer, self.log, self.meta, self.ranks = manifest, writer, log, meta, ranks
+        self.audio, self.text = encoders
+        self.settings = settings
+        self.summary = ExtractSummary(cache_dir=writer.root, ranks=ranks.world, classes=tuple(meta.classes))
+        self.failed: Counter[str] = Counter()
+        self.in_cache: Counter[str] = Counter()  # per class: stored before, or stored by this run
+        self.stored = writer.stored_ids()
+        self.breakers = {s: Breaker(s) for s in ("audio-encoder", "text-encoder")}
+
+    def run(self) -> ExtractSummary:
+        batches, todo = self.plan()
+        bar = tqdm(
+            total=todo,
+            unit="utt",
+            desc=f"extract {self.ranks.tag}",
+            file=sys.stderr,
+            disable=not (self.settings.progress and self.ranks.main),
+            dynamic_ncols=True,
+            smoothing=0.05,
+        )
+        loop_start = time.perf_counter()
+        done = 0
+        try:
+            for batch, wavs in read_ahead(batches, self.read, depth=self.settings.prefetch):
+                faults.point("extract-batch")  # tests: SIGKILL here (KSR_TEST_KILL_AT)
+                self.store(self.encode(batch, wavs))
+                new = sum(u.id not in self.stored for u in batch)
+                done += new
+                bar.update(new)
+                elapsed = time.perf_counter() - loop_start
+                bar.set_postfix_str(
+                    f"{self.summary.audio_seconds / max(elapsed, 1e-9):.1f} s audio/s, "
+                    f"{sum(self.failed.values())} failed",
+                    refresh=False,
+                )
+                if self.settings.on_batch is not None:
+                    self.settings.on_batch(done)
+        finally:
+            bar.close()
+            self.summary.failed = {s: self.failed[s] for s in STAGES if self.failed[s]}
+            self.summary.class_counts = {c: self.in_cache[c] for c in self.meta.classes}
+        return self.summary
+
+    def plan(self) -> tuple[list[list[Utterance]], int]:
+        """This rank's batches (utterances of similar length) and how many utterances are new;
+        rows the manifest reader refused and labels outside the classes are logged here."""
+        summary, rows, meta = self.summary, self.manifest.rows, self.meta
+        if self.ranks.main:  # rows the reader rejected belong to no share: rank 0 reports them
+            for p in self.manifest.problems:
+                self.log.add(p.id or f"(line {p.line})", "manifest", f"line {p.line}: {p.reason}")
+            summary.total += len(self.manifest.problems)
+            self.failed["manifest"] = len(self.manifest.problems)
+        if self.ranks.world > 1:  # shares are balanced by duration: every rank probes every file
+            seconds = [utterance_seconds(u) for u in rows]
+            share = rank_share([u.id for u in rows], seconds, self.ranks)
+        else:
+            seconds = [0.0] * len(rows)
+            share = list(range(len(rows)))
+        usable: list[int] = []  # rows of the share with a label of the cache, stored ones too
+        for i in share:
+            u = rows[i]
+            if u.label not in meta.classes:
+                self.log.add(u.id, "label", f"label {u.label!r} is not one of the classes {','.join(meta.classes)}")
+                summary.skipped += 1
+                continue
+            usable.append(i)
+            if u.id in self.stored:
+                summary.stored_before += 1
+                self.in_cache[u.label] += 1
+        summary.total += len(share)
+        if self.ranks.world == 1:
+            for i in usable:
+                seconds[i] = utterance_seconds(rows[i])
+        if meta.max_audio_seconds is not None:  # batches are planned on what is encoded
+            seconds = [min(s, meta.max_audio_seconds) for s in seconds]
+        # Batches are planned over the stored utterances too, and those with nothing new are
+        # dropped: every run then encodes an utterance in the same batch, so a resumed run stores
+        # bit for bit what an uninterrupted one does (a batch's make-up moves float rounding). Only
+        # a batch that a crash cut is encoded again, its stored utterances thrown away.
+        batches = [
+            [rows[i] for i in b]
+            for b in plan_batches(usable, seconds, self.settings.batch_seconds, self.settings.max_batch_items)
+            if any(rows[i].id not in self.stored for i in b)
+        ]
+        return batches, len(usable) - summary.stored_before
+
+    def read(self, u: Utterance) -> np.ndarray:
+        wav = read_audio(u.audio, start=u.start, end=u.end, max_duration=self.settings.max_duration)
+        return cut_audio(wav, self.meta.max_audio_seconds)
+
+    def fail(self, u: Utterance, stage: str, reason: str) -> None:
+        if u.id in self.stored:  # encoded again for its batch's sake: it is in the cache already
+            return
+        self.log.add(u.id, stage, reason)
+        self.failed[stage] += 1
+
+    def encode(
+        self, batch: list[Utterance], wavs: list
+    ) -> list[tuple[Utterance, np.ndarray, torch.Tensor, torch.Tensor]]:
+        """(utterance, samples, audio features, text features) of the batch's utterances that
+        both encoders took; every other one is logged with its stage and reason."""
+        audio = self.audio
+        good: list[tuple[Utterance, np.ndarray]] = []
+        for u, w in zip(batch, wavs, strict=True):
+            if isinstance(w, BaseException):
+                self.fail(u, "audio", reason_of(w))
+            elif len(w) < audio.min_samples:
+                self.fail(
+                    u,
+                    "audio",
+                    f"too short: {len(w)} samples ({len(w) / SAMPLE_RATE:.3f} s)"
+                    f" at 16 kHz; {audio.name} needs {audio.min_samples} for "
+                    f"one frame",
+                )
+            else:
+                good.append((u, w))
+        a_feats = encode_isolated(
+            audio.encode,
+            [w for _, w in good],
+            lambda i, r, good=good: self.fail(good[i][0], "audio-encoder", r),
+            self.breakers["audio-encoder"],
+        )
+        both = [(u, w, a) for (u, w), a in zip(good, a_feats, strict=True) if a is not None]
+        t_feats = encode_isolated(
+            self.text.encode,
+            [u.text for u, _, _ in both],
+            lambda i, r, both=both: self.fail(both[i][0], "text-encoder", r),
+            self.breakers["text-encoder"],
+        )
+        return [(u, w, a, t) for (u, w, a), t in zip(both, t_feats, strict=True) if t is not None]
+
+    def store(self, encoded: list[tuple[Utterance, np.ndarray, torch.Tensor, torch.Tensor]]) -> None:
+        """Hand each new utterance's features to the writer (a row the cache cannot hold is
+        logged at stage ``features``)."""
+        meta = self.meta
+        for u, w, a, t in encoded:
+            if u.id in self.stored:
+                continue
+            problem = row_problem(a, meta.max_audio_len, "audio", meta.dtype) or row_problem(
+                t, meta.max_text_len, "text", meta.dtype
+            )
+            if problem:
+                self.fail(u, "features", problem)
+                continue
+            # Any error from here on is the cache's (disk full, ...): it stops the run.
+            self.writer.add(
+                u.id,
+                a,
+                t,
+                u.label,
+                speaker=u.speaker,
+                session="" if u.session is None else str(u.session),
+                gender=u.gender,
+                transcript=u.text,
+                split=u.split,
+            )
+            self.summary.extracted += 1
+            self.in_cache[u.label] += 1
+            self.summary.audio_seconds += len(w) / SAMPLE_RATE
+            faults.point("extract-add")

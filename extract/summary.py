@@ -32,7 +32,7 @@ def one_line(text: str, limit: int = 400) -> str:
 
 def reason_of(err: BaseException) -> str:
     """A one-line reason for an exception; our own errors already read as reasons."""
-    from .audio import AudioError
+    from .audio_errors import AudioError
     from .encoders import EncoderError
 
     if isinstance(err, (AudioError, EncoderError)):

@@ -1,6 +1,13 @@
-"""Stage 2: the KS-Transformer fusion model (and, later, its training and evaluation).
+"""Stage 2: the KS-Transformer fusion model, its training and its reports.
 
 Reads features only through ``ksr.cache``; never imports ``ksr.extract`` or an encoder library.
+Three wings, each importing only the ones before it:
+
+- ``model``: what one forward pass computes (the KS-Transformer, its config, the baselines).
+- ``train``: recipes, folds, run folders, the training loop, checkpoints, metrics.
+- ``report``: evaluation, reports, statistics, comparisons, TensorBoard, ONNX export.
+
+What users import is here: ``load_model``, ``KSTransformer``, ``ModelConfig``, ``convert_official``, ...
 """
 
 from .model.config import ModelConfig

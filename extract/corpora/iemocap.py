@@ -194,6 +194,17 @@ def _sample(ids: list[str], n: int = 3) -> str:
     return ", ".join(ids[:n]) + more
 
 
+@dataclass
+class _Tally:
+    """What reading the sessions left out or could not read, for the report's warnings."""
+
+    seen: set[str] = field(default_factory=set)
+    no_wav: list[str] = field(default_factory=list)
+    no_text: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    malformed: int = 0
+
+
 def prepare_iemocap(root: str | os.PathLike) -> PrepareReport:
     """Read an IEMOCAP release and return the 4-class rows plus a full account.
 
@@ -208,82 +219,94 @@ def prepare_iemocap(root: str | os.PathLike) -> PrepareReport:
     missing_sessions = [s for s in SESSIONS if s not in report.sessions]
     if missing_sessions:
         report.warnings.append("partial release: Session" + ", Session".join(map(str, missing_sessions)) + " not found")
-    seen: set[str] = set()
-    no_wav: list[str] = []
-    no_text: list[str] = []
-    duplicates: list[str] = []
-    malformed = 0
+    tally = _Tally()
     for session in report.sessions:
-        base = root / f"Session{session}"
-        counts = report.counts.setdefault(session, Counter())
-        genders = report.genders.setdefault(session, Counter())
-        wavs: dict[str, Path] = {}
-        for dialog_dir in _data_dirs(base / "sentences" / "wav", report):
-            for wav in _data_files(dialog_dir, ".wav", report):
-                wavs[wav.stem] = wav
-        texts: dict[str, str] = {}
-        for path in _data_files(base / "dialog" / "transcriptions", ".txt", report):
-            found, not_utterances, unlabelled = parse_transcription(path)
-            texts.update(found)
-            report.skipped["transcript lines that are no utterance"] += not_utterances
-            report.skipped["transcript lines without a labelled id"] += unlabelled
-        labelled: set[str] = set()
-        for path in _data_files(base / "dialog" / "EmoEvaluation", ".txt", report):
-            entries, bad = parse_emo_evaluation(path)
-            malformed += bad
-            for e in entries:
-                parsed = parse_utterance_id(e.id)
-                if parsed is None or parsed[0] != session:
-                    malformed += 1
-                    continue
-                if e.id in seen:
-                    duplicates.append(e.id)
-                    continue
-                seen.add(e.id)
-                labelled.add(e.id)
-                report.raw_counts[e.label] += 1
-                label = FOUR_CLASS.get(e.label)
-                if label is None:
-                    continue
-                if e.id not in wavs:
-                    no_wav.append(e.id)
-                    continue
-                if not texts.get(e.id):
-                    no_text.append(e.id)
-                    continue
-                _, dialog, gender = parsed
-                counts[label] += 1
-                genders[gender] += 1
-                report.rows.append(
-                    Utterance(
-                        id=e.id,
-                        audio=wavs[e.id].resolve(),
-                        text=texts[e.id],
-                        label=label,
-                        speaker=f"Ses{session:02d}{gender}",
-                        session=session,
-                        gender=gender,
-                        extra={
-                            "raw_label": e.label,
-                            "dialog": dialog,
-                            "dialog_start": f"{e.start:.4f}",
-                            "dialog_end": f"{e.end:.4f}",
-                            "valence": e.vad[0],
-                            "activation": e.vad[1],
-                            "dominance": e.vad[2],
-                        },
-                    )
-                )
-        unmatched = [t for t in texts if t not in labelled]
-        report.skipped["transcript lines without a labelled id"] += len(unmatched)
-    if malformed:
-        report.warnings.append(f"{malformed} EmoEvaluation summary lines could not be read")
-    if duplicates:
-        report.warnings.append(f"{len(duplicates)} ids labelled twice, first kept: " + _sample(duplicates))
-    if no_wav:
-        report.warnings.append(f"{len(no_wav)} 4-class utterances left out, no wav: " + _sample(no_wav))
-    if no_text:
-        report.warnings.append(f"{len(no_text)} 4-class utterances left out, no transcript: " + _sample(no_text))
+        _read_session(root, session, report, tally)
+    _warn(report, tally)
+    return report
+
+
+def _read_session(root: Path, session: int, report: PrepareReport, tally: _Tally) -> None:
+    """One session's 4-class rows into ``report``; what it leaves out into ``tally``."""
+    base = root / f"Session{session}"
+    counts = report.counts.setdefault(session, Counter())
+    genders = report.genders.setdefault(session, Counter())
+    wavs: dict[str, Path] = {}
+    for dialog_dir in _data_dirs(base / "sentences" / "wav", report):
+        for wav in _data_files(dialog_dir, ".wav", report):
+            wavs[wav.stem] = wav
+    texts: dict[str, str] = {}
+    for path in _data_files(base / "dialog" / "transcriptions", ".txt", report):
+        found, not_utterances, unlabelled = parse_transcription(path)
+        texts.update(found)
+        report.skipped["transcript lines that are no utterance"] += not_utterances
+        report.skipped["transcript lines without a labelled id"] += unlabelled
+    labelled: set[str] = set()
+    for path in _data_files(base / "dialog" / "EmoEvaluation", ".txt", report):
+        entries, bad = parse_emo_evaluation(path)
+        tally.malformed += bad
+        for e in entries:
+            parsed = parse_utterance_id(e.id)
+            if parsed is None or parsed[0] != session:
+                tally.malformed += 1
+                continue
+            if e.id in tally.seen:
+                tally.duplicates.append(e.id)
+                continue
+            tally.seen.add(e.id)
+            labelled.add(e.id)
+            report.raw_counts[e.label] += 1
+            label = FOUR_CLASS.get(e.label)
+            if label is None:
+                continue
+            if e.id not in wavs:
+                tally.no_wav.append(e.id)
+                continue
+            if not texts.get(e.id):
+                tally.no_text.append(e.id)
+                continue
+            _, dialog, gender = parsed
+            counts[label] += 1
+            genders[gender] += 1
+            report.rows.append(_utterance(e, label, wavs[e.id], texts[e.id], session, dialog, gender))
+    unmatched = [t for t in texts if t not in labelled]
+    report.skipped["transcript lines without a labelled id"] += len(unmatched)
+
+
+def _utterance(e: Evaluation, label: str, wav: Path, text: str, session: int, dialog: str, gender: str) -> Utterance:
+    return Utterance(
+        id=e.id,
+        audio=wav.resolve(),
+        text=text,
+        label=label,
+        speaker=f"Ses{session:02d}{gender}",
+        session=session,
+        gender=gender,
+        extra={
+            "raw_label": e.label,
+            "dialog": dialog,
+            "dialog_start": f"{e.start:.4f}",
+            "dialog_end": f"{e.end:.4f}",
+            "valence": e.vad[0],
+            "activation": e.vad[1],
+            "dominance": e.vad[2],
+        },
+    )
+
+
+def _warn(report: PrepareReport, tally: _Tally) -> None:
+    """The report's warnings: lines not read, ids labelled twice, rows left out, counts that
+    differ from the release's."""
+    if tally.malformed:
+        report.warnings.append(f"{tally.malformed} EmoEvaluation summary lines could not be read")
+    if tally.duplicates:
+        report.warnings.append(f"{len(tally.duplicates)} ids labelled twice, first kept: " + _sample(tally.duplicates))
+    if tally.no_wav:
+        report.warnings.append(f"{len(tally.no_wav)} 4-class utterances left out, no wav: " + _sample(tally.no_wav))
+    if tally.no_text:
+        report.warnings.append(
+            f"{len(tally.no_text)} 4-class utterances left out, no transcript: " + _sample(tally.no_text)
+        )
     for session in report.sessions:
         got, want = sum(report.counts[session].values()), sum(EXPECTED_COUNTS[session].values())
         if got != want:
@@ -293,7 +316,6 @@ def prepare_iemocap(root: str | os.PathLike) -> PrepareReport:
             f"a complete release gives {EXPECTED_TOTAL} 4-class utterances, this copy gave "
             f"{report.total}: check that it is complete and unmodified"
         )
-    return report
 
 
 def format_report(report: PrepareReport) -> str:

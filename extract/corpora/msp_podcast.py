@@ -135,98 +135,117 @@ def prepare_msp_podcast(root: str | os.PathLike, task: str = "4class") -> SplitR
     audios = base / "Audios"
     if not audios.is_dir():
         raise MspPodcastError(f"no Audios/ folder beside {labels.parent} (the release's wav files)")
-    wavs = _files(audios, ".wav")
-    texts = _files(base / "Transcripts", ".txt")
     report = SplitReport(
         corpus=f"MSP-Podcast {task[0]}-class",
         root=base,
         classes=classes,
         splits=("train", "valid", "test1", "test2"),
     )
+    reading = _Reading(report, classes, _files(audios, ".wav"), _files(base / "Transcripts", ".txt"))
     report.notes.append(
         f"labels: {labels.relative_to(base)}; raw letter in raw_label, EmoAct/EmoVal/EmoDom in "
         "activation/valence/dominance (1-7)"
     )
-    if not texts:
+    if not reading.texts:
         report.notes.append("no transcripts found (Transcripts/<turn>.txt): every text is empty")
     for letter, what in NO_CLASS.items():  # the order the summary lists them in
         report.dropped[f"{letter} ({what})"] = 0
     report.dropped["Test3 (no public labels)"] = 0
-    outside: Counter = Counter()  # class letters of the 8 that the task leaves out
-    seen: set[str] = set()
-    split_names: Counter = Counter()
-    unknown_speakers = 0
     for line, r in _records(labels):
-        where = f"{labels} line {line}"
-        name, letter, split_set = r.get("FileName", ""), r.get("EmoClass", ""), r.get("Split_Set", "")
+        reading.add(f"{labels} line {line}", line, r)
+    reading.finish(task)
+    return report
+
+
+class _Reading:
+    """The rows of one labels file, read one at a time into a report."""
+
+    def __init__(self, report: SplitReport, classes: tuple[str, ...], wavs: dict, texts: dict) -> None:
+        self.report, self.classes, self.wavs, self.texts = report, classes, wavs, texts
+        self.outside: Counter = Counter()  # class letters of the 8 that the task leaves out
+        self.seen: set[str] = set()
+        self.split_names: Counter = Counter()
+        self.unknown_speakers = 0
+
+    def label_of(self, where: str, r: dict[str, str]) -> str | None:
+        """The row's class, or None for a row left out (counted); a value of another format stops."""
+        letter, split_set = r.get("EmoClass", ""), r.get("Split_Set", "")
         if split_set in UNLABELLED_SPLITS:
-            report.dropped[f"{split_set} (no public labels)"] += 1
-            continue
+            self.report.dropped[f"{split_set} (no public labels)"] += 1
+            return None
         if split_set not in SPLITS:
             raise MspPodcastError(
                 f"{where}: Split_Set {split_set!r} is not one of {', '.join(SPLITS)}, "
                 f"{', '.join(sorted(UNLABELLED_SPLITS))} (a release of another format?)"
             )
         if letter in NO_CLASS:
-            report.dropped[f"{letter} ({NO_CLASS[letter]})"] += 1
-            continue
+            self.report.dropped[f"{letter} ({NO_CLASS[letter]})"] += 1
+            return None
         if letter not in EMOTIONS:
             raise MspPodcastError(
                 f"{where}: EmoClass {letter!r} is not one of {' '.join(EMOTIONS)} {' '.join(NO_CLASS)} "
                 "(a release of another format?)"
             )
-        label = EMOTIONS[letter]
-        if label not in classes:
-            outside[letter] += 1
-            continue
+        if EMOTIONS[letter] not in self.classes:
+            self.outside[letter] += 1
+            return None
+        return EMOTIONS[letter]
+
+    def add(self, where: str, line: int, r: dict[str, str]) -> None:
+        report, name = self.report, r.get("FileName", "")
+        label = self.label_of(where, r)
+        if label is None:
+            return
         gender = GENDERS.get(r.get("Gender", "").lower())
         if gender is None:
             raise MspPodcastError(f"{where}: Gender {r['Gender']!r} is not Female, Male or Unknown")
         if not name:
             report.problem("no FileName", f"line {line}")
-            continue
+            return
         uid = name[: -len(".wav")] if name.lower().endswith(".wav") else name
-        if uid in seen:
+        if uid in self.seen:
             report.problem("listed twice (first kept)", uid)
-            continue
-        seen.add(uid)
-        wav = wavs.get(name if name.lower().endswith(".wav") else name + ".wav")
+            return
+        self.seen.add(uid)
+        wav = self.wavs.get(name if name.lower().endswith(".wav") else name + ".wav")
         if wav is None:
             report.problem("no wav in Audios/", uid)
-            continue
+            return
         speaker = r.get("SpkrID", "")
         if speaker.lower() in ("", "unknown"):
-            speaker, unknown_speakers = UNKNOWN_SPEAKER, unknown_speakers + 1
-        transcript = texts.get(uid + ".txt")
-        split = SPLITS[split_set]
-        split_names[split_set] += 1
-        report.add(
-            Utterance(
-                id=uid,
-                audio=Path(wav),
-                text=_read_text(transcript) if transcript else "",
-                label=label,
-                speaker=speaker,
-                session=None,  # official splits, no sessions: written empty
-                gender=gender,
-                split=split,
-                extra={
-                    "raw_label": letter,
-                    "activation": r.get("EmoAct", ""),
-                    "valence": r.get("EmoVal", ""),
-                    "dominance": r.get("EmoDom", ""),
-                },
-            ),
-            split,
+            speaker, self.unknown_speakers = UNKNOWN_SPEAKER, self.unknown_speakers + 1
+        transcript = self.texts.get(uid + ".txt")
+        split = SPLITS[r["Split_Set"]]
+        self.split_names[r["Split_Set"]] += 1
+        extra = {
+            "raw_label": r["EmoClass"],
+            "activation": r.get("EmoAct", ""),
+            "valence": r.get("EmoVal", ""),
+            "dominance": r.get("EmoDom", ""),
+        }
+        utterance = Utterance(
+            id=uid,
+            audio=Path(wav),
+            text=_read_text(transcript) if transcript else "",
+            label=label,
+            speaker=speaker,
+            session=None,  # official splits, no sessions: written empty
+            gender=gender,
+            split=split,
+            extra=extra,
         )
-    if outside:
-        letters = " ".join(f"{k} {outside[k]}" for k in EMOTIONS if outside[k])
-        report.dropped[f"not in the {task[0]} classes ({letters})"] = sum(outside.values())
-    named = ", ".join(f"{k} -> {SPLITS[k]}" for k in SPLITS if split_names[k])
-    if named:
-        report.notes.append(f"splits: {named}")
-    if unknown_speakers:
-        report.notes.append(f"{unknown_speakers} rows with SpkrID Unknown: speaker {UNKNOWN_SPEAKER!r}")
-    if not split_names["Train"]:
-        report.warnings.append("no Train rows: check that the release is complete")
-    return report
+        report.add(utterance, split)
+
+    def finish(self, task: str) -> None:
+        """The notes and warnings of the whole file."""
+        report = self.report
+        if self.outside:
+            letters = " ".join(f"{k} {self.outside[k]}" for k in EMOTIONS if self.outside[k])
+            report.dropped[f"not in the {task[0]} classes ({letters})"] = sum(self.outside.values())
+        named = ", ".join(f"{k} -> {SPLITS[k]}" for k in SPLITS if self.split_names[k])
+        if named:
+            report.notes.append(f"splits: {named}")
+        if self.unknown_speakers:
+            report.notes.append(f"{self.unknown_speakers} rows with SpkrID Unknown: speaker {UNKNOWN_SPEAKER!r}")
+        if not self.split_names["Train"]:
+            report.warnings.append("no Train rows: check that the release is complete")

@@ -469,29 +469,7 @@ def convert_fairseq_roberta(
     hf_state = to_hf_keys(state, source=str(model_pt))
     model = load_into_model(hf_state, settings, source=str(model_pt))
 
-    symbols = read_dictionary(files["dict.txt"])
-    if len(symbols) != settings.vocab_size:
-        raise EncoderError(
-            f"{files['dict.txt']} gives {len(symbols)} symbols (with <s> <pad> </s> <unk> and "
-            f"<mask>) where the checkpoint has {settings.vocab_size} embeddings: not this model's dictionary"
-        )
-    try:
-        encoder = json.loads(files["encoder.json"].read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise EncoderError(f"{files['encoder.json']}: not JSON ({err})") from None
-    if not isinstance(encoder, dict):
-        raise EncoderError(f"{files['encoder.json']}: not a token -> id mapping")
-    vocab = compose_vocab(encoder, symbols)
-    merges = read_merges(files["vocab.bpe"])
-    # BPE reaches single bytes and what merges build; the dictionary must hold all of them
-    # (a GPT-2 token that BPE never outputs, like <|endoftext|>, may be absent).
-    reachable = {t for t in encoder if len(t) == 1} | {a + b for a, b in (m.split(" ") for m in merges)}
-    lacking = sorted(t for t in reachable if t not in vocab)
-    if lacking:
-        raise EncoderError(
-            f"{files['dict.txt']} lacks {len(lacking)} GPT-2 tokens that BPE can output "
-            f"(e.g. {lacking[0]!r} = GPT-2 id {encoder.get(lacking[0])}): not this BPE's dictionary"
-        )
+    vocab, merges = _tokenizer_tables(files, settings)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -517,6 +495,35 @@ def convert_fairseq_roberta(
         shutil.rmtree(work, ignore_errors=True)
         raise
     return out_dir
+
+
+def _tokenizer_tables(files: dict[str, Path], settings: RobertaSettings) -> tuple[dict[str, int], list[str]]:
+    """The tokenizer's vocabulary (GPT-2 tokens to fairseq ids) and BPE merges, checked against
+    the model: every symbol the dictionary gives has an embedding, every token BPE can output an id."""
+    symbols = read_dictionary(files["dict.txt"])
+    if len(symbols) != settings.vocab_size:
+        raise EncoderError(
+            f"{files['dict.txt']} gives {len(symbols)} symbols (with <s> <pad> </s> <unk> and "
+            f"<mask>) where the checkpoint has {settings.vocab_size} embeddings: not this model's dictionary"
+        )
+    try:
+        encoder = json.loads(files["encoder.json"].read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise EncoderError(f"{files['encoder.json']}: not JSON ({err})") from None
+    if not isinstance(encoder, dict):
+        raise EncoderError(f"{files['encoder.json']}: not a token -> id mapping")
+    vocab = compose_vocab(encoder, symbols)
+    merges = read_merges(files["vocab.bpe"])
+    # BPE reaches single bytes and what merges build; the dictionary must hold all of them
+    # (a GPT-2 token that BPE never outputs, like <|endoftext|>, may be absent).
+    reachable = {t for t in encoder if len(t) == 1} | {a + b for a, b in (m.split(" ") for m in merges)}
+    lacking = sorted(t for t in reachable if t not in vocab)
+    if lacking:
+        raise EncoderError(
+            f"{files['dict.txt']} lacks {len(lacking)} GPT-2 tokens that BPE can output "
+            f"(e.g. {lacking[0]!r} = GPT-2 id {encoder.get(lacking[0])}): not this BPE's dictionary"
+        )
+    return vocab, merges
 
 
 def command_line(argv: Sequence[str] | None = None) -> int:

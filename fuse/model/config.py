@@ -122,7 +122,7 @@ class ModelConfig:
         "(true frames only) before the model.",
         choices=INPUT_NORMS,
     )
-    # "fast" (fuse.fast_attention) computes what "plain" computes, without keeping the
+    # "fast" (fuse.model.fast_attention) computes what "plain" computes, without keeping the
     # attention maps; "plain" performs the public code's operations and is the reference.
     attention_impl: str = setting(
         "fast",

@@ -194,7 +194,7 @@ def _fold_means(run: RunPredictions, k: int) -> dict[str, dict[str, dict[str, fl
 def _seed_values(run: RunPredictions, k: int, split: bool) -> dict[str, dict[str, float]]:
     """{seed: {metric: value}}: each seed's number as its report gives it, the mean over folds, or
     under the split protocol the metric pooled over the test splits (scored on their predictions
-    together, as ``fuse.official_split`` does)."""
+    together, as ``fuse.report.split_tables`` does)."""
     out = {}
     for seed in run.seeds:
         groups = run.predictions[seed].values()

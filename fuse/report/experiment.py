@@ -43,7 +43,7 @@ ABLATIONS = {
     ),
     "key-sparse": (["on", "off"], lambda cfg, v: cfg.replace(key_sparse=_on_off(v)), "key-sparse"),
     "modality": (["both", "audio", "text"], lambda cfg, v: cfg.replace(modalities=str(v)), "modalities"),
-    # The public model against each named departure from it (fuse.config.DEPARTURES).
+    # The public model against each named departure from it (fuse.model.config.DEPARTURES).
     "departures": (list(DEPARTURES), apply_departure, "departure"),
     # The paper's claim, "KS-T beats the usual recipes": the model against its baselines.
     "baselines": (list(ARCHITECTURES), lambda cfg, v: cfg.replace(architecture=str(v)), "model"),

@@ -3,7 +3,7 @@
 A report holds, beside its metrics, every test utterance's id, label and prediction per seed and
 fold (``report["predictions"]``, written as ``REPORT_predictions.csv`` beside ``REPORT.json``, not
 inside it): ``ksr compare`` pairs runs on them without running a model again. The intervals
-themselves are ``fuse.stats``'s; this module only places them in reports.
+themselves are ``ksr.fuse.report.stats``'s; this module only places them in reports.
 """
 
 from __future__ import annotations

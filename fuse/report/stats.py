@@ -3,11 +3,11 @@ over seeds. numpy and scipy only; no run, cache or report is known here.
 
 The bootstrap resamples test utterances with replacement *within each stratum* (a fold: each
 resample keeps every fold's size, as the protocol does) and recomputes the metrics of
-``fuse.metrics`` on every resample, all resamples at once (one bincount of confusion cells).
+``fuse.train.metrics`` on every resample, all resamples at once (one bincount of confusion cells).
 Intervals are percentile intervals. A paired bootstrap draws the same utterances for both
 predictions, so what the runs share (the utterances, their difficulty) cancels in the difference.
 
-Classes in a resample. ``fuse.metrics.scores`` averages UA and macro F1 over every class of the
+Classes in a resample. ``fuse.train.metrics.scores`` averages UA and macro F1 over every class of the
 report; a class with no test utterance counts 0 there. The bootstrap keeps that definition for
 the classes the resampled test set lacks (they count 0 in every resample, as in the estimate),
 but a class the test set has and a resample happens to miss (a rare class: 3 of 93 utterances are
@@ -87,7 +87,7 @@ def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def metrics_of_confusions(cm: np.ndarray, tested: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """WA, UA, macro and weighted F1 of (R, K, K) confusion matrices, as ``fuse.metrics.scores``
+    """WA, UA, macro and weighted F1 of (R, K, K) confusion matrices, as ``fuse.train.metrics.scores``
     defines them (0 where a ratio is undefined). ``tested`` (K,): the classes the test set that
     was resampled has; one of them absent from a resample's true labels is left out of that
     resample's UA and macro F1 (see the module's docstring). Without it every class counts."""

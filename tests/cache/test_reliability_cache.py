@@ -13,12 +13,11 @@ import shutil
 import h5py
 import pytest
 from support.cli_runner import invoke_ksr
-from support.tiny import TINY_MODEL
+from support.tiny import TINY_MODEL, tiny_cache, tiny_config
 
 import ksr.common.faults
 from ksr.cache import CacheWriter
-from ksr.cache.synthetic import synthetic_meta, synthetic_utterances, write_synthetic_cache
-from ksr.fuse import ModelConfig
+from ksr.cache.synthetic import synthetic_meta, synthetic_utterances
 from ksr.fuse.train.recipes import recipe
 from ksr.fuse.train.runs import RunSpec, prepare_run
 
@@ -41,16 +40,7 @@ TRAIN = [
 def make_cache(root, seed=3, **meta_changes):
     """30 utterances of writer w0 in 3 shards of 10 (sessions 1..5 in every shard)."""
     meta = synthetic_meta(**{**META, **meta_changes})
-    write_synthetic_cache(
-        root,
-        30,
-        meta,
-        seed=seed,
-        shard_size=10,
-        audio_lengths=[3 + i % 10 for i in range(30)],
-        text_lengths=[1 + i % 5 for i in range(30)],
-    )
-    return root
+    return tiny_cache(root, 30, seed=seed, audio=(3, 1, 10), text=(1, 5), signal=0.5, meta=meta, shard_size=10)
 
 
 def shard(root, k, tag="w0"):
@@ -150,7 +140,7 @@ def test_train_refuses_a_damaged_cache(cache, tmp_path, damage):
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_eval_refuses_a_damaged_cache(cache, tmp_path, damage):
     spec = RunSpec(
-        model=ModelConfig(audio_dim=8, text_dim=6, num_layers=(1, 1, 1), num_heads=2),
+        model=tiny_config(audio_dim=8, text_dim=6, max_positions=2000),
         recipe=recipe("official"),
         cache_meta=synthetic_meta(**META).to_dict(),
         cache_dir=str(cache),

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support.cli_runner import invoke_ksr
-from support.tiny import TINY_MODEL, tiny_meta
+from support.tiny import TINY_MODEL, tiny_cache
 
-from ksr.cache.synthetic import write_synthetic_cache
 from ksr.fuse.report.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 from ksr.fuse.train.metrics import METRICS, scores
 
@@ -25,16 +24,7 @@ def runs(tmp_path_factory):
     """A weak-signal cache (the models reach 55-60% WA, with different errors) and two runs of the
     same settings with seeds 1 and 2 (about 20 s)."""
     root = tmp_path_factory.mktemp("compare")
-    meta = tiny_meta()
-    write_synthetic_cache(
-        root / "cache",
-        200,
-        meta,
-        seed=1,
-        audio_lengths=[10 + (7 * i) % 20 for i in range(200)],
-        text_lengths=[2 + i % 5 for i in range(200)],
-        signal=0.3,
-    )
+    tiny_cache(root / "cache", 200, seed=1, audio=(10, 7, 20), text=(2, 5), signal=0.3)
     for seed in (1, 2):
         args = ["train", "--cache", "cache", "--run", f"s{seed}", *TRAIN, "--seeds", str(seed), "--no-baseline"]
         args += ["--bootstrap", "200"] if seed == 2 else []

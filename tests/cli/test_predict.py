@@ -214,7 +214,7 @@ def test_draw_attention_needs_maps(prediction, tmp_path):
     draw_attention(prediction, tmp_path / "a.png")
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
     prediction_without = type(prediction)(**{**prediction.__dict__, "attention": None})
-    with pytest.raises(PredictError, match=r"no attention maps: call predict\(\.\.\., attention=True\)"):
+    with pytest.raises(PredictError, match=r"no attention maps: call predict_one\(\.\.\., attention=True\)"):
         draw_attention(prediction_without, tmp_path / "b.png")
 
 

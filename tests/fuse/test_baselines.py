@@ -11,32 +11,24 @@ import torch
 from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+from support.tiny import TINY_MODEL, tiny_cache
 
 from ksr.cache import open_cache
-from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
+from ksr.cache.synthetic import synthetic_meta
 from ksr.cli import main
 from ksr.fuse import ModelConfig, load_model
 from ksr.fuse.model.architectures import build_model
 from ksr.fuse.model.baselines import HeadBaseline, masked_mean_std
 from ksr.fuse.model.normalise import fit_standardizers
 
-TINY = ["--epochs", "2", "--layers", "1,1,1", "--heads", "1", "--audio-ffn-dim", "8", "--text-ffn-dim", "8"]
+TINY = ["--epochs", "2", *TINY_MODEL, "--heads", "1"]  # 5- and 6-dim features: one head
 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     meta = synthetic_meta(audio_dim=6, text_dim=5, max_audio_len=30, max_text_len=8, dtype="float32")
-    write_synthetic_cache(
-        root,
-        100,
-        meta,
-        seed=4,
-        audio_lengths=[1 + (7 * i) % 29 for i in range(100)],
-        text_lengths=[1 + i % 8 for i in range(100)],
-        signal=0.6,
-    )
-    return root
+    return tiny_cache(root, 100, seed=4, audio=(1, 7, 29), text=(1, 8), signal=0.6, meta=meta)
 
 
 def rows_of(cache, indices):

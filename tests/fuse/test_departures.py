@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support.tiny import TINY_MODEL, tiny_meta
+from support.tiny import TINY_MODEL, tiny_cache
 
 from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
 from ksr.cli import main
@@ -29,17 +29,7 @@ TINY_ARGS = [
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
-    meta = tiny_meta()
-    write_synthetic_cache(
-        root,
-        60,
-        meta,
-        seed=3,
-        audio_lengths=[10 + (7 * i) % 20 for i in range(60)],
-        text_lengths=[2 + i % 5 for i in range(60)],
-        signal=1.0,
-    )
-    return root
+    return tiny_cache(root, 60, seed=3, audio=(10, 7, 20), text=(2, 5))
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from support.cli_runner import invoke_ksr
+from support.tiny import TINY_SETTINGS
 
 from ksr.cache import padding_mask, stored_row
 from ksr.cache.synthetic import synthetic_meta
@@ -21,7 +22,6 @@ from ksr.fuse.model.config import DEPARTURES
 from ksr.fuse.report.export import ExportError, export_onnx, read_metadata, write_onnx
 
 # tests/support/tiny.py's model (layers 1,1,1, 2 heads, FFN 8) on small feature dims
-TINY = dict(num_layers=(1, 1, 1), num_heads=2, audio_ffn_dim=8, text_ffn_dim=8)
 CLASSES = ("ang", "neu", "hap", "sad")
 
 
@@ -71,12 +71,12 @@ def assert_same_logits(onnx_path, model, cfg, ta, tt):
 
 
 SMALL = {
-    "public": (ModelConfig(audio_dim=16, text_dim=24, **TINY), 460, 20),
+    "public": (ModelConfig(audio_dim=16, text_dim=24, **TINY_SETTINGS), 460, 20),
     # every departure at once (masks in CCAB self and fusion, renormalised KS, masked pooling,
     # standardised inputs, ...), on a cache of other lengths (as the demo's 230 frames)
-    "departures": (ModelConfig(audio_dim=16, text_dim=24, **TINY, **DEPARTURES["all"]), 230, 12),
-    "audio-only": (ModelConfig(audio_dim=16, text_dim=24, modalities="audio", **TINY), 460, 20),
-    "text-only": (ModelConfig(audio_dim=16, text_dim=24, modalities="text", **TINY), 460, 20),
+    "departures": (ModelConfig(audio_dim=16, text_dim=24, **TINY_SETTINGS, **DEPARTURES["all"]), 230, 12),
+    "audio-only": (ModelConfig(audio_dim=16, text_dim=24, modalities="audio", **TINY_SETTINGS), 460, 20),
+    "text-only": (ModelConfig(audio_dim=16, text_dim=24, modalities="text", **TINY_SETTINGS), 460, 20),
     "head": (ModelConfig(audio_dim=16, text_dim=24, architecture="head", head_dim=8), 460, 20),
     "probe": (ModelConfig(audio_dim=16, text_dim=24, architecture="probe"), 460, 20),
 }

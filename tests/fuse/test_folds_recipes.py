@@ -158,13 +158,7 @@ def test_recipe_ksr_brings_standardised_inputs_and_paper_says_it_does_not_train(
     from ksr.cli import main
 
     cache = tmp_path / "cache"
-    write_synthetic_cache(
-        cache,
-        40,
-        tiny_meta(),
-        seed=1,
-        signal=1.0,
-    )
+    write_synthetic_cache(cache, 40, tiny_meta(), seed=1, signal=1.0)
     tiny = [
         *TINY_MODEL,
         "--fold",

@@ -23,9 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 from support.cli_runner import invoke_ksr
-from support.tiny import TINY_MODEL, tiny_meta
+from support.tiny import TINY_MODEL, tiny_cache
 
-from ksr.cache.synthetic import write_synthetic_cache
 from ksr.common.faults import ENV as KILL_AT
 from ksr.fuse import CheckpointError, load_checkpoint, load_model
 from ksr.fuse.train.checkpoint import read_torch_file
@@ -52,18 +51,7 @@ FOLD = Path("seed123/fold2")
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache") / "c"
-    meta = tiny_meta()
-    write_synthetic_cache(
-        root,
-        60,
-        meta,
-        seed=1,
-        shard_size=20,
-        signal=1.0,
-        audio_lengths=[10 + (7 * i) % 40 for i in range(60)],
-        text_lengths=[2 + i % 7 for i in range(60)],
-    )
-    return root
+    return tiny_cache(root, 60, seed=1, shard_size=20)
 
 
 def ksr_train(run: Path, cache: Path, *extra: str, kill_at: str | None = None) -> subprocess.CompletedProcess:

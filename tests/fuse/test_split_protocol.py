@@ -12,10 +12,9 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 from support.cli_runner import invoke_ksr
-from support.tiny import TINY_MODEL, tiny_meta
+from support.tiny import TINY_MODEL, tiny_cache, tiny_meta
 
 from ksr.cache import open_cache
-from ksr.cache.synthetic import write_synthetic_cache
 from ksr.fuse import load_model
 from ksr.fuse.train.folds import fold_groups, official_split
 from ksr.fuse.train.runs import fold_files, run_of_checkpoint, trained_folds
@@ -41,18 +40,7 @@ TRAIN = [
 
 def make_cache(root: Path, splits: list[str] | None, sessions: int = 0) -> Path:
     n = len(splits) if splits else 60
-    write_synthetic_cache(
-        root,
-        n,
-        META,
-        seed=1,
-        sessions=sessions,
-        splits=splits,
-        signal=1.0,
-        audio_lengths=[10 + (7 * i) % 40 for i in range(n)],
-        text_lengths=[2 + i % 7 for i in range(n)],
-    )
-    return root
+    return tiny_cache(root, n, seed=1, meta=META, sessions=sessions, splits=splits)
 
 
 def one_error(result, needle: str) -> str:

@@ -12,13 +12,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from support.cli_runner import invoke_ksr
-from support.tiny import TINY_MODEL, tiny_meta
+from support.tiny import TINY_MODEL, tiny_cache, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ksr.cache import open_cache
-from ksr.cache.synthetic import write_synthetic_cache
 from ksr.common.errors import KsrError
-from ksr.fuse import ModelConfig, load_model
+from ksr.fuse import load_model
 from ksr.fuse.report.tensorboard import TensorBoard, scalar_tags
 from ksr.fuse.train.recipes import recipe
 from ksr.fuse.train.runs import RunSpec, model_config_for_cache, prepare_run
@@ -31,17 +30,7 @@ EXPECTED_TAGS = {"train/loss", "train/lr"} | {f"{part}/{m}" for part in ("valid"
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
-    meta = tiny_meta()
-    write_synthetic_cache(
-        root,
-        100,
-        meta,
-        seed=2,
-        audio_lengths=[8 + (5 * i) % 23 for i in range(100)],
-        text_lengths=[1 + i % 6 for i in range(100)],
-        signal=1.0,
-    )
-    return root
+    return tiny_cache(root, 100, seed=2, audio=(8, 5, 23), text=(1, 6))
 
 
 def train_args(cache_dir, run: str, *extra, folds=(1, 4), seeds="3,5") -> list:
@@ -126,8 +115,7 @@ def test_curves_hold_the_runs_own_numbers(cache_dir, tmp_path):
 def test_resumed_fold_shows_each_epoch_once(cache_dir, tmp_path):
     cache = open_cache(cache_dir)
     r = recipe("ksr", epochs=3, batch_size=16)
-    tiny = ModelConfig(num_layers=(1, 1, 1), num_heads=2, audio_ffn_dim=8, text_ffn_dim=8, max_positions=64)
-    spec = RunSpec(model=model_config_for_cache(cache, tiny), recipe=r, cache_meta=cache.meta.to_dict())
+    spec = RunSpec(model=model_config_for_cache(cache, tiny_config()), recipe=r, cache_meta=cache.meta.to_dict())
     prepare_run(tmp_path, spec, resume=False)
     board = TensorBoard(tmp_path / "tb")
 

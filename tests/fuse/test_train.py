@@ -8,35 +8,24 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from support.tiny import TINY_MODEL, tiny_meta
+from support.tiny import TINY_MODEL, tiny_cache, tiny_config
 
 from ksr.cache import CacheMismatchError, open_cache
 from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
 from ksr.cli import main
-from ksr.fuse import ModelConfig
 from ksr.fuse.report.evaluation import evaluate_run
 from ksr.fuse.report.render import write_report
 from ksr.fuse.train.recipes import recipe
 from ksr.fuse.train.runs import RunError, RunSpec, model_config_for_cache, prepare_run
 from ksr.fuse.train.training import train_fold
 
-TINY = ModelConfig(num_layers=(1, 1, 1), num_heads=2, audio_ffn_dim=8, text_ffn_dim=8, max_positions=64)
+TINY = tiny_config()
 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
-    meta = tiny_meta()
-    write_synthetic_cache(
-        root,
-        120,
-        meta,
-        seed=1,
-        audio_lengths=[10 + (7 * i) % 40 for i in range(120)],
-        text_lengths=[2 + i % 7 for i in range(120)],
-        signal=1.0,
-    )
-    return root
+    return tiny_cache(root, 120, seed=1)
 
 
 def make_spec(cache, **recipe_changes):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from support.tiny import TINY_MODEL, tiny_meta
+from support.tiny import TINY_MODEL, tiny_cache, tiny_meta
 
 from ksr.cache.synthetic import write_synthetic_cache
 from ksr.cli import main
@@ -34,18 +34,7 @@ TINY = [
 
 
 def make_cache(root: Path, n: int, seed: int, sessions: int = 5) -> Path:
-    meta = tiny_meta()
-    write_synthetic_cache(
-        root,
-        n,
-        meta,
-        seed=seed,
-        sessions=sessions,
-        signal=1.0,
-        audio_lengths=[10 + (7 * i) % 20 for i in range(n)],
-        text_lengths=[2 + i % 5 for i in range(n)],
-    )
-    return root
+    return tiny_cache(root, n, seed=seed, audio=(10, 7, 20), text=(2, 5), sessions=sessions)
 
 
 @pytest.fixture(scope="module")
