@@ -171,6 +171,7 @@ def train_cmd(run_dir, baseline, resamples, tensorboard_dir, **options) -> None:
     from pathlib import Path
 
     from ..fuse.report.experiment import train_and_report
+    from ..fuse.report.render import printed_summary
     from ..fuse.report.stats import Bootstrap
     from ..fuse.train.runs import point_latest
 
@@ -211,14 +212,8 @@ def train_cmd(run_dir, baseline, resamples, tensorboard_dir, **options) -> None:
     if report is None:
         return
     point_latest(run)
-    s = report["summary"]
-    for name, t in report.get("official_split", {}).items():  # --protocol split: each test split
-        if name != "pooled":
-            click.echo(f"  {name}: WA {100 * t['wa']:.2f}%  UA {100 * t['ua']:.2f}%  (n = {t['n']}, mean over seeds)")
-    over = "all test splits pooled, mean over seeds" if "official_split" in report else "mean over folds"
-    click.echo(f"WA {100 * s['wa']:.2f}%  UA {100 * s['ua']:.2f}%  ({over}; report: {run / 'report.md'})")
-    for name, b in report.get("baselines", {}).items():
-        click.echo(f"  {name}: WA {100 * b['summary']['wa']:.2f}%  UA {100 * b['summary']['ua']:.2f}% (same folds)")
+    for line in printed_summary(report):
+        click.echo(line)
 
 
 def _ablation_kinds() -> list[str]:

@@ -122,12 +122,19 @@ def evaluate_seed(
         check_recorded_split(fold_files(run_dir, seed, fold, spec.protocol).root, split, cache.ids)
         model, meta = load_model_and_meta(fold_checkpoint(run_dir, seed, fold, protocol=spec.protocol), device)
         history = history_of(run_dir, seed, fold, spec.protocol)
+        unseen = sorted(set(range(len(cache.classes))) - set(np.unique(cache.labels[split.train]).tolist()))
+        if unseen:  # the model cannot predict what it never saw: its recall there is a given 0
+            where = OFFICIAL_SPLIT if split.tests else f"fold {fold}"
+            named = ", ".join(cache.classes[c] for c in unseen)
+            warnings.append(f"seed {seed} {where}: no training utterance of {named}: the model cannot have learnt it")
         # The split protocol's one model is reported on each test split as a fold would be.
         for name, test, group in split_tests(split):
             result = infer(model, cache, test, batch_size, device)
             y = cache.labels[test]
             s = scores(y, result.preds, len(cache.classes))
             s.update(test_group=group, selected_epoch=meta.get("epoch"), test_loss=result.loss, history=history)
+            if spec.model.architecture == "probe" and meta.get("epoch") is not None:  # its "epochs" are Cs
+                s["selected_C"] = PROBE_C_GRID[int(meta["epoch"])]
             if spec.protocol == "session":
                 s["public_fold_name"] = public_fold_name(fold_index_session(split.test_group))
             s["epochs_done"] = len(history)
@@ -192,6 +199,9 @@ def coverage(spec: RunSpec, per_seed: dict[str, Any], folds_planned: int) -> dic
         "folds_found": {s: [1] if split else [int(f) for f in sr["folds"]] for s, sr in per_seed.items()},
         "folds_planned": folds_planned,
         "epochs_planned": planned,
+        "planned_unit": "regularisation strengths (C) tried"
+        if spec.model.architecture == "probe"
+        else "epochs planned",
         "unfinished": unfinished,
         "complete": not unfinished,
     }

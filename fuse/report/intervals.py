@@ -39,10 +39,21 @@ def add_intervals(report: dict[str, Any], predictions: dict[str, dict[str, dict]
         for stratum, (fold, f) in enumerate(sr["folds"].items()):  # a fold, or an official test split
             got = predictions[seed][fold]
             f["ci"] = bootstrap_intervals(got["labels"], got["preds"], [0] * len(got["labels"]), k, boot)
+            if f["ci"] and all(low == high for low, high in f["ci"].values()):
+                report.setdefault("warnings", []).append(zero_width_warning(seed, fold, len(got["labels"]), boot))
             labels += got["labels"]
             preds += got["preds"]
             strata += [stratum] * len(got["labels"])
         sr["pooled"]["ci"] = bootstrap_intervals(labels, preds, strata, k, boot)
+
+
+def zero_width_warning(seed: str, fold: str, n: int, boot: Bootstrap) -> str:
+    """A fold whose interval is one point (one test utterance, or every resample scoring alike)."""
+    where = f"seed {seed} {'fold ' if fold.isdigit() else ''}{fold}"
+    return (
+        f"{where}: its {round(100 * boot.confidence)}% interval has zero width (every resample of its {n} test "
+        "utterance(s) scores the same): it does not show how uncertain the score is"
+    )
 
 
 def fold_key(name: str) -> tuple[int, int | str]:
@@ -113,6 +124,7 @@ def read_predictions(path: Path, classes: list[str]) -> dict[str, dict[str, dict
     in one line that names it (and the line of the file, where there is one)."""
     index = {name: i for i, name in enumerate(classes)}
     out: dict[str, dict[str, dict]] = {}
+    seen: set[tuple[str, str, str]] = set()
     again = "write it again with ksr eval"
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -129,6 +141,13 @@ def read_predictions(path: Path, classes: list[str]) -> dict[str, dict[str, dict
                     y, p = index[row["label"]], index[row["prediction"]]
                 except KeyError as e:
                     raise KsrError(f"{where}: class {e} is not one of the report's classes {classes}") from None
+                key = (row["seed"], row["fold"], row["id"])
+                if key in seen:  # a copy would count the utterance twice (or with two predictions)
+                    raise KsrError(
+                        f"{where}: utterance {row['id']!r} of seed {row['seed']} fold {row['fold']} is listed twice; "
+                        f"{again}"
+                    )
+                seen.add(key)
                 got = out.setdefault(row["seed"], {}).setdefault(row["fold"], {"ids": [], "labels": [], "preds": []})
                 got["ids"].append(row["id"])
                 got["labels"].append(y)
