@@ -225,6 +225,9 @@ def _inspect_open(
         if not isinstance(d, h5py.Dataset) or d.shape != (entry.n,):
             problems.append(f"{path}: dataset {name!r} missing or not of shape ({entry.n},)")
             continue
+        if name in INT_FIELDS and d.dtype.kind not in "iu":  # floats would be truncated to a class silently
+            problems.append(f"{path}: dataset {name!r} holds {d.dtype} values, not integers")
+            continue
         fields[name] = d.asstr()[()] if name in STR_FIELDS else d[()].astype(np.int64)
     if problems:
         return None

@@ -49,7 +49,7 @@ from ..common import (
 )
 from ..common.files import DiskFullError, disk_full_error, is_disk_full
 from .audio import MAX_DURATION_S, AudioError, cut_audio, read_audio
-from .corpora.manifest import Manifest, Utterance, read_manifest
+from .corpora.manifest import Manifest, Utterance, case_clash, read_manifest
 from .encoders import AudioEncoder, Encoder, EncoderError, TextEncoder, load_encoder
 from .failures import Breaker, ExtractError, encode_isolated
 from .media import check_decoder
@@ -272,7 +272,11 @@ def cache_classes(manifest: Manifest, classes: Sequence[str] | None) -> Sequence
     """The cache's class order: ``classes``, else :func:`default_classes` of the manifest's
     labels; a manifest without one usable row is refused."""
     if classes is None:
-        classes = default_classes([u.label for u in manifest.rows])
+        labels = [u.label for u in manifest.rows]
+        clash = case_clash(labels)
+        if clash:  # a class of its own would change the class order without a word
+            raise ExtractError(f"{manifest.path}: {clash} in the manifest, or name the classes with --classes")
+        classes = default_classes(labels)
     if not classes:
         first = f" (first: {manifest.problems[0]})" if manifest.problems else ""
         raise ExtractError(

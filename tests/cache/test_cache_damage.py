@@ -205,3 +205,16 @@ def test_verify_reports_every_problem_at_once(cache):
     # only while loading), and points at verify for the full list
     with pytest.raises(CacheError, match=r"missing shard .* \(and 1 more problem\(s\): run `ksr cache verify "):
         open_cache(cache, progress=False)
+
+
+def test_a_label_array_stored_as_floats_is_refused(cache):
+    with h5py.File(shard(cache, 1), "r+") as f:
+        labels = f["label"][()]
+        del f["label"]
+        f.create_dataset("label", data=labels.astype("float32") + 0.5)  # 1.5 would be read as class 1
+    report = verify_cache(cache, checksums=False, progress=False)
+    assert any("shard-w0-00001.h5: dataset 'label' holds float32 values, not integers" in p for p in report.problems), (
+        report.problems
+    )
+    with pytest.raises(CacheError, match=r"dataset 'label' holds float32 values"):
+        open_cache(cache, progress=False)

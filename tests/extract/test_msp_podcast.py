@@ -193,8 +193,9 @@ def _labels(base: Path) -> Path:
             lambda t: t.replace("Female,Development", "Woman,Development", 1),
             "{labels} line 5: Gender 'Woman' is not Female, Male or Unknown",
         ),
+        (lambda t: t.replace("Gender,", "EmoClass,", 1), "{labels}: column(s) EmoClass appear more than once"),
     ],
-    ids=["column", "split", "class", "gender"],
+    ids=["column", "split", "class", "gender", "twice"],
 )
 def test_an_unknown_format_is_refused_in_one_line(tmp_path, change, message):
     base = build_msp(tmp_path / "msp")
