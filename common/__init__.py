@@ -15,7 +15,16 @@ Every stage may import this package; it imports no stage (``../shared/DESIGN.md`
 from .constants import MAX_AUDIO_FRAMES, MAX_TEXT_TOKENS, PAPER_CLASSES, SAMPLE_RATE
 from .devices import DeviceError, default_compute_dtype, resolve_device
 from .errors import KsrError
-from .files import atomic_save, atomic_write, fsync_path, remove_dead_temps, sha256_file, write_json, write_text
+from .files import (
+    atomic_save,
+    atomic_write,
+    check_replace,
+    fsync_path,
+    remove_dead_temps,
+    sha256_file,
+    write_json,
+    write_text,
+)
 from .ranks import Ranks, join_process_group, ranks_from_env
 
 __all__ = [
@@ -28,6 +37,7 @@ __all__ = [
     "Ranks",
     "atomic_save",
     "atomic_write",
+    "check_replace",
     "default_compute_dtype",
     "fsync_path",
     "join_process_group",

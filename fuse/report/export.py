@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from ... import __version__
 from ...cache import CacheMeta
-from ...common import KsrError, atomic_write
+from ...common import KsrError, atomic_write, check_replace
 from ...common.optional import require
 from ..model.attention import MultiheadAttention
 from ..model.config import cache_dims
@@ -145,8 +145,7 @@ def export_onnx(
     if check:
         require("onnxruntime", "ksr export (its check; or pass --no-check)", "export")
     path, out = Path(checkpoint), Path(out)
-    if out.exists() and not force:
-        raise ExportError(f"{out} exists; pass --force to replace it")
+    check_replace(out, force, {"checkpoint": path})
     if not out.parent.is_dir():
         raise ExportError(f"{out.parent}: no such folder")
     model, meta = load_model_and_meta(path)

@@ -157,6 +157,16 @@ def test_cli_writes_checks_and_refuses_in_one_line(tmp_path, monkeypatch):
     )
     forced = invoke_ksr(["export", "m.pt", "--onnx", "m.onnx", "--force", "--no-check"], tmp_path)
     assert forced.exit_code == 0 and "max |logit" not in forced.output
+    checkpoint = (tmp_path / "m.pt").read_bytes()
+    refused(
+        ["export", "m.pt", "--onnx", "m.pt", "--force"],
+        "m.pt is the checkpoint this command reads; write to another file",
+    )
+    refused(
+        ["export", "m.pt", "--onnx", "./m.pt", "--force"],
+        "m.pt is the checkpoint this command reads; write to another file",
+    )
+    assert (tmp_path / "m.pt").read_bytes() == checkpoint
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now fails
     refused(
         ["export", "m.pt", "--onnx", "other.onnx"],
