@@ -55,7 +55,7 @@ demo: $(STAMP)  ## run ksr on the built-in demo
 extract: $(STAMP)  ## prepare + extract DATA=iemocap (IEMOCAP=path) or DATA=demo into caches/$(DATA)
 ifeq ($(DATA),iemocap)
 	@test -n "$(IEMOCAP)" || { echo "make extract DATA=iemocap: set IEMOCAP=/path/to/IEMOCAP_full_release" >&2; exit 2; }
-	$(VENV)/bin/ksr prepare iemocap "$(IEMOCAP)" --out data/iemocap/manifest.csv
+	$(VENV)/bin/ksr prepare iemocap "$(IEMOCAP)" --out data/iemocap/manifest.csv --force
 else ifeq ($(DATA),demo)
 	$(VENV)/bin/ksr prepare demo data/demo
 else

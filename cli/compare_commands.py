@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from . import main
+from .options import check_out, force_option
 
 
 @main.command("compare")
@@ -38,7 +39,7 @@ from . import main
     help="Cache to evaluate on when a run has no saved predictions (default: each run's training cache).",
 )
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto (when evaluating).")
-@click.option("--force", is_flag=True, help="Replace the --json file if it exists.")
+@force_option
 def compare_cmd(runs, json_path, resamples, boot_seed, evaluate, cache_dir, device, force) -> None:
     """Compare RUN_B (and more) with RUN_A on the same test utterances.
 
@@ -50,14 +51,14 @@ def compare_cmd(runs, json_path, resamples, boot_seed, evaluate, cache_dir, devi
     """
     from pathlib import Path
 
-    from ..common import check_replace, write_json
+    from ..common import write_json
     from ..fuse.report.compare import CompareError, compare_markdown, compare_runs, load_run_predictions
     from ..fuse.report.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, Bootstrap
 
     if len(runs) < 2:
         raise CompareError("compare needs at least two runs: RUN_A RUN_B [RUN_C ...]")
     if json_path:  # before any work: a refusal costs nothing
-        check_replace(json_path, force)
+        check_out(json_path, force)
     boot = Bootstrap(resamples or DEFAULT_RESAMPLES, DEFAULT_SEED if boot_seed is None else boot_seed)
     loaded = [load_run_predictions(Path(r), cache_dir, device, evaluate) for r in runs]
     result = compare_runs(loaded, boot)

@@ -67,6 +67,17 @@ bootstrap_option = click.option(
 )
 
 
+#: ``--force`` of the commands that write a file the user names (prepare --out, compare --json).
+force_option = click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+
+
+def check_out(out: str, force: bool) -> None:
+    """Before any work: refuse to replace ``out`` without ``--force``, in one line."""
+    from ..common.files import check_replace
+
+    check_replace(out, force)
+
+
 def training_options(f):
     """The options ksr train and ksr ablate share: the data and protocol, the recipe, the device,
     then the model settings (in that order in --help)."""
