@@ -211,7 +211,10 @@ def setup_training(o: dict, run_dir: str | None = None):
 
     ctx = click.get_current_context()
     typed = {name for name in o if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-    o = {**o, "seeds": _csv(int, o["seeds"], "integer seeds"), "folds": list(o["folds"]) or None}
+    o = {**o, "seeds": _csv(int, o["seeds"], "integer seeds"), "folds": list(dict.fromkeys(o["folds"])) or None}
+    twice = [s for i, s in enumerate(o["seeds"] or []) if s in o["seeds"][:i]]
+    if twice:  # the second copy would find the first's folds and stop with "pass --resume"
+        raise click.BadParameter(f"seed {twice[0]} is listed twice", param_hint="'--seeds'")
     if o["resume"] and run_dir:
         o = resumed_options(Path(run_dir), o, typed)
     r = recipe(o["recipe_name"], **{k: o[k] for k in RECIPE_OPTIONS})

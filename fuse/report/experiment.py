@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,16 @@ from ...common import Ranks, join_process_group, resolve_device, write_json, wri
 from ..model.config import ARCHITECTURES, DEPARTURES, ModelConfig, apply_departure
 from ..train.metrics import METRICS
 from ..train.recipes import Recipe
-from ..train.runs import RunError, RunSpec, baseline_dir, check_protocol, model_config_for_cache, num_folds, prepare_run
+from ..train.runs import (
+    RunError,
+    RunSpec,
+    baseline_dir,
+    check_protocol,
+    fold_lock,
+    model_config_for_cache,
+    num_folds,
+    prepare_run,
+)
 from ..train.training import train_fold
 from .compare import ABLATION_CSV_COLUMNS, ablation_comparison_lines, ablation_csv_cells, against_first
 from .evaluation import attach_baseline, evaluate_run
@@ -126,9 +136,19 @@ def train_and_report(
     fold_list = folds or list(range(1, available + 1))
     for seed in seeds:
         for fold in fold_list:
-            out = train_fold(
-                cache, spec, run_dir, fold, seed, device, resume=resume, amp=amp, ranks=ranks, tensorboard=tensorboard
-            )
+            with fold_lock(run_dir, seed, fold, spec.protocol) if ranks.main else nullcontext():
+                out = train_fold(
+                    cache,
+                    spec,
+                    run_dir,
+                    fold,
+                    seed,
+                    device,
+                    resume=resume,
+                    amp=amp,
+                    ranks=ranks,
+                    tensorboard=tensorboard,
+                )
             if ranks.main:
                 where = "official split" if spec.protocol == "split" else f"fold {fold}"
                 say(
@@ -145,7 +165,8 @@ def train_and_report(
         prepare_run(probe_dir, probe_spec, resume=True)
         for seed in seeds:
             for fold in fold_list:
-                train_fold(cache, probe_spec, probe_dir, fold, seed, device, resume=True, ranks=Ranks())
+                with fold_lock(probe_dir, seed, fold, spec.protocol):
+                    train_fold(cache, probe_spec, probe_dir, fold, seed, device, resume=True, ranks=Ranks())
         probe_report = evaluate_run(probe_dir, cache, probe_spec, device=device, bootstrap=bootstrap)
         write_report(probe_report, probe_dir)
         attach_baseline(report, "linear probe", probe_report)

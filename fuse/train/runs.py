@@ -8,6 +8,7 @@ This module is the only one that names a run directory's files or parses its pat
     RUN/seed123/fold5/best.pt        the selected epoch's model (a ksr checkpoint)
     RUN/seed123/fold5/last.pt        the last epoch's model
     RUN/seed123/fold5/history.json   per-epoch loss, lr and selection metrics
+    RUN/seed123/fold5/.lock-train    held (flock, with its pid) while a process trains the fold
     RUN/seed123/split/...            the same files for the split protocol's one fold (the official split)
     RUN/report.json, .md, .csv       the run's report (``ReportFiles``; ``ksr eval --fold`` adds _foldK stems)
     RUN/report_predictions.csv       every test utterance's prediction, per seed and fold
@@ -24,12 +25,15 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ... import __version__
-from ...cache import Cache, CacheMeta, check_compatible
+from ...cache import Cache, CacheError, CacheMeta, check_compatible
+from ...cache.locks import live_writers, lock_writer, unlock_writer
 from ...common import KsrError, remove_dead_temps, write_json
 from ..model.config import ModelConfig, cache_dims, cli_settings
 from .folds import OFFICIAL_SPLIT, Split, fold_groups, make_split
@@ -466,3 +470,31 @@ def check_protocol(cache: Cache, spec: RunSpec, folds: list[int] | None) -> None
             "epochs on (--select valid), or keep the last epoch (--select last)"
         )
     cache_split(cache, spec, 1, 0)  # no splits, some missing, no train / valid / test: one line
+
+
+# --- who is training a fold now ----------------------------------------------------------------
+
+#: The writer tag of a fold folder's lock: ``RUN/seedS/foldK/.lock-train`` (cache.locks' scheme).
+TRAIN_LOCK_TAG = "train"
+
+
+@contextmanager
+def fold_lock(run_dir: Path, seed: int, fold: int, protocol: str = "session") -> Iterator[None]:
+    """Held while this process trains one fold folder: a second ``ksr train`` on the same fold
+    (at once, or a --resume while the first runs) is refused in one line, where both would write
+    the same files. The kernel drops the lock when its process dies, so a killed run's file is no
+    obstacle. Other folds of the run stay free: processes may train different folds of one run."""
+    folder = fold_files(run_dir, seed, fold, protocol).root
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, _ = lock_writer(folder, TRAIN_LOCK_TAG)
+    except CacheError:
+        pid = live_writers(folder).get(TRAIN_LOCK_TAG, "")
+        raise RunError(
+            f"{folder}: another ksr train{f' (pid {pid})' if pid else ''} is training this fold now; wait for "
+            "it to finish (then --resume), or choose another --run"
+        ) from None
+    try:
+        yield
+    finally:
+        unlock_writer(folder, TRAIN_LOCK_TAG, fd, remove=True)

@@ -108,3 +108,29 @@ def test_a_class_with_no_training_utterance_in_a_fold_is_flagged(tmp_path):
     assert f"warning: {expected}" in result.output
     warnings = json.loads((run / "report.json").read_text())["warnings"]
     assert expected in warnings and not any("fold 3: no training utterance" in w for w in warnings)
+
+
+def test_a_fold_another_process_is_training_is_refused_and_a_stale_lock_is_not(cache_dir, tmp_path):
+    import os
+
+    from ksr.fuse.train.runs import fold_lock
+
+    run = tmp_path / "run"
+    with fold_lock(run, 123, 2):  # as a live `ksr train` holds it
+        busy = train(run, cache_dir, "--epochs", "1", "--fold", "2", "--no-baseline")
+    assert busy.exit_code == 1 and "Traceback" not in busy.output, busy.output
+    assert busy.output.splitlines()[-1] == (
+        f"Error: {run / 'seed123/fold2'}: another ksr train (pid {os.getpid()}) is training this fold now; "
+        "wait for it to finish (then --resume), or choose another --run"
+    )
+    assert not (run / "seed123/fold2/history.json").exists()
+    (run / "seed123/fold2/.lock-train").write_text("999999\n")  # left by a killed process: no flock held
+    again = train(run, cache_dir, "--epochs", "1", "--fold", "2", "--no-baseline", "--resume")
+    assert again.exit_code == 0, again.output
+    assert not (run / "seed123/fold2/.lock-train").exists()
+
+
+def test_a_seed_given_twice_is_refused_in_one_line(cache_dir, tmp_path):
+    result = train(tmp_path / "run", cache_dir, "--epochs", "1", "--seeds", "7,7")
+    assert result.exit_code == 2 and "seed 7 is listed twice" in result.output, result.output
+    assert not (tmp_path / "run").exists()
