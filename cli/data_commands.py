@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..cache.rows import STORAGE_DTYPES
-from ..common import MAX_AUDIO_FRAMES, MAX_TEXT_TOKENS
+from ..cache.schema import DTYPES as STORAGE_DTYPES
+from ..common.constants import MAX_AUDIO_FRAMES, MAX_TEXT_TOKENS
 from . import main
 from .options import check_out, force_option
 
@@ -272,6 +272,9 @@ def extract_cmd(
     each in OUT/errors-<writer>.tsv and are counted in the summary. Under torchrun
     (--nproc-per-node N) each rank extracts its share into its own shards.
     """
+    from ..common.optional import require_audio
+
+    require_audio("ksr extract")  # before any work: one line naming the extra
     from ..common import ranks_from_env
     from ..extract.audio_errors import MAX_DURATION_S
     from ..extract.pipeline import DEFAULT_SHARD_SIZE, extract_corpus

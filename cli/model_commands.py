@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from . import main
-from .options import bootstrap_option, setup_training, training_options
+from .options import LazyChoice, bootstrap_option, setup_training, training_options
 
 # --- model commands (ksr.fuse) ---------------------------------------------------------------
 
@@ -107,6 +107,9 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     """
     from pathlib import Path
 
+    from ..common.optional import require_audio
+
+    require_audio("ksr demo")  # before any work: one line naming the extra
     from ..common import ranks_from_env
     from ..demo import EPOCHS, comparison_table, default_processes, lost_peer, run_demo, run_under_torchrun
     from ..fuse.report.render import to_markdown
@@ -223,7 +226,7 @@ def _ablation_kinds() -> list[str]:
 
 
 @main.command("ablate")
-@click.argument("kind", type=click.Choice(_ablation_kinds()))
+@click.argument("kind", type=LazyChoice(_ablation_kinds))
 @training_options
 @click.option(
     "--root",
@@ -418,6 +421,9 @@ def predict_cmd(
     """
     import json
 
+    from ..common.optional import require_audio
+
+    require_audio("ksr predict")  # before any work: one line naming the extra
     from ..predict import draw_attention, predict_one
 
     if attention_png is not None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -87,12 +88,55 @@ def training_options(f):
     return f
 
 
-def data_options() -> list:
-    """The cache, and which of its utterances train, validate and test."""
+class LazyChoice(click.Choice):
+    """A Choice whose values a function returns when first needed (parsing, the command's
+    --help): the modules that define them import torch, which ``ksr --help`` must not pay for."""
+
+    def __init__(self, values: Callable[[], Sequence[str]]) -> None:
+        self._values = values
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self) -> Sequence[str]:
+        return tuple(self._values())
+
+    @choices.setter
+    def choices(self, _: Sequence[str]) -> None:  # click's __init__ assigns them
+        pass
+
+
+def _protocols():
     from ..fuse.train.folds import PROTOCOLS
-    from ..fuse.train.metrics import METRICS
+
+    return PROTOCOLS
+
+
+def _selections():
     from ..fuse.train.runs import SELECTIONS
 
+    return SELECTIONS
+
+
+def _metrics():
+    from ..fuse.train.metrics import METRICS
+
+    return METRICS
+
+
+def _recipes():
+    from ..fuse.train import recipes
+
+    return recipes
+
+
+def _cache_modes():
+    from ..cache.reader import MODES
+
+    return MODES
+
+
+def data_options() -> list:
+    """The cache, and which of its utterances train, validate and test."""
     return [
         click.option(
             "--cache",
@@ -103,7 +147,7 @@ def data_options() -> list:
         ),
         click.option(
             "--protocol",
-            type=click.Choice(PROTOCOLS),
+            type=LazyChoice(_protocols),
             default="session",
             show_default=True,
             help="session: leave-one-session-out (fold k tests Session k); speaker: leave-one-speaker-out; split: the cache's official split (train, epochs chosen on valid, tested on each test split; one model per seed, no --fold).",
@@ -118,12 +162,12 @@ def data_options() -> list:
         click.option("--seeds", default=None, help="Comma-separated seeds (default: the recipe's, 123)."),
         click.option(
             "--select",
-            type=click.Choice(SELECTIONS),
+            type=LazyChoice(_selections),
             default="valid",
             show_default=True,
             help="Which epoch's model is kept. valid: the epoch with the best validation score (the official valid split under --protocol split); test: the epoch with the best score on the TEST set, as the public code does (reports are marked; refused under --protocol split); last: the last epoch, no selection (the validation set is still held out and scored).",
         ),
-        click.option("--metric", type=click.Choice(METRICS), default="wa", show_default=True, help="Selection metric."),
+        click.option("--metric", type=LazyChoice(_metrics), default="wa", show_default=True, help="Selection metric."),
         click.option(
             "--val-fraction",
             default=0.1,
@@ -136,13 +180,12 @@ def data_options() -> list:
 
 def recipe_options() -> list:
     """The recipe preset and its overrides."""
-    from ..fuse.train.recipes import OPTIMIZERS, PRESETS, SCHEDULES
 
     return [
         click.option(
             "--recipe",
             "recipe_name",
-            type=click.Choice(list(PRESETS)),
+            type=LazyChoice(lambda: list(_recipes().PRESETS)),
             default="paper",
             show_default=True,
             help="Preset: paper = SGD lr 5e-4 halved every 30 epochs; official = the public code's SGD momentum 0.9 + cosine; ksr = AdamW 4e-3, warm-up, cosine, 24 epochs, standardised inputs (docs/learning.md).",
@@ -163,10 +206,15 @@ def recipe_options() -> list:
             default=None,
             help="Override the recipe's SGD momentum.",
         ),
-        click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="Override the recipe's schedule."),
+        click.option(
+            "--schedule",
+            type=LazyChoice(lambda: _recipes().SCHEDULES),
+            default=None,
+            help="Override the recipe's schedule.",
+        ),
         click.option(
             "--optimizer",
-            type=click.Choice(OPTIMIZERS),
+            type=LazyChoice(lambda: _recipes().OPTIMIZERS),
             default=None,
             help="Override the recipe's optimizer (the paper and official recipes use SGD, the ksr recipe AdamW).",
         ),
@@ -181,7 +229,6 @@ def recipe_options() -> list:
 
 def device_options() -> list:
     """Where training runs, how the cache is read, and resuming."""
-    from ..cache.reader import MODES
 
     return [
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto."),
@@ -190,7 +237,7 @@ def device_options() -> list:
         ),
         click.option(
             "--cache-mode",
-            type=click.Choice(MODES),
+            type=LazyChoice(_cache_modes),
             default="auto",
             show_default=True,
             help="Load the cache into memory or stream it from disk.",
