@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import main
+from . import Interrupted, main
 from .options import LazyChoice, bootstrap_option, setup_training, training_options
 
 # --- model commands (ksr.fuse) ---------------------------------------------------------------
@@ -162,7 +162,8 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     metavar="[DIR]",
     help="Write TensorBoard curves (loss, lr, valid and test/ metrics per epoch; DIR/seedS/foldK) into DIR, default RUN/tensorboard. Needs pip install 'ksr[tensorboard]'.",
 )
-def train_cmd(run_dir, baseline, resamples, tensorboard_dir, **options) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bars (logs stay free of carriage returns).")
+def train_cmd(run_dir, baseline, resamples, tensorboard_dir, no_progress, **options) -> None:
     """Train one KS-Transformer per fold on a feature cache, then write the report.
 
     Model dims and classes come from the cache; every other model setting has its own option
@@ -173,10 +174,8 @@ def train_cmd(run_dir, baseline, resamples, tensorboard_dir, **options) -> None:
     """
     from pathlib import Path
 
-    from ..fuse.report.experiment import train_and_report
     from ..fuse.report.render import printed_summary
-    from ..fuse.report.stats import Bootstrap
-    from ..fuse.train.runs import point_latest
+    from ..fuse.train.runs import point_latest, run_file
 
     run = Path(run_dir)
     board = None
@@ -185,28 +184,22 @@ def train_cmd(run_dir, baseline, resamples, tensorboard_dir, **options) -> None:
         from ..fuse.train.runs import tensorboard_dir as tensorboard_dir_of
 
         board = TensorBoard(tensorboard_dir or tensorboard_dir_of(run))
-    setup, folds, seeds = setup_training(options, run_dir)
+    setup, folds, seeds = setup_training(options, run_dir, progress=False if no_progress else None)
     ranks = setup.ranks
     say = click.echo if ranks.main else (lambda *a, **k: None)
     say(
         f"training {len(folds) if folds else 'all'} fold(s) x {len(seeds)} seed(s) on {setup.cache!r} -> {run}"
         + (f" on {ranks.world} ranks" if ranks.world > 1 else "")
     )
-    report = train_and_report(
-        setup.cache,
-        setup.spec,
-        run,
-        folds,
-        seeds,
-        setup.device,
-        ranks,
-        resume=options["resume"],
-        amp=options["amp"],
-        say=say,
-        baseline=baseline,
-        bootstrap=Bootstrap(resamples),
-        tensorboard=board,
-    )
+    try:
+        report = _train(setup, run, folds, seeds, options, say, baseline, resamples, board, not no_progress)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted; every finished epoch is saved: ksr train --run {run} --resume continues"
+        ) from None
+    finally:
+        if ranks.main and run_file(run).is_file():  # finished or not: a bare `ksr eval` reads this run
+            point_latest(run)
     if ranks.world > 1:
         import torch.distributed as dist
 
@@ -214,9 +207,30 @@ def train_cmd(run_dir, baseline, resamples, tensorboard_dir, **options) -> None:
         dist.destroy_process_group()
     if report is None:
         return
-    point_latest(run)
     for line in printed_summary(report):
         click.echo(line)
+
+
+def _train(setup, run, folds, seeds, options, say, baseline, resamples, board, progress):
+    from ..fuse.report.experiment import train_and_report
+    from ..fuse.report.stats import Bootstrap
+
+    return train_and_report(
+        setup.cache,
+        setup.spec,
+        run,
+        folds,
+        seeds,
+        setup.device,
+        setup.ranks,
+        resume=options["resume"],
+        amp=options["amp"],
+        say=say,
+        baseline=baseline,
+        bootstrap=Bootstrap(resamples),
+        tensorboard=board,
+        progress=progress,
+    )
 
 
 def _ablation_kinds() -> list[str]:

@@ -141,9 +141,9 @@ def data_options() -> list:
         click.option(
             "--cache",
             "cache_dir",
-            required=True,
+            default=None,
             type=click.Path(exists=True, file_okay=False),
-            help="The feature cache to train on.",
+            help="The feature cache to train on (with --resume: default the one the run recorded).",
         ),
         click.option(
             "--protocol",
@@ -246,7 +246,7 @@ def device_options() -> list:
     ]
 
 
-def setup_training(o: dict, run_dir: str | None = None):
+def setup_training(o: dict, run_dir: str | None = None, progress: bool | None = None):
     """(setup, folds, seeds) from the shared training options; model settings are checked before
     a large cache is read. ``--resume`` continues what the run recorded (``resumed_options``)."""
     from click.core import ParameterSource
@@ -264,6 +264,8 @@ def setup_training(o: dict, run_dir: str | None = None):
         raise click.BadParameter(f"seed {twice[0]} is listed twice", param_hint="'--seeds'")
     if o["resume"] and run_dir:
         o = resumed_options(Path(run_dir), o, typed)
+    if o["cache_dir"] is None:
+        raise click.UsageError("--cache is needed (only --resume of a run that recorded its cache can leave it out)")
     r = recipe(o["recipe_name"], **{k: o[k] for k in RECIPE_OPTIONS})
     changes = {
         **PRESET_MODEL_SETTINGS.get(o["recipe_name"], {}),
@@ -276,6 +278,7 @@ def setup_training(o: dict, run_dir: str | None = None):
         **{k: o[k] for k in RUN_OPTIONS},
         device=o["device"],
         cache_mode=o["cache_mode"],
+        progress=progress,
     )
     if o["recipe_name"] in PRESET_NOTES and setup.ranks.main:
         click.echo(PRESET_NOTES[o["recipe_name"]], err=True)

@@ -81,13 +81,17 @@ def open_training(
     val_fraction: float = 0.1,
     device: str = "auto",
     cache_mode: str = "auto",
+    progress: bool | None = None,
 ) -> Setup:
     """Device, ranks (under torchrun), the cache and the RunSpec: the default model with
     ``model_changes`` and the cache's dims and classes."""
     dev = resolve_device(device)
     ranks = join_process_group(dev)  # under torchrun: DistributedDataParallel over the ranks
     cache = open_cache(
-        cache_dir, mode=cache_mode, device=dev if dev.type == "cuda" else "cpu", progress=None if ranks.main else False
+        cache_dir,
+        mode=cache_mode,
+        device=dev if dev.type == "cuda" else "cpu",
+        progress=progress if ranks.main else False,
     )
     model = model_config_for_cache(cache, ModelConfig(), **model_changes)
     spec = RunSpec(
@@ -117,6 +121,7 @@ def train_and_report(
     baseline: bool = True,
     bootstrap: Bootstrap = Bootstrap(),
     tensorboard: TensorBoard | None = None,
+    progress: bool = True,
 ) -> dict[str, Any] | None:
     """Train every requested fold and seed, then evaluate and write the report (rank 0).
 
@@ -148,6 +153,7 @@ def train_and_report(
                     amp=amp,
                     ranks=ranks,
                     tensorboard=tensorboard,
+                    progress=progress,
                 )
             if ranks.main:
                 where = "official split" if spec.protocol == "split" else f"fold {fold}"

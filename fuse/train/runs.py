@@ -15,7 +15,7 @@ This module is the only one that names a run directory's files or parses its pat
     RUN/report_*.png                 the report's figures
     RUN/baseline-probe/              the linear-probe baseline: a run of its own, same layout
     RUN/tensorboard/seedS/foldK      TensorBoard curves (``ksr train --tensorboard``)
-    runs/latest                      a link to the last run ``ksr train`` finished (``ksr eval``'s default)
+    runs/latest                      a link to the last run ``ksr train`` worked on, finished or not (``ksr eval``'s default)
 
 It also decides, in one place, what ``--resume`` continues (:func:`resumed_options`).
 """
@@ -349,6 +349,7 @@ def resumed_options(run_dir: Path, options: dict[str, Any], typed: set[str]) -> 
     }
     raw = json.loads(run_file(run_dir).read_text())
     recorded["seeds"], recorded["folds"] = raw.get("seeds"), raw.get("folds")
+    recorded["cache_dir"] = saved.cache_dir or None  # --resume needs no --cache
     merged = dict(options)
     for name, value in recorded.items():
         if name not in typed and value is not None:

@@ -134,3 +134,34 @@ def test_a_seed_given_twice_is_refused_in_one_line(cache_dir, tmp_path):
     result = train(tmp_path / "run", cache_dir, "--epochs", "1", "--seeds", "7,7")
     assert result.exit_code == 2 and "seed 7 is listed twice" in result.output, result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_needs_no_cache_and_an_interrupted_run_says_how_to_continue(cache_dir, tmp_path, monkeypatch):
+    from support.cli_runner import invoke_ksr
+
+    import ksr.fuse.report.experiment as experiment
+
+    calls = []
+    real = experiment.train_fold
+
+    def interrupted(*args, **kwargs):  # Ctrl-C in the second fold
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_fold", interrupted)
+    args = ["train", "--cache", cache_dir, "--run", "runs/r", *TINY, "--epochs", "1", "--fold", "1", "--fold", "2"]
+    stopped = invoke_ksr([*args, "--no-baseline", "--no-progress"], tmp_path)
+    assert stopped.exit_code == 130, stopped.output
+    assert stopped.output.splitlines()[-1] == (
+        "Error: interrupted; every finished epoch is saved: ksr train --run runs/r --resume continues"
+    )
+    assert (tmp_path / "runs/latest").resolve() == (tmp_path / "runs/r").resolve()  # bare ksr eval reads it
+    assert "\r" not in stopped.output  # --no-progress: no carriage-return bars
+    monkeypatch.setattr(experiment, "train_fold", real)
+    resumed = invoke_ksr(["train", "--run", "runs/r", "--resume", "--no-baseline"], tmp_path)  # no --cache
+    assert resumed.exit_code == 0, resumed.output
+    assert (tmp_path / "runs/r/seed123/fold2/best.pt").is_file()
+    missing = invoke_ksr(["train", "--run", "runs/new"], tmp_path)
+    assert missing.exit_code == 2 and "--cache is needed" in missing.output, missing.output
