@@ -141,7 +141,14 @@ def evaluate_seed(
             where = f"seed {seed} {'fold ' if not split.tests else ''}{name}"
             warnings.extend(test_warnings(where, s, result.preds, list(cache.classes)))
             fold_reports[name] = s
-            predictions[name] = fold_predictions([cache.ids[i] for i in test], y, result.preds)
+            predictions[name] = fold_predictions(
+                [cache.ids[i] for i in test],
+                y,
+                result.preds,
+                result.probs,
+                [str(cache.speakers[i]) for i in test],
+                [str(cache.sessions[i]) for i in test],
+            )
             y_all.append(y)
             p_all.append(result.preds)
     summary = {m: mean_std([f[m] for f in fold_reports.values()]) for m in METRICS}

@@ -165,3 +165,30 @@ def test_resume_needs_no_cache_and_an_interrupted_run_says_how_to_continue(cache
     assert (tmp_path / "runs/r/seed123/fold2/best.pt").is_file()
     missing = invoke_ksr(["train", "--run", "runs/new"], tmp_path)
     assert missing.exit_code == 2 and "--cache is needed" in missing.output, missing.output
+
+
+def test_the_predictions_file_has_probabilities_speakers_and_sessions_and_reads_back(cache_dir, tmp_path):
+    import csv
+
+    import numpy as np
+
+    from ksr.cache import open_cache
+    from ksr.fuse.report.intervals import read_predictions
+
+    run = tmp_path / "run"
+    assert train(run, cache_dir, "--epochs", "1", "--fold", "2", "--no-baseline").exit_code == 0
+    classes = json.loads((run / "report.json").read_text())["classes"]
+    with open(run / "report_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["seed", "fold", "id", "label", "prediction", "speaker", "session"] + [
+        f"p_{c}" for c in classes
+    ]
+    cache = open_cache(cache_dir, progress=False)
+    where = {u: (str(s), str(g)) for u, s, g in zip(cache.ids, cache.speakers, cache.sessions, strict=True)}
+    for r in rows:
+        probs = np.array([float(r[f"p_{c}"]) for c in classes])
+        assert probs.sum() == pytest.approx(1.0, abs=1e-5)
+        assert classes[int(probs.argmax())] == r["prediction"]
+        assert (r["speaker"], r["session"]) == where[r["id"]] and r["session"] == "2"
+    back = read_predictions(run / "report_predictions.csv", classes)["123"]["2"]
+    assert back["ids"] == [r["id"] for r in rows] and back["preds"] == [classes.index(r["prediction"]) for r in rows]
