@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from . import Interrupted, main
-from .options import LazyChoice, bootstrap_option, setup_training, training_options
+from .options import LazyChoice, bootstrap_option, force_option, setup_training, training_options
 
 # --- model commands (ksr.fuse) ---------------------------------------------------------------
 
@@ -27,15 +27,19 @@ from .options import LazyChoice, bootstrap_option, setup_training, training_opti
     type=click.FloatRange(0, 1, min_open=True),
     help="Key-sparse keep rate the model was trained with (not stored in the weights).",
 )
-def convert_official_cmd(best_pt: str, out_pt: str, heads: int, keep_rate: float) -> None:
+@force_option
+def convert_official_cmd(best_pt: str, out_pt: str, heads: int, keep_rate: float, force: bool) -> None:
     """Convert a checkpoint of the public KS-Transformer code into a ksr checkpoint.
 
     BEST_PT is a file saved by the public implementation ({"epoch", "model", "optimizer"}, keys
     optionally prefixed "module."). Dims, FFN widths, layer counts and classes are read from the
     tensor shapes; every tensor is checked. OUT_PT loads with ksr.fuse.load_model().
     """
+    from ..common.files import check_replace
     from ..fuse import convert_official
     from ..fuse.train.official import describe_public_model
+
+    check_replace(out_pt, force, {"checkpoint": best_pt})
 
     model = convert_official(best_pt, out_pt, num_heads=heads, keep_rate=keep_rate)
     click.echo(f"wrote {out_pt}: {describe_public_model(model.cfg)}, {heads} heads, keep rate {keep_rate}")
