@@ -251,7 +251,9 @@ def printed_summary(report: dict[str, Any]) -> list[str]:
         seeds = list(report["seeds"])
         over = f"fold {fold}, " + (f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over {len(seeds)} seeds")
     else:
-        over = "mean over folds"
+        found = max(len(sr["folds"]) for sr in report["seeds"].values())
+        planned = cov.get("folds_planned", found)
+        over = "mean over folds" if found >= planned else f"mean over {found} of {planned} folds"
     lines.append(f"WA {pct(s['wa'])}%  UA {pct(s['ua'])}%  ({over}; {where})")
     for name, b in report.get("baselines", {}).items():
         lines.append(f"  {name}: WA {pct(b['summary']['wa'])}%  UA {pct(b['summary']['ua'])}% (same folds)")

@@ -163,6 +163,7 @@ def test_resume_needs_no_cache_and_an_interrupted_run_says_how_to_continue(cache
     resumed = invoke_ksr(["train", "--run", "runs/r", "--resume", "--no-baseline"], tmp_path)  # no --cache
     assert resumed.exit_code == 0, resumed.output
     assert (tmp_path / "runs/r/seed123/fold2/best.pt").is_file()
+    assert "(mean over 2 of 5 folds; report: runs/r/report.md)" in resumed.output
     missing = invoke_ksr(["train", "--run", "runs/new"], tmp_path)
     assert missing.exit_code == 2 and "--cache is needed" in missing.output, missing.output
 
