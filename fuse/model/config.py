@@ -202,6 +202,31 @@ DEPARTURES: dict[str, dict[str, Any]] = {
 DEPARTURES["all"] = {k: v for changes in DEPARTURES.values() for k, v in changes.items()}
 
 
+# Named model sizes (``ksr train --size``): the settings each one changes from the default model.
+# "default" is the public implementation's model; "small" is ``make demo``'s (one layer per stage,
+# 4 heads, FFN 64, no attention-weight dropout, 512-row positional tables), which trains in
+# minutes on 2 CPU cores. Options typed beside --size still win.
+MODEL_SIZES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "small": {
+        "num_layers": (1, 1, 1),
+        "num_heads": 4,
+        "audio_ffn_dim": 64,
+        "text_ffn_dim": 64,
+        "max_positions": 512,
+        "attention_dropout": 0.0,
+    },
+}
+
+
+def attention_layers(cfg: ModelConfig) -> int:
+    """How many attention layers the KS-Transformer stacks (both modalities: unimodal encoders,
+    CCABs of both directions, each a self and a cross layer, deep fusion); what the ksr recipe scales its learning rate by."""
+    unimodal, ccabs, fusion = cfg.num_layers
+    per_modality = unimodal + fusion + (2 * ccabs if cfg.modalities == "both" else 0)  # a CCAB: self + cross
+    return per_modality * (2 if cfg.modalities == "both" else 1)
+
+
 def cli_settings() -> list[dataclasses.Field]:
     """The fields users set from the command line, in declaration order."""
     return [f for f in dataclasses.fields(ModelConfig) if "cli" in f.metadata]
