@@ -12,6 +12,7 @@ import torch
 
 from ...cache import Cache, open_cache
 from ...common import resolve_device
+from ..train.chance import below_chance, below_chance_message, chance_loss, stall_message, stalled
 from ..train.checkpoint import load_model_and_meta
 from ..train.folds import OFFICIAL_SPLIT, public_fold_name
 from ..train.inference import infer
@@ -133,6 +134,7 @@ def evaluate_seed(
             s["epochs_done"] = len(history)
             where = f"seed {seed} {'fold ' if not split.tests else ''}{name}"
             warnings.extend(test_warnings(where, s, result.preds, list(cache.classes)))
+            warnings.extend(history_warnings(where, history, cache.labels[split.train], spec))
             fold_reports[name] = s
             predictions[name] = fold_predictions([cache.ids[i] for i in test], y, result.preds)
             y_all.append(y)
@@ -151,11 +153,36 @@ def test_warnings(where: str, s: dict[str, Any], preds: np.ndarray, classes: lis
             f"{where}: no test utterance of {missing}: UA and macro F1 average over all {len(classes)} classes "
             f"and count {missing} as 0"
         )
+    if below_chance(s["ua"], len(classes)):
+        found.append(below_chance_message(where, s["ua"], len(classes)))
     if len(preds) and len(np.unique(preds)) == 1:
         found.append(
             f"{where}: every test utterance was predicted as {classes[int(preds[0])]}: the model collapsed to one class"
         )
     return found
+
+
+def history_warnings(where: str, history: list[dict], train_labels: np.ndarray, spec: RunSpec) -> list[str]:
+    """The fold's training loss still at chance at its last epoch (what training said, kept)."""
+    if spec.model.architecture == "probe" or not history or "train_loss" not in history[-1]:
+        return []
+    last = history[-1]
+    chance = chance_loss(train_labels, spec.model.num_classes)
+    if not stalled(last["epoch"], last["train_loss"], chance, spec.recipe):
+        return []
+    return [stall_message(where, last["epoch"], last["train_loss"], chance, spec.recipe, spec.model)]
+
+
+def fold_test_warning(
+    run_dir: Path, cache: Cache, spec: RunSpec, fold: int, seed: int, device: torch.device
+) -> str | None:
+    """Said at the end of a fold: its kept model's test UA, when below chance (None otherwise)."""
+    split = cache_split(cache, spec, fold, seed)
+    model, _ = load_model_and_meta(fold_checkpoint(run_dir, seed, fold, protocol=spec.protocol), device)
+    result = infer(model, cache, split.test, 64, device)
+    ua = scores(cache.labels[split.test], result.preds, len(cache.classes))["ua"]
+    where = f"seed {seed} " + ("official split" if spec.protocol == "split" else f"fold {fold} ({split.test_group})")
+    return below_chance_message(where, ua, len(cache.classes)) if below_chance(ua, len(cache.classes)) else None
 
 
 def summary_over_seeds(per_seed: dict[str, Any]) -> dict[str, float]:

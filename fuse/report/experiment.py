@@ -17,7 +17,7 @@ from ..train.recipes import Recipe
 from ..train.runs import RunError, RunSpec, baseline_dir, check_protocol, model_config_for_cache, num_folds, prepare_run
 from ..train.training import train_fold
 from .compare import ABLATION_CSV_COLUMNS, ablation_comparison_lines, ablation_csv_cells, against_first
-from .evaluation import attach_baseline, evaluate_run
+from .evaluation import attach_baseline, evaluate_run, fold_test_warning
 from .render import write_report
 from .stats import Bootstrap
 from .tensorboard import TensorBoard
@@ -135,6 +135,8 @@ def train_and_report(
                     f"seed {seed} {where}: kept epoch {out.best_epoch}, {'test' if spec.select == 'test' else 'valid'} {spec.metric} "
                     f"{100 * out.best_value:.2f}% ({out.seconds:.0f} s)"
                 )
+                if below := fold_test_warning(run_dir, cache, spec, fold, seed, device):
+                    say(f"warning: {below}")
     ranks.barrier()
     if not ranks.main:
         return None

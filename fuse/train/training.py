@@ -10,6 +10,7 @@ batches (:meth:`FoldTrainer.train_epoch`), score the selection set, commit the e
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from ...common import Ranks, atomic_save, faults, remove_dead_temps, signals, wr
 from ...common.files import DiskFullError
 from ..model.architectures import build_model
 from ..model.normalise import fit_standardizers
+from .chance import StallWatch
 from .checkpoint import CheckpointError, load_state_strict, read_torch_file, save_checkpoint
 from .folds import Split
 from .inference import autocast, infer
@@ -94,6 +96,8 @@ def train_fold(
     board = None
     if tensorboard is not None and ranks.main:
         board = tensorboard.open(seed, fold, trainer.start_epoch, spec.protocol)
+    where = f"seed {seed} " + ("official split" if spec.protocol == "split" else f"fold {fold}")
+    watch = StallWatch(where, cache.labels[split.train], spec.recipe, spec.model)
     began = time.perf_counter()
     epochs = tqdm(
         range(trainer.start_epoch, spec.recipe.epochs),
@@ -113,6 +117,8 @@ def train_fold(
                     board.epoch(epoch, record, test)
                 trainer.commit(files, epoch, sel)
                 epochs.set_postfix(loss=f"{record['train_loss']:.3f}", **{spec.metric: f"{sel[spec.metric]:.3f}"})
+                if (stall := watch.check(epoch, record["train_loss"])) and ranks.main:
+                    tqdm.write(f"warning: {stall}", file=sys.stderr)  # now, not only in the report
                 if on_epoch is not None:
                     on_epoch(epoch, record)
     except DiskFullError as e:
