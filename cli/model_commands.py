@@ -451,6 +451,8 @@ def predict_cmd(
         return
     if result.asr is not None:
         click.echo(f"transcript ({result.asr['name']}): {result.transcript}")
+    if result.normalisation:
+        click.echo(f"normalisation: {result.normalisation}")
     click.echo(f"label: {result.label}")
     for name, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
         click.echo(f"  {name:<12} {p:7.4f}  {'#' * round(40 * p)}")

@@ -92,7 +92,7 @@ def training_options(f):
 
 def data_options() -> list:
     """The cache, and which of its utterances train, validate and test."""
-    from ..fuse.train.folds import PROTOCOLS
+    from ..fuse.train.folds import PROTOCOLS, VALIDATIONS
     from ..fuse.train.metrics import METRICS
     from ..fuse.train.runs import SELECTIONS
 
@@ -127,6 +127,15 @@ def data_options() -> list:
             help="Which epoch's model is kept. valid: the epoch with the best validation score (the official valid split under --protocol split); test: the epoch with the best score on the TEST set, as the public code does (reports are marked; refused under --protocol split); last: the last epoch, no selection (the validation set is still held out and scored).",
         ),
         click.option("--metric", type=click.Choice(METRICS), default="wa", show_default=True, help="Selection metric."),
+        click.option(
+            "--validation",
+            type=click.Choice(VALIDATIONS),
+            default="utterances",
+            show_default=True,
+            help="Where session folds validate: utterances = a share of the training speakers' utterances (it "
+            "cannot see a speaker shift: a new voice can score far below it); speaker = one training speaker held "
+            "out whole, as a new voice would be.",
+        ),
         click.option(
             "--val-fraction",
             default=0.1,

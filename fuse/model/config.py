@@ -33,6 +33,7 @@ KEY_SPARSE_PLACES = ("interaction+fusion", "none")
 # (fuse/baselines.py): the SUPERB/EmoBox head and a linear probe on pooled statistics.
 ARCHITECTURES = ("ks-transformer", "head", "probe")
 INPUT_NORMS = ("none", "standardize")
+SPEAKER_NORMS = ("none", "speaker", "session")
 # Model fields the cache decides: the features' dims and the classes.
 CACHE_FIELDS = ("audio_dim", "text_dim", "num_classes")
 
@@ -121,6 +122,16 @@ class ModelConfig:
         "Departure: standardize = z-score each feature dimension with the training fold's statistics "
         "(true frames only) before the model.",
         choices=INPUT_NORMS,
+    )
+    # Per-speaker (or per-session) standardisation of the audio features with the statistics of
+    # each group's own utterances (fuse.model.normalise), the test speaker's included: outside
+    # the model, so a checkpoint records only the choice. "none" reproduces the public code.
+    speaker_norm: str = setting(
+        "none",
+        "Departure: speaker (or session) = standardise each audio dimension with the statistics of that "
+        "speaker's (session's) own utterances, test speakers included (no labels used); takes a voice's "
+        "shift out. ksr predict uses the utterance's own statistics (docs/learning.md).",
+        choices=SPEAKER_NORMS,
     )
     # "fast" (fuse.model.fast_attention) computes what "plain" computes, without keeping the
     # attention maps; "plain" performs the public code's operations and is the reference.

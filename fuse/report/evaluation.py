@@ -12,6 +12,7 @@ import torch
 
 from ...cache import Cache, open_cache
 from ...common import resolve_device
+from ..model.normalise import normalised_view
 from ..train.chance import below_chance, below_chance_message, chance_loss, stall_message, stalled
 from ..train.checkpoint import load_model_and_meta
 from ..train.folds import OFFICIAL_SPLIT, public_fold_name
@@ -66,6 +67,7 @@ def evaluate_run(
     """A run's report: every trained fold (or ``folds``) of every seed scored on its test
     utterances, with the means over folds and seeds, coverage, warnings and intervals."""
     check_run_matches_cache(spec, cache, run_dir)
+    cache = normalised_view(cache, spec.model)  # speaker_norm: each speaker's own statistics
     available = trained_folds(run_dir)
     if not available:
         raise RunError(f"{run_dir}: no trained fold (no fold folder with a best.pt); run ksr train first")
@@ -88,9 +90,7 @@ def evaluate_run(
         "fold_naming": fold_naming(spec),
         "select": spec.select,
         "selection_metric": spec.metric,
-        "note": SPLIT_SELECTION_NOTE
-        if spec.protocol == "split" and spec.select == "valid"
-        else SELECTION_NOTES[spec.select],
+        "note": selection_note(spec),
         "classes": list(cache.classes),
         "seeds": per_seed,
         "folds": sorted({int(f) for f in sum(available.values(), []) if folds is None or f in folds}),
@@ -178,6 +178,7 @@ def fold_test_warning(
 ) -> str | None:
     """Said at the end of a fold: its kept model's test UA, when below chance (None otherwise)."""
     split = cache_split(cache, spec, fold, seed)
+    cache = normalised_view(cache, spec.model)
     model, _ = load_model_and_meta(fold_checkpoint(run_dir, seed, fold, protocol=spec.protocol), device)
     result = infer(model, cache, split.test, 64, device)
     ua = scores(cache.labels[split.test], result.preds, len(cache.classes))["ua"]
@@ -261,6 +262,21 @@ SELECTION_NOTES = {
 
 
 SPLIT_SELECTION_NOTE = "model selected on the official valid split"
+HELD_OUT_SPEAKER_NOTE = "model selected on a training speaker held out whole (--validation speaker)"
+SHARED_SPEAKERS_NOTE = (
+    "; that set shares its speakers with training, so it cannot see a speaker shift (--validation speaker can)"
+)
+
+
+def selection_note(spec: RunSpec) -> str:
+    """What the report says about how each fold's model was chosen."""
+    if spec.protocol == "split" and spec.select == "valid":
+        return SPLIT_SELECTION_NOTE
+    if spec.select == "valid" and spec.protocol == "session":
+        return (
+            HELD_OUT_SPEAKER_NOTE if spec.validation == "speaker" else SELECTION_NOTES["valid"] + SHARED_SPEAKERS_NOTE
+        )
+    return SELECTION_NOTES[spec.select]
 
 
 def model_name(cfg) -> str:

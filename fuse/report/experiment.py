@@ -69,6 +69,7 @@ def open_training(
     select: str = "valid",
     metric: str = "wa",
     val_fraction: float = 0.1,
+    validation: str = "utterances",
     device: str = "auto",
     cache_mode: str = "auto",
 ) -> Setup:
@@ -87,6 +88,7 @@ def open_training(
         select=select,
         metric=metric,
         val_fraction=val_fraction,
+        validation=validation,
         cache_meta=cache.meta.to_dict(),
         cache_dir=str(Path(cache_dir).resolve()),
     )

@@ -72,7 +72,7 @@ def below_chance_message(where: str, ua: float, num_classes: int) -> str:
         f"{where}: test UA {100 * ua:.1f}% is below chance ({100 / num_classes:.1f}% for {num_classes} "
         f"classes): the test speakers differ from the training ones in a way a validation set drawn from the "
         f"training speakers cannot see; try --speaker-norm speaker (per-speaker feature statistics), "
-        f"--val-protocol speaker (validate on a held-out training speaker) or --size small"
+        f"--validation speaker (validate on a held-out training speaker) or --size small"
     )
 
 

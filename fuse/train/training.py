@@ -25,7 +25,7 @@ from ...cache import Cache
 from ...common import Ranks, atomic_save, faults, remove_dead_temps, signals, write_json
 from ...common.files import DiskFullError
 from ..model.architectures import build_model
-from ..model.normalise import fit_standardizers
+from ..model.normalise import fit_standardizers, normalised_view
 from .chance import StallWatch
 from .checkpoint import CheckpointError, load_state_strict, read_torch_file, save_checkpoint
 from .folds import Split
@@ -81,6 +81,7 @@ def train_fold(
     ``tensorboard`` its curves, the test set's scores among them."""
     files = fold_files(run_dir, seed, fold, spec.protocol)
     split = cache_split(cache, spec, fold, seed)
+    cache = normalised_view(cache, spec.model)  # speaker_norm: each speaker's own statistics
     selection = split.test if spec.select == "test" else split.valid  # "last" still reports validation
     if len(selection) == 0:
         raise RunError(f"fold {fold}: the {spec.select} set is empty; raise --val-fraction or use --select test")
