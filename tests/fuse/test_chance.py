@@ -32,13 +32,15 @@ def test_chance_loss_is_the_entropy_of_the_training_class_shares():
 
 
 def test_stalled_only_after_the_warm_up_and_near_the_chance_loss():
-    paper, ksr = recipe("paper"), recipe("ksr", warmup_epochs=3.2)
-    assert first_checked_epoch(paper) == 1 and first_checked_epoch(ksr) == 4
+    paper, ksr = recipe("paper", epochs=4), recipe("ksr", warmup_epochs=3.2)
+    assert first_checked_epoch(paper) == 1 and first_checked_epoch(ksr) == 5  # a full epoch after 3.2
+    assert first_checked_epoch(recipe("paper")) == 18  # 15% of 120 epochs
+    assert first_checked_epoch(recipe("ksr")) == 4  # 15% of 24 epochs, after the 1-epoch warm-up
     ln4 = math.log(4)
     assert not stalled(0, ln4, ln4, paper)  # the first epoch starts from random weights
-    assert stalled(1, ln4, ln4, paper) and stalled(1, 0.98 * ln4, ln4, paper)
-    assert not stalled(1, 0.96 * ln4, ln4, paper)
-    assert not stalled(3, ln4, ln4, ksr) and stalled(4, ln4, ln4, ksr)
+    assert stalled(1, ln4, ln4, paper) and stalled(1, 0.996 * ln4, ln4, paper)
+    assert not stalled(1, 0.99 * ln4, ln4, paper)  # a slow starter that has begun to learn
+    assert not stalled(4, ln4, ln4, ksr) and stalled(5, ln4, ln4, ksr)
 
 
 def test_advice_names_what_fits_the_run():
@@ -50,7 +52,7 @@ def test_advice_names_what_fits_the_run():
 
 
 def test_stall_watch_says_it_once():
-    watch = StallWatch("seed 1 fold 2", [0, 1, 2, 3], recipe("paper"), ModelConfig())
+    watch = StallWatch("seed 1 fold 2", [0, 1, 2, 3], recipe("paper", epochs=5), ModelConfig())
     assert watch.check(0, 2.0) is None
     said = watch.check(1, 1.40)
     assert said.startswith("seed 1 fold 2, epoch 2: the training loss 1.400 is still at chance level (1.386")
