@@ -23,7 +23,7 @@ from .cache import open_cache
 from .common import KsrError, Ranks, join_process_group, resolve_device
 from .extract.corpora.demo import make_demo_corpus
 from .extract.pipeline import extract_corpus
-from .fuse.model.config import ModelConfig
+from .fuse.model.config import MODEL_SIZES, ModelConfig
 from .fuse.report.experiment import train_and_report
 from .fuse.train.recipes import PRESET_MODEL_SETTINGS, recipe
 from .fuse.train.runs import RunSpec, model_config_for_cache, point_latest
@@ -38,12 +38,7 @@ RECIPE = "ksr"
 AUDIO_FRAMES = 230
 ENCODERS = ("tiny-audio", "tiny-text")
 MODEL = ModelConfig(
-    num_layers=(1, 1, 1),
-    num_heads=4,
-    audio_ffn_dim=64,
-    text_ffn_dim=64,
-    max_positions=512,
-    attention_dropout=0.0,
+    **MODEL_SIZES["small"],  # the named size `ksr train --size small` gives
     **PRESET_MODEL_SETTINGS[RECIPE],  # standardised inputs, classifier dropout 0.2
 )
 # The ksr recipe's 24 epochs and 4 more: with the batches shared by two processes (below) the

@@ -28,6 +28,7 @@ from .extract.audio import MAX_DURATION_S, AudioError, cut_audio, read_audio
 from .extract.encoders import AudioEncoder, EncoderError, TextEncoder, load_encoder, parse_spec, placement
 from .fuse.model.config import cache_dims
 from .fuse.model.model import KSTransformer
+from .fuse.model.normalise import normalise_rows, predict_note, utterance_statistics
 from .fuse.train.checkpoint import CheckpointError, load_model_and_meta
 from .fuse.train.runs import RunError, recorded_cache_meta
 
@@ -77,6 +78,7 @@ class Prediction:
     attention: AttentionMaps | None = None
     transcript: str | None = None  # the text the model read (given, or heard by the ASR)
     asr: dict[str, Any] | None = None  # the ASR model that wrote it (``WhisperAsr.record()``)
+    normalisation: str | None = None  # a speaker-normalised model: where the statistics came from
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class Prediction:
             "text_tokens": self.inputs.tokens,
             "transcript": self.transcript,
             "asr": self.asr,
+            "audio_normalisation": self.normalisation,
         }
 
 
@@ -296,6 +299,11 @@ def predict_one(
         text, asr_record = transcribe_audio(asr, audio_path, dev, max_duration)
     loading = EncoderChoice(audio_encoder, text_encoder, dev, force, tiny_root)
     inputs, specs, frame_rate = model_inputs(model, meta, loading, audio_path, text, max_duration)
+    normalisation = None
+    if model.cfg.speaker_norm != "none" and inputs.audio is not None:
+        mean, std = utterance_statistics(inputs.audio[0], inputs.audio_len)
+        inputs.audio = normalise_rows(inputs.audio, inputs.audio_padding_mask, mean[None], std[None])
+        normalisation = predict_note(model.cfg.speaker_norm)
     with torch.no_grad():
         args = [
             t.to(dev) if t is not None else None
@@ -315,6 +323,7 @@ def predict_one(
         inputs=inputs,
         transcript=text if model.cfg.modalities != "audio" else None,
         asr=asr_record,
+        normalisation=normalisation,
     )
     if attention:
         la, lt = inputs.audio_len, inputs.text_len

@@ -100,8 +100,9 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     How the demo departs from the paper's setting, to finish in minutes on 2 CPU cores:
       encoders  tiny-audio + tiny-text: tiny models with random weights, not
                 wav2vec / RoBERTa large (nothing is downloaded)
-      model     one layer per stage, 4 heads, FFN 64, no attention-weight dropout,
-                classifier dropout 0.2; inputs standardised per dimension
+      model     one layer per stage, 4 heads, FFN 64, no attention-weight dropout
+                (ksr train --size small), classifier dropout 0.2; inputs
+                standardised per dimension
       schedule  the ksr recipe: AdamW, lr 4e-3, 1 epoch of warm-up, cosine, batch 16,
                 28 epochs (the recipe's 24 + 4), last epoch kept (paper: SGD lr
                 5e-4, 120 epochs, which does not train here)
@@ -470,6 +471,8 @@ def predict_cmd(
         return
     if result.asr is not None:
         click.echo(f"transcript ({result.asr['name']}): {result.transcript}")
+    if result.normalisation:
+        click.echo(f"normalisation: {result.normalisation}")
     click.echo(f"label: {result.label}")
     for name, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
         click.echo(f"  {name:<12} {p:7.4f}  {'#' * round(40 * p)}")

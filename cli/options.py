@@ -79,11 +79,23 @@ def check_out(out: str, force: bool) -> None:
     check_replace(out, force)
 
 
+def size_option():
+    """``--size``: a named model size (``fuse.model.config.MODEL_SIZES``)."""
+    return click.option(
+        "--size",
+        type=LazyChoice(lambda: list(_model_sizes())),
+        default=None,
+        help="Model size: default = the public code's model (layers 5,3,2, 8 heads, FFN 256/512); small = make "
+        "demo's (layers 1,1,1, 4 heads, FFN 64, no attention dropout), minutes per fold on a 2-core CPU. "
+        "Model options typed beside it win. With --recipe ksr, larger models get a scaled learning rate.",
+    )
+
+
 def training_options(f):
     """The options ksr train and ksr ablate share: the data and protocol, the recipe, the device,
     then the model settings (in that order in --help)."""
     f = model_options(f)
-    for option in reversed([*data_options(), *recipe_options(), *device_options()]):
+    for option in reversed([*data_options(), *recipe_options(), *device_options(), size_option()]):
         f = option(f)
     return f
 
@@ -129,6 +141,18 @@ def _recipes():
     return recipes
 
 
+def _validations():
+    from ..fuse.train.folds import VALIDATIONS
+
+    return VALIDATIONS
+
+
+def _model_sizes():
+    from ..fuse.model.config import MODEL_SIZES
+
+    return MODEL_SIZES
+
+
 def _cache_modes():
     from ..cache.reader import MODES
 
@@ -168,6 +192,15 @@ def data_options() -> list:
             help="Which epoch's model is kept. valid: the epoch with the best validation score (the official valid split under --protocol split); test: the epoch with the best score on the TEST set, as the public code does (reports are marked; refused under --protocol split); last: the last epoch, no selection (the validation set is still held out and scored).",
         ),
         click.option("--metric", type=LazyChoice(_metrics), default="wa", show_default=True, help="Selection metric."),
+        click.option(
+            "--validation",
+            type=LazyChoice(_validations),
+            default="utterances",
+            show_default=True,
+            help="Where session folds validate: utterances = a share of the training speakers' utterances (it "
+            "cannot see a speaker shift: a new voice can score far below it); speaker = one training speaker held "
+            "out whole, as a new voice would be.",
+        ),
         click.option(
             "--val-fraction",
             default=0.1,
@@ -251,9 +284,9 @@ def setup_training(o: dict, run_dir: str | None = None, progress: bool | None = 
     a large cache is read. ``--resume`` continues what the run recorded (``resumed_options``)."""
     from click.core import ParameterSource
 
-    from ..fuse.model.config import cli_settings
+    from ..fuse.model.config import MODEL_SIZES, attention_layers, cli_settings
     from ..fuse.report.experiment import open_training
-    from ..fuse.train.recipes import PRESET_MODEL_SETTINGS, PRESET_NOTES, recipe
+    from ..fuse.train.recipes import PRESET_MODEL_SETTINGS, PRESET_NOTES, recipe, scaled_for_model
     from ..fuse.train.runs import RECIPE_OPTIONS, RUN_OPTIONS, resumed_options
 
     ctx = click.get_current_context()
@@ -269,8 +302,10 @@ def setup_training(o: dict, run_dir: str | None = None, progress: bool | None = 
     r = recipe(o["recipe_name"], **{k: o[k] for k in RECIPE_OPTIONS})
     changes = {
         **PRESET_MODEL_SETTINGS.get(o["recipe_name"], {}),
+        **MODEL_SIZES[o.get("size") or "default"],
         **{f.name: o[f.name] for f in cli_settings() if o[f.name] is not None},
     }
+
     setup = open_training(
         o["cache_dir"],
         r,
@@ -280,6 +315,13 @@ def setup_training(o: dict, run_dir: str | None = None, progress: bool | None = 
         cache_mode=o["cache_mode"],
         progress=progress,
     )
+    # A resumed run's recorded lr and warm-up are in ``o`` already: kept, never scaled twice.
+    kept = {k for k in ("lr", "warmup_epochs") if o[k] is not None}
+    layers = attention_layers(setup.spec.model) if setup.spec.model.architecture == "ks-transformer" else 0
+    r, scaling = scaled_for_model(r, layers, kept)
+    setup.spec.recipe = r
+    if scaling and setup.ranks.main:
+        click.echo(scaling, err=True)
     if o["recipe_name"] in PRESET_NOTES and setup.ranks.main:
         click.echo(PRESET_NOTES[o["recipe_name"]], err=True)
     if o["select"] == "test" and setup.spec.protocol != "split" and setup.ranks.main:  # split refuses it

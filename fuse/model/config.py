@@ -33,6 +33,7 @@ KEY_SPARSE_PLACES = ("interaction+fusion", "none")
 # (fuse/baselines.py): the SUPERB/EmoBox head and a linear probe on pooled statistics.
 ARCHITECTURES = ("ks-transformer", "head", "probe")
 INPUT_NORMS = ("none", "standardize")
+SPEAKER_NORMS = ("none", "speaker", "session")
 # Model fields the cache decides: the features' dims and the classes.
 CACHE_FIELDS = ("audio_dim", "text_dim", "num_classes")
 
@@ -122,6 +123,16 @@ class ModelConfig:
         "(true frames only) before the model.",
         choices=INPUT_NORMS,
     )
+    # Per-speaker (or per-session) standardisation of the audio features with the statistics of
+    # each group's own utterances (fuse.model.normalise), the test speaker's included: outside
+    # the model, so a checkpoint records only the choice. "none" reproduces the public code.
+    speaker_norm: str = setting(
+        "none",
+        "Departure: speaker (or session) = standardise each audio dimension with the statistics of that "
+        "speaker's (session's) own utterances, test speakers included (no labels used); takes a voice's "
+        "shift out. ksr predict uses the utterance's own statistics (docs/learning.md).",
+        choices=SPEAKER_NORMS,
+    )
     # "fast" (fuse.model.fast_attention) computes what "plain" computes, without keeping the
     # attention maps; "plain" performs the public code's operations and is the reference.
     attention_impl: str = setting(
@@ -200,6 +211,31 @@ DEPARTURES: dict[str, dict[str, Any]] = {
     "standardize-input": {"input_norm": "standardize"},
 }
 DEPARTURES["all"] = {k: v for changes in DEPARTURES.values() for k, v in changes.items()}
+
+
+# Named model sizes (``ksr train --size``): the settings each one changes from the default model.
+# "default" is the public implementation's model; "small" is ``make demo``'s (one layer per stage,
+# 4 heads, FFN 64, no attention-weight dropout, 512-row positional tables), which trains in
+# minutes on 2 CPU cores. Options typed beside --size still win.
+MODEL_SIZES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "small": {
+        "num_layers": (1, 1, 1),
+        "num_heads": 4,
+        "audio_ffn_dim": 64,
+        "text_ffn_dim": 64,
+        "max_positions": 512,
+        "attention_dropout": 0.0,
+    },
+}
+
+
+def attention_layers(cfg: ModelConfig) -> int:
+    """How many attention layers the KS-Transformer stacks (both modalities: unimodal encoders,
+    CCABs of both directions, each a self and a cross layer, deep fusion); what the ksr recipe scales its learning rate by."""
+    unimodal, ccabs, fusion = cfg.num_layers
+    per_modality = unimodal + fusion + (2 * ccabs if cfg.modalities == "both" else 0)  # a CCAB: self + cross
+    return per_modality * (2 if cfg.modalities == "both" else 1)
 
 
 def cli_settings() -> list[dataclasses.Field]:

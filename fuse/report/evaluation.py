@@ -12,6 +12,8 @@ import torch
 
 from ...cache import Cache, open_cache
 from ...common import resolve_device
+from ..model.normalise import normalised_view
+from ..train.chance import below_chance, below_chance_message, chance_loss, stall_message, stalled
 from ..train.checkpoint import load_model_and_meta
 from ..train.folds import OFFICIAL_SPLIT, public_fold_name
 from ..train.inference import infer
@@ -65,6 +67,7 @@ def evaluate_run(
     """A run's report: every trained fold (or ``folds``) of every seed scored on its test
     utterances, with the means over folds and seeds, coverage, warnings and intervals."""
     check_run_matches_cache(spec, cache, run_dir)
+    cache = normalised_view(cache, spec.model)  # speaker_norm: each speaker's own statistics
     available = trained_folds(run_dir)
     if not available:
         raise RunError(f"{run_dir}: no trained fold (no fold folder with a best.pt); run ksr train first")
@@ -87,9 +90,7 @@ def evaluate_run(
         "fold_naming": fold_naming(spec),
         "select": spec.select,
         "selection_metric": spec.metric,
-        "note": SPLIT_SELECTION_NOTE
-        if spec.protocol == "split" and spec.select == "valid"
-        else SELECTION_NOTES[spec.select],
+        "note": selection_note(spec),
         "classes": list(cache.classes),
         "seeds": per_seed,
         "folds": sorted({int(f) for f in sum(available.values(), []) if folds is None or f in folds}),
@@ -140,6 +141,7 @@ def evaluate_seed(
             s["epochs_done"] = len(history)
             where = f"seed {seed} {'fold ' if not split.tests else ''}{name}"
             warnings.extend(test_warnings(where, s, result.preds, list(cache.classes)))
+            warnings.extend(history_warnings(where, history, cache.labels[split.train], spec))
             fold_reports[name] = s
             predictions[name] = fold_predictions(
                 [cache.ids[i] for i in test],
@@ -165,11 +167,37 @@ def test_warnings(where: str, s: dict[str, Any], preds: np.ndarray, classes: lis
             f"{where}: no test utterance of {missing}: UA and macro F1 average over all {len(classes)} classes "
             f"and count {missing} as 0"
         )
+    if below_chance(s["ua"], len(classes)):
+        found.append(below_chance_message(where, s["ua"], len(classes)))
     if len(preds) and len(np.unique(preds)) == 1:
         found.append(
             f"{where}: every test utterance was predicted as {classes[int(preds[0])]}: the model collapsed to one class"
         )
     return found
+
+
+def history_warnings(where: str, history: list[dict], train_labels: np.ndarray, spec: RunSpec) -> list[str]:
+    """The fold's training loss still at chance at its last epoch (what training said, kept)."""
+    if spec.model.architecture == "probe" or not history or "train_loss" not in history[-1]:
+        return []
+    last = history[-1]
+    chance = chance_loss(train_labels, spec.model.num_classes)
+    if not stalled(last["epoch"], last["train_loss"], chance, spec.recipe):
+        return []
+    return [stall_message(where, last["epoch"], last["train_loss"], chance, spec.recipe, spec.model)]
+
+
+def fold_test_warning(
+    run_dir: Path, cache: Cache, spec: RunSpec, fold: int, seed: int, device: torch.device
+) -> str | None:
+    """Said at the end of a fold: its kept model's test UA, when below chance (None otherwise)."""
+    split = cache_split(cache, spec, fold, seed)
+    cache = normalised_view(cache, spec.model)
+    model, _ = load_model_and_meta(fold_checkpoint(run_dir, seed, fold, protocol=spec.protocol), device)
+    result = infer(model, cache, split.test, 64, device)
+    ua = scores(cache.labels[split.test], result.preds, len(cache.classes))["ua"]
+    where = f"seed {seed} " + ("official split" if spec.protocol == "split" else f"fold {fold} ({split.test_group})")
+    return below_chance_message(where, ua, len(cache.classes)) if below_chance(ua, len(cache.classes)) else None
 
 
 def summary_over_seeds(per_seed: dict[str, Any]) -> dict[str, float]:
@@ -251,6 +279,21 @@ SELECTION_NOTES = {
 
 
 SPLIT_SELECTION_NOTE = "model selected on the official valid split"
+HELD_OUT_SPEAKER_NOTE = "model selected on a training speaker held out whole (--validation speaker)"
+SHARED_SPEAKERS_NOTE = (
+    "; that set shares its speakers with training, so it cannot see a speaker shift (--validation speaker can)"
+)
+
+
+def selection_note(spec: RunSpec) -> str:
+    """What the report says about how each fold's model was chosen."""
+    if spec.protocol == "split" and spec.select == "valid":
+        return SPLIT_SELECTION_NOTE
+    if spec.select == "valid" and spec.protocol == "session":
+        return (
+            HELD_OUT_SPEAKER_NOTE if spec.validation == "speaker" else SELECTION_NOTES["valid"] + SHARED_SPEAKERS_NOTE
+        )
+    return SELECTION_NOTES[spec.select]
 
 
 def model_name(cfg) -> str:

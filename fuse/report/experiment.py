@@ -27,7 +27,7 @@ from ..train.runs import (
 )
 from ..train.training import train_fold
 from .compare import ABLATION_CSV_COLUMNS, ablation_comparison_lines, ablation_csv_cells, against_first
-from .evaluation import attach_baseline, evaluate_run
+from .evaluation import attach_baseline, evaluate_run, fold_test_warning
 from .render import write_report
 from .stats import Bootstrap
 from .tensorboard import TensorBoard
@@ -79,6 +79,7 @@ def open_training(
     select: str = "valid",
     metric: str = "wa",
     val_fraction: float = 0.1,
+    validation: str = "utterances",
     device: str = "auto",
     cache_mode: str = "auto",
     progress: bool | None = None,
@@ -101,6 +102,7 @@ def open_training(
         select=select,
         metric=metric,
         val_fraction=val_fraction,
+        validation=validation,
         cache_meta=cache.meta.to_dict(),
         cache_dir=str(Path(cache_dir).resolve()),
     )
@@ -161,6 +163,8 @@ def train_and_report(
                     f"seed {seed} {where}: kept epoch {out.best_epoch}, {'test' if spec.select == 'test' else 'valid'} {spec.metric} "
                     f"{100 * out.best_value:.2f}% ({out.seconds:.0f} s)"
                 )
+                if below := fold_test_warning(run_dir, cache, spec, fold, seed, device):
+                    say(f"warning: {below}")
     ranks.barrier()
     if not ranks.main:
         return None

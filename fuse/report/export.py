@@ -48,6 +48,7 @@ from ...common.optional import require
 from ..model.attention import MultiheadAttention
 from ..model.config import cache_dims
 from ..model.layers import LayerStack
+from ..model.normalise import inputs_note
 from ..train.checkpoint import load_model_and_meta
 from ..train.runs import recorded_cache_meta
 
@@ -66,6 +67,7 @@ class Exported:
     classes: tuple[str, ...]
     nbytes: int  # the file's size
     max_abs_diff: float | None = None  # onnxruntime against torch on random padded inputs
+    audio_normalisation: str | None = None  # what the caller must do to the audio features first
 
 
 def input_spec(modalities: str, cache: CacheMeta) -> list[tuple[str, str, list]]:
@@ -157,6 +159,11 @@ def export_onnx(
     return result
 
 
+def speaker_normalised(model: nn.Module) -> bool:
+    """Whether the model expects its audio standardised per speaker (or session) by its caller."""
+    return getattr(model.cfg, "speaker_norm", "none") != "none"
+
+
 def write_onnx(model: nn.Module, cache: CacheMeta, out: Path, source: dict[str, Any]) -> Exported:
     """The export itself: ``model`` (trained on a cache with metadata ``cache``) into ``out``,
     ``source`` (where the model came from) among the metadata."""
@@ -198,6 +205,7 @@ def write_onnx(model: nn.Module, cache: CacheMeta, out: Path, source: dict[str, 
             "ksr.model_config": json.dumps(model.cfg.to_dict(), sort_keys=True),
             "ksr.checkpoint": json.dumps(source),
             "ksr.version": __version__,
+            **({"ksr.audio_normalisation": inputs_note(model.cfg.speaker_norm)} if speaker_normalised(model) else {}),
         },
     )
     props.doc_string = f"ksr {model.cfg.architecture} ({model.cfg.modalities}): logits over {list(cache.classes)}"
@@ -206,7 +214,8 @@ def write_onnx(model: nn.Module, cache: CacheMeta, out: Path, source: dict[str, 
     # without parsing and re-serialising its hundreds of MB of weights.
     data = [buffer.getvalue(), props.SerializeToString()]
     atomic_write(out, "wb", lambda f: [f.write(part) for part in data])
-    return Exported(out, spec, cache.classes, nbytes=sum(len(part) for part in data))
+    note = inputs_note(model.cfg.speaker_norm) if speaker_normalised(model) else None
+    return Exported(out, spec, cache.classes, nbytes=sum(len(part) for part in data), audio_normalisation=note)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

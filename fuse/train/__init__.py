@@ -10,6 +10,7 @@ Modules, in reading order:
 - ``checkpoint``: ksr checkpoints (save, load, check).
 - ``official``: checkpoints of the public implementation (conversion both ways).
 - ``probe``: fitting the linear-probe baseline (scikit-learn).
+- ``chance``: chance level: a training loss that does not move, a test score below chance, what to try.
 - ``training``: the resumable training loop of one fold and seed.
 
 Imports ``ksr.fuse.model``; never ``ksr.fuse.report``.

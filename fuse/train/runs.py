@@ -51,7 +51,7 @@ _FOLD_DIR = re.compile(r"seed(\d+)/(?:fold(\d+)|split)")
 #: The folder of the split protocol's single fold (fold 1).
 SPLIT_DIR = "split"
 # Settings that make two runs different runs (a resume must agree on every one).
-RUN_SETTINGS = ("model", "recipe", "protocol", "select", "metric", "val_fraction")
+RUN_SETTINGS = ("model", "recipe", "protocol", "select", "metric", "val_fraction", "validation")
 # Cache metadata a trained model depends on: another cache must agree on these to be used with it.
 MODEL_CACHE_KEYS = ("audio_encoder", "text_encoder", "classes", "max_audio_len", "max_text_len")
 
@@ -72,6 +72,7 @@ class RunSpec:
     val_fraction: float = 0.1
     cache_meta: dict[str, Any] = field(default_factory=dict)
     cache_dir: str = ""  # where the training cache was (the default for ksr eval)
+    validation: str = "utterances"  # session folds: "speaker" validates on a held-out training speaker
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +84,7 @@ class RunSpec:
             "val_fraction": self.val_fraction,
             "cache_meta": self.cache_meta,
             "cache_dir": self.cache_dir,
+            "validation": self.validation,
             "ksr_version": __version__,
         }
 
@@ -97,6 +99,7 @@ class RunSpec:
             val_fraction=d["val_fraction"],
             cache_meta=d["cache_meta"],
             cache_dir=d.get("cache_dir", ""),
+            validation=d.get("validation", "utterances"),  # runs of ksr before the option
         )
 
 
@@ -328,7 +331,7 @@ def prepare_run(
 
 
 #: The options of a training command that a run records, by where run.json keeps them.
-RUN_OPTIONS = ("protocol", "select", "metric", "val_fraction")
+RUN_OPTIONS = ("protocol", "select", "metric", "val_fraction", "validation")
 RECIPE_OPTIONS = ("epochs", "lr", "batch_size", "momentum", "schedule", "optimizer", "warmup_epochs")
 
 
@@ -441,6 +444,7 @@ def cache_split(cache: Cache, spec: RunSpec, fold: int, seed: int) -> Split:
             val_fraction=spec.val_fraction,
             seed=seed,
             splits=cache.splits,
+            validation=spec.validation,
         )
     except ValueError as e:
         raise RunError(f"cache {cache.root}: {e}") from None

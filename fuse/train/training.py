@@ -10,6 +10,7 @@ batches (:meth:`FoldTrainer.train_epoch`), score the selection set, commit the e
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,8 @@ from ...cache import Cache
 from ...common import Ranks, atomic_save, faults, remove_dead_temps, signals, write_json
 from ...common.files import DiskFullError
 from ..model.architectures import build_model
-from ..model.normalise import fit_standardizers
+from ..model.normalise import fit_standardizers, normalised_view
+from .chance import StallWatch
 from .checkpoint import CheckpointError, load_state_strict, read_torch_file, save_checkpoint
 from .folds import Split
 from .inference import autocast, infer
@@ -79,6 +81,7 @@ def train_fold(
     ``tensorboard`` its curves, the test set's scores among them."""
     files = fold_files(run_dir, seed, fold, spec.protocol)
     split = cache_split(cache, spec, fold, seed)
+    cache = normalised_view(cache, spec.model)  # speaker_norm: each speaker's own statistics
     selection = split.test if spec.select == "test" else split.valid  # "last" still reports validation
     if len(selection) == 0:
         raise RunError(f"fold {fold}: the {spec.select} set is empty; raise --val-fraction or use --select test")
@@ -94,6 +97,8 @@ def train_fold(
     board = None
     if tensorboard is not None and ranks.main:
         board = tensorboard.open(seed, fold, trainer.start_epoch, spec.protocol)
+    where = f"seed {seed} " + ("official split" if spec.protocol == "split" else f"fold {fold}")
+    watch = StallWatch(where, cache.labels[split.train], spec.recipe, spec.model)
     began = time.perf_counter()
     epochs = tqdm(
         range(trainer.start_epoch, spec.recipe.epochs),
@@ -113,6 +118,8 @@ def train_fold(
                     board.epoch(epoch, record, test)
                 trainer.commit(files, epoch, sel)
                 epochs.set_postfix(loss=f"{record['train_loss']:.3f}", **{spec.metric: f"{sel[spec.metric]:.3f}"})
+                if (stall := watch.check(epoch, record["train_loss"])) and ranks.main:
+                    tqdm.write(f"warning: {stall}", file=sys.stderr)  # now, not only in the report
                 if on_epoch is not None:
                     on_epoch(epoch, record)
     except DiskFullError as e:

@@ -409,3 +409,38 @@ def read_manifest_audio(utterance) -> np.ndarray:
     samples, rate = sf.read(utterance.audio, dtype="float32")
     assert rate == 16000
     return samples
+
+
+def test_a_speaker_normalised_model_uses_the_utterances_own_statistics_and_says_so(
+    demo, utterance, prediction, tmp_path
+):
+    from ksr.fuse.train.checkpoint import load_model_and_meta
+
+    model, meta = load_model_and_meta(demo["ckpt"], torch.device("cpu"))
+    model.cfg = model.cfg.replace(speaker_norm="speaker")
+    save_checkpoint(tmp_path / "spk.pt", model, meta)
+    got = predict_one(tmp_path / "spk.pt", utterance.audio, utterance.text, device="cpu", tiny_root=demo["tiny"])
+    n = prediction.inputs.audio_len  # the same utterance, its features as the cache stores them
+    x = prediction.inputs.audio[0, :n].double()
+    want = (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-8)
+    torch.testing.assert_close(got.inputs.audio[0, :n].double(), want, rtol=1e-5, atol=1e-5)
+    assert not got.inputs.audio[0, n:].any()
+    with torch.no_grad():
+        logits = model(got.inputs.audio, got.inputs.text, got.inputs.audio_padding_mask, got.inputs.text_padding_mask)
+    assert torch.equal(torch.from_numpy(got.logits), logits[0])
+    assert "this utterance's own statistics" in got.normalisation and prediction.normalisation is None
+    out = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            "--checkpoint",
+            str(tmp_path / "spk.pt"),
+            "--audio",
+            str(utterance.audio),
+            "--text",
+            utterance.text,
+        ],
+        env=demo["env"],
+    )
+    assert out.exit_code == 0, out.output
+    assert "normalisation: audio standardised with this utterance's own statistics" in out.output
