@@ -216,9 +216,15 @@ def train_cmd(run_dir, baseline, resamples, tensorboard_dir, **options) -> None:
         if name != "pooled":
             click.echo(f"  {name}: WA {100 * t['wa']:.2f}%  UA {100 * t['ua']:.2f}%  (n = {t['n']}, mean over seeds)")
     over = "all test splits pooled, mean over seeds" if "official_split" in report else "mean over folds"
-    click.echo(f"WA {100 * s['wa']:.2f}%  UA {100 * s['ua']:.2f}%  ({over}; report: {run / 'report.md'})")
+    click.echo(
+        f"WA {100 * s['wa']:.2f}%  UA {100 * s['ua']:.2f}%  macro F1 {100 * s['macro_f1']:.2f}%  ({over}; "
+        f"loss: {report['loss']}; report: {run / 'report.md'})"
+    )
     for name, b in report.get("baselines", {}).items():
-        click.echo(f"  {name}: WA {100 * b['summary']['wa']:.2f}%  UA {100 * b['summary']['ua']:.2f}% (same folds)")
+        b = b["summary"]
+        click.echo(
+            f"  {name}: WA {100 * b['wa']:.2f}%  UA {100 * b['ua']:.2f}%  macro F1 {100 * b['macro_f1']:.2f}% (same folds)"
+        )
 
 
 def _ablation_kinds() -> list[str]:

@@ -43,6 +43,8 @@ def markdown_heading(report: dict[str, Any]) -> list[str]:
     lines = [f"# ksr report: {report['run']}", ""]
     if "model" in report:
         lines += [f"Model: {report['model']}.", ""]
+    if "loss" in report:  # reports written before ksr named the loss have none
+        lines += [f"Training loss: {report['loss']}.", ""]
     if report["select"] == "test":
         lines += [f"**{report['note']}.**", ""]
     else:
