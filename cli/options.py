@@ -257,6 +257,37 @@ def recipe_options() -> list:
             default=None,
             help="Override the recipe's linear warm-up, in epochs (stepped per batch; 0 = none).",
         ),
+        *imbalance_options(),
+    ]
+
+
+def imbalance_options() -> list:
+    """The class loss and the batches' order (recipe settings; docs/learning.md, "Imbalanced classes")."""
+    from ..fuse.train.losses import DEFAULT_FOCAL_GAMMA, LOSSES
+    from ..fuse.train.sampling import SAMPLERS
+
+    return [
+        click.option(
+            "--loss",
+            type=click.Choice(LOSSES),
+            default=None,
+            help="The class loss (default ce, the public code's). weighted-ce: cross-entropy weighted by the "
+            "training fold's inverse class frequencies; focal: focal loss (--focal-gamma); weighted-focal: both. "
+            "For imbalanced classes, with --metric macro_f1 (docs/learning.md).",
+        ),
+        click.option(
+            "--focal-gamma",
+            type=click.FloatRange(0),
+            default=None,
+            help=f"The focal losses' gamma (default {DEFAULT_FOCAL_GAMMA:g}; 0 = cross-entropy).",
+        ),
+        click.option(
+            "--sampler",
+            type=click.Choice(SAMPLERS),
+            default=None,
+            help="The order of the training utterances (default shuffle: each once per epoch). balanced: each "
+            "batch drawn with equal class probability, as many draws per epoch (rare classes repeat).",
+        ),
     ]
 
 
@@ -286,6 +317,7 @@ def setup_training(o: dict, run_dir: str | None = None, progress: bool | None = 
 
     from ..fuse.model.config import MODEL_SIZES, attention_layers, cli_settings
     from ..fuse.report.experiment import open_training
+    from ..fuse.train.losses import is_focal
     from ..fuse.train.recipes import PRESET_MODEL_SETTINGS, PRESET_NOTES, recipe, scaled_for_model
     from ..fuse.train.runs import RECIPE_OPTIONS, RUN_OPTIONS, resumed_options
 
@@ -300,6 +332,8 @@ def setup_training(o: dict, run_dir: str | None = None, progress: bool | None = 
     if o["cache_dir"] is None:
         raise click.UsageError("--cache is needed (only --resume of a run that recorded its cache can leave it out)")
     r = recipe(o["recipe_name"], **{k: o[k] for k in RECIPE_OPTIONS})
+    if "focal_gamma" in typed and not is_focal(r.loss):
+        raise click.BadParameter(f"applies to --loss focal or weighted-focal, not {r.loss}", param_hint="--focal-gamma")
     changes = {
         **PRESET_MODEL_SETTINGS.get(o["recipe_name"], {}),
         **MODEL_SIZES[o.get("size") or "default"],

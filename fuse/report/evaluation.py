@@ -17,6 +17,7 @@ from ..train.chance import below_chance, below_chance_message, chance_loss, stal
 from ..train.checkpoint import load_model_and_meta
 from ..train.folds import OFFICIAL_SPLIT, public_fold_name
 from ..train.inference import infer
+from ..train.losses import describe_loss, is_class_weighted
 from ..train.metrics import METRICS, mean_std, scores
 from ..train.probe import PROBE_C_GRID
 from ..train.runs import (
@@ -33,6 +34,7 @@ from ..train.runs import (
     num_folds,
     run_file,
     trained_folds,
+    weighted_baseline_dir,
 )
 from .intervals import add_intervals, fold_predictions
 from .split_tables import official_split_summary, split_tests
@@ -85,7 +87,8 @@ def evaluate_run(
     official = official_split_summary(per_seed) if spec.protocol == "split" else None
     report = {
         "run": str(run_dir),
-        "model": model_name(spec.model),
+        "model": model_name(spec.model, spec.recipe.loss),
+        "loss": describe_loss(spec.recipe.loss, spec.recipe.focal_gamma, spec.recipe.sampler),
         "protocol": spec.protocol,
         "fold_naming": fold_naming(spec),
         "select": spec.select,
@@ -261,13 +264,16 @@ def evaluate_saved_run(
     cache = open_cache(source, device=dev if dev.type == "cuda" else "cpu")
     report = evaluate_run(run_dir, cache, spec, folds=folds, device=dev, bootstrap=bootstrap)
     report["allow_incomplete"] = allow_incomplete
-    probe_dir = baseline_dir(run_dir)
-    if run_file(probe_dir).is_file() and trained_folds(probe_dir):
-        attach_baseline(
-            report,
-            "linear probe",
-            evaluate_run(probe_dir, cache, load_run(probe_dir), folds=folds, device=dev, bootstrap=bootstrap),
-        )
+    for name, probe_dir in (
+        ("linear probe", baseline_dir(run_dir)),
+        ("class-weighted linear probe", weighted_baseline_dir(run_dir)),
+    ):
+        if run_file(probe_dir).is_file() and trained_folds(probe_dir):
+            attach_baseline(
+                report,
+                name,
+                evaluate_run(probe_dir, cache, load_run(probe_dir), folds=folds, device=dev, bootstrap=bootstrap),
+            )
     return report
 
 
@@ -296,10 +302,13 @@ def selection_note(spec: RunSpec) -> str:
     return SELECTION_NOTES[spec.select]
 
 
-def model_name(cfg) -> str:
-    """How reports name a model: its architecture, and the modalities unless both."""
+def model_name(cfg, loss: str = "ce") -> str:
+    """How reports name a model: its architecture, and the modalities unless both (a probe fitted
+    with class weights is the class-weighted linear probe)."""
     names = {"ks-transformer": "KS-Transformer", "head": "head baseline", "probe": "linear probe"}
     name = names.get(cfg.architecture, cfg.architecture)
+    if cfg.architecture == "probe" and is_class_weighted(loss):
+        name = "class-weighted " + name
     return name if cfg.modalities == "both" else f"{name}, {cfg.modalities} only"
 
 

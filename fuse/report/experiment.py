@@ -24,6 +24,7 @@ from ..train.runs import (
     model_config_for_cache,
     num_folds,
     prepare_run,
+    weighted_baseline_dir,
 )
 from ..train.training import train_fold
 from .compare import ABLATION_CSV_COLUMNS, ablation_comparison_lines, ablation_csv_cells, against_first
@@ -170,18 +171,29 @@ def train_and_report(
         return None
     report = evaluate_run(run_dir, cache, spec, device=device, bootstrap=bootstrap)
     if baseline and spec.model.architecture != "probe":
-        probe_dir = baseline_dir(run_dir)
-        probe_spec = replace(spec, model=spec.model.replace(architecture="probe"))
-        prepare_run(probe_dir, probe_spec, resume=True)
-        for seed in seeds:
-            for fold in fold_list:
-                with fold_lock(probe_dir, seed, fold, spec.protocol):
-                    train_fold(cache, probe_spec, probe_dir, fold, seed, device, resume=True, ranks=Ranks())
-        probe_report = evaluate_run(probe_dir, cache, probe_spec, device=device, bootstrap=bootstrap)
-        write_report(probe_report, probe_dir)
-        attach_baseline(report, "linear probe", probe_report)
+        for name, probe_dir, probe_loss in probe_baselines(spec, run_dir):
+            probe_recipe = replace(spec.recipe, loss=probe_loss, sampler="shuffle")
+            probe_spec = replace(spec, model=spec.model.replace(architecture="probe"), recipe=probe_recipe)
+            prepare_run(probe_dir, probe_spec, resume=True)
+            for seed in seeds:
+                for fold in fold_list:
+                    with fold_lock(probe_dir, seed, fold, spec.protocol):
+                        train_fold(cache, probe_spec, probe_dir, fold, seed, device, resume=True, ranks=Ranks())
+            probe_report = evaluate_run(probe_dir, cache, probe_spec, device=device, bootstrap=bootstrap)
+            write_report(probe_report, probe_dir)
+            attach_baseline(report, name, probe_report)
     write_report(report, run_dir)
     return report
+
+
+def probe_baselines(spec: RunSpec, run_dir: Path) -> list[tuple[str, Path, str]]:
+    """(name, folder, loss) of the probes fitted beside a run: the plain linear probe, and for a
+    run trained for imbalanced classes (any loss but plain cross-entropy, or the balanced
+    sampler) the class-weighted one too (docs/learning.md, "Imbalanced classes")."""
+    probes = [("linear probe", baseline_dir(run_dir), "ce")]
+    if spec.recipe.loss != "ce" or spec.recipe.sampler == "balanced":
+        probes.append(("class-weighted linear probe", weighted_baseline_dir(run_dir), "weighted-ce"))
+    return probes
 
 
 def sweep_values(kind: str, values: list[str] | None) -> list:

@@ -43,6 +43,8 @@ def markdown_heading(report: dict[str, Any]) -> list[str]:
     lines = [f"# ksr report: {report['run']}", ""]
     if "model" in report:
         lines += [f"Model: {report['model']}.", ""]
+    if "loss" in report:  # reports written before ksr named the loss have none
+        lines += [f"Training loss: {report['loss']}.", ""]
     if report["select"] == "test":
         lines += [f"**{report['note']}.**", ""]
     else:
@@ -254,7 +256,9 @@ def printed_summary(report: dict[str, Any]) -> list[str]:
         found = max(len(sr["folds"]) for sr in report["seeds"].values())
         planned = cov.get("folds_planned", found)
         over = "mean over folds" if found >= planned else f"mean over {found} of {planned} folds"
-    lines.append(f"WA {pct(s['wa'])}%  UA {pct(s['ua'])}%  ({over}; {where})")
+    loss = f"loss: {report['loss']}; " if "loss" in report else ""
+    lines.append(f"WA {pct(s['wa'])}%  UA {pct(s['ua'])}%  macro F1 {pct(s['macro_f1'])}%  ({over}; {loss}{where})")
     for name, b in report.get("baselines", {}).items():
-        lines.append(f"  {name}: WA {pct(b['summary']['wa'])}%  UA {pct(b['summary']['ua'])}% (same folds)")
+        b = b["summary"]
+        lines.append(f"  {name}: WA {pct(b['wa'])}%  UA {pct(b['ua'])}%  macro F1 {pct(b['macro_f1'])}% (same folds)")
     return lines

@@ -3,6 +3,8 @@
 Modules, in reading order:
 
 - ``recipes``: the named presets of optimiser, schedule and batch.
+- ``losses``: the class loss (plain, class-weighted or focal cross-entropy).
+- ``sampling``: the order of an epoch's training utterances (shuffled or class-balanced).
 - ``folds``: the protocols' splits (which utterances train, validate, test).
 - ``runs``: a run folder, its files and layout under every protocol, ``run.json``, resume.
 - ``metrics``: WA, UA, macro and weighted F1, confusion matrices.

@@ -9,8 +9,9 @@
   and classifier dropout 0.2 (the model settings a preset brings, ``PRESET_MODEL_SETTINGS``). A
   departure from both.
 
-A recipe holds optimisation only; every model setting (classifier dropout included) lives in
-``ModelConfig``.
+A recipe holds optimisation only (the class loss and the order of the training batches among
+it: ``losses``, ``sampling``; the defaults are the public code's); every model setting
+(classifier dropout included) lives in ``ModelConfig``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .losses import DEFAULT_FOCAL_GAMMA, LOSSES
+from .sampling import SAMPLERS
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
@@ -43,8 +47,18 @@ class Recipe:
     # Linear warm-up over the first this-many epochs, per optimisation step, scaling the
     # schedule's learning rate (0: none, as in both public presets).
     warmup_epochs: float = 0.0
+    # The class loss and the batches' order (docs/learning.md, "Imbalanced classes").
+    loss: str = "ce"  # ksr.fuse.train.losses.LOSSES
+    focal_gamma: float = DEFAULT_FOCAL_GAMMA  # used by the focal losses only
+    sampler: str = "shuffle"  # ksr.fuse.train.sampling.SAMPLERS
 
     def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if not self.focal_gamma >= 0:
+            raise ValueError(f"focal_gamma must be 0 or more, got {self.focal_gamma}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:

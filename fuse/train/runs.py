@@ -14,6 +14,7 @@ This module is the only one that names a run directory's files or parses its pat
     RUN/report_predictions.csv       every test utterance's prediction, per seed and fold
     RUN/report_*.png                 the report's figures
     RUN/baseline-probe/              the linear-probe baseline: a run of its own, same layout
+    RUN/baseline-probe-weighted/     the class-weighted probe (runs trained for imbalanced classes)
     RUN/tensorboard/seedS/foldK      TensorBoard curves (``ksr train --tensorboard``)
     runs/latest                      a link to the last run ``ksr train`` worked on, finished or not (``ksr eval``'s default)
 
@@ -191,6 +192,12 @@ def baseline_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "baseline-probe"
 
 
+def weighted_baseline_dir(run_dir: Path) -> Path:
+    """Where ``ksr train`` fits the class-weighted linear probe of a run trained for imbalanced
+    classes (a loss other than plain cross-entropy, or the balanced sampler)."""
+    return Path(run_dir) / "baseline-probe-weighted"
+
+
 def tensorboard_dir(run_dir: Path) -> Path:
     """``ksr train --tensorboard``'s default folder."""
     return Path(run_dir) / "tensorboard"
@@ -333,6 +340,7 @@ def prepare_run(
 #: The options of a training command that a run records, by where run.json keeps them.
 RUN_OPTIONS = ("protocol", "select", "metric", "val_fraction", "validation")
 RECIPE_OPTIONS = ("epochs", "lr", "batch_size", "momentum", "schedule", "optimizer", "warmup_epochs")
+RECIPE_OPTIONS += ("loss", "focal_gamma", "sampler")  # the class loss and the batches' order
 
 
 def resumed_options(run_dir: Path, options: dict[str, Any], typed: set[str]) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ...cache import Cache
@@ -30,6 +29,7 @@ from .chance import StallWatch
 from .checkpoint import CheckpointError, load_state_strict, read_torch_file, save_checkpoint
 from .folds import Split
 from .inference import autocast, infer
+from .losses import class_loss
 from .metrics import METRICS, scores
 from .probe import fit_probe_fold
 from .recipes import build_optimizer, build_scheduler, warmup_factor
@@ -45,6 +45,7 @@ from .runs import (
     measured_on,
     write_split,
 )
+from .sampling import balanced_order, shuffled_order
 
 
 class EpochBoard(Protocol):
@@ -53,13 +54,16 @@ class EpochBoard(Protocol):
     def open(self, seed: int, fold: int, first_epoch: int = 0, protocol: str = "session") -> Any: ...
 
 
-def epoch_batches(indices: np.ndarray, batch_size: int, generator: torch.Generator, ranks: Ranks) -> list[np.ndarray]:
+def epoch_batches(
+    indices: np.ndarray, batch_size: int, generator: torch.Generator, ranks: Ranks, labels: np.ndarray | None = None
+) -> list[np.ndarray]:
     """One epoch of shuffled global batches; each rank takes every world-th utterance of each.
+    With ``labels`` (the classes of ``indices``) the epoch is class-balanced (``sampling``).
 
     Every rank draws the same permutation from the same generator, so the global batches (and
     the shuffle state saved for resuming) are those of a single-process run.
     """
-    order = indices[torch.randperm(len(indices), generator=generator).numpy()]
+    order = shuffled_order(indices, generator) if labels is None else balanced_order(indices, labels, generator)
     return [order[i : i + batch_size][ranks.rank :: ranks.world] for i in range(0, len(order), batch_size)]
 
 
@@ -157,6 +161,9 @@ class FoldTrainer:
         fit_standardizers(self.model, cache, split.train)  # input_norm="standardize" only: training statistics
         self.optimizer = build_optimizer(self.model.parameters(), spec.recipe)
         self.scheduler = build_scheduler(self.optimizer, spec.recipe)
+        r, train_labels = spec.recipe, cache.labels[split.train]
+        self.loss_fn = class_loss(r.loss, r.focal_gamma, train_labels, spec.model.num_classes)
+        self.batch_labels = train_labels if r.sampler == "balanced" else None  # None: plain shuffle
         self.shuffle = torch.Generator().manual_seed(seed * 1000 + fold)
         self.history: list[dict] = []
         self.best: dict[str, Any] = {"epoch": -1, "value": -1.0}
@@ -213,7 +220,7 @@ class FoldTrainer:
         r, model, optimizer = self.spec.recipe, self.model, self.optimizer
         model.train()
         loss_sum, seen = 0.0, 0
-        parts = epoch_batches(self.split.train, r.batch_size, self.shuffle, self.ranks)
+        parts = epoch_batches(self.split.train, r.batch_size, self.shuffle, self.ranks, self.batch_labels)
         for step_in_epoch, part in enumerate(parts):
             faults.point("train-batch")  # test-only: the reliability tests kill the run here
             if r.warmup_epochs:  # per step, on top of the per-epoch schedule
@@ -223,7 +230,7 @@ class FoldTrainer:
             batch = self.cache.batch(part).to(self.device)
             with autocast(self.device, self.amp):
                 logits = self.network(batch.audio, batch.text, batch.audio_padding_mask, batch.text_padding_mask)
-            loss = F.cross_entropy(logits.float(), batch.labels)
+            loss = self.loss_fn(logits.float(), batch.labels)  # plain cross-entropy by default
             value = loss.item()
             if not math.isfinite(value):  # NaN or inf: nothing after this step would mean anything
                 raise RunError(
