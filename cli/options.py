@@ -79,7 +79,7 @@ def training_options(f):
 def data_options() -> list:
     """The cache, and which of its utterances train, validate and test."""
     from ..fuse.train.folds import PROTOCOLS
-    from ..fuse.train.metrics import METRICS
+    from ..fuse.train.metrics import ATTRIBUTE_METRIC, METRICS
     from ..fuse.train.runs import SELECTIONS
 
     return [
@@ -112,7 +112,12 @@ def data_options() -> list:
             show_default=True,
             help="Which epoch's model is kept. valid: the epoch with the best validation score (the official valid split under --protocol split); test: the epoch with the best score on the TEST set, as the public code does (reports are marked; refused under --protocol split); last: the last epoch, no selection (the validation set is still held out and scored).",
         ),
-        click.option("--metric", type=click.Choice(METRICS), default="wa", show_default=True, help="Selection metric."),
+        click.option(
+            "--metric",
+            type=click.Choice((*METRICS, ATTRIBUTE_METRIC)),
+            default=None,
+            help="Selection metric (default wa; ccc, the mean CCC over the attributes, under --task attributes).",
+        ),
         click.option(
             "--val-fraction",
             default=0.1,

@@ -32,6 +32,7 @@ from ..train.runs import (
     run_file,
     trained_folds,
 )
+from .attribute_report import add_attribute_report
 from .intervals import add_intervals, fold_predictions
 from .split_tables import official_split_summary, split_tests
 from .stats import Bootstrap
@@ -100,6 +101,7 @@ def evaluate_run(
         "cache_meta": cache.meta.to_dict(),  # what the predictions were made on (ksr compare checks it)
     }
     add_intervals(report, predictions, bootstrap)
+    add_attribute_report(report, predictions, cache, spec, bootstrap)  # task attributes/both only
     return report
 
 
@@ -135,6 +137,7 @@ def evaluate_seed(
             warnings.extend(test_warnings(where, s, result.preds, list(cache.classes)))
             fold_reports[name] = s
             predictions[name] = fold_predictions([cache.ids[i] for i in test], y, result.preds)
+            predictions[name]["attributes"] = result.attributes  # None unless the model learns attributes
             y_all.append(y)
             p_all.append(result.preds)
     summary = {m: mean_std([f[m] for f in fold_reports.values()]) for m in METRICS}

@@ -12,6 +12,8 @@ import torch
 from ...cache import Cache, open_cache
 from ...common import Ranks, join_process_group, resolve_device, write_json, write_text
 from ..model.config import ARCHITECTURES, DEPARTURES, ModelConfig, apply_departure
+from ..model.tasks import learns_classes
+from ..train.attributes import default_metric, selection_metrics
 from ..train.metrics import METRICS
 from ..train.recipes import Recipe
 from ..train.runs import RunError, RunSpec, baseline_dir, check_protocol, model_config_for_cache, num_folds, prepare_run
@@ -67,7 +69,7 @@ def open_training(
     *,
     protocol: str = "session",
     select: str = "valid",
-    metric: str = "wa",
+    metric: str | None = None,
     val_fraction: float = 0.1,
     device: str = "auto",
     cache_mode: str = "auto",
@@ -80,6 +82,11 @@ def open_training(
         cache_dir, mode=cache_mode, device=dev if dev.type == "cuda" else "cpu", progress=None if ranks.main else False
     )
     model = model_config_for_cache(cache, ModelConfig(), **model_changes)
+    metric = metric or default_metric(model)
+    if metric not in selection_metrics(model):
+        raise RunError(
+            f"--metric {metric} does not score task {model.task}: choose {', '.join(selection_metrics(model))}"
+        )
     spec = RunSpec(
         model=model,
         recipe=recipe,
@@ -139,9 +146,9 @@ def train_and_report(
     if not ranks.main:
         return None
     report = evaluate_run(run_dir, cache, spec, device=device, bootstrap=bootstrap)
-    if baseline and spec.model.architecture != "probe":
-        probe_dir = baseline_dir(run_dir)
-        probe_spec = replace(spec, model=spec.model.replace(architecture="probe"))
+    if baseline and spec.model.architecture != "probe" and learns_classes(spec.model):
+        probe_dir = baseline_dir(run_dir)  # the class baseline; the attributes' (ridge) is in the report
+        probe_spec = replace(spec, model=spec.model.replace(architecture="probe", task="classes", attributes=()))
         prepare_run(probe_dir, probe_spec, resume=True)
         for seed in seeds:
             for fold in fold_list:

@@ -11,6 +11,7 @@ from ...common import write_json, write_text
 from ..train.folds import OFFICIAL_SPLIT
 from ..train.metrics import METRICS
 from ..train.runs import REPORT_STEM, ReportFiles
+from .attribute_report import attribute_lines
 from .intervals import CI_COLUMNS, ci_cells, interval_lines, pct, write_predictions
 from .split_tables import official_split_lines
 
@@ -32,6 +33,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     hide_mean = cov is not None and not cov["complete"] and not report.get("allow_incomplete")
     lines += markdown_summary(report, hide_mean)
     lines += markdown_baselines(report)
+    lines += attribute_lines(report, report.get("model", "model"))
     for seed, sr in report["seeds"].items():
         lines += markdown_seed(report, seed, sr)
     lines += interval_lines(report)
