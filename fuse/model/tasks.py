@@ -65,6 +65,16 @@ class TaskOutputs:
     attributes: Tensor | None
 
 
+def attributes_by_name(output: Tensor, cfg: ModelConfig) -> dict[str, Tensor]:
+    """The attribute values of a model output (B, :func:`output_width`) by name: {name: (B,)}, in
+    ``cfg.attributes`` order; {} for a model that does not learn attributes. Batch prediction
+    (many utterances at once) calls this on the model's output."""
+    values = split_outputs(output, cfg).attributes
+    if values is None:
+        return {}
+    return {name: values[..., j] for j, name in enumerate(cfg.attributes)}
+
+
 def split_outputs(output: Tensor, cfg: ModelConfig) -> TaskOutputs:
     """Split the model's output (B, :func:`output_width`) into its class logits and attribute values."""
     if output.shape[-1] != output_width(cfg):

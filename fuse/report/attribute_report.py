@@ -9,11 +9,16 @@ over seeds with several seeds). Missing values (NaN) are left out of every score
 
 from __future__ import annotations
 
+import csv
+import io
+import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...cache import Cache
+from ...common import KsrError, atomic_write
 from ..model.tasks import learns_attributes
 from ..train.attributes import true_attributes
 from ..train.metrics import ATTRIBUTE_METRIC, attribute_scores, mean_std
@@ -38,6 +43,7 @@ def add_attribute_report(
     fits: dict[tuple[str, int], Any] = {}
     systems: dict[str, dict[str, Any]] = {"model": {}, "ridge": {}}
     alphas: dict[str, dict[str, float]] = {}
+    kept: dict[str, dict[str, dict[str, list]]] = {}  # per seed and fold: ids, true and predicted values
     for seed, folds in predictions.items():
         got: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"model": {}, "ridge": {}}
         for fold, p in folds.items():
@@ -51,6 +57,7 @@ def add_attribute_report(
             alphas.setdefault(seed, {})[fold] = fits[key].alpha
             got["model"][fold] = (truth, np.asarray(p["attributes"], np.float64))
             got["ridge"][fold] = (truth, fits[key].predict(features[idx]))
+            kept.setdefault(seed, {})[fold] = {"ids": list(p["ids"]), "truth": truth, "pred": got["model"][fold][1]}
         for system, per_fold in got.items():
             systems[system][seed] = seed_scores(per_fold, names, boot)
     report["attributes"] = {
@@ -58,6 +65,7 @@ def add_attribute_report(
         "systems": {s: {"seeds": v, "summary": attribute_summary_over_seeds(v, names)} for s, v in systems.items()},
         "ridge": {"alpha_grid": list(RIDGE_ALPHA_GRID), "alphas": alphas, "features": SYSTEMS["ridge"]},
     }
+    report["attribute_predictions"] = {"names": names, "seeds": kept}  # written to its own CSV file
 
 
 def seed_scores(per_fold: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], boot: Bootstrap) -> dict:
@@ -128,3 +136,54 @@ def attribute_lines(report: dict[str, Any], model_name: str = "model") -> list[s
 def _interval(p: dict[str, Any], k: str) -> str:
     ci = p.get("ci", {}).get(k)
     return f"{p[k]:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{p[k]:.3f}"
+
+
+def write_attribute_predictions(report: dict[str, Any], path: Path) -> Path | None:
+    """One row per seed, fold and test utterance: id, then each attribute's true and predicted
+    value (``<name>``, ``<name>_predicted``; an empty cell for a missing true value)."""
+    got = report.get("attribute_predictions")
+    if not got:
+        return None
+    names = got["names"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["seed", "fold", "id", *(c for n in names for c in (n, f"{n}_predicted"))])
+    for seed, folds in got["seeds"].items():
+        for fold, p in folds.items():
+            for i, uid in enumerate(p["ids"]):
+                cells = [
+                    (
+                        "" if math.isnan(p["truth"][i][j]) else repr(float(p["truth"][i][j])),
+                        repr(float(p["pred"][i][j])),
+                    )
+                    for j in range(len(names))
+                ]
+                w.writerow([seed, fold, uid, *(c for pair in cells for c in pair)])
+    return atomic_write(path, "w", lambda f: f.write(buf.getvalue()))
+
+
+def read_attribute_predictions(path: Path) -> dict[str, Any]:
+    """``report["attribute_predictions"]`` back from :func:`write_attribute_predictions`'s file;
+    a damaged file is refused in one line naming it."""
+    again = "write it again with ksr eval"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = csv.reader(f)
+            header = next(rows, [])
+            if header[:3] != ["seed", "fold", "id"] or len(header) < 5 or len(header) % 2 == 0:
+                raise KsrError(f"{path}: not a ksr attribute predictions file; {again}")
+            names = header[3::2]
+            seeds: dict[str, dict[str, dict[str, list]]] = {}
+            for line, row in enumerate(rows, start=2):
+                if len(row) != len(header):
+                    raise KsrError(f"{path}, line {line}: not {len(header)} fields; {again}")
+                got = seeds.setdefault(row[0], {}).setdefault(row[1], {"ids": [], "truth": [], "pred": []})
+                got["ids"].append(row[2])
+                got["truth"].append([float(v) if v else math.nan for v in row[3::2]])
+                got["pred"].append([float(v) for v in row[4::2]])
+    except (ValueError, UnicodeDecodeError, csv.Error) as e:
+        raise KsrError(f"{path}: not a readable attribute predictions file ({e}); {again}") from None
+    for folds in seeds.values():
+        for p in folds.values():
+            p["truth"], p["pred"] = np.asarray(p["truth"]), np.asarray(p["pred"])
+    return {"names": names, "seeds": seeds}

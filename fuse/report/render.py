@@ -11,7 +11,7 @@ from ...common import write_json, write_text
 from ..train.folds import OFFICIAL_SPLIT
 from ..train.metrics import METRICS
 from ..train.runs import REPORT_STEM, ReportFiles
-from .attribute_report import attribute_lines
+from .attribute_report import attribute_lines, write_attribute_predictions
 from .intervals import CI_COLUMNS, ci_cells, interval_lines, pct, write_predictions
 from .split_tables import official_split_lines
 
@@ -184,12 +184,15 @@ def write_report(report: dict[str, Any], out_dir: Path, stem: str = REPORT_STEM)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     slim = strip_histories(report)
     slim.pop("predictions", None)  # in their own CSV file
+    slim.pop("attribute_predictions", None)
     write_json(files.json, slim)
     paths = [files.json, files.markdown, files.csv]
     write_text(files.markdown, to_markdown(report))
     write_text(files.csv, to_csv(report))
     if write_predictions(report, files.predictions):
         paths.append(files.predictions)
+    if write_attribute_predictions(report, files.attribute_predictions):
+        paths.append(files.attribute_predictions)
     try:
         from .plots import plot_report
     except ImportError:

@@ -282,18 +282,19 @@ def paired_ccc_bootstrap(
     boot: Bootstrap = Bootstrap(),
 ) -> dict[str, dict[str, float | list[float]]]:
     """:func:`paired_bootstrap` for the attribute CCCs (B minus A on the same resamples), per
-    attribute and for their mean (``ccc``)."""
+    attribute and for their mean (``ccc``). ``pred_a``/``pred_b``: (n, A), or (seeds, n, A), each
+    statistic then averaged over the run's seeds."""
     truth = np.asarray(truth, np.float64)
     index = resample_indices(strata, boot.resamples, boot.seed)
     identity = np.arange(len(truth))[None, :]
-    got_a, got_b = (
-        resampled_ccc(truth, np.asarray(pred_a, np.float64), index),
-        resampled_ccc(truth, np.asarray(pred_b, np.float64), index),
-    )
-    point_a, point_b = (
-        resampled_ccc(truth, np.asarray(pred_a, np.float64), identity)[0],
-        resampled_ccc(truth, np.asarray(pred_b, np.float64), identity)[0],
-    )
+
+    def over_seeds(pred: np.ndarray, ix: np.ndarray) -> np.ndarray:
+        pred = np.asarray(pred, np.float64)
+        runs = pred if pred.ndim == 3 else pred[None]
+        return np.mean([resampled_ccc(truth, p, ix) for p in runs], axis=0)
+
+    got_a, got_b = over_seeds(pred_a, index), over_seeds(pred_b, index)
+    point_a, point_b = over_seeds(pred_a, identity)[0], over_seeds(pred_b, identity)[0]
     out = {}
     for i, key in enumerate(ccc_keys(names)):
         d = point_b[i] - point_a[i]

@@ -213,6 +213,11 @@ class ReportFiles:
     def predictions(self) -> Path:
         return Path(self.folder) / f"{self.stem}_predictions.csv"
 
+    @property
+    def attribute_predictions(self) -> Path:
+        """Each test utterance's true and predicted attribute values (a model that learns them)."""
+        return Path(self.folder) / f"{self.stem}_attribute_predictions.csv"
+
     def figure(self, name: str) -> Path:
         return Path(self.folder) / f"{self.stem}_{name}.png"
 

@@ -181,3 +181,59 @@ def test_train_both_reports_ccc_beside_ridge(attribute_cache, tmp_path):
     assert set(a["ridge"]["alphas"]["123"]) == {"1", "2"}
     assert "## Attributes (CCC)" in (run / "report.md").read_text()
     assert "linear probe" in report["baselines"]
+
+
+def test_tensorboard_tags_and_named_attributes():
+    from ksr.fuse.model.tasks import attributes_by_name
+    from ksr.fuse.report.tensorboard import scalar_tags
+
+    tags = scalar_tags({"valid_ccc": 0.5, "valid_ccc_valence": 0.25, "test_ccc": 0.4})
+    assert tags == {"valid/ccc": 0.5, "valid/ccc_valence": 0.25, "test/ccc": 0.4}
+    cfg = tiny_config(task="both", attributes=NAMES)
+    out = torch.arange(14.0).reshape(2, 7)
+    got = attributes_by_name(out, cfg)
+    assert list(got) == list(NAMES) and got["valence"].tolist() == [5.0, 12.0]
+    assert attributes_by_name(out[:, :4], tiny_config()) == {}
+    with pytest.raises(ValueError, match="a model output of 4 columns, the task 'both' gives 7"):
+        split_outputs(out[:, :4], cfg)
+
+
+@pytest.fixture(scope="module")
+def two_runs(attribute_cache, tmp_path_factory):
+    """Two --task both runs on the same fold: attribute weight 1 and 3."""
+    from click.testing import CliRunner
+
+    from ksr.cli import main
+
+    root = tmp_path_factory.mktemp("runs")
+    for name, weight in (("a", "1"), ("b", "3")):
+        args = ["train", "--cache", str(attribute_cache), "--run", str(root / name), "--recipe", "ksr"]
+        args += ["--epochs", "2", "--fold", "3", "--task", "both", "--attribute-weight", weight, "--bootstrap", "0"]
+        result = CliRunner().invoke(main, [*args, "--no-baseline", *TINY_MODEL])
+        assert result.exit_code == 0, result.output
+    return root / "a", root / "b"
+
+
+def test_compare_gives_the_ccc_difference_with_a_paired_bootstrap(two_runs, tmp_path):
+    from click.testing import CliRunner
+
+    from ksr.cli import main
+    from ksr.fuse.report.attribute_report import read_attribute_predictions
+
+    a, b = two_runs
+    saved = read_attribute_predictions(a / "report_attribute_predictions.csv")
+    assert saved["names"] == list(NAMES) and list(saved["seeds"]["123"]) == ["3"]
+    pooled = json.loads((a / "report.json").read_text())["attributes"]["systems"]["model"]["seeds"]["123"]["pooled"]
+    got = saved["seeds"]["123"]["3"]
+    assert ccc(got["truth"][:, 1], got["pred"][:, 1]) == pytest.approx(pooled["ccc_valence"], abs=1e-12)
+    out = tmp_path / "c.json"
+    result = CliRunner().invoke(main, ["compare", str(a), str(b), "--json", str(out), "--resamples", "200"])
+    assert result.exit_code == 0, result.output
+    att = json.loads(out.read_text())["comparisons"][0]["attributes"]
+    report_b = json.loads((b / "report.json").read_text())["attributes"]["systems"]["model"]["seeds"]["123"]
+    for key in ("ccc", "ccc_activation", "ccc_valence", "ccc_dominance"):
+        assert att[key]["a"] == pytest.approx(pooled[key], abs=1e-9)
+        assert att[key]["difference"] == pytest.approx(report_b["pooled"][key] - pooled[key], abs=1e-9)
+        lo, hi = att[key]["interval"]
+        assert lo <= hi and 0 < att[key]["p"] <= 1
+    assert "| mean CCC |" in result.output
