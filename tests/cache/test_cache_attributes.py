@@ -125,3 +125,18 @@ def test_the_summary_counts_missing_values_and_lists_bad_ones():
     merged = ExtractSummary.merge([s, s])
     assert merged.attribute_missing == {"activation": 0, "valence": 4, "dominance": 2}
     assert len(merged.attribute_problems) == 2
+
+
+def test_cache_info_counts_values_and_missing_ones(tmp_path):
+    from ksr.cache.info import cache_info, format_info
+
+    _write(tmp_path / "c", [[1.0, 2.0, np.nan], [np.nan, 4.0, np.nan], [2.0, 2.0, 2.0]])
+    info = cache_info(tmp_path / "c")
+    assert info["attributes"] == {
+        "activation": {"values": 2, "missing": 1},
+        "valence": {"values": 3, "missing": 0},
+        "dominance": {"values": 1, "missing": 2},
+    }
+    assert "attributes (scale 1-5): activation 2 (1 missing), valence 3 (0 missing), dominance 1 (2 missing)" in (
+        format_info(info)
+    )
