@@ -29,6 +29,7 @@ from .extract.encoders import AudioEncoder, EncoderError, TextEncoder, load_enco
 from .fuse.model.config import cache_dims
 from .fuse.model.model import KSTransformer
 from .fuse.model.normalise import normalise_rows, predict_note, utterance_statistics
+from .fuse.model.tasks import attributes_by_name, learns_classes
 from .fuse.train.checkpoint import CheckpointError, load_model_and_meta
 from .fuse.train.runs import RunError, recorded_cache_meta
 
@@ -79,6 +80,8 @@ class Prediction:
     transcript: str | None = None  # the text the model read (given, or heard by the ASR)
     asr: dict[str, Any] | None = None  # the ASR model that wrote it (``WhisperAsr.record()``)
     normalisation: str | None = None  # a speaker-normalised model: where the statistics came from
+    #: A model that learns attributes: {name: predicted value} (e.g. activation, valence, dominance)
+    attributes: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +96,7 @@ class Prediction:
             "transcript": self.transcript,
             "asr": self.asr,
             "audio_normalisation": self.normalisation,
+            **({"attributes": self.attributes} if self.attributes is not None else {}),
         }
 
 
@@ -309,12 +313,14 @@ def predict_one(
             t.to(dev) if t is not None else None
             for t in (inputs.audio, inputs.text, inputs.audio_padding_mask, inputs.text_padding_mask)
         ]
-        logits, maps = model(*args, return_attention=True) if attention else (model(*args), None)
-        logits = logits[0].float().cpu()
+        output, maps = model(*args, return_attention=True) if attention else (model(*args), None)
+        output = output[0].float().cpu()
+    logits = output[: model.cfg.num_classes]  # a model of task attributes: an untrained classifier's
     probs = logits.softmax(-1).numpy().astype(np.float64)
     classes = tuple(meta.classes)
+    attributes = {k: float(v) for k, v in attributes_by_name(output, model.cfg).items()}
     result = Prediction(
-        label=classes[int(np.argmax(probs))],
+        label=classes[int(np.argmax(probs))] if learns_classes(model.cfg) else "",
         probabilities={c: float(p) for c, p in zip(classes, probs, strict=True)},
         logits=logits.numpy(),
         classes=classes,
@@ -324,6 +330,7 @@ def predict_one(
         transcript=text if model.cfg.modalities != "audio" else None,
         asr=asr_record,
         normalisation=normalisation,
+        attributes=attributes or None,
     )
     if attention:
         la, lt = inputs.audio_len, inputs.text_len

@@ -59,6 +59,8 @@ class Batch:
     text_lengths: torch.Tensor  # (B,) long
     indices: torch.Tensor  # (B,) long, utterance numbers in the cache
     ids: list[str]
+    #: (B, len(Cache.attribute_names)) float32, NaN where the value is missing; (B, 0) without attributes.
+    attributes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -101,7 +103,8 @@ class Cache:
     Attributes (all in utterance order, i.e. sorted by id): ``ids`` (list of str), ``labels``
     (int64), ``speakers``, ``sessions``, ``genders``, ``transcripts``, ``splits`` (arrays of str),
     ``audio_lengths``, ``text_lengths`` (int64, valid rows after cutting),
-    ``audio_lengths_full``, ``text_lengths_full`` (before cutting).
+    ``audio_lengths_full``, ``text_lengths_full`` (before cutting), ``attributes`` (float32,
+    (n, len(attribute_names)), NaN where missing; no columns for a cache without attributes).
     """
 
     def __init__(
@@ -143,6 +146,9 @@ class Cache:
         self.audio_lengths, self.text_lengths = g["audio_len"], g["text_len"]
         self.audio_lengths_full, self.text_lengths_full = g["audio_len_full"], g["text_len_full"]
         self._id_array = g["id"]
+        k = len(self.meta.attributes)
+        stored = [s.attributes for s in self.shards]
+        self.attributes = (np.concatenate(stored) if stored else np.zeros((0, k), np.float32))[order]
 
         if mode == "auto":
             mode = "memory" if device.type != "cpu" or self.feature_bytes < 0.5 * _available_ram() else "stream"
@@ -153,6 +159,7 @@ class Cache:
         self._labels_t = torch.as_tensor(self.labels, device=device)
         self._alen_t = torch.as_tensor(self.audio_lengths, device=device)
         self._tlen_t = torch.as_tensor(self.text_lengths, device=device)
+        self._attributes_t = torch.as_tensor(self.attributes, device=device)
         # Progress over the bytes read at open: whole files when hashing, feature rows otherwise.
         bar = byte_bar(
             self.disk_bytes if verify else self.feature_bytes,
@@ -174,6 +181,11 @@ class Cache:
     @property
     def classes(self) -> tuple[str, ...]:
         return self.meta.classes
+
+    @property
+    def attribute_names(self) -> tuple[str, ...]:
+        """The numeric attributes stored per utterance (manifest column names); () when none."""
+        return self.meta.attributes
 
     @property
     def feature_bytes(self) -> int:
@@ -229,6 +241,7 @@ class Cache:
             text_lengths=tlen,
             indices=it,
             ids=[self.ids[i] for i in idx.tolist()],
+            attributes=self._attributes_t[it],
         )
 
     def loader(

@@ -116,7 +116,15 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
 
     require_audio("ksr demo")  # before any work: one line naming the extra
     from ..common import ranks_from_env
-    from ..demo import EPOCHS, comparison_table, default_processes, lost_peer, run_demo, run_under_torchrun
+    from ..demo import (
+        EPOCHS,
+        attribute_table,
+        comparison_table,
+        default_processes,
+        lost_peer,
+        run_demo,
+        run_under_torchrun,
+    )
     from ..fuse.report.render import to_markdown
 
     epochs = epochs or EPOCHS
@@ -137,6 +145,8 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     click.echo(to_markdown(result.fused_report))  # the fused model's cross-validation report
     click.echo(f"demo: leave-one-session-out, 5 folds, {result.utterances} utterances, UA chance = 25%")
     click.echo(comparison_table(result))
+    if result.attributes:
+        click.echo(attribute_table(result))
     click.echo(f"report: {Path(run_dir) / 'report.md'} ({result.seconds:.0f} s)")
 
 
@@ -473,8 +483,11 @@ def predict_cmd(
         click.echo(f"transcript ({result.asr['name']}): {result.transcript}")
     if result.normalisation:
         click.echo(f"normalisation: {result.normalisation}")
-    click.echo(f"label: {result.label}")
-    for name, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
-        click.echo(f"  {name:<12} {p:7.4f}  {'#' * round(40 * p)}")
+    if result.label:  # a model of task attributes has no trained classes
+        click.echo(f"label: {result.label}")
+        for name, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
+            click.echo(f"  {name:<12} {p:7.4f}  {'#' * round(40 * p)}")
+    if result.attributes:
+        click.echo("attributes: " + ", ".join(f"{k} {v:.2f}" for k, v in result.attributes.items()))
     if attention_png is not None:
         click.echo(f"attention: {attention_png}")

@@ -130,9 +130,9 @@ def _selections():
 
 
 def _metrics():
-    from ..fuse.train.metrics import METRICS
+    from ..fuse.train.metrics import ATTRIBUTE_METRIC, METRICS
 
-    return METRICS
+    return (*METRICS, ATTRIBUTE_METRIC)
 
 
 def _recipes():
@@ -191,7 +191,12 @@ def data_options() -> list:
             show_default=True,
             help="Which epoch's model is kept. valid: the epoch with the best validation score (the official valid split under --protocol split); test: the epoch with the best score on the TEST set, as the public code does (reports are marked; refused under --protocol split); last: the last epoch, no selection (the validation set is still held out and scored).",
         ),
-        click.option("--metric", type=LazyChoice(_metrics), default="wa", show_default=True, help="Selection metric."),
+        click.option(
+            "--metric",
+            type=LazyChoice(_metrics),
+            default=None,
+            help="Selection metric (default wa; ccc, the mean CCC over the attributes, under --task attributes).",
+        ),
         click.option(
             "--validation",
             type=LazyChoice(_validations),

@@ -34,6 +34,9 @@ KEY_SPARSE_PLACES = ("interaction+fusion", "none")
 ARCHITECTURES = ("ks-transformer", "head", "probe")
 INPUT_NORMS = ("none", "standardize")
 SPEAKER_NORMS = ("none", "speaker", "session")
+# What the model learns (fuse/model/tasks.py): the classes (the paper's model), the cache's
+# numeric attributes (a regression head on the fused representation), or both in one model.
+TASKS = ("classes", "attributes", "both")
 # Model fields the cache decides: the features' dims and the classes.
 CACHE_FIELDS = ("audio_dim", "text_dim", "num_classes")
 
@@ -160,10 +163,28 @@ class ModelConfig:
     )
     ks_renormalise: bool = setting(False, "Departure: key-sparse rows renormalised to sum to 1.")
 
+    # --- tasks (fuse/model/tasks.py): "classes" is the paper's model, unchanged ----------------
+    task: str = setting(
+        "classes",
+        "What the model learns: classes (the paper's model), attributes (a regression head on the fused "
+        "representation for the cache's numeric attributes, e.g. activation/valence/dominance, trained "
+        "with a CCC loss and selected on mean CCC), or both in one model (docs/learning.md).",
+        choices=TASKS,
+    )
+    # The weight of the attribute loss (mean of 1 - CCC) beside the class cross-entropy under
+    # task "both": loss = CE + attribute_weight * CCC loss. Kept with the model so that a
+    # checkpoint says how its two heads were trained.
+    attribute_weight: float = setting(
+        1.0, "Weight of the attribute (CCC) loss beside the class loss under --task both (default 1).", low=0.0
+    )
+    # The attribute names the head predicts, in its output order: the cache's (never set by hand).
+    attributes: tuple[str, ...] = ()
+
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (provenance)
 
     def __post_init__(self) -> None:
         self.num_layers = tuple(int(n) for n in self.num_layers)  # JSON gives lists
+        self.attributes = tuple(str(a) for a in self.attributes)
         self.validate()
 
     def validate(self) -> None:
@@ -177,12 +198,20 @@ class ModelConfig:
                 problems.append(f"{name}={dim} must be a positive multiple of num_heads={self.num_heads}")
         if self.num_classes < 2:
             problems.append(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.task != "classes" and self.architecture != "ks-transformer":
+            problems.append(f"task {self.task} needs the ks-transformer model, not the {self.architecture} baseline")
+        if self.task != "classes" and not self.attributes:
+            problems.append(
+                f"task {self.task} needs numeric attributes in the cache, and it has none (extract it again from a "
+                f"manifest with activation/valence/dominance columns)"
+            )
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["num_layers"] = list(self.num_layers)
+        d["attributes"] = list(self.attributes)
         return d
 
     @classmethod

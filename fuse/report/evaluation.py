@@ -36,6 +36,7 @@ from ..train.runs import (
     trained_folds,
     weighted_baseline_dir,
 )
+from .attribute_report import add_attribute_report
 from .intervals import add_intervals, fold_predictions
 from .split_tables import official_split_summary, split_tests
 from .stats import Bootstrap
@@ -104,6 +105,7 @@ def evaluate_run(
         "cache_meta": cache.meta.to_dict(),  # what the predictions were made on (ksr compare checks it)
     }
     add_intervals(report, predictions, bootstrap)
+    add_attribute_report(report, predictions, cache, spec, bootstrap)  # task attributes/both only
     return report
 
 
@@ -154,6 +156,7 @@ def evaluate_seed(
                 [str(cache.speakers[i]) for i in test],
                 [str(cache.sessions[i]) for i in test],
             )
+            predictions[name]["attributes"] = result.attributes  # None unless the model learns attributes
             y_all.append(y)
             p_all.append(result.preds)
     summary = {m: mean_std([f[m] for f in fold_reports.values()]) for m in METRICS}
@@ -181,7 +184,9 @@ def test_warnings(where: str, s: dict[str, Any], preds: np.ndarray, classes: lis
 
 def history_warnings(where: str, history: list[dict], train_labels: np.ndarray, spec: RunSpec) -> list[str]:
     """The fold's training loss still at chance at its last epoch (what training said, kept)."""
-    if spec.model.architecture == "probe" or not history or "train_loss" not in history[-1]:
+    if spec.model.architecture == "probe" or spec.model.task != "classes" or not history:
+        return []  # a loss with an attribute (CCC) term has no class-chance level
+    if "train_loss" not in history[-1]:
         return []
     last = history[-1]
     chance = chance_loss(train_labels, spec.model.num_classes)

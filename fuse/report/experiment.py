@@ -13,6 +13,8 @@ import torch
 from ...cache import Cache, open_cache
 from ...common import Ranks, join_process_group, resolve_device, write_json, write_text
 from ..model.config import ARCHITECTURES, DEPARTURES, ModelConfig, apply_departure
+from ..model.tasks import learns_classes
+from ..train.attributes import default_metric, selection_metrics
 from ..train.metrics import METRICS
 from ..train.recipes import Recipe
 from ..train.runs import (
@@ -78,7 +80,7 @@ def open_training(
     *,
     protocol: str = "session",
     select: str = "valid",
-    metric: str = "wa",
+    metric: str | None = None,
     val_fraction: float = 0.1,
     validation: str = "utterances",
     device: str = "auto",
@@ -96,6 +98,11 @@ def open_training(
         progress=progress if ranks.main else False,
     )
     model = model_config_for_cache(cache, ModelConfig(), **model_changes)
+    metric = metric or default_metric(model)
+    if metric not in selection_metrics(model):
+        raise RunError(
+            f"--metric {metric} does not score task {model.task}: choose {', '.join(selection_metrics(model))}"
+        )
     spec = RunSpec(
         model=model,
         recipe=recipe,
@@ -170,10 +177,12 @@ def train_and_report(
     if not ranks.main:
         return None
     report = evaluate_run(run_dir, cache, spec, device=device, bootstrap=bootstrap)
-    if baseline and spec.model.architecture != "probe":
+    if baseline and spec.model.architecture != "probe" and learns_classes(spec.model):
+        # the class baselines; the attributes' (ridge) is in the report
         for name, probe_dir, probe_loss in probe_baselines(spec, run_dir):
             probe_recipe = replace(spec.recipe, loss=probe_loss, sampler="shuffle")
-            probe_spec = replace(spec, model=spec.model.replace(architecture="probe"), recipe=probe_recipe)
+            probe_model = spec.model.replace(architecture="probe", task="classes", attributes=())
+            probe_spec = replace(spec, model=probe_model, recipe=probe_recipe)
             prepare_run(probe_dir, probe_spec, resume=True)
             for seed in seeds:
                 for fold in fold_list:

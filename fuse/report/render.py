@@ -11,6 +11,7 @@ from ...common import write_json, write_text
 from ..train.folds import OFFICIAL_SPLIT
 from ..train.metrics import METRICS
 from ..train.runs import REPORT_STEM, ReportFiles
+from .attribute_report import attribute_lines, write_attribute_predictions
 from .intervals import CI_COLUMNS, ci_cells, interval_lines, pct, write_predictions
 from .split_tables import official_split_lines
 
@@ -32,6 +33,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     hide_mean = cov is not None and not cov["complete"] and not report.get("allow_incomplete")
     lines += markdown_summary(report, hide_mean)
     lines += markdown_baselines(report, hide_mean)
+    lines += attribute_lines(report, report.get("model", "model"))
     for seed, sr in report["seeds"].items():
         lines += markdown_seed(report, seed, sr)
     lines += interval_lines(report)
@@ -211,12 +213,15 @@ def write_report(report: dict[str, Any], out_dir: Path, stem: str = REPORT_STEM)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     slim = strip_histories(report)
     slim.pop("predictions", None)  # in their own CSV file
+    slim.pop("attribute_predictions", None)
     write_json(files.json, slim)
     paths = [files.json, files.markdown, files.csv]
     write_text(files.markdown, to_markdown(report))
     write_text(files.csv, to_csv(report))
     if write_predictions(report, files.predictions):
         paths.append(files.predictions)
+    if write_attribute_predictions(report, files.attribute_predictions):
+        paths.append(files.attribute_predictions)
     try:
         from .plots import plot_report
     except ImportError:

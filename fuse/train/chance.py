@@ -87,7 +87,8 @@ class StallWatch:
     def __init__(self, where: str, train_labels: Sequence[int], r: Recipe, cfg: ModelConfig) -> None:
         self.where, self.recipe, self.cfg = where, r, cfg
         self.chance = chance_loss(train_labels, cfg.num_classes)
-        self.said = False
+        # a loss with an attribute (CCC) term has no class-chance level to compare with
+        self.said = cfg.task != "classes"
 
     def check(self, epoch: int, train_loss: float) -> str | None:
         """The warning for this epoch's loss, the first time it is due (None otherwise)."""

@@ -227,6 +227,11 @@ class ReportFiles:
     def predictions(self) -> Path:
         return Path(self.folder) / f"{self.stem}_predictions.csv"
 
+    @property
+    def attribute_predictions(self) -> Path:
+        """Each test utterance's true and predicted attribute values (a model that learns them)."""
+        return Path(self.folder) / f"{self.stem}_attribute_predictions.csv"
+
     def figure(self, name: str) -> Path:
         return Path(self.folder) / f"{self.stem}_{name}.png"
 
@@ -431,8 +436,12 @@ def write_split(out: Path, split: Split, select: str, ids: list[str]) -> None:
 
 def model_config_for_cache(cache: Cache, base: ModelConfig, **changes: Any) -> ModelConfig:
     """``base`` with ``changes`` and the cache's dims and classes, checked once as a whole (so
-    e.g. 12 heads fit a 768-dim cache though not the default 512 dims)."""
-    return base.replace(**changes, **cache_dims(cache.meta))
+    e.g. 12 heads fit a 768-dim cache though not the default 512 dims). A model that learns
+    attributes predicts the cache's, in its order."""
+    merged = {**changes, **cache_dims(cache.meta)}
+    if merged.get("task", base.task) != "classes":
+        merged["attributes"] = tuple(cache.meta.attributes)
+    return base.replace(**merged)
 
 
 def check_run_matches_cache(spec: RunSpec, cache: Cache, run_dir: Path) -> None:

@@ -25,12 +25,13 @@ from ...common import Ranks, atomic_save, faults, remove_dead_temps, signals, wr
 from ...common.files import DiskFullError
 from ..model.architectures import build_model
 from ..model.normalise import fit_standardizers, normalised_view
+from ..model.tasks import split_outputs
+from .attributes import attribute_targets, epoch_scores, history_entries, task_loss
 from .chance import StallWatch
 from .checkpoint import CheckpointError, load_state_strict, read_torch_file, save_checkpoint
 from .folds import Split
 from .inference import autocast, infer
 from .losses import class_loss
-from .metrics import METRICS, scores
 from .probe import fit_probe_fold
 from .recipes import build_optimizer, build_scheduler, warmup_factor
 from .runs import (
@@ -203,14 +204,14 @@ class FoldTrainer:
         lr = self.optimizer.param_groups[0]["lr"]
         train_loss = self.train_epoch(epoch, lr)
         selected = infer(self.model, self.cache, selection, self.spec.recipe.batch_size, self.device, self.amp)
-        sel = scores(self.cache.labels[selection], selected.preds, self.spec.model.num_classes)
+        sel = epoch_scores(self.cache, selection, selected, self.spec.model)
         on = measured_on(self.spec)
         record = {
             "epoch": epoch,
             "lr": lr,
             "train_loss": train_loss,
             f"{on}_loss": selected.loss,
-            **{f"{on}_{m}": sel[m] for m in METRICS},
+            **history_entries(sel, self.spec.model, on),
         }
         self.history.append(record)
         return record, sel
@@ -230,7 +231,10 @@ class FoldTrainer:
             batch = self.cache.batch(part).to(self.device)
             with autocast(self.device, self.amp):
                 logits = self.network(batch.audio, batch.text, batch.audio_padding_mask, batch.text_padding_mask)
+            outputs = split_outputs(logits, self.spec.model)  # task attributes/both: the attribute values follow
+            logits = logits[..., : self.spec.model.num_classes]  # the class columns (all of them for task classes)
             loss = self.loss_fn(logits.float(), batch.labels)  # plain cross-entropy by default
+            loss = task_loss(loss, outputs, attribute_targets(batch, self.cache, self.spec.model), self.spec.model)
             value = loss.item()
             if not math.isfinite(value):  # NaN or inf: nothing after this step would mean anything
                 raise RunError(
@@ -257,8 +261,8 @@ class FoldTrainer:
         if len(indices) == 0:
             return {}
         out = infer(self.model, self.cache, indices, self.spec.recipe.batch_size, self.device, self.amp)
-        s = scores(self.cache.labels[indices], out.preds, self.spec.model.num_classes)
-        return {f"{name}_loss": out.loss, **{f"{name}_{m}": s[m] for m in METRICS}}
+        s = epoch_scores(self.cache, indices, out, self.spec.model)
+        return {f"{name}_loss": out.loss, **history_entries(s, self.spec.model, name)}
 
     def commit(self, files: FoldFiles, epoch: int, sel: dict) -> None:
         """Write the epoch's files, all or none (a SIGTERM waits for them): best.pt when the epoch
