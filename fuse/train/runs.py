@@ -250,6 +250,15 @@ def trained_folds(run_dir: Path) -> dict[int, list[int]]:
     return found
 
 
+def selected_checkpoints(run_dir: Path) -> list[tuple[int, int, Path]]:
+    """(seed, fold, best.pt) of every fold folder of the run that holds its selected checkpoint,
+    sorted by seed and fold: the members of the run's ensemble (``ksr predict --run``)."""
+    found = [(seed, fold, files.best) for seed, fold, files in fold_folders(run_dir) if files.done()]
+    if not found:
+        raise RunError(f"{run_dir}: no trained fold (no fold folder with a best.pt); run ksr train first")
+    return found
+
+
 def newest_checkpoint_time(run_dir: Path) -> float:
     """The modification time of the run's newest selected checkpoint (0 when there is none)."""
     return max((f.best.stat().st_mtime for _, _, f in fold_folders(run_dir) if f.done()), default=0.0)
