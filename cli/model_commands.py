@@ -299,7 +299,18 @@ def ablate_cmd(kind, root, values, **options) -> None:
     "cache_dir",
     default=None,
     type=click.Path(exists=True, file_okay=False),
-    help="Cache with the test utterances (default: the run's training cache).",
+    help="Cache with the test utterances (default: the run's training cache). A cache of another corpus "
+    "(made with the same encoders) is a cross-corpus test: every fold's model on all of it.",
+)
+@click.option(
+    "--class-map",
+    default=None,
+    help="Cross-corpus: the tested corpus's class names as the run's, e.g. joy=hap,anger=ang,fear=- (- leaves a class out).",
+)
+@click.option(
+    "--cross-corpus",
+    is_flag=True,
+    help="Test every fold's model on all of --cache even when its corpus has the run's corpus name.",
 )
 @click.option(
     "--out",
@@ -319,8 +330,14 @@ def ablate_cmd(kind, root, values, **options) -> None:
     type=click.IntRange(min=0),
     help="The bootstrap's seed (default: a fixed one, recorded).",
 )
-def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resamples, bootstrap_seed) -> None:
+def eval_cmd(
+    run_dir, folds, cache_dir, class_map, cross_corpus, out_dir, device, allow_incomplete, resamples, bootstrap_seed
+) -> None:
     """Evaluate the selected checkpoints on their test folds and write the report.
+
+    With --cache of another corpus (or --cross-corpus, --class-map) every fold's model is tested
+    on all of that cache instead: the report (RUN/report_on_CORPUS.*) says which corpus trained
+    and which tested, and adds the ensemble of all the models.
 
     Per fold: WA (accuracy), UA (macro recall), macro F1, weighted F1, confusion matrix, selected
     epoch; over folds: mean and std, and pooled over all test utterances. Written as JSON,
@@ -329,22 +346,26 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resam
     """
     from pathlib import Path
 
-    from ..fuse.report.evaluation import evaluate_saved_run
+    from ..fuse.report.cross_corpus import evaluate_saved_run_across
     from ..fuse.report.render import to_markdown, write_report
     from ..fuse.report.stats import DEFAULT_SEED, Bootstrap
-    from ..fuse.train.runs import LATEST, report_stem
+    from ..fuse.train.runs import LATEST, cross_corpus_stem, report_stem
 
     run_dir = run_dir or str(LATEST)
     boot = Bootstrap(resamples, DEFAULT_SEED if bootstrap_seed is None else bootstrap_seed)
-    report = evaluate_saved_run(
+    report = evaluate_saved_run_across(
         Path(run_dir),
         cache_dir,
+        class_map,
+        cross_corpus,
         folds=list(folds) or None,
         device=device,
         allow_incomplete=allow_incomplete,
         bootstrap=boot,
     )
     stem = report_stem(list(folds))
+    if "cross_corpus" in report:  # beside the run's own report, never over it
+        stem = cross_corpus_stem(report["cross_corpus"]["tested_on"], list(folds))
     write_report(report, Path(out_dir) if out_dir else Path(run_dir), stem)
     click.echo(to_markdown(report))
 

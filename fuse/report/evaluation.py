@@ -204,8 +204,11 @@ def evaluate_saved_run(
     device: str = "auto",
     allow_incomplete: bool = False,
     bootstrap: Bootstrap = Bootstrap(),
+    evaluate=evaluate_run,
 ) -> dict[str, Any]:
-    """``ksr eval``: the run's report on ``cache_dir`` (default: the cache it was trained on)."""
+    """``ksr eval``: the run's report on ``cache_dir`` (default: the cache it was trained on).
+    ``evaluate``: what scores a run (and its baseline) on the cache, :func:`evaluate_run` or
+    ``ksr.fuse.report.cross_corpus``'s."""
     spec = load_run(run_dir)
     if folds and spec.protocol == "split":
         raise RunError(f"{run_dir} was trained on the official split (one fold): --fold does not apply")
@@ -214,14 +217,14 @@ def evaluate_saved_run(
         raise RunError(f"the run's cache {source!r} is not there; pass --cache")
     dev = resolve_device(device)
     cache = open_cache(source, device=dev if dev.type == "cuda" else "cpu")
-    report = evaluate_run(run_dir, cache, spec, folds=folds, device=dev, bootstrap=bootstrap)
+    report = evaluate(run_dir, cache, spec, folds=folds, device=dev, bootstrap=bootstrap)
     report["allow_incomplete"] = allow_incomplete
     probe_dir = baseline_dir(run_dir)
     if run_file(probe_dir).is_file() and trained_folds(probe_dir):
         attach_baseline(
             report,
             "linear probe",
-            evaluate_run(probe_dir, cache, load_run(probe_dir), folds=folds, device=dev, bootstrap=bootstrap),
+            evaluate(probe_dir, cache, load_run(probe_dir), folds=folds, device=dev, bootstrap=bootstrap),
         )
     return report
 

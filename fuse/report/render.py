@@ -11,6 +11,7 @@ from ...common import write_json, write_text
 from ..train.folds import OFFICIAL_SPLIT
 from ..train.metrics import METRICS
 from ..train.runs import REPORT_STEM, ReportFiles
+from .cross_corpus import cross_corpus_lines
 from .intervals import CI_COLUMNS, ci_cells, interval_lines, pct, write_predictions
 from .split_tables import official_split_lines
 
@@ -52,6 +53,7 @@ def markdown_heading(report: dict[str, Any]) -> list[str]:
         f"Classes: {', '.join(report['classes'])}.",
         "",
     ]
+    lines += cross_corpus_lines(report)
     cov = report.get("coverage")
     if not cov:
         return lines

@@ -222,6 +222,13 @@ def report_stem(folds: list[int] | None) -> str:
     return REPORT_STEM if not folds else REPORT_STEM + "_fold" + "_".join(str(f) for f in folds)
 
 
+def cross_corpus_stem(corpus: str, folds: list[int] | None) -> str:
+    """``report_on_msp-podcast`` (``_fold4_5`` added for some folds): the report of a run tested
+    on another corpus, beside the run's own report."""
+    safe = re.sub(r"[^\w.-]+", "_", corpus).strip("._") or "corpus"
+    return report_stem(folds) + f"_on_{safe}"
+
+
 def fold_checkpoint(run_dir: Path, seed: int, fold: int, which: str = "best", protocol: str = "session") -> Path:
     """``best.pt`` or ``last.pt`` of a fold, which must exist."""
     path = fold_files(run_dir, seed, fold, protocol).checkpoint(which)
