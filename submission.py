@@ -30,7 +30,7 @@ FORMATS = ("csv", "msp-podcast")
 #: ksr's class name -> MSP-Podcast's EmoClass letter.
 MSP_LETTERS = {name: letter for letter, name in EMOTIONS.items()}
 #: Attribute name -> its column in MSP-Podcast's labels (and in a challenge's attribute file).
-MSP_ATTRIBUTE_COLUMNS = {"arousal": "EmoAct", "valence": "EmoVal", "dominance": "EmoDom"}
+MSP_ATTRIBUTE_COLUMNS = {"arousal": "EmoAct", "activation": "EmoAct", "valence": "EmoVal", "dominance": "EmoDom"}
 MSP_SCALE = (1.0, 7.0)
 PROB_PREFIX = "p_"
 
@@ -99,6 +99,12 @@ def write_msp_podcast(out: Path, rows: list[Utterance], labels: list[str], outpu
         raise PredictError(
             f"--format msp-podcast: the models' attributes run from {outputs.attributes.min():.3g} to "
             f"{outputs.attributes.max():.3g}, not on MSP-Podcast's {low:g}-{high:g} scale"
+        )
+    unknown = [a for a in outputs.attribute_names if a not in MSP_ATTRIBUTE_COLUMNS]
+    if unknown:
+        raise PredictError(
+            f"--format msp-podcast: attribute(s) {', '.join(unknown)} have no MSP-Podcast column "
+            f"(it has {', '.join(MSP_ATTRIBUTE_COLUMNS)})"
         )
     columns = [MSP_ATTRIBUTE_COLUMNS[a] for a in outputs.attribute_names]
     records = [[n, *(f"{v:.4f}" for v in outputs.attributes[i])] for i, n in enumerate(names)]

@@ -106,7 +106,7 @@ def run(quick: bool = False) -> str:
             "",
             "Demo corpus, the demo's tiny encoders (230 frames), the default model (layers 5,3,2, 8 heads, "
             "FFN 256/512) at the cache's dims, random weights; wall time of each whole `ksr` command in a "
-            "fresh process (imports, model and encoder loading included), CPU, default threads. "
+            "fresh process (imports, model and encoder loading included), CPU, threads as the machine line says. "
             f"1-minute load average {load_before:.1f} before, {load_after:.1f} after (a shared machine: "
             "other developers' jobs ran at the same time).",
             "",

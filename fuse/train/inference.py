@@ -66,7 +66,7 @@ class Outputs:
     attribute_names: tuple[str, ...] = ()
 
 
-def split_outputs(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+def output_parts(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logits, attributes or None) of a forward pass: a logits tensor, a ``(logits, attributes)``
     pair, or a dict of named outputs (``logits``, ``attributes``)."""
     if isinstance(out, torch.Tensor):
@@ -93,7 +93,7 @@ def model_outputs(
     for batch in cache.loader(indices, batch_size=batch_size):
         batch = batch.to(device)
         out = model(batch.audio, batch.text, batch.audio_padding_mask, batch.text_padding_mask)
-        logits, attrs = split_outputs(out)
+        logits, attrs = output_parts(out)
         probs.append(logits.float().softmax(-1).cpu().double().numpy())
         if attrs is not None:
             attributes.append(attrs.float().cpu().double().numpy())

@@ -250,3 +250,31 @@ def test_refusals_are_one_line(demo, tmp_path):
     ):
         result = CliRunner().invoke(main, args, env=demo["env"])
         assert result.exit_code == 1 and result.output.startswith(message) and len(result.output.splitlines()) == 1
+
+
+def test_asr_transcribes_a_folder_for_a_fused_model(demo, tmp_path):
+    from ksr.extract.encoders.tiny import save_tiny_whisper
+
+    asr = f"hf:{save_tiny_whisper(tmp_path / 'tiny-whisper-asr', asr=True)}"
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i, u in enumerate(demo["rows"][:3]):
+        shutil.copy(u.audio, folder / f"clip{i}.wav")
+    out = tmp_path / "heard.csv"
+    predict_batch(batch(demo, out, manifest=None, folder=folder, asr=asr, keep_features=True))
+    heard = {r["id"]: r["asr_text"] for r in read_csv(side_file(out, "work") / "manifest-asr.csv")}
+    rows = read_csv(out)
+    assert [r["id"] for r in rows] == ["clip0.wav", "clip1.wav", "clip2.wav"]
+    for r in rows:  # the batch read the transcripts the ASR model heard
+        one = predict_one(demo["ckpt"], folder / r["id"], heard[r["id"]], device="cpu", tiny_root=demo["tiny"])
+        np.testing.assert_allclose(probabilities([r], one.classes)[0], list(one.probabilities.values()), atol=1e-5)
+    assert f'"transcripts": "asr {asr}"' in (tmp_path / "heard.csv.models.json").read_text()
+
+
+def test_force_overwrites_and_the_duration_guard_fails_files_one_by_one(demo, tmp_path):
+    out = tmp_path / "p.csv"
+    out.write_text("old")
+    result = predict_batch(batch(demo, out, force=True, max_duration=0.5))
+    assert result.predicted == 0 and len(result.failed) == 8
+    assert all(stage == "audio" and "(--max-duration raises the limit)" in why for _, stage, why in result.failed)
+    assert out.read_text() == "id,label,p_ang,p_neu,p_hap,p_sad\n"
