@@ -278,3 +278,19 @@ def test_force_overwrites_and_the_duration_guard_fails_files_one_by_one(demo, tm
     assert result.predicted == 0 and len(result.failed) == 8
     assert all(stage == "audio" and "(--max-duration raises the limit)" in why for _, stage, why in result.failed)
     assert out.read_text() == "id,label,p_ang,p_neu,p_hap,p_sad\n"
+
+
+def test_ensemble_outputs_average_probabilities_and_attributes():
+    from ksr.fuse.train.inference import ensemble_outputs
+
+    names = ("arousal", "valence", "dominance")
+    a = Outputs(np.array([[0.9, 0.1]]), np.array([[2.0, 4.0, 6.0]]), names)
+    b = Outputs(np.array([[0.3, 0.7]]), np.array([[4.0, 5.0, 1.0]]), names)
+    mean = ensemble_outputs([a, b])
+    np.testing.assert_allclose(mean.probs, [[0.6, 0.4]])
+    np.testing.assert_allclose(mean.attributes, [[3.0, 4.5, 3.5]])
+    assert mean.attribute_names == names
+    assert ensemble_outputs([a]).probs.tolist() == a.probs.tolist()
+    assert ensemble_outputs([a, Outputs(b.probs)]).attributes is None  # only when every member has them
+    with pytest.raises(ValueError, match="at least one member"):
+        ensemble_outputs([])
