@@ -170,7 +170,7 @@ def recipe_options() -> list:
 
 def device_options() -> list:
     """Where training runs, how the cache is read, and resuming."""
-    from ..cache.reader import MODES
+    from ..cache.modes import MODE_HELP, MODES
 
     return [
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto."),
@@ -182,7 +182,7 @@ def device_options() -> list:
             type=click.Choice(MODES),
             default="auto",
             show_default=True,
-            help="Load the cache into memory or stream it from disk.",
+            help=MODE_HELP,
         ),
         click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch."),
     ]

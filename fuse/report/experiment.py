@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,7 +78,11 @@ def open_training(
     dev = resolve_device(device)
     ranks = join_process_group(dev)  # under torchrun: DistributedDataParallel over the ranks
     cache = open_cache(
-        cache_dir, mode=cache_mode, device=dev if dev.type == "cuda" else "cpu", progress=None if ranks.main else False
+        cache_dir,
+        mode=cache_mode,
+        device=dev if dev.type == "cuda" else "cpu",
+        progress=None if ranks.main else False,
+        say=(lambda line: print(line, file=sys.stderr)) if ranks.main else None,  # where the features live, and why
     )
     model = model_config_for_cache(cache, ModelConfig(), **model_changes)
     spec = RunSpec(
