@@ -25,11 +25,13 @@ from ..common.files import human_bytes
 MODES = ("auto", "gpu", "host", "stream", "memory")
 #: The three places features can live (what ``Cache.mode`` says after ``auto`` or an alias).
 PLACES = ("gpu", "host", "stream")
-#: GPU memory left to the model when ``auto`` weighs the free GPU memory: the default model's
-#: weights, gradients and AdamW moments (~0.1 GB at 7M parameters in float32) and its activations
-#: for a batch of 32 under bf16 autocast, with room to spare. An estimate: no GPU was lent to
-#: measure it; pass ``gpu_reserve`` to ``open_cache`` for a larger model or batch.
-DEFAULT_GPU_RESERVE = 8 << 30
+#: GPU memory left to the model when ``auto`` weighs the free GPU memory. The default model has
+#: 119.1M parameters: weights, gradients and two AdamW moments in float32 take 1.9 GB; a training
+#: step keeps ~204 MB per utterance for the backward pass (float32, counted with saved-tensor
+#: hooks on the CPU; bf16 autocast keeps less), 6.5 GB for a batch of 32. 12 GiB leaves room for
+#: the allocator and the workspaces. An estimate (no GPU was lent to measure it): pass
+#: ``gpu_reserve`` to ``open_cache`` for a larger model or batch.
+DEFAULT_GPU_RESERVE = 12 << 30
 #: ``auto`` keeps a cache in RAM only when it takes at most this share of the available RAM.
 HOST_SHARE = 0.5
 

@@ -34,9 +34,11 @@ def prefetched(
     device: torch.device,
     ahead: int = DEFAULT_AHEAD,
     workers: int = DEFAULT_WORKERS,
+    advise: Callable[[Any], None] | None = None,
 ) -> Iterator[Any]:
     """``make(part).to(device)`` for every part, in order, with ``ahead`` parts built early.
-    ``make`` returns an object with ``.to(device, non_blocking=...)`` (a ``Batch``)."""
+    ``make`` returns an object with ``.to(device, non_blocking=...)`` (a ``Batch``).
+    ``advise(part)``, if given, is called as a part is queued (to start its disk reads)."""
     parts = iter(parts)
     if ahead < 1:
         for part in parts:
@@ -46,8 +48,9 @@ def prefetched(
     pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="ksr-prefetch")
     queued: deque[Future] = deque()
     try:
+        submit = lambda part: (advise(part) if advise is not None else None, pool.submit(make, part))[1]
         for part in parts:
-            queued.append(pool.submit(make, part))
+            queued.append(submit(part))
             if len(queued) >= ahead:
                 break
         staged = None
@@ -55,7 +58,7 @@ def prefetched(
             batch = queued.popleft().result()
             part = next(parts, _END)
             if part is not _END:
-                queued.append(pool.submit(make, part))
+                queued.append(submit(part))
             if mover is None:
                 yield batch.to(device)
                 continue

@@ -29,7 +29,7 @@ def cache_dir(tmp_path_factory):
     "mode, size, device, gpu_free, ram, ranks, place",
     [
         ("auto", 10 * GB, CUDA, 80 * GB, 64 * GB, 1, "gpu"),  # fits beside the model
-        ("auto", 75 * GB, CUDA, 80 * GB, 200 * GB, 1, "host"),  # 75 > 80 - 8.6 GB reserve
+        ("auto", 75 * GB, CUDA, 80 * GB, 200 * GB, 1, "host"),  # 75 > 80 - 12.9 GB reserve
         ("auto", 150 * GB, CUDA, 80 * GB, 200 * GB, 1, "stream"),  # 150 > half of 200
         ("auto", 30 * GB, CUDA, 0, 100 * GB, 2, "stream"),  # two ranks share the node's RAM
         ("auto", 30 * GB, CUDA, 0, 100 * GB, 1, "host"),
