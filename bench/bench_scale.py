@@ -256,5 +256,10 @@ def run(quick: bool, options=None) -> str:
         f"1-minute load average at the end {load:.1f} on {os.cpu_count()} cores (other developers' jobs "
         f"were running: rates are lower bounds); torch threads {torch.get_num_threads()}.",
         "",
+        "GPU: no GPU was lent to this work, so there are no GPU numbers here: neither utterances/s per "
+        "mode (gpu / host / stream) nor the share of time a GPU waits for data. The copy path for CUDA "
+        "(pinned batches, side-stream copies) is tested only where CUDA is present "
+        "(`tests/cache/test_cache_modes.py::test_host_mode_on_cuda_pins_and_copies`, skipped here).",
+        "",
     ]
     return "\n".join(head + lines)
