@@ -154,7 +154,7 @@ def _model_sizes():
 
 
 def _cache_modes():
-    from ..cache.reader import MODES
+    from ..cache.modes import MODES
 
     return MODES
 
@@ -298,6 +298,7 @@ def imbalance_options() -> list:
 
 def device_options() -> list:
     """Where training runs, how the cache is read, and resuming."""
+    from ..cache.modes import MODE_HELP  # torch-free at import: ksr --help stays fast
 
     return [
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto."),
@@ -309,7 +310,7 @@ def device_options() -> list:
             type=LazyChoice(_cache_modes),
             default="auto",
             show_default=True,
-            help="Load the cache into memory or stream it from disk.",
+            help=MODE_HELP,
         ),
         click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch."),
     ]
