@@ -153,8 +153,20 @@ def _model_sizes():
     return MODEL_SIZES
 
 
+def _losses():
+    from ..fuse.train.losses import LOSSES
+
+    return LOSSES
+
+
+def _samplers():
+    from ..fuse.train.sampling import SAMPLERS
+
+    return SAMPLERS
+
+
 def _cache_modes():
-    from ..cache.reader import MODES
+    from ..cache.modes import MODES
 
     return MODES
 
@@ -268,13 +280,10 @@ def recipe_options() -> list:
 
 def imbalance_options() -> list:
     """The class loss and the batches' order (recipe settings; docs/learning.md, "Imbalanced classes")."""
-    from ..fuse.train.losses import DEFAULT_FOCAL_GAMMA, LOSSES
-    from ..fuse.train.sampling import SAMPLERS
-
     return [
         click.option(
             "--loss",
-            type=click.Choice(LOSSES),
+            type=LazyChoice(_losses),
             default=None,
             help="The class loss (default ce, the public code's). weighted-ce: cross-entropy weighted by the "
             "training fold's inverse class frequencies; focal: focal loss (--focal-gamma); weighted-focal: both. "
@@ -284,11 +293,11 @@ def imbalance_options() -> list:
             "--focal-gamma",
             type=click.FloatRange(0),
             default=None,
-            help=f"The focal losses' gamma (default {DEFAULT_FOCAL_GAMMA:g}; 0 = cross-entropy).",
+            help="The focal losses' gamma (default 2, fuse.train.losses.DEFAULT_FOCAL_GAMMA; 0 = cross-entropy).",
         ),
         click.option(
             "--sampler",
-            type=click.Choice(SAMPLERS),
+            type=LazyChoice(_samplers),
             default=None,
             help="The order of the training utterances (default shuffle: each once per epoch). balanced: each "
             "batch drawn with equal class probability, as many draws per epoch (rare classes repeat).",
@@ -298,6 +307,7 @@ def imbalance_options() -> list:
 
 def device_options() -> list:
     """Where training runs, how the cache is read, and resuming."""
+    from ..cache.modes import MODE_HELP  # torch-free at import: ksr --help stays fast
 
     return [
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto."),
@@ -309,7 +319,7 @@ def device_options() -> list:
             type=LazyChoice(_cache_modes),
             default="auto",
             show_default=True,
-            help="Load the cache into memory or stream it from disk.",
+            help=MODE_HELP,
         ),
         click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch."),
     ]

@@ -257,8 +257,11 @@ def evaluate_saved_run(
     device: str = "auto",
     allow_incomplete: bool = False,
     bootstrap: Bootstrap = Bootstrap(),
+    evaluate=evaluate_run,
 ) -> dict[str, Any]:
-    """``ksr eval``: the run's report on ``cache_dir`` (default: the cache it was trained on)."""
+    """``ksr eval``: the run's report on ``cache_dir`` (default: the cache it was trained on).
+    ``evaluate``: what scores a run (and its baseline) on the cache, :func:`evaluate_run` or
+    ``ksr.fuse.report.cross_corpus``'s."""
     spec = load_run(run_dir)
     if folds and spec.protocol == "split":
         raise RunError(f"{run_dir} was trained on the official split (one fold): --fold does not apply")
@@ -267,7 +270,7 @@ def evaluate_saved_run(
         raise RunError(f"the run's cache {source!r} is not there; pass --cache")
     dev = resolve_device(device)
     cache = open_cache(source, device=dev if dev.type == "cuda" else "cpu")
-    report = evaluate_run(run_dir, cache, spec, folds=folds, device=dev, bootstrap=bootstrap)
+    report = evaluate(run_dir, cache, spec, folds=folds, device=dev, bootstrap=bootstrap)
     report["allow_incomplete"] = allow_incomplete
     for name, probe_dir in (
         ("linear probe", baseline_dir(run_dir)),
@@ -277,7 +280,7 @@ def evaluate_saved_run(
             attach_baseline(
                 report,
                 name,
-                evaluate_run(probe_dir, cache, load_run(probe_dir), folds=folds, device=dev, bootstrap=bootstrap),
+                evaluate(probe_dir, cache, load_run(probe_dir), folds=folds, device=dev, bootstrap=bootstrap),
             )
     return report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -96,6 +97,7 @@ def open_training(
         mode=cache_mode,
         device=dev if dev.type == "cuda" else "cpu",
         progress=progress if ranks.main else False,
+        say=(lambda line: print(line, file=sys.stderr)) if ranks.main else None,  # where the features live, and why
     )
     model = model_config_for_cache(cache, ModelConfig(), **model_changes)
     metric = metric or default_metric(model)

@@ -12,6 +12,7 @@ from ..train.folds import OFFICIAL_SPLIT
 from ..train.metrics import METRICS
 from ..train.runs import REPORT_STEM, ReportFiles
 from .attribute_report import attribute_lines, write_attribute_predictions
+from .cross_corpus import cross_corpus_lines
 from .intervals import CI_COLUMNS, ci_cells, interval_lines, pct, write_predictions
 from .split_tables import official_split_lines
 
@@ -56,6 +57,7 @@ def markdown_heading(report: dict[str, Any]) -> list[str]:
         f"Classes: {', '.join(report['classes'])}.",
         "",
     ]
+    lines += cross_corpus_lines(report)
     cov = report.get("coverage")
     if not cov:
         return lines

@@ -241,6 +241,13 @@ def report_stem(folds: list[int] | None) -> str:
     return REPORT_STEM if not folds else REPORT_STEM + "_fold" + "_".join(str(f) for f in folds)
 
 
+def cross_corpus_stem(corpus: str, folds: list[int] | None) -> str:
+    """``report_on_msp-podcast`` (``_fold4_5`` added for some folds): the report of a run tested
+    on another corpus, beside the run's own report."""
+    safe = re.sub(r"[^\w.-]+", "_", corpus).strip("._") or "corpus"
+    return report_stem(folds) + f"_on_{safe}"
+
+
 def fold_checkpoint(run_dir: Path, seed: int, fold: int, which: str = "best", protocol: str = "session") -> Path:
     """``best.pt`` or ``last.pt`` of a fold, which must exist."""
     path = fold_files(run_dir, seed, fold, protocol).checkpoint(which)
@@ -266,6 +273,15 @@ def trained_folds(run_dir: Path) -> dict[int, list[int]]:
     for seed, fold, files in fold_folders(run_dir):
         if files.done():
             found.setdefault(seed, []).append(fold)
+    return found
+
+
+def selected_checkpoints(run_dir: Path) -> list[tuple[int, int, Path]]:
+    """(seed, fold, best.pt) of every fold folder of the run that holds its selected checkpoint,
+    sorted by seed and fold: the members of the run's ensemble (``ksr predict --run``)."""
+    found = [(seed, fold, files.best) for seed, fold, files in fold_folders(run_dir) if files.done()]
+    if not found:
+        raise RunError(f"{run_dir}: no trained fold (no fold folder with a best.pt); run ksr train first")
     return found
 
 

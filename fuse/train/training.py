@@ -222,13 +222,13 @@ class FoldTrainer:
         model.train()
         loss_sum, seen = 0.0, 0
         parts = epoch_batches(self.split.train, r.batch_size, self.shuffle, self.ranks, self.batch_labels)
-        for step_in_epoch, part in enumerate(parts):
+        # The next batches are read (and copied to the device) while this one computes.
+        for step_in_epoch, batch in enumerate(self.cache.batches(parts, self.device)):
             faults.point("train-batch")  # test-only: the reliability tests kill the run here
             if r.warmup_epochs:  # per step, on top of the per-epoch schedule
                 factor = warmup_factor(r, epoch * len(parts) + step_in_epoch, len(parts))
                 for group in optimizer.param_groups:
                     group["lr"] = lr * factor
-            batch = self.cache.batch(part).to(self.device)
             with autocast(self.device, self.amp):
                 logits = self.network(batch.audio, batch.text, batch.audio_padding_mask, batch.text_padding_mask)
             outputs = split_outputs(logits, self.spec.model)  # task attributes/both: the attribute values follow

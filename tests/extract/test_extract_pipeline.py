@@ -21,6 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner
+from support.nodes import run_two_nodes
 
 from ksr.cache import open_cache, verify_cache
 from ksr.cli import main
@@ -462,6 +463,19 @@ def test_two_ranks_under_torchrun(batched, corpus, encoders, tiny_dir, tmp_path)
     again = _extract(corpus, out, encoders, shard_size=2)
     assert (again.stored_before, again.extracted) == (8, 0)
     assert {p.name for p in out.glob("errors-*.tsv")} == {"errors-w0.tsv"}
+
+
+def test_two_nodes_under_torchrun(batched, corpus, tiny_dir, tmp_path):
+    """``torchrun --nnodes 2`` (one process per node, c10d rendezvous on localhost, gloo): each
+    node's rank writes its own share under its own tag; the cache equals a one-process one."""
+    out = tmp_path / "cache"
+    args = ["extract", corpus, "--out", out, "--audio-encoder", "tiny-audio", "--text-encoder", "tiny-text"]
+    args += ["--dtype", "float32", "--shard-size", "2", "--device", "cpu", "--no-progress"]
+    outs = run_two_nodes(args, tmp_path, env={"KSR_CACHE_DIR": str(tiny_dir)}, timeout=300)
+    assert any("8 manifest rows: 0 stored before, 8 extracted now" in o and "(2 ranks)" in o for o in outs)
+    assert {p.name for p in out.glob("index-*.json")} == {"index-rank0.json", "index-rank1.json"}
+    assert verify_cache(out).ok
+    _assert_same(_contents(out), _contents(batched[0]))
 
 
 def test_error_fields_are_one_printable_line():
