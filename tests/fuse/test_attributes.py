@@ -151,6 +151,13 @@ def test_training_records_ccc_and_selects_on_it(attribute_cache, tmp_path, task,
     assert ("valid_ua" in first) == (task == "both")
     values = [e[f"valid_{metric}"] for e in history["epochs"]]
     assert history["best"]["value"] == max(values)
+    from ksr.fuse.report.evaluation import evaluate_run
+    from ksr.fuse.report.stats import Bootstrap
+
+    report = evaluate_run(tmp_path, cache, spec, bootstrap=Bootstrap(resamples=0))
+    assert report["attributes"]["systems"]["model"]["seeds"]["0"]["folds"]["1"]["counts"] == dict.fromkeys(NAMES, 24)
+    untrained = [w for w in report["warnings"] if "classifier that was never trained" in w]
+    assert len(untrained) == (task == "attributes")
     best = torch.load(tmp_path / "seed0/fold1/best.pt", weights_only=True)
     assert best["config"]["task"] == task and best["config"]["attributes"] == list(NAMES)
     model = load_model(tmp_path / "seed0/fold1/best.pt")
