@@ -244,3 +244,21 @@ def test_compare_gives_the_ccc_difference_with_a_paired_bootstrap(two_runs, tmp_
         lo, hi = att[key]["interval"]
         assert lo <= hi and 0 < att[key]["p"] <= 1
     assert "| mean CCC |" in result.output
+
+
+def test_resume_continues_the_task_the_run_recorded(attribute_cache, tmp_path):
+    """--resume alone takes --task and --attribute-weight from run.json (not the defaults)."""
+    from click.testing import CliRunner
+
+    from ksr.cli import main
+
+    run = tmp_path / "run"
+    base = ["train", "--cache", str(attribute_cache), "--run", str(run), "--recipe", "ksr", "--fold", "2"]
+    base += ["--no-baseline", "--bootstrap", "0", *TINY_MODEL]
+    first = CliRunner().invoke(main, [*base, "--epochs", "2", "--task", "both", "--attribute-weight", "0.5"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, ["train", "--cache", str(attribute_cache), "--run", str(run), "--resume"])
+    assert again.exit_code == 0, again.output
+    saved = json.loads((run / "run.json").read_text())["model"]
+    assert (saved["task"], saved["attribute_weight"], saved["attributes"]) == ("both", 0.5, list(NAMES))
+    assert json.loads((run / "report.json").read_text())["attributes"]["names"] == list(NAMES)
