@@ -123,11 +123,11 @@ def test_a_fold_another_process_is_training_is_refused_and_a_stale_lock_is_not(c
         f"Error: {run / 'seed123/fold2'}: another ksr train (pid {os.getpid()}) is training this fold now; "
         "wait for it to finish (then --resume), or choose another --run"
     )
-    assert not (run / "seed123/fold2/history.json").exists()
-    (run / "seed123/fold2/.lock-train").write_text("999999\n")  # left by a killed process: no flock held
+    assert not (run / "seed123/fold2").exists()
+    (run / ".lock-train-seed123-fold2").write_text("999999\n")  # left by a killed process: no flock held
     again = train(run, cache_dir, "--epochs", "1", "--fold", "2", "--no-baseline", "--resume")
     assert again.exit_code == 0, again.output
-    assert not (run / "seed123/fold2/.lock-train").exists()
+    assert not (run / ".lock-train-seed123-fold2").exists()
 
 
 def test_a_seed_given_twice_is_refused_in_one_line(cache_dir, tmp_path):
