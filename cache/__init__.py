@@ -26,7 +26,10 @@ The schema is documented in docs/cache.md. Modules, in reading order:
 - ``index``: index files and the directory scan.
 - ``locks``: which writers are writing a cache right now.
 - ``writer``: ``CacheWriter``, one finished shard at a time.
+- ``modes``: where the features live while training (``gpu``, ``host``, ``stream``, ``auto``).
+- ``prefetch``: the next batches read and copied while the current one computes.
 - ``reader``: ``open_cache`` -> ``Cache`` -> batches.
+- ``stamps``: shards hashed once and unchanged since, trusted without reading them again.
 - ``verify``: ``ksr cache verify``.
 - ``repair``: ``ksr cache repair`` (duplicate copies two writers left).
 - ``info``: ``ksr cache info``, from the metadata alone.

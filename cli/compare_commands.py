@@ -46,7 +46,9 @@ def compare_cmd(runs, json_path, resamples, boot_seed, evaluate, cache_dir, devi
     For each run after the first: the difference of WA, UA, macro and weighted F1 with a paired
     bootstrap 95% interval and p-value, McNemar's test on the pooled predictions, and, when both
     runs have several seeds, t-tests over seeds (and seed-fold pairs, except under the split
-    protocol). Runs evaluated on different caches or test utterances are refused. An unfinished
+    protocol). Runs that both learn attributes (--task attributes or both) also get the difference
+    of their CCCs (each attribute and the mean) with a paired bootstrap 95% interval and p-value.
+    Runs evaluated on different caches or test utterances are refused. An unfinished
     run, or one that chose its epochs on the test set, is compared with a warning. Prints Markdown.
     """
     from pathlib import Path

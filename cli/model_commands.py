@@ -100,8 +100,9 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     How the demo departs from the paper's setting, to finish in minutes on 2 CPU cores:
       encoders  tiny-audio + tiny-text: tiny models with random weights, not
                 wav2vec / RoBERTa large (nothing is downloaded)
-      model     one layer per stage, 4 heads, FFN 64, no attention-weight dropout,
-                classifier dropout 0.2; inputs standardised per dimension
+      model     one layer per stage, 4 heads, FFN 64, no attention-weight dropout
+                (ksr train --size small), classifier dropout 0.2; inputs
+                standardised per dimension
       schedule  the ksr recipe: AdamW, lr 4e-3, 1 epoch of warm-up, cosine, batch 16,
                 28 epochs (the recipe's 24 + 4), last epoch kept (paper: SGD lr
                 5e-4, 120 epochs, which does not train here)
@@ -115,7 +116,15 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
 
     require_audio("ksr demo")  # before any work: one line naming the extra
     from ..common import ranks_from_env
-    from ..demo import EPOCHS, comparison_table, default_processes, lost_peer, run_demo, run_under_torchrun
+    from ..demo import (
+        EPOCHS,
+        attribute_table,
+        comparison_table,
+        default_processes,
+        lost_peer,
+        run_demo,
+        run_under_torchrun,
+    )
     from ..fuse.report.render import to_markdown
 
     epochs = epochs or EPOCHS
@@ -136,6 +145,8 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     click.echo(to_markdown(result.fused_report))  # the fused model's cross-validation report
     click.echo(f"demo: leave-one-session-out, 5 folds, {result.utterances} utterances, UA chance = 25%")
     click.echo(comparison_table(result))
+    if result.attributes:
+        click.echo(attribute_table(result))
     click.echo(f"report: {Path(run_dir) / 'report.md'} ({result.seconds:.0f} s)")
 
 
@@ -315,7 +326,18 @@ def ablate_cmd(kind, root, values, **options) -> None:
     "cache_dir",
     default=None,
     type=click.Path(exists=True, file_okay=False),
-    help="Cache with the test utterances (default: the run's training cache).",
+    help="Cache with the test utterances (default: the run's training cache). A cache of another corpus "
+    "(made with the same encoders) is a cross-corpus test: every fold's model on all of it.",
+)
+@click.option(
+    "--class-map",
+    default=None,
+    help="Cross-corpus: the tested corpus's class names as the run's, e.g. joy=hap,anger=ang,fear=- (- leaves a class out).",
+)
+@click.option(
+    "--cross-corpus",
+    is_flag=True,
+    help="Test every fold's model on all of --cache even when its corpus has the run's corpus name.",
 )
 @click.option(
     "--out",
@@ -335,8 +357,14 @@ def ablate_cmd(kind, root, values, **options) -> None:
     type=click.IntRange(min=0),
     help="The bootstrap's seed (default: a fixed one, recorded).",
 )
-def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resamples, bootstrap_seed) -> None:
+def eval_cmd(
+    run_dir, folds, cache_dir, class_map, cross_corpus, out_dir, device, allow_incomplete, resamples, bootstrap_seed
+) -> None:
     """Evaluate the selected checkpoints on their test folds and write the report.
+
+    With --cache of another corpus (or --cross-corpus, --class-map) every fold's model is tested
+    on all of that cache instead: the report (RUN/report_on_CORPUS.*) says which corpus trained
+    and which tested, and adds the ensemble of all the models.
 
     Per fold: WA (accuracy), UA (macro recall), macro F1, weighted F1, confusion matrix, selected
     epoch; over folds: mean and std, and pooled over all test utterances. Written as JSON,
@@ -345,22 +373,26 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resam
     """
     from pathlib import Path
 
-    from ..fuse.report.evaluation import evaluate_saved_run
+    from ..fuse.report.cross_corpus import evaluate_saved_run_across
     from ..fuse.report.render import to_markdown, write_report
     from ..fuse.report.stats import DEFAULT_SEED, Bootstrap
-    from ..fuse.train.runs import LATEST, report_stem
+    from ..fuse.train.runs import LATEST, cross_corpus_stem, report_stem
 
     run_dir = run_dir or str(LATEST)
     boot = Bootstrap(resamples, DEFAULT_SEED if bootstrap_seed is None else bootstrap_seed)
-    report = evaluate_saved_run(
+    report = evaluate_saved_run_across(
         Path(run_dir),
         cache_dir,
+        class_map,
+        cross_corpus,
         folds=list(folds) or None,
         device=device,
         allow_incomplete=allow_incomplete,
         bootstrap=boot,
     )
     stem = report_stem(list(folds))
+    if "cross_corpus" in report:  # beside the run's own report, never over it
+        stem = cross_corpus_stem(report["cross_corpus"]["tested_on"], list(folds))
     write_report(report, Path(out_dir) if out_dir else Path(run_dir), stem)
     click.echo(to_markdown(report))
 
@@ -368,12 +400,74 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resam
 # --- prediction (ksr.predict: extract + fuse) --------------------------------------------------
 
 
+def predict_many(options: dict, single) -> None:
+    """``ksr predict`` in batch mode (``ksr.batch_predict``)."""
+    from pathlib import Path
+
+    from ..batch_predict import BatchRequest, predict_batch, side_file
+    from ..predict import PredictError
+
+    if single:
+        raise PredictError("--audio, --text, --attention and --json predict one utterance; batch mode takes none")
+    if options["out"] is None:
+        raise PredictError("batch mode writes its predictions to --out FILE.csv")
+    if options["manifest"] is None and options["folder"] is None:
+        raise PredictError("batch mode reads --manifest M.csv or --folder DIR")
+    paths = {k: Path(v) for k, v in options.items() if k in ("out", "manifest", "folder", "checkpoint", "run") and v}
+    result = predict_batch(BatchRequest(**{**options, **paths}), say=lambda line: click.echo(line, err=True))
+    failed = f", {len(result.failed)} failed (see {side_file(result.out, 'errors.tsv')})"
+    click.echo(
+        f"predicted {result.predicted} utterance(s) with {len(result.members)} model(s){failed if result.failed else ''}"
+        f" -> {', '.join(str(p) for p in result.files)} ({result.seconds:.1f} s)"
+    )
+
+
 @main.command("predict")
 @click.option(
     "--checkpoint",
-    required=True,
+    default=None,
     type=click.Path(dir_okay=False),
     help="A ksr checkpoint, e.g. runs/main/seed123/fold5/best.pt.",
+)
+@click.option(
+    "--run",
+    "run_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Batch mode: every selected checkpoint of this run (all folds and seeds) votes; "
+    "the mean of their probabilities decides.",
+)
+@click.option(
+    "--manifest",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Batch mode: a CSV with columns id, audio (and the transcripts' column); predictions go to --out.",
+)
+@click.option(
+    "--folder",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Batch mode: every audio file under this folder (transcripts from --asr, or none for audio-only models).",
+)
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Batch mode: the predictions CSV.")
+@click.option(
+    "--text-column",
+    default="text",
+    show_default=True,
+    help="Batch mode: the manifest column that holds the transcripts.",
+)
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["csv", "msp-podcast"]),
+    default="csv",
+    show_default=True,
+    help="Batch mode: csv (id, label, p_<class>...), or the MSP-Podcast challenge's files (docs/predict.md).",
+)
+@click.option(
+    "--keep-features",
+    is_flag=True,
+    help="Batch mode: keep the work folder OUT.work (the features) after the predictions are written.",
 )
 @click.option(
     "--audio",
@@ -399,7 +493,8 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resam
 @click.option(
     "--force",
     is_flag=True,
-    help="Use the given encoders even when their weights or layer differ from the recorded ones.",
+    help="Use the given encoders even when their weights or layer differ from the recorded ones; "
+    "in batch mode also overwrite --out.",
 )
 @click.option(
     "--attention",
@@ -420,6 +515,13 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resam
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
 def predict_cmd(
     checkpoint,
+    run_dir,
+    manifest,
+    folder,
+    out,
+    text_column,
+    out_format,
+    keep_features,
     audio_path,
     text,
     asr_spec,
@@ -431,18 +533,28 @@ def predict_cmd(
     as_json,
     device,
 ) -> None:
-    """Predict the emotion of one utterance with a trained checkpoint.
+    """Predict the emotion of one utterance, or of many (--manifest or --folder, into --out).
 
     Features are made with the encoders recorded in the checkpoint (checked by their weights'
     digest), cut, padded and stored-dtype rounded as the training cache was. Prints the label
-    and the class probabilities. See docs/predict.md.
+    and the class probabilities. In batch mode the features go through the extraction pipeline
+    (batched, resumable: run the same command again after a kill) and one CSV row per utterance
+    is written; --run makes every fold and seed of a run vote. See docs/predict.md.
     """
     import json
 
     from ..common.optional import require_audio
+    from ..predict import PredictError, draw_attention, predict_one
 
     require_audio("ksr predict")  # before any work: one line naming the extra
-    from ..predict import draw_attention, predict_one
+    if manifest or folder or out or run_dir:
+        batch = dict(manifest=manifest, folder=folder, out=out, run=run_dir, checkpoint=checkpoint)
+        batch.update(text_column=text_column, format=out_format, keep_features=keep_features, asr=asr_spec)
+        batch.update(audio_encoder=audio_encoder, text_encoder=text_encoder, force=force, device=device)
+        batch.update({} if max_duration is None else {"max_duration": max_duration})
+        return predict_many(batch, single=audio_path or text or attention_png or as_json)
+    if checkpoint is None:
+        raise PredictError("name the model with --checkpoint PATH (or --run RUN with --manifest/--folder)")
 
     if attention_png is not None:
         from ..fuse.report.plots import figure_format
@@ -470,8 +582,13 @@ def predict_cmd(
         return
     if result.asr is not None:
         click.echo(f"transcript ({result.asr['name']}): {result.transcript}")
-    click.echo(f"label: {result.label}")
-    for name, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
-        click.echo(f"  {name:<12} {p:7.4f}  {'#' * round(40 * p)}")
+    if result.normalisation:
+        click.echo(f"normalisation: {result.normalisation}")
+    if result.label:  # a model of task attributes has no trained classes
+        click.echo(f"label: {result.label}")
+        for name, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
+            click.echo(f"  {name:<12} {p:7.4f}  {'#' * round(40 * p)}")
+    if result.attributes:
+        click.echo("attributes: " + ", ".join(f"{k} {v:.2f}" for k, v in result.attributes.items()))
     if attention_png is not None:
         click.echo(f"attention: {attention_png}")

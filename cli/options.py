@@ -79,11 +79,23 @@ def check_out(out: str, force: bool) -> None:
     check_replace(out, force)
 
 
+def size_option():
+    """``--size``: a named model size (``fuse.model.config.MODEL_SIZES``)."""
+    return click.option(
+        "--size",
+        type=LazyChoice(lambda: list(_model_sizes())),
+        default=None,
+        help="Model size: default = the public code's model (layers 5,3,2, 8 heads, FFN 256/512); small = make "
+        "demo's (layers 1,1,1, 4 heads, FFN 64, no attention dropout), minutes per fold on a 2-core CPU. "
+        "Model options typed beside it win. With --recipe ksr, larger models get a scaled learning rate.",
+    )
+
+
 def training_options(f):
     """The options ksr train and ksr ablate share: the data and protocol, the recipe, the device,
     then the model settings (in that order in --help)."""
     f = model_options(f)
-    for option in reversed([*data_options(), *recipe_options(), *device_options()]):
+    for option in reversed([*data_options(), *recipe_options(), *device_options(), size_option()]):
         f = option(f)
     return f
 
@@ -118,9 +130,9 @@ def _selections():
 
 
 def _metrics():
-    from ..fuse.train.metrics import METRICS
+    from ..fuse.train.metrics import ATTRIBUTE_METRIC, METRICS
 
-    return METRICS
+    return (*METRICS, ATTRIBUTE_METRIC)
 
 
 def _recipes():
@@ -129,8 +141,32 @@ def _recipes():
     return recipes
 
 
+def _validations():
+    from ..fuse.train.folds import VALIDATIONS
+
+    return VALIDATIONS
+
+
+def _model_sizes():
+    from ..fuse.model.config import MODEL_SIZES
+
+    return MODEL_SIZES
+
+
+def _losses():
+    from ..fuse.train.losses import LOSSES
+
+    return LOSSES
+
+
+def _samplers():
+    from ..fuse.train.sampling import SAMPLERS
+
+    return SAMPLERS
+
+
 def _cache_modes():
-    from ..cache.reader import MODES
+    from ..cache.modes import MODES
 
     return MODES
 
@@ -167,7 +203,21 @@ def data_options() -> list:
             show_default=True,
             help="Which epoch's model is kept. valid: the epoch with the best validation score (the official valid split under --protocol split); test: the epoch with the best score on the TEST set, as the public code does (reports are marked; refused under --protocol split); last: the last epoch, no selection (the validation set is still held out and scored).",
         ),
-        click.option("--metric", type=LazyChoice(_metrics), default="wa", show_default=True, help="Selection metric."),
+        click.option(
+            "--metric",
+            type=LazyChoice(_metrics),
+            default=None,
+            help="Selection metric (default wa; ccc, the mean CCC over the attributes, under --task attributes).",
+        ),
+        click.option(
+            "--validation",
+            type=LazyChoice(_validations),
+            default="utterances",
+            show_default=True,
+            help="Where session folds validate: utterances = a share of the training speakers' utterances (it "
+            "cannot see a speaker shift: a new voice can score far below it); speaker = one training speaker held "
+            "out whole, as a new voice would be.",
+        ),
         click.option(
             "--val-fraction",
             default=0.1,
@@ -224,11 +274,40 @@ def recipe_options() -> list:
             default=None,
             help="Override the recipe's linear warm-up, in epochs (stepped per batch; 0 = none).",
         ),
+        *imbalance_options(),
+    ]
+
+
+def imbalance_options() -> list:
+    """The class loss and the batches' order (recipe settings; docs/learning.md, "Imbalanced classes")."""
+    return [
+        click.option(
+            "--loss",
+            type=LazyChoice(_losses),
+            default=None,
+            help="The class loss (default ce, the public code's). weighted-ce: cross-entropy weighted by the "
+            "training fold's inverse class frequencies; focal: focal loss (--focal-gamma); weighted-focal: both. "
+            "For imbalanced classes, with --metric macro_f1 (docs/learning.md).",
+        ),
+        click.option(
+            "--focal-gamma",
+            type=click.FloatRange(0),
+            default=None,
+            help="The focal losses' gamma (default 2, fuse.train.losses.DEFAULT_FOCAL_GAMMA; 0 = cross-entropy).",
+        ),
+        click.option(
+            "--sampler",
+            type=LazyChoice(_samplers),
+            default=None,
+            help="The order of the training utterances (default shuffle: each once per epoch). balanced: each "
+            "batch drawn with equal class probability, as many draws per epoch (rare classes repeat).",
+        ),
     ]
 
 
 def device_options() -> list:
     """Where training runs, how the cache is read, and resuming."""
+    from ..cache.modes import MODE_HELP  # torch-free at import: ksr --help stays fast
 
     return [
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto."),
@@ -240,7 +319,7 @@ def device_options() -> list:
             type=LazyChoice(_cache_modes),
             default="auto",
             show_default=True,
-            help="Load the cache into memory or stream it from disk.",
+            help=MODE_HELP,
         ),
         click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch."),
     ]
@@ -251,9 +330,10 @@ def setup_training(o: dict, run_dir: str | None = None, progress: bool | None = 
     a large cache is read. ``--resume`` continues what the run recorded (``resumed_options``)."""
     from click.core import ParameterSource
 
-    from ..fuse.model.config import cli_settings
+    from ..fuse.model.config import MODEL_SIZES, attention_layers, cli_settings
     from ..fuse.report.experiment import open_training
-    from ..fuse.train.recipes import PRESET_MODEL_SETTINGS, PRESET_NOTES, recipe
+    from ..fuse.train.losses import is_focal
+    from ..fuse.train.recipes import PRESET_MODEL_SETTINGS, PRESET_NOTES, recipe, scaled_for_model
     from ..fuse.train.runs import RECIPE_OPTIONS, RUN_OPTIONS, resumed_options
 
     ctx = click.get_current_context()
@@ -267,10 +347,14 @@ def setup_training(o: dict, run_dir: str | None = None, progress: bool | None = 
     if o["cache_dir"] is None:
         raise click.UsageError("--cache is needed (only --resume of a run that recorded its cache can leave it out)")
     r = recipe(o["recipe_name"], **{k: o[k] for k in RECIPE_OPTIONS})
+    if "focal_gamma" in typed and not is_focal(r.loss):
+        raise click.BadParameter(f"applies to --loss focal or weighted-focal, not {r.loss}", param_hint="--focal-gamma")
     changes = {
         **PRESET_MODEL_SETTINGS.get(o["recipe_name"], {}),
+        **MODEL_SIZES[o.get("size") or "default"],
         **{f.name: o[f.name] for f in cli_settings() if o[f.name] is not None},
     }
+
     setup = open_training(
         o["cache_dir"],
         r,
@@ -280,6 +364,13 @@ def setup_training(o: dict, run_dir: str | None = None, progress: bool | None = 
         cache_mode=o["cache_mode"],
         progress=progress,
     )
+    # A resumed run's recorded lr and warm-up are in ``o`` already: kept, never scaled twice.
+    kept = {k for k in ("lr", "warmup_epochs") if o[k] is not None}
+    layers = attention_layers(setup.spec.model) if setup.spec.model.architecture == "ks-transformer" else 0
+    r, scaling = scaled_for_model(r, layers, kept)
+    setup.spec.recipe = r
+    if scaling and setup.ranks.main:
+        click.echo(scaling, err=True)
     if o["recipe_name"] in PRESET_NOTES and setup.ranks.main:
         click.echo(PRESET_NOTES[o["recipe_name"]], err=True)
     if o["select"] == "test" and setup.spec.protocol != "split" and setup.ranks.main:  # split refuses it

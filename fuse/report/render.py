@@ -11,6 +11,8 @@ from ...common import write_json, write_text
 from ..train.folds import OFFICIAL_SPLIT
 from ..train.metrics import METRICS
 from ..train.runs import REPORT_STEM, ReportFiles
+from .attribute_report import attribute_lines, write_attribute_predictions
+from .cross_corpus import cross_corpus_lines
 from .intervals import CI_COLUMNS, ci_cells, interval_lines, pct, write_predictions
 from .split_tables import official_split_lines
 
@@ -32,6 +34,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     hide_mean = cov is not None and not cov["complete"] and not report.get("allow_incomplete")
     lines += markdown_summary(report, hide_mean)
     lines += markdown_baselines(report, hide_mean)
+    lines += attribute_lines(report, report.get("model", "model"))
     for seed, sr in report["seeds"].items():
         lines += markdown_seed(report, seed, sr)
     lines += interval_lines(report)
@@ -43,6 +46,8 @@ def markdown_heading(report: dict[str, Any]) -> list[str]:
     lines = [f"# ksr report: {report['run']}", ""]
     if "model" in report:
         lines += [f"Model: {report['model']}.", ""]
+    if "loss" in report:  # reports written before ksr named the loss have none
+        lines += [f"Training loss: {report['loss']}.", ""]
     if report["select"] == "test":
         lines += [f"**{report['note']}.**", ""]
     else:
@@ -52,6 +57,7 @@ def markdown_heading(report: dict[str, Any]) -> list[str]:
         f"Classes: {', '.join(report['classes'])}.",
         "",
     ]
+    lines += cross_corpus_lines(report)
     cov = report.get("coverage")
     if not cov:
         return lines
@@ -209,12 +215,15 @@ def write_report(report: dict[str, Any], out_dir: Path, stem: str = REPORT_STEM)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     slim = strip_histories(report)
     slim.pop("predictions", None)  # in their own CSV file
+    slim.pop("attribute_predictions", None)
     write_json(files.json, slim)
     paths = [files.json, files.markdown, files.csv]
     write_text(files.markdown, to_markdown(report))
     write_text(files.csv, to_csv(report))
     if write_predictions(report, files.predictions):
         paths.append(files.predictions)
+    if write_attribute_predictions(report, files.attribute_predictions):
+        paths.append(files.attribute_predictions)
     try:
         from .plots import plot_report
     except ImportError:
@@ -254,7 +263,9 @@ def printed_summary(report: dict[str, Any]) -> list[str]:
         found = max(len(sr["folds"]) for sr in report["seeds"].values())
         planned = cov.get("folds_planned", found)
         over = "mean over folds" if found >= planned else f"mean over {found} of {planned} folds"
-    lines.append(f"WA {pct(s['wa'])}%  UA {pct(s['ua'])}%  ({over}; {where})")
+    loss = f"loss: {report['loss']}; " if "loss" in report else ""
+    lines.append(f"WA {pct(s['wa'])}%  UA {pct(s['ua'])}%  macro F1 {pct(s['macro_f1'])}%  ({over}; {loss}{where})")
     for name, b in report.get("baselines", {}).items():
-        lines.append(f"  {name}: WA {pct(b['summary']['wa'])}%  UA {pct(b['summary']['ua'])}% (same folds)")
+        b = b["summary"]
+        lines.append(f"  {name}: WA {pct(b['wa'])}%  UA {pct(b['ua'])}%  macro F1 {pct(b['macro_f1'])}% (same folds)")
     return lines

@@ -14,6 +14,7 @@ This module is the only one that names a run directory's files or parses its pat
     RUN/report_predictions.csv       every test utterance's prediction, per seed and fold
     RUN/report_*.png                 the report's figures
     RUN/baseline-probe/              the linear-probe baseline: a run of its own, same layout
+    RUN/baseline-probe-weighted/     the class-weighted probe (runs trained for imbalanced classes)
     RUN/tensorboard/seedS/foldK      TensorBoard curves (``ksr train --tensorboard``)
     runs/latest                      a link to the last run ``ksr train`` worked on, finished or not (``ksr eval``'s default)
 
@@ -51,7 +52,7 @@ _FOLD_DIR = re.compile(r"seed(\d+)/(?:fold(\d+)|split)")
 #: The folder of the split protocol's single fold (fold 1).
 SPLIT_DIR = "split"
 # Settings that make two runs different runs (a resume must agree on every one).
-RUN_SETTINGS = ("model", "recipe", "protocol", "select", "metric", "val_fraction")
+RUN_SETTINGS = ("model", "recipe", "protocol", "select", "metric", "val_fraction", "validation")
 # Cache metadata a trained model depends on: another cache must agree on these to be used with it.
 MODEL_CACHE_KEYS = ("audio_encoder", "text_encoder", "classes", "max_audio_len", "max_text_len")
 
@@ -72,6 +73,7 @@ class RunSpec:
     val_fraction: float = 0.1
     cache_meta: dict[str, Any] = field(default_factory=dict)
     cache_dir: str = ""  # where the training cache was (the default for ksr eval)
+    validation: str = "utterances"  # session folds: "speaker" validates on a held-out training speaker
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +85,7 @@ class RunSpec:
             "val_fraction": self.val_fraction,
             "cache_meta": self.cache_meta,
             "cache_dir": self.cache_dir,
+            "validation": self.validation,
             "ksr_version": __version__,
         }
 
@@ -97,6 +100,7 @@ class RunSpec:
             val_fraction=d["val_fraction"],
             cache_meta=d["cache_meta"],
             cache_dir=d.get("cache_dir", ""),
+            validation=d.get("validation", "utterances"),  # runs of ksr before the option
         )
 
 
@@ -188,6 +192,12 @@ def baseline_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "baseline-probe"
 
 
+def weighted_baseline_dir(run_dir: Path) -> Path:
+    """Where ``ksr train`` fits the class-weighted linear probe of a run trained for imbalanced
+    classes (a loss other than plain cross-entropy, or the balanced sampler)."""
+    return Path(run_dir) / "baseline-probe-weighted"
+
+
 def tensorboard_dir(run_dir: Path) -> Path:
     """``ksr train --tensorboard``'s default folder."""
     return Path(run_dir) / "tensorboard"
@@ -217,6 +227,11 @@ class ReportFiles:
     def predictions(self) -> Path:
         return Path(self.folder) / f"{self.stem}_predictions.csv"
 
+    @property
+    def attribute_predictions(self) -> Path:
+        """Each test utterance's true and predicted attribute values (a model that learns them)."""
+        return Path(self.folder) / f"{self.stem}_attribute_predictions.csv"
+
     def figure(self, name: str) -> Path:
         return Path(self.folder) / f"{self.stem}_{name}.png"
 
@@ -224,6 +239,13 @@ class ReportFiles:
 def report_stem(folds: list[int] | None) -> str:
     """``report``, or ``report_fold4_5`` for a report of some folds only."""
     return REPORT_STEM if not folds else REPORT_STEM + "_fold" + "_".join(str(f) for f in folds)
+
+
+def cross_corpus_stem(corpus: str, folds: list[int] | None) -> str:
+    """``report_on_msp-podcast`` (``_fold4_5`` added for some folds): the report of a run tested
+    on another corpus, beside the run's own report."""
+    safe = re.sub(r"[^\w.-]+", "_", corpus).strip("._") or "corpus"
+    return report_stem(folds) + f"_on_{safe}"
 
 
 def fold_checkpoint(run_dir: Path, seed: int, fold: int, which: str = "best", protocol: str = "session") -> Path:
@@ -251,6 +273,15 @@ def trained_folds(run_dir: Path) -> dict[int, list[int]]:
     for seed, fold, files in fold_folders(run_dir):
         if files.done():
             found.setdefault(seed, []).append(fold)
+    return found
+
+
+def selected_checkpoints(run_dir: Path) -> list[tuple[int, int, Path]]:
+    """(seed, fold, best.pt) of every fold folder of the run that holds its selected checkpoint,
+    sorted by seed and fold: the members of the run's ensemble (``ksr predict --run``)."""
+    found = [(seed, fold, files.best) for seed, fold, files in fold_folders(run_dir) if files.done()]
+    if not found:
+        raise RunError(f"{run_dir}: no trained fold (no fold folder with a best.pt); run ksr train first")
     return found
 
 
@@ -328,8 +359,9 @@ def prepare_run(
 
 
 #: The options of a training command that a run records, by where run.json keeps them.
-RUN_OPTIONS = ("protocol", "select", "metric", "val_fraction")
+RUN_OPTIONS = ("protocol", "select", "metric", "val_fraction", "validation")
 RECIPE_OPTIONS = ("epochs", "lr", "batch_size", "momentum", "schedule", "optimizer", "warmup_epochs")
+RECIPE_OPTIONS += ("loss", "focal_gamma", "sampler")  # the class loss and the batches' order
 
 
 def resumed_options(run_dir: Path, options: dict[str, Any], typed: set[str]) -> dict[str, Any]:
@@ -420,8 +452,12 @@ def write_split(out: Path, split: Split, select: str, ids: list[str]) -> None:
 
 def model_config_for_cache(cache: Cache, base: ModelConfig, **changes: Any) -> ModelConfig:
     """``base`` with ``changes`` and the cache's dims and classes, checked once as a whole (so
-    e.g. 12 heads fit a 768-dim cache though not the default 512 dims)."""
-    return base.replace(**changes, **cache_dims(cache.meta))
+    e.g. 12 heads fit a 768-dim cache though not the default 512 dims). A model that learns
+    attributes predicts the cache's, in its order."""
+    merged = {**changes, **cache_dims(cache.meta)}
+    if merged.get("task", base.task) != "classes":
+        merged["attributes"] = tuple(cache.meta.attributes)
+    return base.replace(**merged)
 
 
 def check_run_matches_cache(spec: RunSpec, cache: Cache, run_dir: Path) -> None:
@@ -441,6 +477,7 @@ def cache_split(cache: Cache, spec: RunSpec, fold: int, seed: int) -> Split:
             val_fraction=spec.val_fraction,
             seed=seed,
             splits=cache.splits,
+            validation=spec.validation,
         )
     except ValueError as e:
         raise RunError(f"cache {cache.root}: {e}") from None
