@@ -93,6 +93,7 @@ def evaluate_run(
         "protocol": spec.protocol,
         "fold_naming": fold_naming(spec),
         "select": spec.select,
+        "task": spec.model.task,  # an attributes-only model's class scores mean nothing
         "selection_metric": spec.metric,
         "note": selection_note(spec),
         "classes": list(cache.classes),

@@ -193,3 +193,32 @@ def test_the_predictions_file_has_probabilities_speakers_and_sessions_and_reads_
         assert (r["speaker"], r["session"]) == where[r["id"]] and r["session"] == "2"
     back = read_predictions(run / "report_predictions.csv", classes)["123"]["2"]
     assert back["ids"] == [r["id"] for r in rows] and back["preds"] == [classes.index(r["prediction"]) for r in rows]
+
+
+def test_an_attribute_run_prints_its_ccc_not_an_untrained_classifiers_accuracy(tmp_path):
+    from support.tiny import tiny_meta
+
+    names = ("activation", "valence", "dominance")
+    cache = tiny_cache(tmp_path / "cache", 60, seed=2, meta=tiny_meta(attributes=names))
+    run = tmp_path / "run"
+    result = train(run, cache, "--epochs", "2", "--fold", "1", "--fold", "2", "--task", "attributes", "--metric", "ccc")
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "report.json").read_text())
+    model, ridge = (report["attributes"]["systems"][s]["summary"]["ccc"] for s in ("model", "ridge"))
+    summary = [line for line in result.output.splitlines() if "report: " in line]
+    assert len(summary) == 1 and summary[0].startswith(f"CCC {model:.3f} (mean over 2 of 5 folds; "), result.output
+    assert summary[0].endswith(f"report: {run / 'report.md'})")
+    assert f"  ridge: CCC {ridge:.3f} (same folds)" in result.output
+    assert not [line for line in result.output.splitlines() if line.startswith("WA ")]
+    # the attribute means are withheld, like the class means, while a fold is unfinished
+    history = run / "seed123/fold2/history.json"
+    saved = json.loads(history.read_text())
+    saved["epochs"] = saved["epochs"][:1]
+    history.write_text(json.dumps(saved))
+    again = train(run, cache, "--resume", "--no-baseline")
+    assert again.exit_code == 0, again.output
+    assert "no mean: unfinished run" in again.output and not [
+        line for line in again.output.splitlines() if line.startswith(("CCC ", "WA ", "  ridge"))
+    ]
+    md = (run / "report.md").read_text()
+    assert "| KS-Transformer | not given: unfinished run" in md.split("## Attributes (CCC)")[1]
