@@ -62,7 +62,7 @@ def test_a_single_fold_is_printed_without_a_std(cache_dir, tmp_path):
     run = tmp_path / "run"
     result = train(run, cache_dir, "--epochs", "1", "--fold", "2")
     assert result.exit_code == 0, result.output
-    assert "(fold 2, seed 123; report:" in result.output and "mean over folds" not in result.output
+    assert "(fold 2, seed 123; " in result.output and "mean over folds" not in result.output
     md = (run / "report.md").read_text()
     assert "± 0.00" not in md and "| fold 2 |" in md
     probe = (run / "baseline-probe/report.md").read_text()
@@ -163,7 +163,7 @@ def test_resume_needs_no_cache_and_an_interrupted_run_says_how_to_continue(cache
     resumed = invoke_ksr(["train", "--run", "runs/r", "--resume", "--no-baseline"], tmp_path)  # no --cache
     assert resumed.exit_code == 0, resumed.output
     assert (tmp_path / "runs/r/seed123/fold2/best.pt").is_file()
-    assert "(mean over 2 of 5 folds; report: runs/r/report.md)" in resumed.output
+    assert "(mean over 2 of 5 folds; " in resumed.output and "report: runs/r/report.md)" in resumed.output
     missing = invoke_ksr(["train", "--run", "runs/new"], tmp_path)
     assert missing.exit_code == 2 and "--cache is needed" in missing.output, missing.output
 
