@@ -13,7 +13,14 @@ import torch
 from ...cache import Cache, open_cache
 from ...common import resolve_device
 from ..model.normalise import normalised_view
-from ..train.chance import below_chance, below_chance_message, chance_loss, stall_message, stalled
+from ..train.chance import (
+    below_chance,
+    below_chance_message,
+    chance_loss,
+    stall_check_applies,
+    stall_message,
+    stalled,
+)
 from ..train.checkpoint import load_model_and_meta
 from ..train.folds import OFFICIAL_SPLIT, public_fold_name
 from ..train.inference import infer
@@ -184,8 +191,8 @@ def test_warnings(where: str, s: dict[str, Any], preds: np.ndarray, classes: lis
 
 def history_warnings(where: str, history: list[dict], train_labels: np.ndarray, spec: RunSpec) -> list[str]:
     """The fold's training loss still at chance at its last epoch (what training said, kept)."""
-    if spec.model.architecture == "probe" or spec.model.task != "classes" or not history:
-        return []  # a loss with an attribute (CCC) term has no class-chance level
+    if spec.model.architecture == "probe" or not stall_check_applies(spec.recipe, spec.model) or not history:
+        return []  # other losses (CCC terms, weighted, focal) have no cross-entropy chance level
     if "train_loss" not in history[-1]:
         return []
     last = history[-1]

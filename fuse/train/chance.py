@@ -47,6 +47,12 @@ def stalled(epoch: int, train_loss: float, chance: float, r: Recipe) -> bool:
     return chance > 0 and epoch >= first_checked_epoch(r) and train_loss >= STALL_TOLERANCE * chance
 
 
+def stall_check_applies(r: Recipe, cfg: ModelConfig) -> bool:
+    """The chance loss is cross-entropy's: other losses (weighted, focal) and attribute tasks
+    have their own scale, and are not checked."""
+    return r.loss == "ce" and cfg.task == "classes"
+
+
 def stall_advice(r: Recipe, cfg: ModelConfig) -> str:
     """What to try when the loss does not move, for this recipe and model."""
     tips = [f"a lower --lr (this run: {r.lr:g}; try {r.lr / 4:.2g})"]
@@ -87,8 +93,8 @@ class StallWatch:
     def __init__(self, where: str, train_labels: Sequence[int], r: Recipe, cfg: ModelConfig) -> None:
         self.where, self.recipe, self.cfg = where, r, cfg
         self.chance = chance_loss(train_labels, cfg.num_classes)
-        # a loss with an attribute (CCC) term has no class-chance level to compare with
-        self.said = cfg.task != "classes"
+        # an attribute (CCC) term, a weighted or focal loss: no cross-entropy chance level to compare with
+        self.said = not stall_check_applies(r, cfg)
 
     def check(self, epoch: int, train_loss: float) -> str | None:
         """The warning for this epoch's loss, the first time it is due (None otherwise)."""

@@ -18,6 +18,7 @@ from ksr.fuse.train.chance import (
     chance_loss,
     first_checked_epoch,
     stall_advice,
+    stall_check_applies,
     stalled,
 )
 from ksr.fuse.train.recipes import recipe
@@ -57,6 +58,13 @@ def test_stall_watch_says_it_once():
     said = watch.check(1, 1.40)
     assert said.startswith("seed 1 fold 2, epoch 2: the training loss 1.400 is still at chance level (1.386")
     assert watch.check(2, 1.40) is None
+
+
+def test_other_losses_and_attribute_tasks_are_not_checked():
+    assert stall_check_applies(recipe("ksr"), ModelConfig())
+    assert not stall_check_applies(recipe("ksr", loss="focal"), ModelConfig())
+    watch = StallWatch("seed 1 fold 1", [0, 1, 2, 3], recipe("paper", epochs=4, loss="weighted-ce"), ModelConfig())
+    assert watch.check(1, 5.0) is None
 
 
 def test_below_chance_is_under_one_over_c():
