@@ -8,6 +8,7 @@ import os
 
 import h5py
 import pytest
+import torch
 
 from ksr.cache import CacheError, open_cache, verify_cache
 from ksr.cache import reader as reader_mod
@@ -109,3 +110,28 @@ def test_a_garbled_stamps_file_is_ignored(cache, hashes, monkeypatch):
     assert len(hashes) == 3
     assert json.loads((cache / STAMPS_FILE).read_text())["kind"] == "ksr-cache-verified"
     assert verify_cache(cache, progress=False).ok and verify_cache(cache, progress=False).notes == []
+
+
+def test_a_stamped_shard_is_not_opened_with_hdf5_again(cache, monkeypatch):
+    """Its layout and metadata come with its stamp: the same utterances, labels and rows, and
+    none of the shards inspected; a changed index meta still has every shard inspected (and refused)."""
+    from ksr.cache import verify as verify_mod
+
+    monkeypatch.setattr(stamps_mod, "RACY_NS", 0)
+    first = open_cache(cache, mode="stream", progress=False)
+    inspected = []
+    real = verify_mod.inspect_shard
+    monkeypatch.setattr(verify_mod, "inspect_shard", lambda path, *a: inspected.append(path.name) or real(path, *a))
+    again = open_cache(cache, mode="stream", progress=False)
+    assert inspected == []
+    assert again.ids == first.ids and list(again.labels) == list(first.labels)
+    assert list(again.speakers) == list(first.speakers) and list(again.transcripts) == list(first.transcripts)
+    batch, expected = again.batch(range(9)), first.batch(range(9))
+    assert torch.equal(batch.audio, expected.audio) and torch.equal(batch.text_lengths, expected.text_lengths)
+    path = cache / "index-w0.json"
+    doc = json.loads(path.read_text())
+    doc["meta"]["corpus"] = "another"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CacheError, match=r"shard-w0-00000\.h5: made for another cache than index-w0\.json: corpus"):
+        open_cache(cache, mode="stream", progress=False)
+    assert len(inspected) == 3
