@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..common.files import human_bytes
+
+if TYPE_CHECKING:
+    import torch
 
 MODES = ("auto", "gpu", "host", "stream", "memory")
 #: The three places features can live (what ``Cache.mode`` says after ``auto`` or an alias).
@@ -85,6 +87,8 @@ def resolve_mode(
 def gpu_free_bytes(device: torch.device) -> int:
     """Free memory of a CUDA device, as the driver reports it (0 when it cannot be asked)."""
     try:
+        import torch  # here: ksr --help reads this module's help text without paying for torch
+
         return int(torch.cuda.mem_get_info(device)[0])
     except (RuntimeError, AssertionError, ValueError):
         return 0

@@ -61,6 +61,8 @@ class Batch:
     text_lengths: torch.Tensor  # (B,) long
     indices: torch.Tensor  # (B,) long, utterance numbers in the cache
     ids: list[str]
+    #: (B, len(Cache.attribute_names)) float32, NaN where the value is missing; (B, 0) without attributes.
+    attributes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -111,7 +113,8 @@ class Cache:
     Attributes (all in utterance order, i.e. sorted by id): ``ids`` (list of str), ``labels``
     (int64), ``speakers``, ``sessions``, ``genders``, ``transcripts``, ``splits`` (arrays of str),
     ``audio_lengths``, ``text_lengths`` (int64, valid rows after cutting),
-    ``audio_lengths_full``, ``text_lengths_full`` (before cutting).
+    ``audio_lengths_full``, ``text_lengths_full`` (before cutting), ``attributes`` (float32,
+    (n, len(attribute_names)), NaN where missing; no columns for a cache without attributes).
     """
 
     def __init__(
@@ -155,6 +158,9 @@ class Cache:
         self.audio_lengths, self.text_lengths = g["audio_len"], g["text_len"]
         self.audio_lengths_full, self.text_lengths_full = g["audio_len_full"], g["text_len_full"]
         self._id_array = g["id"]
+        k = len(self.meta.attributes)
+        stored = [s.attributes for s in self.shards]
+        self.attributes = (np.concatenate(stored) if stored else np.zeros((0, k), np.float32))[order]
 
         self.mode, why = resolve_mode(mode, self.feature_bytes, device, gpu_reserve, ram=_available_ram())
         self.placement = f"cache {root.name}: features {_WHERE[self.mode]} ({why})"
@@ -165,6 +171,7 @@ class Cache:
         self._labels_t = torch.as_tensor(self.labels, device=self.home)
         self._alen_t = torch.as_tensor(self.audio_lengths, device=self.home)
         self._tlen_t = torch.as_tensor(self.text_lengths, device=self.home)
+        self._attributes_t = torch.as_tensor(self.attributes, device=self.home)
         loads = self.mode != "stream"
         verified = stamps if verify else None
         # Progress over the bytes read at open: whole files when hashing, feature rows otherwise.
@@ -192,6 +199,11 @@ class Cache:
     @property
     def classes(self) -> tuple[str, ...]:
         return self.meta.classes
+
+    @property
+    def attribute_names(self) -> tuple[str, ...]:
+        """The numeric attributes stored per utterance (manifest column names); () when none."""
+        return self.meta.attributes
 
     @property
     def feature_bytes(self) -> int:
@@ -252,6 +264,7 @@ class Cache:
             text_lengths=tlen,
             indices=it,
             ids=[self.ids[i] for i in idx.tolist()],
+            attributes=self._attributes_t[it],
         )
 
     def loader(

@@ -20,8 +20,9 @@ from ..model.baselines import PoolingProbe
 from .checkpoint import save_checkpoint
 from .folds import Split
 from .inference import infer
+from .losses import is_class_weighted
 from .metrics import METRICS, scores
-from .runs import FoldFiles, FoldOutcome, RunSpec, checkpoint_meta, measured_on
+from .runs import FoldFiles, FoldOutcome, RunError, RunSpec, checkpoint_meta, measured_on
 
 #: Inverse regularisation strengths the probe tries; validation picks one.
 PROBE_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -37,14 +38,24 @@ def pooled_features(model: PoolingProbe, cache, indices: np.ndarray, batch_size:
     return np.concatenate(rows) if rows else np.zeros((0, model.mean.numel()))
 
 
-def fit_probe(model: PoolingProbe, features: np.ndarray, labels: np.ndarray, c: float, seed: int) -> PoolingProbe:
-    """Fit the standardisation and a multinomial logistic regression (L2, strength 1/C) in place."""
+def fit_probe(
+    model: PoolingProbe,
+    features: np.ndarray,
+    labels: np.ndarray,
+    c: float,
+    seed: int,
+    class_weight: str | None = None,
+) -> PoolingProbe:
+    """Fit the standardisation and a multinomial logistic regression (L2, strength 1/C) in place;
+    ``class_weight="balanced"`` weights each utterance by its class's inverse frequency."""
     from sklearn.linear_model import LogisticRegression
 
     mean = features.mean(axis=0)
     scale = features.std(axis=0)
     scale[scale == 0] = 1.0  # a constant feature, as scikit-learn's StandardScaler leaves it
-    fitted = LogisticRegression(C=c, max_iter=5000, random_state=seed).fit((features - mean) / scale, labels)
+    fitted = LogisticRegression(C=c, max_iter=5000, random_state=seed, class_weight=class_weight).fit(
+        (features - mean) / scale, labels
+    )
     weight = np.zeros((model.cfg.num_classes, features.shape[1]))
     bias = np.full(model.cfg.num_classes, -1e9)  # a class absent from training is never predicted
     weight[fitted.classes_] = (
@@ -58,6 +69,18 @@ def fit_probe(model: PoolingProbe, features: np.ndarray, labels: np.ndarray, c: 
     model.linear.weight.data.copy_(torch.from_numpy(weight))
     model.linear.bias.data.copy_(torch.from_numpy(bias))
     return model
+
+
+def probe_class_weight(spec: RunSpec) -> str | None:
+    """scikit-learn's ``class_weight`` for the probe's loss: ``ce`` or ``weighted-ce`` (its
+    logistic regression has no focal loss and no batches to balance)."""
+    r = spec.recipe
+    if r.loss not in ("ce", "weighted-ce") or r.sampler != "shuffle":
+        raise RunError(
+            f"the linear probe fits a logistic regression: --loss ce or weighted-ce and --sampler shuffle, "
+            f"not --loss {r.loss} --sampler {r.sampler}"
+        )
+    return "balanced" if is_class_weighted(r.loss) else None
 
 
 def fit_probe_fold(
@@ -78,13 +101,14 @@ def fit_probe_fold(
     if files.best.exists() and files.history.exists():
         history = json.loads(files.history.read_text())
         return FoldOutcome(fold, seed, history["best"]["epoch"], history["best"]["value"], len(history["epochs"]), 0.0)
+    class_weight = probe_class_weight(spec)
     model = build_model(spec.model).to(device)
     features = pooled_features(model, cache, split.train)
     labels = cache.labels[split.train]
     history, best = [], {"epoch": -1, "value": -1.0}
     on = measured_on(spec)
     for epoch, c in enumerate(PROBE_C_GRID):
-        fit_probe(model, features, labels, c, seed)
+        fit_probe(model, features, labels, c, seed, class_weight)
         selected = infer(model, cache, selection, 256, device)
         sel = scores(cache.labels[selection], selected.preds, spec.model.num_classes)
         train_loss = infer(model, cache, split.train, 256, device).loss

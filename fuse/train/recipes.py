@@ -9,8 +9,9 @@
   and classifier dropout 0.2 (the model settings a preset brings, ``PRESET_MODEL_SETTINGS``). A
   departure from both.
 
-A recipe holds optimisation only; every model setting (classifier dropout included) lives in
-``ModelConfig``.
+A recipe holds optimisation only (the class loss and the order of the training batches among
+it: ``losses``, ``sampling``; the defaults are the public code's); every model setting
+(classifier dropout included) lives in ``ModelConfig``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .losses import DEFAULT_FOCAL_GAMMA, LOSSES
+from .sampling import SAMPLERS
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
@@ -43,8 +47,18 @@ class Recipe:
     # Linear warm-up over the first this-many epochs, per optimisation step, scaling the
     # schedule's learning rate (0: none, as in both public presets).
     warmup_epochs: float = 0.0
+    # The class loss and the batches' order (docs/learning.md, "Imbalanced classes").
+    loss: str = "ce"  # ksr.fuse.train.losses.LOSSES
+    focal_gamma: float = DEFAULT_FOCAL_GAMMA  # used by the focal losses only
+    sampler: str = "shuffle"  # ksr.fuse.train.sampling.SAMPLERS
 
     def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if not self.focal_gamma >= 0:
+            raise ValueError(f"focal_gamma must be 0 or more, got {self.focal_gamma}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
@@ -89,6 +103,43 @@ PRESET_NOTES = {
     "(docs/learning.md: training loss flat, UA at chance on the demo corpus); --recipe ksr does"
     for name in ("paper", "official")
 }
+
+
+# The ksr recipe's learning rate and warm-up were tuned on the small model (``MODEL_SIZES``), whose
+# stacks hold SCALING_REFERENCE_LAYERS attention layers; deeper models take the learning rate
+# divided by the depth ratio squared and the warm-up multiplied by it (capped at a quarter of the
+# epochs, never below the recipe's own), so the default model (26 layers) trains at about 3.8e-4 with 3.2 warm-up epochs: measured in
+# docs/learning.md ("Every model size"), where 4e-3 leaves it at chance.
+SCALED_RECIPES = ("ksr",)
+SCALING_REFERENCE_LAYERS = 8
+
+
+def scaled_for_model(r: Recipe, layers: int, keep: set[str] = frozenset()) -> tuple[Recipe, str | None]:
+    """The recipe ``r`` scaled for a model of ``layers`` attention layers (the ksr recipe only;
+    the settings named in ``keep``, typed by the user, stay) and one line saying what changed and
+    why (None when nothing did)."""
+    if r.name not in SCALED_RECIPES or layers <= SCALING_REFERENCE_LAYERS:
+        return r, None
+    ratio = layers / SCALING_REFERENCE_LAYERS
+    changes: dict[str, Any] = {}
+    if "lr" not in keep:
+        changes["lr"] = float(f"{r.lr / ratio**2:.2g}")
+    if "warmup_epochs" not in keep:
+        changes["warmup_epochs"] = round(min(r.warmup_epochs * ratio, max(r.warmup_epochs, r.epochs / 4)), 1)
+    if not changes:
+        return r, None
+    chose = " and ".join(
+        f"lr {changes['lr']:g} (not {r.lr:g})"
+        if k == "lr"
+        else f"{changes[k]:g} warm-up epochs (not {r.warmup_epochs:g})"
+        for k in changes
+    )
+    line = (
+        f"ksr recipe scaled for this model: {chose}, because its {layers} attention layers are {ratio:.2g}x the "
+        f"{SCALING_REFERENCE_LAYERS} of the small model the recipe was tuned on (at 4e-3 deeper models stay at "
+        f"chance); --lr / --warmup-epochs set them yourself"
+    )
+    return dataclasses.replace(r, **changes), line
 
 
 def recipe(name: str, **overrides: Any) -> Recipe:

@@ -484,3 +484,29 @@ def test_error_fields_are_one_printable_line():
     assert one_line("bad\tid\n  here") == "bad id here"
     assert one_line("a\x00b\x1bc\x7f") == "a\\x00b\\x1bc\\x7f"  # no raw control bytes in the TSV
     assert one_line("x" * 500, limit=10) == "xxxxxxx..."
+
+
+def test_attributes_are_stored_and_unusable_values_reported(corpus, encoders, tmp_path):
+    """The manifest's activation/valence/dominance reach the cache (NaN where empty or unusable);
+    each unusable value is one line of the summary, each empty one is counted."""
+    header = [*REQUIRED_COLUMNS, "activation", "valence", "dominance"]
+    wav = corpus.parent / "wav"
+    rows = [
+        {**_row("u1", str(wav / "a_mono.wav")), "activation": "2.5", "valence": "4", "dominance": "1"},
+        {**_row("u2", str(wav / "b_mix.wav")), "activation": "", "valence": "high", "dominance": "3"},
+        {**_row("u3", str(wav / "c_8k.wav")), "activation": "5.5", "valence": "1", "dominance": ""},
+    ]
+    manifest = _write_manifest(tmp_path / "iemocap.csv", rows, header=header)
+    summary = _extract(manifest, tmp_path / "cache", encoders)
+    assert summary.attributes == ("activation", "valence", "dominance") and summary.attribute_range == (1.0, 5.0)
+    assert summary.attribute_missing == {"activation": 1, "valence": 0, "dominance": 1}
+    assert summary.attribute_problems == [
+        "u2: valence 'high' is not a number (stored as missing)",
+        "u3: activation 5.5 is outside the corpus's scale 1-5 (stored as missing)",
+    ]
+    assert "  u3: activation 5.5 is outside the corpus's scale 1-5 (stored as missing)" in summary.format()
+    with open_cache(tmp_path / "cache", progress=False) as cache:
+        got = dict(zip(cache.ids, cache.attributes.tolist(), strict=True))
+    assert got["u1"] == [2.5, 4.0, 1.0]
+    assert np.isnan(got["u2"][:2]).all() and got["u2"][2] == 3.0
+    assert np.isnan(got["u3"][0]) and got["u3"][1] == 1.0 and np.isnan(got["u3"][2])

@@ -45,10 +45,12 @@ def rows_of(cache, indices):
     return out
 
 
-def test_probe_matches_scikit_learn_on_the_same_split(cache_dir, tmp_path):
+@pytest.mark.parametrize("loss, class_weight", [("ce", None), ("weighted-ce", "balanced")])
+def test_probe_matches_scikit_learn_on_the_same_split(cache_dir, tmp_path, loss, class_weight):
     run = tmp_path / "probe"
     result = CliRunner().invoke(
-        main, ["train", "--cache", str(cache_dir), "--run", str(run), "--model", "probe", "--fold", "3"]
+        main,
+        ["train", "--cache", str(cache_dir), "--run", str(run), "--model", "probe", "--fold", "3", "--loss", loss],
     )
     assert result.exit_code == 0, result.output
     cache = open_cache(cache_dir, progress=False)
@@ -64,8 +66,12 @@ def test_probe_matches_scikit_learn_on_the_same_split(cache_dir, tmp_path):
         )
 
     scaler = StandardScaler().fit(pooled(train))
-    reference = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(pooled(train)), cache.labels[train])
+    fit = (scaler.transform(pooled(train)), cache.labels[train])
+    reference = LogisticRegression(C=c, max_iter=5000, class_weight=class_weight).fit(*fit)
     want = reference.predict_proba(scaler.transform(pooled(test)))
+    if class_weight:  # the weights change the fit: the comparison below tells the two probes apart
+        unweighted = LogisticRegression(C=c, max_iter=5000).fit(*fit).predict_proba(scaler.transform(pooled(test)))
+        assert np.abs(unweighted - want).max() > 1e-3
     model = load_model(run / "seed123" / "fold3" / "best.pt")
     batch = cache.batch(test)
     with torch.no_grad():
