@@ -103,6 +103,9 @@ class Stamps:
             "n": info.n,
             "offsets": [info.audio_offset, info.text_offset],
             "fields": {k: v.tolist() for k, v in info.fields.items()},
+            # float32 values are exact in JSON (NaN, a missing value, is written as NaN)
+            "attributes": None if info.attributes is None else info.attributes.tolist(),
+            "attributes_shape": None if info.attributes is None else list(info.attributes.shape),
         }
 
     def known_shard(self, path: Path, entry: ShardEntry, tag: str, meta: CacheMeta) -> ShardInfo | None:
@@ -125,11 +128,14 @@ class Stamps:
             fields = {k: np.asarray(d["fields"][k], dtype=np.int64) for k in INT_FIELDS}
             fields.update({k: np.array(d["fields"][k] or [], dtype=object) for k in STR_FIELDS})
             audio_offset, text_offset = (int(x) for x in d["offsets"])
+            attributes = None
+            if d.get("attributes") is not None:
+                attributes = np.asarray(d["attributes"], dtype=np.float32).reshape(d["attributes_shape"])
         except (KeyError, TypeError, ValueError):
             return None
         if any(v.shape != (entry.n,) for v in fields.values()):
             return None
-        return ShardInfo(path, entry, entry.n, audio_offset, text_offset, fields)
+        return ShardInfo(path, entry, entry.n, audio_offset, text_offset, fields, attributes)
 
     def forget(self, name: str) -> None:
         if self.entries.pop(name, None) is not None:
