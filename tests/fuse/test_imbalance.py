@@ -249,7 +249,7 @@ def test_a_default_run_keeps_one_probe_and_names_its_loss(cache_dir, tmp_path):
     args = ["train", "--cache", str(cache_dir), "--run", str(run), *TRAIN, "--epochs", "1", "--fold", "2"]
     result = CliRunner().invoke(main, [*args, "--bootstrap", "0"])
     assert result.exit_code == 0, result.output
-    assert "loss: cross-entropy;" in result.output and "class-weighted" not in result.output
+    assert "training loss: cross-entropy\n" in result.output and "class-weighted" not in result.output
     assert not (run / "baseline-probe-weighted").exists()
     assert json.loads((run / "run.json").read_text())["recipe"]["loss"] == "ce"
 
