@@ -5,11 +5,15 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ksr-installed
 
 # Stage settings: make train DATA=iemocap RECIPE=official TRAIN_ARGS="--fold 5"
+# Which recipe (docs/corpora.md, "Which recipe"): paper / official reproduce the public code on
+# IEMOCAP with a GPU; a corpus of hundreds to a few thousand utterances, or a CPU, trains with
+# RECIPE=ksr SIZE=small (the ksr recipe scales its learning rate to the model's size).
 DATA       ?= iemocap
 CACHE      ?= caches/$(DATA)
 RUN        ?= runs/$(DATA)
 RECIPE     ?= paper
 TRAIN_ARGS ?=
+SIZE       ?=
 
 # Extraction: make extract DATA=iemocap IEMOCAP=/path/to/IEMOCAP_full_release | make extract DATA=demo
 # (any other DATA=name extracts data/name/manifest.csv). Encoders default to the paper's pair
@@ -55,7 +59,7 @@ demo: $(STAMP)  ## run ksr on the built-in demo
 extract: $(STAMP)  ## prepare + extract DATA=iemocap (IEMOCAP=path) or DATA=demo into caches/$(DATA)
 ifeq ($(DATA),iemocap)
 	@test -n "$(IEMOCAP)" || { echo "make extract DATA=iemocap: set IEMOCAP=/path/to/IEMOCAP_full_release" >&2; exit 2; }
-	$(VENV)/bin/ksr prepare iemocap "$(IEMOCAP)" --out data/iemocap/manifest.csv
+	$(VENV)/bin/ksr prepare iemocap "$(IEMOCAP)" --out data/iemocap/manifest.csv --force
 else ifeq ($(DATA),demo)
 	$(VENV)/bin/ksr prepare demo data/demo
 else
@@ -63,8 +67,8 @@ else
 endif
 	$(VENV)/bin/ksr extract data/$(DATA)/manifest.csv --out $(CACHE) --audio-encoder $(AUDIO_ENCODER) --text-encoder $(TEXT_ENCODER) $(EXTRACT_ARGS)
 
-train: $(STAMP)  ## train all folds on caches/$(DATA) into runs/$(DATA) (RECIPE=paper|official, TRAIN_ARGS=...)
-	$(VENV)/bin/ksr train --cache $(CACHE) --run $(RUN) --recipe $(RECIPE) $(TRAIN_ARGS)
+train: $(STAMP)  ## train all folds on caches/$(DATA) into runs/$(DATA) (RECIPE=paper|official|ksr, SIZE=small|default, TRAIN_ARGS=...)
+	$(VENV)/bin/ksr train --cache $(CACHE) --run $(RUN) --recipe $(RECIPE) $(if $(SIZE),--size $(SIZE)) $(TRAIN_ARGS)
 
 fairseq-parity:  ## check the native wav2vec 1.0 port against fairseq itself (own venv .venv-fairseq, minutes)
 	bash tools/fairseq_parity.sh

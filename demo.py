@@ -3,7 +3,8 @@
 Generates the demo corpus (``ksr.extract.corpora.demo``; docs/demo.md), extracts it with the tiny
 built-in encoders, trains a small KS-Transformer with the ``ksr`` recipe on every
 leave-one-session-out fold, and audio-only and text-only models beside it; every one of the
-three also gets its linear-probe baseline on the same folds. Every step resumes: a rerun reuses
+three also gets its linear-probe baseline on the same folds. The fused model learns the classes
+and the corpus's attributes together (task ``both``), its CCCs beside the ridge baseline. Every step resumes: a rerun reuses
 the corpus, the cache and finished folds. It joins the stages, so it lives beside ``cli/``.
 """
 
@@ -23,7 +24,7 @@ from .cache import open_cache
 from .common import KsrError, Ranks, join_process_group, resolve_device
 from .extract.corpora.demo import make_demo_corpus
 from .extract.pipeline import extract_corpus
-from .fuse.model.config import ModelConfig
+from .fuse.model.config import MODEL_SIZES, ModelConfig
 from .fuse.report.experiment import train_and_report
 from .fuse.train.recipes import PRESET_MODEL_SETTINGS, recipe
 from .fuse.train.runs import RunSpec, model_config_for_cache, point_latest
@@ -38,17 +39,15 @@ RECIPE = "ksr"
 AUDIO_FRAMES = 230
 ENCODERS = ("tiny-audio", "tiny-text")
 MODEL = ModelConfig(
-    num_layers=(1, 1, 1),
-    num_heads=4,
-    audio_ffn_dim=64,
-    text_ffn_dim=64,
-    max_positions=512,
-    attention_dropout=0.0,
+    **MODEL_SIZES["small"],  # the named size `ksr train --size small` gives
     **PRESET_MODEL_SETTINGS[RECIPE],  # standardised inputs, classifier dropout 0.2
 )
 # The ksr recipe's 24 epochs and 4 more: with the batches shared by two processes (below) the
 # demo has the time, and the study's 24-epoch runs were the ones closest to 80% (docs/learning.md).
 EPOCHS = recipe(RECIPE).epochs + 4
+# The fused model learns the classes and the attributes (activation from the voice, valence from
+# the words, dominance from both) in one model; the unimodal ones the classes only.
+FUSED_TASK = "both"
 # (label, modalities, run folder under the demo's run directory)
 RUNS = (("fused", "both", ""), ("audio only", "audio", "audio-only"), ("text only", "text", "text-only"))
 
@@ -60,6 +59,7 @@ class DemoResult:
     probes: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> its linear probe's summary
     fused_report: dict[str, Any] | None = None
     seconds: float = 0.0
+    attributes: dict[str, Any] | None = None  # the fused report's attribute section (model and ridge)
 
 
 def run_demo(
@@ -80,7 +80,7 @@ def run_demo(
         say = _silent
     if ranks.main:
         manifest = Path(data) / "manifest.csv"
-        if not manifest.is_file():
+        if not manifest.is_file() or "activation" not in manifest.read_text().partition("\n")[0]:
             say(f"[1/3] generating the demo corpus in {data}")
             make_demo_corpus(data, seed=0)
         else:
@@ -114,8 +114,9 @@ def _train_all(cache, cache_dir, run_dir, device, epochs, compare, say, began, r
     for label, modalities, sub in RUNS if compare else RUNS[:1]:
         path = Path(run_dir) / sub
         say(f"[3/3] training {label}{on}: 5 folds x {epochs} epochs, and its linear probe -> {path}")
+        task = FUSED_TASK if modalities == "both" else "classes"
         spec = RunSpec(
-            model=model_config_for_cache(cache, MODEL.replace(modalities=modalities)),
+            model=model_config_for_cache(cache, MODEL.replace(modalities=modalities), task=task),
             recipe=r,
             select=SELECT,
             cache_meta=cache.meta.to_dict(),
@@ -127,6 +128,7 @@ def _train_all(cache, cache_dir, run_dir, device, epochs, compare, say, began, r
         result.summaries[label] = report["summary"]
         result.probes[label] = report["baselines"]["linear probe"]["summary"]
         result.fused_report = result.fused_report or report  # the first run is the fused model
+        result.attributes = result.attributes or report.get("attributes")
     if not ranks.main:
         return None
     point_latest(Path(run_dir))  # `ksr eval` (the README's next step) then finds the demo's run
@@ -181,4 +183,18 @@ def comparison_table(result: DemoResult) -> str:
             f"| {label} | {100 * s['ua']:.2f} ± {100 * s['ua_std_over_folds']:.2f} | "
             f"{100 * p['ua']:.2f} ± {100 * p['ua_std_over_folds']:.2f} |"
         )
+    return "\n".join(lines)
+
+
+def attribute_table(result: DemoResult) -> str:
+    """The fused model's attribute CCCs beside the ridge baseline, mean ± std over the 5 folds."""
+    a = result.attributes
+    if not a:
+        return ""
+    names = a["names"]
+    lines = ["| attributes (CCC) | mean | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+    for system, label in (("model", "KS-Transformer"), ("ridge", "ridge (probe features)")):
+        s = a["systems"][system]["summary"]
+        cells = [f"{s[k]:.3f} ± {s[k + '_std_over_folds']:.3f}" for k in ("ccc", *(f"ccc_{n}" for n in names))]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -28,6 +28,8 @@ from .extract.audio import MAX_DURATION_S, AudioError, cut_audio, read_audio
 from .extract.encoders import AudioEncoder, EncoderError, TextEncoder, load_encoder, parse_spec, placement
 from .fuse.model.config import cache_dims
 from .fuse.model.model import KSTransformer
+from .fuse.model.normalise import normalise_rows, predict_note, utterance_statistics
+from .fuse.model.tasks import attributes_by_name, learns_classes
 from .fuse.train.checkpoint import CheckpointError, load_model_and_meta
 from .fuse.train.runs import RunError, recorded_cache_meta
 
@@ -77,6 +79,9 @@ class Prediction:
     attention: AttentionMaps | None = None
     transcript: str | None = None  # the text the model read (given, or heard by the ASR)
     asr: dict[str, Any] | None = None  # the ASR model that wrote it (``WhisperAsr.record()``)
+    normalisation: str | None = None  # a speaker-normalised model: where the statistics came from
+    #: A model that learns attributes: {name: predicted value} (e.g. activation, valence, dominance)
+    attributes: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +95,8 @@ class Prediction:
             "text_tokens": self.inputs.tokens,
             "transcript": self.transcript,
             "asr": self.asr,
+            "audio_normalisation": self.normalisation,
+            **({"attributes": self.attributes} if self.attributes is not None else {}),
         }
 
 
@@ -296,17 +303,24 @@ def predict_one(
         text, asr_record = transcribe_audio(asr, audio_path, dev, max_duration)
     loading = EncoderChoice(audio_encoder, text_encoder, dev, force, tiny_root)
     inputs, specs, frame_rate = model_inputs(model, meta, loading, audio_path, text, max_duration)
+    normalisation = None
+    if model.cfg.speaker_norm != "none" and inputs.audio is not None:
+        mean, std = utterance_statistics(inputs.audio[0], inputs.audio_len)
+        inputs.audio = normalise_rows(inputs.audio, inputs.audio_padding_mask, mean[None], std[None])
+        normalisation = predict_note(model.cfg.speaker_norm)
     with torch.no_grad():
         args = [
             t.to(dev) if t is not None else None
             for t in (inputs.audio, inputs.text, inputs.audio_padding_mask, inputs.text_padding_mask)
         ]
-        logits, maps = model(*args, return_attention=True) if attention else (model(*args), None)
-        logits = logits[0].float().cpu()
+        output, maps = model(*args, return_attention=True) if attention else (model(*args), None)
+        output = output[0].float().cpu()
+    logits = output[: model.cfg.num_classes]  # a model of task attributes: an untrained classifier's
     probs = logits.softmax(-1).numpy().astype(np.float64)
     classes = tuple(meta.classes)
+    attributes = {k: float(v) for k, v in attributes_by_name(output, model.cfg).items()}
     result = Prediction(
-        label=classes[int(np.argmax(probs))],
+        label=classes[int(np.argmax(probs))] if learns_classes(model.cfg) else "",
         probabilities={c: float(p) for c, p in zip(classes, probs, strict=True)},
         logits=logits.numpy(),
         classes=classes,
@@ -315,6 +329,8 @@ def predict_one(
         inputs=inputs,
         transcript=text if model.cfg.modalities != "audio" else None,
         asr=asr_record,
+        normalisation=normalisation,
+        attributes=attributes or None,
     )
     if attention:
         la, lt = inputs.audio_len, inputs.text_len

@@ -26,7 +26,10 @@ The schema is documented in docs/cache.md. Modules, in reading order:
 - ``index``: index files and the directory scan.
 - ``locks``: which writers are writing a cache right now.
 - ``writer``: ``CacheWriter``, one finished shard at a time.
+- ``modes``: where the features live while training (``gpu``, ``host``, ``stream``, ``auto``).
+- ``prefetch``: the next batches read and copied while the current one computes.
 - ``reader``: ``open_cache`` -> ``Cache`` -> batches.
+- ``stamps``: shards hashed once and unchanged since, trusted without reading them again.
 - ``verify``: ``ksr cache verify``.
 - ``repair``: ``ksr cache repair`` (duplicate copies two writers left).
 - ``info``: ``ksr cache info``, from the metadata alone.
@@ -35,13 +38,33 @@ The schema is documented in docs/cache.md. Modules, in reading order:
 - ``errors``: the cache's exceptions.
 """
 
-from .errors import CacheError, CacheMismatchError
-from .info import cache_info, format_info
-from .reader import Batch, BatchLoader, Cache, open_cache
-from .rows import STORAGE_DTYPES, padding_mask, row_problem, stored_row
-from .schema import SCHEMA_VERSION, CacheMeta, EncoderInfo, check_compatible
-from .verify import VerifyReport, verify_cache
-from .writer import CacheWriter
+from ..common.lazy import lazy_names
+
+# Imported on first use (common/lazy.py): `ksr --help` must not pay for torch.
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "CacheError": "errors",
+        "CacheMismatchError": "errors",
+        "cache_info": "info",
+        "format_info": "info",
+        "Batch": "reader",
+        "BatchLoader": "reader",
+        "Cache": "reader",
+        "open_cache": "reader",
+        "STORAGE_DTYPES": "rows",
+        "padding_mask": "rows",
+        "row_problem": "rows",
+        "stored_row": "rows",
+        "SCHEMA_VERSION": "schema",
+        "CacheMeta": "schema",
+        "EncoderInfo": "schema",
+        "check_compatible": "schema",
+        "VerifyReport": "verify",
+        "verify_cache": "verify",
+        "CacheWriter": "writer",
+    },
+)
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -94,8 +94,11 @@ class BufferPool:
     so memory is never reused while anything can still read it.
     """
 
-    def __init__(self, keep: int = 4):
+    def __init__(self, keep: int = 8, pinned: bool = False):
         self.keep = keep  # free blocks kept per (shape, dtype); more are handed back
+        # Page-locked blocks (for batches copied to a CUDA device without a staging copy);
+        # only where CUDA is there to lock them.
+        self.pinned = pinned
         self._free: dict[tuple, list[np.ndarray]] = {}
         self._lock = threading.Lock()
 
@@ -108,7 +111,10 @@ class BufferPool:
             free = self._free.get(key)
             block = free.pop() if free else None
         if block is None:
-            block = np.empty(shape, np_dtype)
+            if self.pinned and torch.cuda.is_available():  # the numpy view keeps the pinned tensor alive
+                block = torch.empty(shape, dtype=dtype, pin_memory=True).numpy()
+            else:
+                block = np.empty(shape, np_dtype)
         view = block.view()  # the object the tensor keeps alive, and the one we watch
         weakref.finalize(view, self._release, key, block)
         return torch.from_numpy(view)

@@ -6,6 +6,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .reader import open_cache
 from .schema import SCHEMA_VERSION, index_name
 
@@ -41,6 +43,14 @@ def cache_info(root: str | Path) -> dict[str, Any]:
             "classes": {c: int((cache.labels == i).sum()) for i, c in enumerate(meta.classes)},
             "sessions": _counts(cache.sessions),
             "splits": _counts(cache.splits) if any(cache.splits.tolist()) else {},
+            # per attribute: utterances with a value, and without one (NaN)
+            "attributes": {
+                a: {
+                    "values": int((~np.isnan(cache.attributes[:, j])).sum()),
+                    "missing": int(np.isnan(cache.attributes[:, j]).sum()),
+                }
+                for j, a in enumerate(meta.attributes)
+            },
             "speakers": _counts(cache.speakers),
             "genders": _counts(cache.genders),
             "cut": {
@@ -70,6 +80,12 @@ def _line(counts: dict[str, int], most: int = 24) -> str:
         n = sorted(counts.values())
         return f"{len(n)} distinct; utterances each: min {n[0]}, median {n[len(n) // 2]}, max {n[-1]}"
     return ", ".join(f"{k or '(none)'} {v}" for k, v in counts.items()) or "(none)"
+
+
+def _attribute_line(counts: dict[str, dict[str, int]], scale: list[float] | None) -> str:
+    where = f"scale {scale[0]:g}-{scale[1]:g}" if scale else "no declared scale"
+    each = ", ".join(f"{a} {c['values']} ({c['missing']} missing)" for a, c in counts.items())
+    return f"attributes ({where}): {each}"
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -104,6 +120,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"classes: {_line(info['classes'])}",
         f"sessions: {_line(info['sessions'])}",
         *([f"splits: {_line(info['splits'])}"] if info.get("splits") else []),
+        *([_attribute_line(info["attributes"], m.get("attribute_range"))] if info.get("attributes") else []),
         f"speakers: {_line(info['speakers'])}",
         f"genders: {_line(info['genders'])}",
         f"size on disk: {_size(disk)}; ideal (N x (audio + text) x itemsize): {_size(ideal)} ({over})",

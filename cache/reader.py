@@ -1,15 +1,16 @@
 """Reading a cache: ``open_cache`` -> ``Cache`` -> ``Cache.loader(...)`` -> ``Batch``.
 
-Two storage modes behind one interface, with identical batches:
+Three places for the features behind one interface, with identical batches (``modes``):
 
-- ``memory``: every feature row is loaded once (checksums checked while reading) into one
-  tensor per modality in the cache's dtype, on the CPU or a GPU; batches are gathered from it.
+- ``gpu`` / ``host``: every feature row is loaded once (checksums checked while reading) into
+  one tensor per modality in the cache's dtype, on the GPU or in RAM; batches are gathered from it.
 - ``stream``: rows are read from the shard files on demand with positioned reads; memory use
   does not grow with the corpus.
 
 Utterances are numbered in id order (independent of how many writers made the cache), and a
-``Batch`` is built from those numbers only, so both modes give the same batches, in the same
-order for the same ``torch.Generator`` seed.
+``Batch`` is built from those numbers only, so every mode gives the same batches, in the same
+order for the same ``torch.Generator`` seed. ``Cache.batches`` builds the next batches while the
+current one computes (``prefetch``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..common.files import sha256_file
 from .convert import BufferPool, gather_pieces, pieces_per_row, row_pieces, valid_pieces
 from .errors import CacheError
 from .locks import live_writer_problem
+from .modes import MODES, available_ram, resolve_mode
+from .prefetch import DEFAULT_AHEAD, DEFAULT_WORKERS, prefetched
 from .rows import padding_mask
 from .schema import INT_FIELDS, STR_FIELDS, CacheMeta, check_compatible
 from .shard import (
@@ -40,10 +43,9 @@ from .shard import (
     pread_exact,
     read_extents_hashed,
 )
+from .stamps import Stamps
 from .util import byte_bar, map_in_threads
 from .verify import inspect_cache
-
-MODES = ("auto", "memory", "stream")
 
 
 @dataclass
@@ -59,6 +61,8 @@ class Batch:
     text_lengths: torch.Tensor  # (B,) long
     indices: torch.Tensor  # (B,) long, utterance numbers in the cache
     ids: list[str]
+    #: (B, len(Cache.attribute_names)) float32, NaN where the value is missing; (B, 0) without attributes.
+    attributes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -78,30 +82,39 @@ def open_cache(
     verify: bool = True,
     progress: bool | None = None,
     expected: dict[str, Any] | None = None,
+    gpu_reserve: int | None = None,
+    say: Callable[[str], Any] | None = None,
 ) -> Cache:
-    """Open the cache in ``root``.
+    """Open the cache in ``root`` for training on ``device``.
 
-    mode: ``memory`` (load all features; onto ``device``), ``stream`` (read from disk per
-    batch), or ``auto`` (memory when the features take less than half the available RAM, or
-    when ``device`` is a GPU).
-    verify: check every shard's SHA-256 against the index (in memory mode while loading, at
-    no extra read; in stream mode one extra pass at open). Sizes, schema versions and
-    metadata are always checked.
+    mode: ``gpu`` (load all features into the device's memory), ``host`` (into RAM; batches
+    copied to ``device``), ``stream`` (read from disk per batch), ``auto`` (the first of these
+    that fits, ``gpu_reserve`` bytes of GPU memory left to the model), or ``memory`` (the old
+    name: gpu on a GPU, host on the CPU); ``ksr.cache.modes`` says how. ``say``: called with one
+    line naming the place chosen and why.
+    verify: check the SHA-256 against the index of every shard not hashed before (in gpu and
+    host mode while loading, at no extra read; in stream mode one extra pass at open); a shard
+    whose hash matched once is trusted while its file stamp is unchanged (``stamps``). Sizes,
+    schema versions and metadata are always checked.
     expected: if given, ``check_compatible(meta, expected)`` before anything is loaded.
     Raises ``CacheError`` naming the file and the problem on any damage.
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
-    return Cache(Path(root), mode, torch.device(device), verify, progress, expected)
+    cache = Cache(Path(root), mode, torch.device(device), verify, progress, expected, gpu_reserve)
+    if say is not None:
+        say(cache.placement)
+    return cache
 
 
 class Cache:
-    """An open cache: per-utterance metadata in memory, features in memory or on disk.
+    """An open cache: per-utterance metadata in memory, features on the GPU, in RAM or on disk.
 
     Attributes (all in utterance order, i.e. sorted by id): ``ids`` (list of str), ``labels``
     (int64), ``speakers``, ``sessions``, ``genders``, ``transcripts``, ``splits`` (arrays of str),
     ``audio_lengths``, ``text_lengths`` (int64, valid rows after cutting),
-    ``audio_lengths_full``, ``text_lengths_full`` (before cutting).
+    ``audio_lengths_full``, ``text_lengths_full`` (before cutting), ``attributes`` (float32,
+    (n, len(attribute_names)), NaN where missing; no columns for a cache without attributes).
     """
 
     def __init__(
@@ -112,6 +125,7 @@ class Cache:
         verify: bool,
         progress: bool | None,
         expected: dict[str, Any] | None,
+        gpu_reserve: int | None = None,
     ):
         self.root = root
         live = live_writer_problem(root)  # a cache still being extracted: only part of it is there
@@ -143,28 +157,39 @@ class Cache:
         self.audio_lengths, self.text_lengths = g["audio_len"], g["text_len"]
         self.audio_lengths_full, self.text_lengths_full = g["audio_len_full"], g["text_len_full"]
         self._id_array = g["id"]
+        k = len(self.meta.attributes)
+        stored = [s.attributes for s in self.shards]
+        self.attributes = (np.concatenate(stored) if stored else np.zeros((0, k), np.float32))[order]
 
-        if mode == "auto":
-            mode = "memory" if device.type != "cpu" or self.feature_bytes < 0.5 * _available_ram() else "stream"
-        if mode == "stream" and device.type != "cpu":
-            raise ValueError("stream mode reads into CPU memory; move batches with Batch.to(device)")
-        self.mode, self.device = mode, device
+        self.mode, why = resolve_mode(mode, self.feature_bytes, device, gpu_reserve, ram=_available_ram())
+        self.placement = f"cache {root.name}: features {_WHERE[self.mode]} ({why})"
+        self.device = device  # where batches go
+        # Where batches are built: on the GPU in gpu mode, else in (pinned, for CUDA) host memory.
+        self.home = device if self.mode == "gpu" else torch.device("cpu")
         # Lengths, labels and masks live where the features live, so a batch needs no copies.
-        self._labels_t = torch.as_tensor(self.labels, device=device)
-        self._alen_t = torch.as_tensor(self.audio_lengths, device=device)
-        self._tlen_t = torch.as_tensor(self.text_lengths, device=device)
+        self._labels_t = torch.as_tensor(self.labels, device=self.home)
+        self._alen_t = torch.as_tensor(self.audio_lengths, device=self.home)
+        self._tlen_t = torch.as_tensor(self.text_lengths, device=self.home)
+        self._attributes_t = torch.as_tensor(self.attributes, device=self.home)
+        loads = self.mode != "stream"
+        verified = Stamps(root) if verify else None  # shards hashed before and unchanged since
         # Progress over the bytes read at open: whole files when hashing, feature rows otherwise.
+        hashed = {s.entry.file for s in self.shards if verified is not None and not _trusted(verified, s)}
+        row_bytes = self.meta.audio_row_bytes + self.meta.text_row_bytes
         bar = byte_bar(
-            self.disk_bytes if verify else self.feature_bytes,
-            f"{'loading' if mode == 'memory' else 'checking'} {root.name}",
+            sum(s.entry.bytes if s.entry.file in hashed else s.n * row_bytes * loads for s in self.shards),
+            f"{'loading' if loads else 'checking'} {root.name}",
             progress,
-            enabled=verify or mode == "memory",
+            enabled=bool(hashed) or loads,
         )
         try:
-            store = _MemoryStore if mode == "memory" else _StreamStore
-            self._store = store(self.shards, self.meta, device, verify, bar)
+            store = _MemoryStore if loads else _StreamStore
+            self._store = store(self.shards, self.meta, self.home, verified, bar)
         finally:
             bar.close()
+            if verified is not None:
+                verified.save()
+        self._store.buffers.pinned = device.type == "cuda" and self.home.type == "cpu"
 
     # -- what is in the cache -----------------------------------------------------------------
 
@@ -176,9 +201,19 @@ class Cache:
         return self.meta.classes
 
     @property
+    def attribute_names(self) -> tuple[str, ...]:
+        """The numeric attributes stored per utterance (manifest column names); () when none."""
+        return self.meta.attributes
+
+    @property
     def feature_bytes(self) -> int:
         """Bytes of the padded feature arrays (what memory mode holds)."""
         return len(self) * (self.meta.audio_row_bytes + self.meta.text_row_bytes)
+
+    @property
+    def feature_bytes_in_use(self) -> int:
+        """Bytes of features this open cache holds in memory (none when streamed)."""
+        return 0 if self.mode == "stream" else self.feature_bytes
 
     @property
     def disk_bytes(self) -> int:
@@ -229,6 +264,7 @@ class Cache:
             text_lengths=tlen,
             indices=it,
             ids=[self.ids[i] for i in idx.tolist()],
+            attributes=self._attributes_t[it],
         )
 
     def loader(
@@ -244,6 +280,31 @@ class Cache:
         one epoch and, with ``shuffle``, draws a new order from ``generator``."""
         idx = np.arange(len(self)) if indices is None else self._check_indices(indices)
         return BatchLoader(self, idx, batch_size, shuffle, generator, drop_last, dtype)
+
+    def batches(
+        self,
+        parts: Iterable[Sequence[int] | np.ndarray],
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        ahead: int = DEFAULT_AHEAD,
+    ) -> Iterator[Batch]:
+        """``self.batch(part, dtype)`` on ``device`` (default: the cache's) for each of ``parts``,
+        in order. For a CUDA device in host and stream mode, and in stream mode on the CPU, the
+        next ``ahead`` batches are built on background threads (for CUDA, in pinned memory,
+        copied on a side stream) while the current one is in use; in gpu mode, and in host mode
+        on the CPU, a batch is gathered when it is asked for. The batches are the same either way."""
+        device = self.device if device is None else torch.device(device)
+        workers = DEFAULT_WORKERS
+        if self.home.type != "cpu" or (device.type == "cpu" and self.mode == "host"):
+            # gpu mode gathers on the device, asynchronously already; host mode on a CPU device
+            # would only take cores from the step (torch's threads spin while they wait for them).
+            ahead = 0
+        elif device.type == "cpu":
+            workers = 1  # stream mode on a CPU device: overlap the disk's waits, not the cores' work
+        advise = None
+        if self.mode == "stream":  # the disk starts on a queued batch's rows at once
+            advise = lambda part: self._store.advise(self._phys[self._check_indices(part)])
+        return prefetched(lambda part: self.batch(part, dtype), parts, device, ahead, workers, advise)
 
     def _check_indices(self, indices) -> np.ndarray:
         if isinstance(indices, torch.Tensor):
@@ -295,11 +356,12 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
+        """Batches on the cache's device, the next ones built ahead (``Cache.batches``)."""
         idx = self.indices
         if self.shuffle:
             idx = idx[torch.randperm(len(idx), generator=self.generator).numpy()]
-        for b in range(len(self)):
-            yield self.cache.batch(idx[b * self.batch_size : (b + 1) * self.batch_size], self.dtype)
+        parts = (idx[b * self.batch_size : (b + 1) * self.batch_size] for b in range(len(self)))
+        return self.cache.batches(parts, self.cache.device, self.dtype)
 
 
 # -- storage -----------------------------------------------------------------------------------
@@ -334,7 +396,7 @@ class _Store:
 class _MemoryStore(_Store):
     """All rows of the cache in one tensor per modality, rows in shard-file order."""
 
-    def __init__(self, shards: list[ShardInfo], meta: CacheMeta, device: torch.device, verify: bool, bar):
+    def __init__(self, shards: list[ShardInfo], meta: CacheMeta, device: torch.device, verified, bar):
         super().__init__(shards, meta)
         n = sum(s.n for s in shards)
         self.device = device
@@ -355,18 +417,21 @@ class _MemoryStore(_Store):
                 (s.audio_offset, memoryview(dest["audio"].numpy())),
                 (s.text_offset, memoryview(dest["text"].numpy())),
             ]
-            if verify:
-                got = read_extents_hashed(s.path, extents, bar)
-                if got != s.entry.sha256:
-                    raise CacheError(checksum_problem(s.path, got, s.entry.sha256))
-            else:
-                fd = os.open(s.path, os.O_RDONLY)
-                try:
+            fd = os.open(s.path, os.O_RDONLY)
+            try:
+                held = os.fstat(fd)
+                if verified is not None and not verified.trusted(s.entry.file, s.entry.sha256, held):
+                    began = time.time_ns()
+                    got = read_extents_hashed(s.path, extents, bar)  # the path, while fd holds the file
+                    verified.note(s.entry.file, got, s.entry.sha256, (held, os.fstat(fd), os.stat(s.path)), began)
+                    if got != s.entry.sha256:
+                        raise CacheError(checksum_problem(s.path, got, s.entry.sha256))
+                else:
                     for offset, view in extents:
                         pread_exact(fd, view.cast("B"), offset, s.path)
                         bar.update(view.nbytes)
-                finally:
-                    os.close(fd)
+            finally:
+                os.close(fd)
             for k in _KEYS:  # NaN or inf would train to NaN losses: refuse the shard by name
                 problem = nonfinite_problem(s.path, s.fields["id"], k, dest[k].numpy())
                 if problem:
@@ -405,7 +470,7 @@ class _StreamStore(_Store):
     replaced by rename after the open is harmless: the open file still holds the checked bytes.
     """
 
-    def __init__(self, shards: list[ShardInfo], meta: CacheMeta, device: torch.device, verify: bool, bar):
+    def __init__(self, shards: list[ShardInfo], meta: CacheMeta, device: torch.device, verified, bar):
         super().__init__(shards, meta)
         self.paths = [s.path for s in shards]
         self.fds: list[int] = []
@@ -413,11 +478,13 @@ class _StreamStore(_Store):
             for p in self.paths:
                 self.fds.append(os.open(p, os.O_RDONLY))
             self.stamps = [_stamp(fd) for fd in self.fds]
-            if verify:
+            if verified is not None:
 
                 def check(i: int) -> None:
                     s = shards[i]
-                    got = sha256_file(s.path, bar)
+                    if verified.trusted(s.entry.file, s.entry.sha256, os.fstat(self.fds[i])):
+                        return  # hashed before, unchanged since (the stamp includes the inode)
+                    got = verified.hash(s.path, s.entry.sha256, self.fds[i], bar)
                     if got != s.entry.sha256:
                         raise CacheError(checksum_problem(s.path, got, s.entry.sha256))
                     # The hash read the path: it must still name the file this reader holds.
@@ -463,6 +530,20 @@ class _StreamStore(_Store):
             self._check_finite(result, key, shard, row)
             out.append(result)
         return tuple(out)
+
+    def advise(self, phys: np.ndarray) -> None:
+        """Ask the kernel for every row of a coming batch at once (``POSIX_FADV_WILLNEED``): rows
+        not in the page cache are read from disk in parallel, and ahead, instead of one ``pread``
+        at a time when the batch is built."""
+        if _WILLNEED is None or not len(phys):
+            return
+        shard = np.searchsorted(self.starts, phys, side="right") - 1
+        row = phys - self.starts[shard]
+        for key in _KEYS:
+            row_bytes = math.prod(self.shapes[key]) * self.np_dtype.itemsize
+            offsets = self.offsets[key]
+            for s, r in zip(shard.tolist(), row.tolist(), strict=True):
+                os.posix_fadvise(self.fds[s], offsets[s] + r * row_bytes, row_bytes, _WILLNEED)
 
     def _check_finite(self, result: torch.Tensor, key: str, shard: np.ndarray, row: np.ndarray) -> None:
         """Refuse NaN or inf in the rows just read, naming their shard (as memory mode does at load)."""
@@ -514,19 +595,21 @@ def _first(problems: list[str], root: Path) -> str:
     return problems[0] + (f" (and {more} more problem(s): run `ksr cache verify {root}`)" if more else "")
 
 
+def _trusted(verified: Stamps, s: ShardInfo) -> bool:
+    try:
+        return verified.trusted(s.entry.file, s.entry.sha256, os.stat(s.path))
+    except OSError:
+        return False
+
+
 def _stamp(fd: int) -> tuple[int, int]:
     st = os.fstat(fd)
     return st.st_size, st.st_mtime_ns
 
 
 def _available_ram() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
+    return available_ram()  # one name for tests to replace
+
+
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)  # not on macOS or Windows
+_WHERE = {"gpu": "in GPU memory", "host": "in host memory", "stream": "streamed from disk"}

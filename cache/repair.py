@@ -171,6 +171,7 @@ def _rewrite(root: Path, meta: CacheMeta, tag: str, seq: int, s: ShardInfo, keep
             strs={k: s.fields[k][keep].tolist() for k in STR_FIELDS},
             created=created,
             ksr_version=__version__,
+            attributes=None if s.attributes is None else s.attributes[keep],
         )
         fsync_path(tmp)
         digest, size = sha256_file(tmp), tmp.stat().st_size

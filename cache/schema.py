@@ -1,4 +1,4 @@
-"""The cache schema (version 2): what a cache holds and how it names its files.
+"""The cache schema (version 3): what a cache holds and how it names its files.
 
 docs/cache.md is the human-readable form of this module; change both together, and bump
 ``SCHEMA_VERSION`` whenever a reader of the old version could misread a new file.
@@ -15,10 +15,12 @@ from typing import Any
 
 from .errors import CacheError, CacheMismatchError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Versions this ksr reads. Version 2 added each utterance's ``split`` (a manifest's optional
-#: train / valid / test* column); a version-1 shard has none, read as "" (no split).
-READABLE_VERSIONS = (1, 2)
+#: train / valid / test* column); a version-1 shard has none, read as "" (no split). Version 3
+#: added the numeric attributes (``CacheMeta.attributes`` names them, dataset ``attributes``
+#: holds them, NaN where missing); an older shard has none.
+READABLE_VERSIONS = (1, 2, 3)
 
 #: Storage dtypes a cache may use for its feature arrays.
 DTYPES = ("float16", "float32")
@@ -26,6 +28,10 @@ DTYPES = ("float16", "float32")
 #: Shard datasets. ``audio``/``text`` are the padded feature arrays (contiguous, so one
 #: utterance is one contiguous extent of the file); the rest are per-utterance metadata.
 AUDIO, TEXT = "audio", "text"
+#: Dataset of the per-utterance numeric attributes: float32 (n, len(meta.attributes)), NaN = missing.
+ATTRIBUTES = "attributes"
+#: The first schema version whose shards hold the ``attributes`` dataset.
+ATTRIBUTES_SINCE = 3
 INT_FIELDS = ("label", "audio_len", "audio_len_full", "text_len", "text_len_full")
 STR_FIELDS = ("id", "speaker", "session", "gender", "transcript", "split")
 #: Per-utterance fields a shard of an older schema version lacks: {field: first version with it}.
@@ -134,9 +140,24 @@ class CacheMeta:
     #: The manifest column the transcripts were taken from (``ksr extract --text-column``): the
     #: human ``text``, or a machine transcript such as ``asr_text``. Older caches: ``text``.
     text_column: str = "text"
+    #: The numeric emotional attributes stored per utterance (manifest column names, e.g.
+    #: ``activation``, ``valence``, ``dominance``), in the order of the ``attributes`` dataset;
+    #: () for a cache without them (every cache older than schema version 3).
+    attributes: tuple[str, ...] = ()
+    #: The scale the corpus declares for them, ``(low, high)`` (IEMOCAP 1-5, MSP-Podcast 1-7);
+    #: None when unknown. Extraction reports (and leaves out) values outside it.
+    attribute_range: tuple[float, float] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        object.__setattr__(self, "attributes", tuple(str(a) for a in self.attributes))
+        if len(set(self.attributes)) != len(self.attributes) or not all(self.attributes):
+            raise ValueError(f"attributes must be distinct non-empty names, not {list(self.attributes)}")
+        if self.attribute_range is not None:
+            low, high = (float(v) for v in self.attribute_range)
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise ValueError(f"attribute_range must be (low, high) with low < high, not {self.attribute_range!r}")
+            object.__setattr__(self, "attribute_range", (low, high))
         if self.max_audio_seconds is not None:
             seconds = float(self.max_audio_seconds)
             if not (seconds > 0 and math.isfinite(seconds)):
@@ -184,6 +205,9 @@ class CacheMeta:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["classes"] = list(self.classes)
+        d["attributes"] = list(self.attributes)
+        if self.attribute_range is not None:
+            d["attribute_range"] = list(self.attribute_range)
         return d
 
     @classmethod

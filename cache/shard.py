@@ -24,6 +24,8 @@ from .errors import CacheError
 from .index import ShardEntry, check_schema_version
 from .schema import (
     ADDED_FIELDS,
+    ATTRIBUTES,
+    ATTRIBUTES_SINCE,
     AUDIO,
     INT_FIELDS,
     SCHEMA_VERSION,
@@ -56,14 +58,18 @@ def write_shard(
     strs: dict[str, list[str]],
     created: str,
     ksr_version: str,
+    attributes: np.ndarray | None = None,
 ) -> None:
     """Write one complete shard at ``path`` (the caller flushes and renames it afterwards).
 
     HDF5 lays out the file with the feature datasets allocated (contiguous, no fill); their
     bytes are then written with plain positioned writes, as large as the arrays: faster than
     passing them through HDF5 (bench/results.md), and the layout the reader relies on is guaranteed.
+    ``attributes``: (n, len(meta.attributes)) values, NaN where missing (None: all missing).
     """
     n = len(audio)
+    if attributes is None:
+        attributes = np.full((n, len(meta.attributes)), np.nan, dtype=np.float32)
     features = ((AUDIO, np.ascontiguousarray(audio)), (TEXT, np.ascontiguousarray(text)))
     with h5py.File(path, "w", libver="v110", **_ALIGN) as f:
         f.attrs["kind"] = SHARD_KIND
@@ -88,6 +94,7 @@ def write_shard(
             f.create_dataset(name, data=np.asarray(ints[name], dtype=np.int32))
         for name in STR_FIELDS:
             f.create_dataset(name, data=np.array(strs[name], dtype=object), dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset(ATTRIBUTES, data=np.asarray(attributes, dtype=np.float32).reshape(n, len(meta.attributes)))
     fd = os.open(path, os.O_WRONLY)
     try:
         for (_, arr), offset in zip(features, offsets, strict=True):
@@ -109,6 +116,7 @@ class ShardInfo:
     audio_offset: int
     text_offset: int
     fields: dict[str, np.ndarray]  # INT_FIELDS as int64, STR_FIELDS as object arrays of str
+    attributes: np.ndarray | None = None  # (n, len(meta.attributes)) float32, NaN = missing
 
 
 def inspect_shard(path: Path, entry: ShardEntry, tag: str, meta: CacheMeta) -> tuple[ShardInfo | None, list[str]]:
@@ -225,11 +233,33 @@ def _inspect_open(
         if not isinstance(d, h5py.Dataset) or d.shape != (entry.n,):
             problems.append(f"{path}: dataset {name!r} missing or not of shape ({entry.n},)")
             continue
+        if name in INT_FIELDS and d.dtype.kind not in "iu":  # floats would be truncated to a class silently
+            problems.append(f"{path}: dataset {name!r} holds {d.dtype} values, not integers")
+            continue
         fields[name] = d.asstr()[()] if name in STR_FIELDS else d[()].astype(np.int64)
+    attributes = _read_attributes(f, path, int(version), entry.n, meta, problems)
     if problems:
         return None
     problems += _check_fields(path, fields, meta)
-    return ShardInfo(path, entry, entry.n, offsets[AUDIO], offsets[TEXT], fields)
+    return ShardInfo(path, entry, entry.n, offsets[AUDIO], offsets[TEXT], fields, attributes)
+
+
+def _read_attributes(
+    f: h5py.File, path: Path, version: int, n: int, meta: CacheMeta, problems: list[str]
+) -> np.ndarray | None:
+    """The shard's attribute values (n, k); a shard older than schema version 3 has none (k = 0)."""
+    k = len(meta.attributes)
+    d = f.get(ATTRIBUTES)
+    if d is None and version < ATTRIBUTES_SINCE:
+        return np.zeros((n, 0), dtype=np.float32)
+    if not isinstance(d, h5py.Dataset) or d.shape != (n, k):
+        problems.append(f"{path}: dataset {ATTRIBUTES!r} missing or not of shape ({n}, {k})")
+        return None
+    values = d[()].astype(np.float32)
+    if np.isinf(values).any():
+        problems.append(f"{path}: infinite attribute values (ksr stores NaN for a missing value)")
+        return None
+    return values
 
 
 def _check_fields(path: Path, fields: dict[str, np.ndarray], meta: CacheMeta) -> list[str]:

@@ -23,6 +23,7 @@ def synthetic_meta(
     corpus: str = "synthetic",
     max_audio_len: int = 460,
     max_text_len: int = 20,
+    attributes: tuple[str, ...] = (),
 ) -> CacheMeta:
     return CacheMeta(
         corpus=corpus,
@@ -32,6 +33,8 @@ def synthetic_meta(
         max_text_len=max_text_len,
         audio_encoder=EncoderInfo("synthetic-audio", audio_dim, "none", "0", 100.0),
         text_encoder=EncoderInfo("synthetic-text", text_dim, "none", "0"),
+        attributes=attributes,
+        attribute_range=(1.0, 5.0) if attributes else None,
     )
 
 
@@ -48,8 +51,12 @@ def synthetic_utterances(
     """``n`` utterances as ``CacheWriter.add`` keyword arguments, float32 features at their true
     lengths (audio 80..999 frames, text 3..39 tokens unless given). Session ``k`` has speakers
     ``S{k}F`` and ``S{k}M``; ids sort in generation order. ``splits``: one official split per
-    utterance (then ``sessions=0`` leaves the sessions empty, as official-split corpora have none)."""
+    utterance (then ``sessions=0`` leaves the sessions empty, as official-split corpora have none).
+    A meta with ``attributes`` gives each utterance values on 1-5 that follow its class (attribute
+    ``j`` rises with the class index for even ``j``, falls for odd ``j``) plus noise, drawn from a
+    generator of their own (the features stay those of the same seed without attributes)."""
     rng = np.random.default_rng(seed)
+    attribute_rng = np.random.default_rng([seed, 1])
     classes = len(meta.classes)
     dirs_a = rng.standard_normal((classes, meta.audio_dim), dtype=np.float32)
     dirs_t = rng.standard_normal((classes, meta.text_dim), dtype=np.float32)
@@ -73,7 +80,14 @@ def synthetic_utterances(
             "gender": gender,
             "transcript": f"synthetic utterance {i} ({meta.classes[label]})",
             **({"split": splits[i]} if splits is not None else {}),
+            **({"attributes": _attributes_of(label, classes, meta, attribute_rng)} if meta.attributes else {}),
         }
+
+
+def _attributes_of(label: int, classes: int, meta: CacheMeta, rng: np.random.Generator) -> np.ndarray:
+    rise = label / max(classes - 1, 1)  # 0..1 along the class list
+    levels = np.array([rise if j % 2 == 0 else 1.0 - rise for j in range(len(meta.attributes))])
+    return np.clip(1.5 + 3.0 * levels + 0.3 * rng.standard_normal(len(levels)), 1.0, 5.0).astype(np.float32)
 
 
 def write_synthetic_cache(

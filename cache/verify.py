@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..common.files import sha256_file
 from .index import Scan, scan_dir
 from .locks import live_writer_problem
 from .shard import ShardInfo, checksum_problem, duplicate_ids, inspect_shard, scan_features
+from .stamps import Stamps
 from .util import byte_bar, map_in_threads
 
 
@@ -38,8 +38,10 @@ def inspect_cache(root: str | Path, checksums: bool = False, progress: bool | No
     if checksums:
         # A size mismatch is already reported (as truncation); hashing would only repeat it.
         todo = [e for _, e in pairs if (scan.root / e.file).stat().st_size == e.bytes]
+        verified = Stamps(scan.root)  # what matches is stamped: later opens need not hash it
         with byte_bar(sum(e.bytes for e in todo), f"verifying {scan.root.name}", progress) as bar:
-            digests = map_in_threads(lambda e: sha256_file(scan.root / e.file, bar), todo)
+            digests = map_in_threads(lambda e: verified.hash(scan.root / e.file, e.sha256, progress=bar), todo)
+        verified.save()
         for entry, got in zip(todo, digests, strict=True):
             out.bytes_hashed += entry.bytes
             if got != entry.sha256:

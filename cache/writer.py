@@ -167,6 +167,7 @@ class CacheWriter:
         gender: str = "",
         transcript: str = "",
         split: str = "",
+        attributes: Sequence[float] | None = None,
     ) -> None:
         """Add one utterance: ``audio`` (frames, Da) and ``text`` (tokens, Dt) at their true
         lengths, as numpy arrays or torch tensors (any device, any float dtype).
@@ -174,7 +175,8 @@ class CacheWriter:
         Sequences longer than the cache's max lengths are cut (the true length is kept as
         ``*_len_full``); shorter ones are zero-padded at the end. ``label`` is a class name
         or its index in ``meta.classes``. ``split``: the utterance's official split (``train``,
-        ``valid``, ``test``, ``test1``, ...; "" for none).
+        ``valid``, ``test``, ``test1``, ...; "" for none). ``attributes``: one value per name in
+        ``meta.attributes``, NaN for a missing one (None: all missing).
         """
         if self._closed:
             raise CacheError(f"{self.root}: writer {self.tag!r} is closed")
@@ -190,6 +192,7 @@ class CacheWriter:
         if split and not is_split_name(split):
             raise ValueError(f"utterance {uid!r}: split {split!r} is not {SPLIT_RULE}")
         meta = self.meta
+        values = _attribute_values(attributes, meta.attributes, uid)
         a = _as_2d(audio, meta.audio_dim, "audio", uid)
         t = _as_2d(text, meta.text_dim, "text", uid)
         if self._audio is None:
@@ -213,6 +216,7 @@ class CacheWriter:
                 str(gender or ""),
                 str(transcript or ""),
                 split,
+                values,
             )
         )
         self._n += 1
@@ -234,6 +238,7 @@ class CacheWriter:
         genders: Sequence[str] | None = None,
         transcripts: Sequence[str] | None = None,
         splits: Sequence[str] | None = None,
+        attributes: Sequence[Sequence[float]] | None = None,
     ) -> None:
         """Add B utterances from an encoder's padded output: ``audio`` (B, T, Da) with
         ``audio_lengths`` (B,), ``text`` (B, L, Dt) with ``text_lengths`` (B,); rows past each
@@ -255,6 +260,7 @@ class CacheWriter:
             "gender": genders,
             "transcript": transcripts,
             "split": splits,
+            "attributes": attributes,
         }
         for i, uid in enumerate(ids):
             self.add(
@@ -304,6 +310,7 @@ class CacheWriter:
                     "gender",
                     "transcript",
                     "split",
+                    "attributes",
                 ),
                 rows,
                 strict=True,
@@ -325,6 +332,7 @@ class CacheWriter:
                 strs={k: list(cols[k]) for k in STR_FIELDS},
                 created=created,
                 ksr_version=__version__,
+                attributes=np.array(cols["attributes"], dtype=np.float32).reshape(n, len(self.meta.attributes)),
             )
             faults.point("shard-write")  # tests: the temporary file is written, not renamed
             fsync_path(tmp)
@@ -368,6 +376,20 @@ class CacheWriter:
 
     def __repr__(self) -> str:
         return f"CacheWriter({str(self.root)!r}, tag={self.tag!r}, stored={len(self._stored)}, buffered={self._n})"
+
+
+def _attribute_values(values: Sequence[float] | None, names: tuple[str, ...], uid: str) -> np.ndarray:
+    """One float32 per attribute name, NaN where missing; a wrong count or an infinite value is refused."""
+    if values is None:
+        return np.full(len(names), np.nan, dtype=np.float32)
+    out = np.asarray(values, dtype=np.float32).reshape(-1)
+    if len(out) != len(names):
+        raise ValueError(
+            f"utterance {uid!r}: {len(out)} attribute value(s), the cache stores {len(names)} {list(names)}"
+        )
+    if np.isinf(out).any():
+        raise ValueError(f"utterance {uid!r}: an infinite attribute value (store NaN for a missing one)")
+    return out
 
 
 def _as_numpy(x: Any) -> np.ndarray:

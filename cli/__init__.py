@@ -49,6 +49,12 @@ class KsrGroup(click.Group):
             raise click.ClickException(message) from None
 
 
+class Interrupted(click.ClickException):
+    """Ctrl-C: one line saying how to continue, and the exit status a shell gives SIGINT."""
+
+    exit_code = 128 + 2
+
+
 class Stopped(click.ClickException):
     """SIGTERM: one line, and the exit status a shell gives a process ended by that signal."""
 

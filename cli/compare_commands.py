@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from . import main
+from .options import check_out, force_option
 
 
 @main.command("compare")
@@ -38,13 +39,16 @@ from . import main
     help="Cache to evaluate on when a run has no saved predictions (default: each run's training cache).",
 )
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto (when evaluating).")
-def compare_cmd(runs, json_path, resamples, boot_seed, evaluate, cache_dir, device) -> None:
+@force_option
+def compare_cmd(runs, json_path, resamples, boot_seed, evaluate, cache_dir, device, force) -> None:
     """Compare RUN_B (and more) with RUN_A on the same test utterances.
 
     For each run after the first: the difference of WA, UA, macro and weighted F1 with a paired
     bootstrap 95% interval and p-value, McNemar's test on the pooled predictions, and, when both
     runs have several seeds, t-tests over seeds (and seed-fold pairs, except under the split
-    protocol). Runs evaluated on different caches or test utterances are refused. An unfinished
+    protocol). Runs that both learn attributes (--task attributes or both) also get the difference
+    of their CCCs (each attribute and the mean) with a paired bootstrap 95% interval and p-value.
+    Runs evaluated on different caches or test utterances are refused. An unfinished
     run, or one that chose its epochs on the test set, is compared with a warning. Prints Markdown.
     """
     from pathlib import Path
@@ -55,6 +59,8 @@ def compare_cmd(runs, json_path, resamples, boot_seed, evaluate, cache_dir, devi
 
     if len(runs) < 2:
         raise CompareError("compare needs at least two runs: RUN_A RUN_B [RUN_C ...]")
+    if json_path:  # before any work: a refusal costs nothing
+        check_out(json_path, force)
     boot = Bootstrap(resamples or DEFAULT_RESAMPLES, DEFAULT_SEED if boot_seed is None else boot_seed)
     loaded = [load_run_predictions(Path(r), cache_dir, device, evaluate) for r in runs]
     result = compare_runs(loaded, boot)

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from .data_commands import prepare_cmd
+from .options import check_out, force_option
 
 #: The manifest's optional columns, in this order, for each corpus (``split``, a column of the
 #: manifest's own, comes after the required ones).
@@ -54,7 +55,8 @@ def _write(report, out: str, columns) -> None:
     show_default=True,
     help="4class: ang, hap, neu, sad (A H N S); 8class adds sur, fea, dis, con (U F D C).",
 )
-def prepare_msp_podcast_cmd(root: str, out: str, task: str) -> None:
+@force_option
+def prepare_msp_podcast_cmd(root: str, out: str, task: str, force: bool) -> None:
     """Index an MSP-Podcast release (ROOT, with Audios/ and Labels/) with its official splits:
     Train, Development (or Validation), Test1, Test2 as train, valid, test1, test2.
 
@@ -63,13 +65,15 @@ def prepare_msp_podcast_cmd(root: str, out: str, task: str) -> None:
     """
     from ..extract.corpora.msp_podcast import prepare_msp_podcast
 
+    check_out(out, force)
     _write(prepare_msp_podcast(root, task), out, MSP_COLUMNS)
 
 
 @prepare_cmd.command("meld")
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="The manifest CSV to write.")
-def prepare_meld_cmd(root: str, out: str) -> None:
+@force_option
+def prepare_meld_cmd(root: str, out: str, force: bool) -> None:
     """Index a MELD release (ROOT: the three *_sent_emo.csv files and the mp4 clip folders) for
     its 7 emotions, with its official splits train, valid (dev), test.
 
@@ -78,6 +82,7 @@ def prepare_meld_cmd(root: str, out: str) -> None:
     """
     from ..extract.corpora.meld import prepare_meld
 
+    check_out(out, force)
     _write(prepare_meld(root), out, MELD_COLUMNS)
     if importlib.util.find_spec("av") is None:
         click.echo(

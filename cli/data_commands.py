@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..cache.rows import STORAGE_DTYPES
-from ..common import MAX_AUDIO_FRAMES, MAX_TEXT_TOKENS
+from ..cache.schema import DTYPES as STORAGE_DTYPES
+from ..common.constants import MAX_AUDIO_FRAMES, MAX_TEXT_TOKENS
 from . import main
+from .options import check_out, force_option
 
 # --- cache commands (ksr.cache) --------------------------------------------------------------
 
@@ -84,7 +85,8 @@ def prepare_cmd() -> None:
 @prepare_cmd.command("iemocap")
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="The manifest CSV to write.")
-def prepare_iemocap_cmd(root: str, out: str) -> None:
+@force_option
+def prepare_iemocap_cmd(root: str, out: str, force: bool) -> None:
     """Index IEMOCAP_full_release (ROOT) for the 4-class task: ang, hap (+exc), neu, sad.
 
     Prints the counts per session and class, what was skipped as not data, and warnings (a
@@ -93,6 +95,7 @@ def prepare_iemocap_cmd(root: str, out: str) -> None:
     from ..extract.corpora.iemocap import format_report, prepare_iemocap
     from ..extract.corpora.manifest import write_manifest
 
+    check_out(out, force)
     report = prepare_iemocap(root)
     click.echo(format_report(report))
     for warning in report.warnings:
@@ -269,6 +272,9 @@ def extract_cmd(
     each in OUT/errors-<writer>.tsv and are counted in the summary. Under torchrun
     (--nproc-per-node N) each rank extracts its share into its own shards.
     """
+    from ..common.optional import require_audio
+
+    require_audio("ksr extract")  # before any work: one line naming the extra
     from ..common import ranks_from_env
     from ..extract.audio_errors import MAX_DURATION_S
     from ..extract.pipeline import DEFAULT_SHARD_SIZE, extract_corpus

@@ -38,6 +38,8 @@ def export_cmd(checkpoint: str, onnx_path: str, force: bool, check: bool) -> Non
     click.echo(
         f"wrote {result.path} ({result.nbytes / 2**20:.1f} MiB): {shapes} -> logits over {', '.join(result.classes)}"
     )
+    if result.audio_normalisation:
+        click.echo(f"note: {result.audio_normalisation} (also in the file's metadata, ksr.audio_normalisation)")
     if result.max_abs_diff is not None:
         click.echo(
             f"check: onnxruntime vs torch on 3 random padded utterances, max |logit difference| {result.max_abs_diff:.2e}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from . import main
-from .options import bootstrap_option, setup_training, training_options
+from . import Interrupted, main
+from .options import LazyChoice, bootstrap_option, force_option, setup_training, training_options
 
 # --- model commands (ksr.fuse) ---------------------------------------------------------------
 
@@ -27,15 +27,19 @@ from .options import bootstrap_option, setup_training, training_options
     type=click.FloatRange(0, 1, min_open=True),
     help="Key-sparse keep rate the model was trained with (not stored in the weights).",
 )
-def convert_official_cmd(best_pt: str, out_pt: str, heads: int, keep_rate: float) -> None:
+@force_option
+def convert_official_cmd(best_pt: str, out_pt: str, heads: int, keep_rate: float, force: bool) -> None:
     """Convert a checkpoint of the public KS-Transformer code into a ksr checkpoint.
 
     BEST_PT is a file saved by the public implementation ({"epoch", "model", "optimizer"}, keys
     optionally prefixed "module."). Dims, FFN widths, layer counts and classes are read from the
     tensor shapes; every tensor is checked. OUT_PT loads with ksr.fuse.load_model().
     """
+    from ..common.files import check_replace
     from ..fuse import convert_official
     from ..fuse.train.official import describe_public_model
+
+    check_replace(out_pt, force, {"checkpoint": best_pt})
 
     model = convert_official(best_pt, out_pt, num_heads=heads, keep_rate=keep_rate)
     click.echo(f"wrote {out_pt}: {describe_public_model(model.cfg)}, {heads} heads, keep rate {keep_rate}")
@@ -96,8 +100,9 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     How the demo departs from the paper's setting, to finish in minutes on 2 CPU cores:
       encoders  tiny-audio + tiny-text: tiny models with random weights, not
                 wav2vec / RoBERTa large (nothing is downloaded)
-      model     one layer per stage, 4 heads, FFN 64, no attention-weight dropout,
-                classifier dropout 0.2; inputs standardised per dimension
+      model     one layer per stage, 4 heads, FFN 64, no attention-weight dropout
+                (ksr train --size small), classifier dropout 0.2; inputs
+                standardised per dimension
       schedule  the ksr recipe: AdamW, lr 4e-3, 1 epoch of warm-up, cosine, batch 16,
                 28 epochs (the recipe's 24 + 4), last epoch kept (paper: SGD lr
                 5e-4, 120 epochs, which does not train here)
@@ -107,8 +112,19 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     """
     from pathlib import Path
 
+    from ..common.optional import require_audio
+
+    require_audio("ksr demo")  # before any work: one line naming the extra
     from ..common import ranks_from_env
-    from ..demo import EPOCHS, comparison_table, default_processes, lost_peer, run_demo, run_under_torchrun
+    from ..demo import (
+        EPOCHS,
+        attribute_table,
+        comparison_table,
+        default_processes,
+        lost_peer,
+        run_demo,
+        run_under_torchrun,
+    )
     from ..fuse.report.render import to_markdown
 
     epochs = epochs or EPOCHS
@@ -129,6 +145,8 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     click.echo(to_markdown(result.fused_report))  # the fused model's cross-validation report
     click.echo(f"demo: leave-one-session-out, 5 folds, {result.utterances} utterances, UA chance = 25%")
     click.echo(comparison_table(result))
+    if result.attributes:
+        click.echo(attribute_table(result))
     click.echo(f"report: {Path(run_dir) / 'report.md'} ({result.seconds:.0f} s)")
 
 
@@ -159,7 +177,8 @@ def demo_cmd(data: str, cache_dir: str, run_dir: str, epochs: int, compare: bool
     metavar="[DIR]",
     help="Write TensorBoard curves (loss, lr, valid and test/ metrics per epoch; DIR/seedS/foldK) into DIR, default RUN/tensorboard. Needs pip install 'ksr[tensorboard]'.",
 )
-def train_cmd(run_dir, baseline, resamples, tensorboard_dir, **options) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bars (logs stay free of carriage returns).")
+def train_cmd(run_dir, baseline, resamples, tensorboard_dir, no_progress, **options) -> None:
     """Train one KS-Transformer per fold on a feature cache, then write the report.
 
     Model dims and classes come from the cache; every other model setting has its own option
@@ -170,9 +189,8 @@ def train_cmd(run_dir, baseline, resamples, tensorboard_dir, **options) -> None:
     """
     from pathlib import Path
 
-    from ..fuse.report.experiment import train_and_report
-    from ..fuse.report.stats import Bootstrap
-    from ..fuse.train.runs import point_latest
+    from ..fuse.report.render import printed_summary
+    from ..fuse.train.runs import point_latest, run_file
 
     run = Path(run_dir)
     board = None
@@ -181,28 +199,22 @@ def train_cmd(run_dir, baseline, resamples, tensorboard_dir, **options) -> None:
         from ..fuse.train.runs import tensorboard_dir as tensorboard_dir_of
 
         board = TensorBoard(tensorboard_dir or tensorboard_dir_of(run))
-    setup, folds, seeds = setup_training(options, run_dir)
+    setup, folds, seeds = setup_training(options, run_dir, progress=False if no_progress else None)
     ranks = setup.ranks
     say = click.echo if ranks.main else (lambda *a, **k: None)
     say(
         f"training {len(folds) if folds else 'all'} fold(s) x {len(seeds)} seed(s) on {setup.cache!r} -> {run}"
         + (f" on {ranks.world} ranks" if ranks.world > 1 else "")
     )
-    report = train_and_report(
-        setup.cache,
-        setup.spec,
-        run,
-        folds,
-        seeds,
-        setup.device,
-        ranks,
-        resume=options["resume"],
-        amp=options["amp"],
-        say=say,
-        baseline=baseline,
-        bootstrap=Bootstrap(resamples),
-        tensorboard=board,
-    )
+    try:
+        report = _train(setup, run, folds, seeds, options, say, baseline, resamples, board, not no_progress)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted; every finished epoch is saved: ksr train --run {run} --resume continues"
+        ) from None
+    finally:
+        if ranks.main and run_file(run).is_file():  # finished or not: a bare `ksr eval` reads this run
+            point_latest(run)
     if ranks.world > 1:
         import torch.distributed as dist
 
@@ -210,21 +222,30 @@ def train_cmd(run_dir, baseline, resamples, tensorboard_dir, **options) -> None:
         dist.destroy_process_group()
     if report is None:
         return
-    point_latest(run)
-    s = report["summary"]
-    for name, t in report.get("official_split", {}).items():  # --protocol split: each test split
-        if name != "pooled":
-            click.echo(f"  {name}: WA {100 * t['wa']:.2f}%  UA {100 * t['ua']:.2f}%  (n = {t['n']}, mean over seeds)")
-    over = "all test splits pooled, mean over seeds" if "official_split" in report else "mean over folds"
-    click.echo(
-        f"WA {100 * s['wa']:.2f}%  UA {100 * s['ua']:.2f}%  macro F1 {100 * s['macro_f1']:.2f}%  ({over}; "
-        f"loss: {report['loss']}; report: {run / 'report.md'})"
+    for line in printed_summary(report):
+        click.echo(line)
+
+
+def _train(setup, run, folds, seeds, options, say, baseline, resamples, board, progress):
+    from ..fuse.report.experiment import train_and_report
+    from ..fuse.report.stats import Bootstrap
+
+    return train_and_report(
+        setup.cache,
+        setup.spec,
+        run,
+        folds,
+        seeds,
+        setup.device,
+        setup.ranks,
+        resume=options["resume"],
+        amp=options["amp"],
+        say=say,
+        baseline=baseline,
+        bootstrap=Bootstrap(resamples),
+        tensorboard=board,
+        progress=progress,
     )
-    for name, b in report.get("baselines", {}).items():
-        b = b["summary"]
-        click.echo(
-            f"  {name}: WA {100 * b['wa']:.2f}%  UA {100 * b['ua']:.2f}%  macro F1 {100 * b['macro_f1']:.2f}% (same folds)"
-        )
 
 
 def _ablation_kinds() -> list[str]:
@@ -234,7 +255,7 @@ def _ablation_kinds() -> list[str]:
 
 
 @main.command("ablate")
-@click.argument("kind", type=click.Choice(_ablation_kinds()))
+@click.argument("kind", type=LazyChoice(_ablation_kinds))
 @training_options
 @click.option(
     "--root",
@@ -305,7 +326,18 @@ def ablate_cmd(kind, root, values, **options) -> None:
     "cache_dir",
     default=None,
     type=click.Path(exists=True, file_okay=False),
-    help="Cache with the test utterances (default: the run's training cache).",
+    help="Cache with the test utterances (default: the run's training cache). A cache of another corpus "
+    "(made with the same encoders) is a cross-corpus test: every fold's model on all of it.",
+)
+@click.option(
+    "--class-map",
+    default=None,
+    help="Cross-corpus: the tested corpus's class names as the run's, e.g. joy=hap,anger=ang,fear=- (- leaves a class out).",
+)
+@click.option(
+    "--cross-corpus",
+    is_flag=True,
+    help="Test every fold's model on all of --cache even when its corpus has the run's corpus name.",
 )
 @click.option(
     "--out",
@@ -325,8 +357,14 @@ def ablate_cmd(kind, root, values, **options) -> None:
     type=click.IntRange(min=0),
     help="The bootstrap's seed (default: a fixed one, recorded).",
 )
-def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resamples, bootstrap_seed) -> None:
+def eval_cmd(
+    run_dir, folds, cache_dir, class_map, cross_corpus, out_dir, device, allow_incomplete, resamples, bootstrap_seed
+) -> None:
     """Evaluate the selected checkpoints on their test folds and write the report.
+
+    With --cache of another corpus (or --cross-corpus, --class-map) every fold's model is tested
+    on all of that cache instead: the report (RUN/report_on_CORPUS.*) says which corpus trained
+    and which tested, and adds the ensemble of all the models.
 
     Per fold: WA (accuracy), UA (macro recall), macro F1, weighted F1, confusion matrix, selected
     epoch; over folds: mean and std, and pooled over all test utterances. Written as JSON,
@@ -335,22 +373,26 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resam
     """
     from pathlib import Path
 
-    from ..fuse.report.evaluation import evaluate_saved_run
+    from ..fuse.report.cross_corpus import evaluate_saved_run_across
     from ..fuse.report.render import to_markdown, write_report
     from ..fuse.report.stats import DEFAULT_SEED, Bootstrap
-    from ..fuse.train.runs import LATEST, report_stem
+    from ..fuse.train.runs import LATEST, cross_corpus_stem, report_stem
 
     run_dir = run_dir or str(LATEST)
     boot = Bootstrap(resamples, DEFAULT_SEED if bootstrap_seed is None else bootstrap_seed)
-    report = evaluate_saved_run(
+    report = evaluate_saved_run_across(
         Path(run_dir),
         cache_dir,
+        class_map,
+        cross_corpus,
         folds=list(folds) or None,
         device=device,
         allow_incomplete=allow_incomplete,
         bootstrap=boot,
     )
     stem = report_stem(list(folds))
+    if "cross_corpus" in report:  # beside the run's own report, never over it
+        stem = cross_corpus_stem(report["cross_corpus"]["tested_on"], list(folds))
     write_report(report, Path(out_dir) if out_dir else Path(run_dir), stem)
     click.echo(to_markdown(report))
 
@@ -358,12 +400,74 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resam
 # --- prediction (ksr.predict: extract + fuse) --------------------------------------------------
 
 
+def predict_many(options: dict, single) -> None:
+    """``ksr predict`` in batch mode (``ksr.batch_predict``)."""
+    from pathlib import Path
+
+    from ..batch_predict import BatchRequest, predict_batch, side_file
+    from ..predict import PredictError
+
+    if single:
+        raise PredictError("--audio, --text, --attention and --json predict one utterance; batch mode takes none")
+    if options["out"] is None:
+        raise PredictError("batch mode writes its predictions to --out FILE.csv")
+    if options["manifest"] is None and options["folder"] is None:
+        raise PredictError("batch mode reads --manifest M.csv or --folder DIR")
+    paths = {k: Path(v) for k, v in options.items() if k in ("out", "manifest", "folder", "checkpoint", "run") and v}
+    result = predict_batch(BatchRequest(**{**options, **paths}), say=lambda line: click.echo(line, err=True))
+    failed = f", {len(result.failed)} failed (see {side_file(result.out, 'errors.tsv')})"
+    click.echo(
+        f"predicted {result.predicted} utterance(s) with {len(result.members)} model(s){failed if result.failed else ''}"
+        f" -> {', '.join(str(p) for p in result.files)} ({result.seconds:.1f} s)"
+    )
+
+
 @main.command("predict")
 @click.option(
     "--checkpoint",
-    required=True,
+    default=None,
     type=click.Path(dir_okay=False),
     help="A ksr checkpoint, e.g. runs/main/seed123/fold5/best.pt.",
+)
+@click.option(
+    "--run",
+    "run_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Batch mode: every selected checkpoint of this run (all folds and seeds) votes; "
+    "the mean of their probabilities decides.",
+)
+@click.option(
+    "--manifest",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Batch mode: a CSV with columns id, audio (and the transcripts' column); predictions go to --out.",
+)
+@click.option(
+    "--folder",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Batch mode: every audio file under this folder (transcripts from --asr, or none for audio-only models).",
+)
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Batch mode: the predictions CSV.")
+@click.option(
+    "--text-column",
+    default="text",
+    show_default=True,
+    help="Batch mode: the manifest column that holds the transcripts.",
+)
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["csv", "msp-podcast"]),
+    default="csv",
+    show_default=True,
+    help="Batch mode: csv (id, label, p_<class>...), or the MSP-Podcast challenge's files (docs/predict.md).",
+)
+@click.option(
+    "--keep-features",
+    is_flag=True,
+    help="Batch mode: keep the work folder OUT.work (the features) after the predictions are written.",
 )
 @click.option(
     "--audio",
@@ -389,7 +493,8 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resam
 @click.option(
     "--force",
     is_flag=True,
-    help="Use the given encoders even when their weights or layer differ from the recorded ones.",
+    help="Use the given encoders even when their weights or layer differ from the recorded ones; "
+    "in batch mode also overwrite --out.",
 )
 @click.option(
     "--attention",
@@ -410,6 +515,13 @@ def eval_cmd(run_dir, folds, cache_dir, out_dir, device, allow_incomplete, resam
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
 def predict_cmd(
     checkpoint,
+    run_dir,
+    manifest,
+    folder,
+    out,
+    text_column,
+    out_format,
+    keep_features,
     audio_path,
     text,
     asr_spec,
@@ -421,15 +533,28 @@ def predict_cmd(
     as_json,
     device,
 ) -> None:
-    """Predict the emotion of one utterance with a trained checkpoint.
+    """Predict the emotion of one utterance, or of many (--manifest or --folder, into --out).
 
     Features are made with the encoders recorded in the checkpoint (checked by their weights'
     digest), cut, padded and stored-dtype rounded as the training cache was. Prints the label
-    and the class probabilities. See docs/predict.md.
+    and the class probabilities. In batch mode the features go through the extraction pipeline
+    (batched, resumable: run the same command again after a kill) and one CSV row per utterance
+    is written; --run makes every fold and seed of a run vote. See docs/predict.md.
     """
     import json
 
-    from ..predict import draw_attention, predict_one
+    from ..common.optional import require_audio
+    from ..predict import PredictError, draw_attention, predict_one
+
+    require_audio("ksr predict")  # before any work: one line naming the extra
+    if manifest or folder or out or run_dir:
+        batch = dict(manifest=manifest, folder=folder, out=out, run=run_dir, checkpoint=checkpoint)
+        batch.update(text_column=text_column, format=out_format, keep_features=keep_features, asr=asr_spec)
+        batch.update(audio_encoder=audio_encoder, text_encoder=text_encoder, force=force, device=device)
+        batch.update({} if max_duration is None else {"max_duration": max_duration})
+        return predict_many(batch, single=audio_path or text or attention_png or as_json)
+    if checkpoint is None:
+        raise PredictError("name the model with --checkpoint PATH (or --run RUN with --manifest/--folder)")
 
     if attention_png is not None:
         from ..fuse.report.plots import figure_format
@@ -457,8 +582,13 @@ def predict_cmd(
         return
     if result.asr is not None:
         click.echo(f"transcript ({result.asr['name']}): {result.transcript}")
-    click.echo(f"label: {result.label}")
-    for name, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
-        click.echo(f"  {name:<12} {p:7.4f}  {'#' * round(40 * p)}")
+    if result.normalisation:
+        click.echo(f"normalisation: {result.normalisation}")
+    if result.label:  # a model of task attributes has no trained classes
+        click.echo(f"label: {result.label}")
+        for name, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
+            click.echo(f"  {name:<12} {p:7.4f}  {'#' * round(40 * p)}")
+    if result.attributes:
+        click.echo("attributes: " + ", ".join(f"{k} {v:.2f}" for k, v in result.attributes.items()))
     if attention_png is not None:
         click.echo(f"attention: {attention_png}")

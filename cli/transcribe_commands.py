@@ -54,6 +54,9 @@ def transcribe_cmd(manifest, asr_spec, out, column, batch_size, device, max_dura
     OUT.errors.tsv. Then `ksr extract OUT --text-column asr_text` makes a cache from the
     machine transcripts.
     """
+    from ..common.optional import require_audio
+
+    require_audio("ksr transcribe")  # before any work: one line naming the extra
     from ..extract.asr.transcribe import transcribe_manifest
     from ..extract.audio_errors import MAX_DURATION_S
 

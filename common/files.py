@@ -226,3 +226,16 @@ def sha256_file(path: str | os.PathLike, progress: Any = None) -> str:
             if progress is not None:
                 progress.update(got)
     return h.hexdigest()
+
+
+def check_replace(out: str | os.PathLike, force: bool, inputs: dict[str, str | os.PathLike] | None = None) -> None:
+    """Refuse, in one line, to write ``out`` over an existing file without ``force``, and ever over
+    one of the command's ``inputs`` ({what it is: path}), whatever ``force`` says."""
+    from .errors import KsrError
+
+    out = Path(out)
+    for what, path in (inputs or {}).items():
+        if out.exists() and Path(path).exists() and os.path.samefile(out, path):
+            raise KsrError(f"{out} is the {what} this command reads; write to another file")
+    if out.exists() and not force:
+        raise KsrError(f"{out} exists; pass --force to replace it")

@@ -28,3 +28,10 @@ def require(module: str, feature: str, extra: str, package: str | None = None) -
         raise MissingDependency(
             f"{feature} needs the package {package}, which {why}: pip install 'ksr[{extra}]' (or pip install {package})"
         ) from None
+
+
+def require_audio(feature: str) -> None:
+    """The audio readers of the ``extract`` extra, checked before a command that reads audio does
+    any work (without them it would end in an import traceback, or after its first stage)."""
+    for module in ("soundfile", "soxr"):
+        require(module, feature, "extract")

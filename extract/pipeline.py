@@ -49,7 +49,8 @@ from ..common import (
 )
 from ..common.files import DiskFullError, disk_full_error, is_disk_full
 from .audio import MAX_DURATION_S, AudioError, cut_audio, read_audio
-from .corpora.manifest import Manifest, Utterance, read_manifest
+from .corpora.attributes import attribute_columns, declared_range, parse_attributes
+from .corpora.manifest import Manifest, Utterance, case_clash, read_manifest
 from .encoders import AudioEncoder, Encoder, EncoderError, TextEncoder, load_encoder
 from .failures import Breaker, ExtractError, encode_isolated
 from .media import check_decoder
@@ -168,6 +169,8 @@ def extract_corpus(
     ranks: Ranks | None = None,
     tiny_root: str | os.PathLike | None = None,
     on_batch: Callable[[int], None] | None = None,
+    attributes: Sequence[str] | None = None,
+    attribute_range: tuple[float, float] | None = None,
 ) -> ExtractSummary:
     """Extract every utterance of ``manifest`` into the cache ``out_dir``; resumable.
 
@@ -189,6 +192,10 @@ def extract_corpus(
     ``ranks``: default from torchrun's environment. ``on_batch(done)`` is called after each
     batch is handed to the writer, ``done`` counting this run's utterances so far (tests
     interrupt a run with it).
+    ``attributes``: the manifest's numeric attribute columns to store (default: every column of
+    :data:`~ksr.extract.corpora.attributes.ATTRIBUTE_COLUMNS` the manifest has; () for none);
+    ``attribute_range``: their scale (default: the one the corpus declares, by its name). Both
+    are recorded in the cache meta.
 
     Returns the summary (every rank's, merged, under torchrun). Raises :class:`ExtractError`,
     ``ManifestError``, ``EncoderError`` or ``CacheError`` (all one line) for whole-run problems.
@@ -215,8 +222,13 @@ def extract_corpus(
         on_batch=on_batch,
         max_duration=max_duration,
     )
+    corpus = corpus or corpus_name(manifest.path)
+    names = attribute_columns(manifest.extra_columns) if attributes is None else tuple(attributes)
+    unknown = [a for a in names if a not in manifest.extra_columns]
+    if unknown:
+        raise ExtractError(f"{manifest.path}: no column(s) {', '.join(unknown)} for the attributes")
     meta = CacheMeta(
-        corpus=corpus or corpus_name(manifest.path),
+        corpus=corpus,
         classes=tuple(cache_classes(manifest, classes)),
         audio_encoder=audio.cache_record(),
         text_encoder=text.cache_record(),
@@ -226,6 +238,8 @@ def extract_corpus(
         dtype=dtype,
         max_audio_seconds=max_audio_seconds,
         text_column=manifest.text_column or "text",
+        attributes=names,
+        attribute_range=(attribute_range or declared_range(corpus)) if names else None,
     )
     started = time.perf_counter()  # the summary's rate leaves model loading out
     summary = _write_cache(manifest, out_dir, (audio, text), meta, ranks, settings, shard_size)
@@ -272,7 +286,11 @@ def cache_classes(manifest: Manifest, classes: Sequence[str] | None) -> Sequence
     """The cache's class order: ``classes``, else :func:`default_classes` of the manifest's
     labels; a manifest without one usable row is refused."""
     if classes is None:
-        classes = default_classes([u.label for u in manifest.rows])
+        labels = [u.label for u in manifest.rows]
+        clash = case_clash(labels)
+        if clash:  # a class of its own would change the class order without a word
+            raise ExtractError(f"{manifest.path}: {clash} in the manifest, or name the classes with --classes")
+        classes = default_classes(labels)
     if not classes:
         first = f" (first: {manifest.problems[0]})" if manifest.problems else ""
         raise ExtractError(
@@ -317,7 +335,14 @@ class ExtractionLoop:
         self.manifest, self.writer, self.log, self.meta, self.ranks = manifest, writer, log, meta, ranks
         self.audio, self.text = encoders
         self.settings = settings
-        self.summary = ExtractSummary(cache_dir=writer.root, ranks=ranks.world, classes=tuple(meta.classes))
+        self.summary = ExtractSummary(
+            cache_dir=writer.root,
+            ranks=ranks.world,
+            classes=tuple(meta.classes),
+            attributes=meta.attributes,
+            attribute_range=meta.attribute_range,
+            attribute_missing=dict.fromkeys(meta.attributes, 0),
+        )
         self.failed: Counter[str] = Counter()
         self.in_cache: Counter[str] = Counter()  # per class: stored before, or stored by this run
         self.stored = writer.stored_ids()
@@ -445,6 +470,15 @@ class ExtractionLoop:
         )
         return [(u, w, a, t) for (u, w, a), t in zip(both, t_feats, strict=True) if t is not None]
 
+    def attribute_values(self, u: Utterance) -> np.ndarray:
+        """The utterance's attribute values (NaN where missing or unusable), counted and reported."""
+        values, missing, problem = parse_attributes(u.id, u.extra, self.meta.attributes, self.meta.attribute_range)
+        for name in missing:
+            self.summary.attribute_missing[name] += 1
+        if problem:
+            self.summary.attribute_problems.append(problem)
+        return values
+
     def store(self, encoded: list[tuple[Utterance, np.ndarray, torch.Tensor, torch.Tensor]]) -> None:
         """Hand each new utterance's features to the writer (a row the cache cannot hold is
         logged at stage ``features``)."""
@@ -458,6 +492,7 @@ class ExtractionLoop:
             if problem:
                 self.fail(u, "features", problem)
                 continue
+            values = self.attribute_values(u)
             # Any error from here on is the cache's (disk full, ...): it stops the run.
             self.writer.add(
                 u.id,
@@ -469,6 +504,7 @@ class ExtractionLoop:
                 gender=u.gender,
                 transcript=u.text,
                 split=u.split,
+                attributes=values,
             )
             self.summary.extracted += 1
             self.in_cache[u.label] += 1

@@ -94,6 +94,10 @@ class ExtractSummary:
     errors_files: list[Path] = field(default_factory=list)
     classes: tuple[str, ...] = ()  # the cache's classes, in its order
     class_counts: dict[str, int] = field(default_factory=dict)  # class -> this manifest's utterances in the cache
+    attributes: tuple[str, ...] = ()  # the numeric attributes the cache stores
+    attribute_range: tuple[float, float] | None = None  # the corpus's declared scale (None: not known)
+    attribute_missing: dict[str, int] = field(default_factory=dict)  # name -> utterances extracted now without it
+    attribute_problems: list[str] = field(default_factory=list)  # one line per utterance with an unusable value
 
     @property
     def failed_total(self) -> int:
@@ -119,9 +123,11 @@ class ExtractSummary:
         parts = list(parts)
         failed: Counter[str] = Counter()
         counts: Counter[str] = Counter()
+        missing: Counter[str] = Counter()
         for p in parts:
             failed.update(p.failed)
             counts.update(p.class_counts)
+            missing.update(p.attribute_missing)
         return cls(
             cache_dir=parts[0].cache_dir,
             total=sum(p.total for p in parts),
@@ -135,6 +141,10 @@ class ExtractSummary:
             errors_files=[f for p in parts for f in p.errors_files],
             classes=parts[0].classes,
             class_counts={c: counts[c] for c in parts[0].classes},
+            attributes=parts[0].attributes,
+            attribute_range=parts[0].attribute_range,
+            attribute_missing={a: missing[a] for a in parts[0].attributes},
+            attribute_problems=[line for p in parts for line in p.attribute_problems],
         )
 
     def warnings(self) -> list[str]:
@@ -150,6 +160,24 @@ class ExtractSummary:
             f"a mistyped label in the manifest? Correct it, or name the classes with --classes (other labels "
             f"are then skipped), in a new cache"
         ]
+
+    def attribute_lines(self) -> list[str]:
+        """The attributes stored, how many utterances of this run miss each, and one line per
+        utterance whose value was unusable (not a number, or outside the corpus's scale)."""
+        if not self.attributes:
+            return []
+        scale = (
+            f"scale {self.attribute_range[0]:g}-{self.attribute_range[1]:g}"
+            if self.attribute_range
+            else "no declared scale"
+        )
+        missing = ", ".join(f"{a} {self.attribute_missing.get(a, 0)}" for a in self.attributes)
+        lines = [
+            f"attributes {', '.join(self.attributes)} ({scale}): missing (left empty) in the utterances "
+            f"extracted now: {missing}; {len(self.attribute_problems)} utterance(s) with unusable values"
+            + (", stored as missing:" if self.attribute_problems else "")
+        ]
+        return lines + [f"  {line}" for line in self.attribute_problems]
 
     def format(self) -> str:
         failed = ", ".join(f"{stage} {n}" for stage, n in self.failed.items())
@@ -167,6 +195,7 @@ class ExtractSummary:
                 f"{self.seconds:.1f} s: {self.utterances_per_second:.1f} utterances/s, "
                 f"{self.realtime:.1f} s of audio per second" + (f" ({self.ranks} ranks)" if self.ranks > 1 else "")
             )
+        lines += self.attribute_lines()
         left_out = self.skipped + self.failed_total
         where = ", ".join(str(p) for p in self.errors_files) or "(none)"
         lines.append(f"cache: {self.cache_dir}; errors file: {where} ({left_out} lines: one per utterance left out)")

@@ -10,10 +10,24 @@ Three wings, each importing only the ones before it:
 What users import is here: ``load_model``, ``KSTransformer``, ``ModelConfig``, ``convert_official``, ...
 """
 
-from .model.config import ModelConfig
-from .model.model import KSTransformer, count_parameters
-from .train.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from .train.official import convert_official, model_from_official_state, to_official_state_dict
+from ..common.lazy import lazy_names
+
+# Imported on first use (common/lazy.py): `ksr --help` must not pay for torch.
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "ModelConfig": "model.config",
+        "KSTransformer": "model.model",
+        "count_parameters": "model.model",
+        "CheckpointError": "train.checkpoint",
+        "load_checkpoint": "train.checkpoint",
+        "load_model": "train.checkpoint",
+        "save_checkpoint": "train.checkpoint",
+        "convert_official": "train.official",
+        "model_from_official_state": "train.official",
+        "to_official_state_dict": "train.official",
+    },
+)
 
 __all__ = [
     "CheckpointError",

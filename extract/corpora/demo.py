@@ -44,6 +44,16 @@ syllables at random, so the audio carries the word count but not the words. The 
 raised, with wide pitch movements, moderately fast; sad soft, slow, low and flat, breathy;
 neutral medium in everything. Each utterance draws its own variation around its style, and each
 speaker has their own pitch (women higher), vocal tract and loudness.
+
+Every utterance also carries the three numeric attributes on IEMOCAP's 1-5 scale (manifest
+columns ``activation``, ``valence``, ``dominance``), following the same design: the activation
+comes from the voice style alone (:data:`STYLE_ACTIVATION`: angry and happy high, sad low; the
+``aroused`` and ``calm`` styles between their two classes), the valence from the word pool alone
+(:data:`POOL_VALENCE`: angry and sad words low, happy words high, the ``negative`` and
+``positive`` pools between), and the dominance from both, the mean of the style's and the
+pool's (:data:`STYLE_DOMINANCE`, :data:`POOL_DOMINANCE`). Each value has a rater's noise
+added (normal, sd :data:`RATER_NOISE`, rounded to a quarter point, clipped to 1-5), drawn from
+its own generator: the audio and transcripts are those of the corpus without attributes.
 """
 
 from __future__ import annotations
@@ -180,6 +190,15 @@ WORD_POOLS: dict[str, tuple[str, ...]] = {
 }
 SENTENCE_LENGTHS: tuple[int, ...] = (3, 4, 5, 6)
 
+#: The attributes (1-5) the design gives: activation from the voice, valence from the words,
+#: dominance from both (the mean of the two tables).
+STYLE_ACTIVATION = {"angry": 4.5, "happy": 4.0, "aroused": 4.25, "neutral": 2.5, "calm": 2.0, "sad": 1.5}
+POOL_VALENCE = {"angry": 1.5, "sad": 1.75, "negative": 2.0, "neutral": 3.0, "positive": 3.75, "happy": 4.5}
+STYLE_DOMINANCE = {"angry": 4.5, "happy": 3.5, "aroused": 4.0, "neutral": 3.0, "calm": 2.25, "sad": 1.5}
+POOL_DOMINANCE = {"angry": 4.5, "sad": 1.5, "negative": 2.5, "neutral": 3.0, "positive": 3.25, "happy": 3.5}
+#: Standard deviation of the rater's noise on each attribute (points of the 1-5 scale).
+RATER_NOISE = 0.25
+
 #: (cue, label) -> (voice style, word pool): the whole design.
 DESIGN: dict[tuple[str, str], tuple[str, str]] = {
     ("voice", "ang"): ("angry", "neutral"),
@@ -283,11 +302,26 @@ def render_item(item: DemoItem, seed: int = 0) -> np.ndarray:
     return synthesize(item.n_words, item.speaker, style, rng)
 
 
+def item_attributes(item: DemoItem, seed: int = 0) -> dict[str, float]:
+    """The utterance's ``activation``, ``valence`` and ``dominance`` (1-5, quarter points): the
+    design's values plus a rater's noise, a function of (seed, item) drawn apart from its audio."""
+    s_index = [n for n, _, _ in speaker_names()].index(item.speaker.name)
+    noise = _rng(seed, 4, s_index, item.index).normal(0.0, RATER_NOISE, 3)
+    design = (
+        STYLE_ACTIVATION[item.voice_style],
+        POOL_VALENCE[item.word_pool],
+        (STYLE_DOMINANCE[item.voice_style] + POOL_DOMINANCE[item.word_pool]) / 2,
+    )
+    values = [float(np.clip(np.round(4 * (v + e)) / 4, 1.0, 5.0)) for v, e in zip(design, noise, strict=True)]
+    return dict(zip(("activation", "valence", "dominance"), values, strict=True))
+
+
 def make_demo_corpus(out_dir: str | os.PathLike, seed: int = 0, per_speaker: int = DEFAULT_PER_SPEAKER) -> Path:
     """Generate the demo corpus into ``out_dir`` and return the path of its manifest.
 
     Writes ``wav/<id>.wav`` (16 kHz mono, 16-bit PCM) and ``manifest.csv`` with the required
-    columns plus ``cue``, ``voice_style`` and ``word_pool``. Existing files of the same names are
+    columns plus ``cue``, ``voice_style``, ``word_pool`` and the attributes ``activation``,
+    ``valence``, ``dominance`` (:func:`item_attributes`). Existing files of the same names are
     overwritten, other files left alone; the manifest is written last (atomically), so a finished
     manifest means a finished corpus.
     """
@@ -310,7 +344,12 @@ def make_demo_corpus(out_dir: str | os.PathLike, seed: int = 0, per_speaker: int
                 speaker=item.speaker.name,
                 session=item.speaker.session,
                 gender=item.speaker.gender,
-                extra={"cue": item.cue, "voice_style": item.voice_style, "word_pool": item.word_pool},
+                extra={
+                    "cue": item.cue,
+                    "voice_style": item.voice_style,
+                    "word_pool": item.word_pool,
+                    **{k: f"{v:g}" for k, v in item_attributes(item, seed).items()},
+                },
             )
         )
     return write_manifest(out_dir / "manifest.csv", rows)
@@ -325,6 +364,7 @@ __all__ = [
     "SENTENCE_LENGTHS",
     "VOICE_STYLES",
     "WORD_POOLS",
+    "item_attributes",
     "make_demo_corpus",
     "plan_demo",
     "render_item",

@@ -346,6 +346,37 @@ def write_manifest(
     return path
 
 
+#: A label with fewer utterances than this gets a warning (``ksr extract`` warns of such a class).
+MIN_LABEL_UTTERANCES = 5
+
+
+def case_clash(labels: Iterable[str]) -> str | None:
+    """The one-line problem of labels that differ only in case (``Ang`` and ``ang``), else None."""
+    spellings: dict[str, set[str]] = {}
+    for label in labels:
+        spellings.setdefault(label.casefold(), set()).add(label)
+    clashes = [sorted(v) for v in spellings.values() if len(v) > 1]
+    if not clashes:
+        return None
+    named = "; ".join(", ".join(repr(x) for x in c) for c in sorted(clashes))
+    return f"labels {named} differ only in case (ksr would make them two classes): write one spelling"
+
+
+def label_warnings(labels: Mapping[str, int]) -> list[str]:
+    """What a reader of a manifest's label counts must know: labels too rare to be classes (a
+    mistyped label?) and labels that differ only in case."""
+    found = []
+    few = [(k, n) for k, n in sorted(labels.items()) if n < MIN_LABEL_UTTERANCES]
+    if few:
+        named = ", ".join(f"{k!r} ({n})" for k, n in few)
+        found.append(
+            f"{len(few)} label(s) with fewer than {MIN_LABEL_UTTERANCES} utterances: {named}; a mistyped label? "
+            "Correct it, or name the classes with ksr extract --classes (other labels are then skipped)"
+        )
+    clash = case_clash(labels)
+    return found + ([clash] if clash else [])
+
+
 def check_manifest(m: Manifest, limit: int = 10) -> tuple[list[str], list[str]]:
     """What ``ksr prepare check`` prints: (summary lines, error lines). Audio files are checked
     to exist; at most ``limit`` missing ones are named."""
@@ -364,6 +395,7 @@ def check_manifest(m: Manifest, limit: int = 10) -> tuple[list[str], list[str]]:
     ]
     if splits:
         summary.append("splits: " + ", ".join(f"{k}: {n}" for k, n in sorted(splits.items())))
+    summary += [f"warning: {w}" for w in label_warnings(labels)]
     errors = list(m.problems) + [f"{r.id}: audio file not found: {r.audio}" for r in missing[:limit]]
     if len(missing) > limit:
         errors.append(f"... {len(missing) - limit} more audio files not found")

@@ -155,6 +155,9 @@ def _records(path: Path):
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         header = [h.strip() for h in reader.fieldnames or []]
+        repeated = sorted({h for h in header if header.count(h) > 1})
+        if repeated:  # csv would keep the last copy of a column silently
+            raise MeldError(f"{path}: column(s) {', '.join(repeated)} appear more than once")
         missing = [c for c in COLUMNS if c not in header]
         if missing:
             raise MeldError(f"{path}: not the MELD format this reader knows: no column(s) {', '.join(missing)}")

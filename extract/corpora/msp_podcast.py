@@ -106,6 +106,9 @@ def _records(labels: Path):
         reader = csv.DictReader(f)
         try:
             header = [h.strip() for h in reader.fieldnames or []]
+            repeated = sorted({h for h in header if header.count(h) > 1})
+            if repeated:  # csv would keep the last copy of a column silently
+                raise MspPodcastError(f"{labels}: column(s) {', '.join(repeated)} appear more than once")
             missing = [c for c in COLUMNS if c not in header]
             if missing:
                 raise MspPodcastError(

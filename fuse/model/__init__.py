@@ -11,6 +11,7 @@ Modules, in reading order:
 - ``layers``: the Transformer layer and the stack of layers.
 - ``ccab``: the cascaded cross-attention blocks.
 - ``normalise``: per-dimension input standardisation (an option).
+- ``tasks``: what the output holds for the task (class logits, attribute values, or both).
 - ``model``: ``KSTransformer``, the whole model.
 - ``baselines``: the head baseline and the linear probe as torch modules.
 - ``architectures``: the model a ``ModelConfig`` names.

@@ -33,6 +33,10 @@ KEY_SPARSE_PLACES = ("interaction+fusion", "none")
 # (fuse/baselines.py): the SUPERB/EmoBox head and a linear probe on pooled statistics.
 ARCHITECTURES = ("ks-transformer", "head", "probe")
 INPUT_NORMS = ("none", "standardize")
+SPEAKER_NORMS = ("none", "speaker", "session")
+# What the model learns (fuse/model/tasks.py): the classes (the paper's model), the cache's
+# numeric attributes (a regression head on the fused representation), or both in one model.
+TASKS = ("classes", "attributes", "both")
 # Model fields the cache decides: the features' dims and the classes.
 CACHE_FIELDS = ("audio_dim", "text_dim", "num_classes")
 
@@ -122,6 +126,16 @@ class ModelConfig:
         "(true frames only) before the model.",
         choices=INPUT_NORMS,
     )
+    # Per-speaker (or per-session) standardisation of the audio features with the statistics of
+    # each group's own utterances (fuse.model.normalise), the test speaker's included: outside
+    # the model, so a checkpoint records only the choice. "none" reproduces the public code.
+    speaker_norm: str = setting(
+        "none",
+        "Departure: speaker (or session) = standardise each audio dimension with the statistics of that "
+        "speaker's (session's) own utterances, test speakers included (no labels used); takes a voice's "
+        "shift out. ksr predict uses the utterance's own statistics (docs/learning.md).",
+        choices=SPEAKER_NORMS,
+    )
     # "fast" (fuse.model.fast_attention) computes what "plain" computes, without keeping the
     # attention maps; "plain" performs the public code's operations and is the reference.
     attention_impl: str = setting(
@@ -149,10 +163,28 @@ class ModelConfig:
     )
     ks_renormalise: bool = setting(False, "Departure: key-sparse rows renormalised to sum to 1.")
 
+    # --- tasks (fuse/model/tasks.py): "classes" is the paper's model, unchanged ----------------
+    task: str = setting(
+        "classes",
+        "What the model learns: classes (the paper's model), attributes (a regression head on the fused "
+        "representation for the cache's numeric attributes, e.g. activation/valence/dominance, trained "
+        "with a CCC loss and selected on mean CCC), or both in one model (docs/learning.md).",
+        choices=TASKS,
+    )
+    # The weight of the attribute loss (mean of 1 - CCC) beside the class cross-entropy under
+    # task "both": loss = CE + attribute_weight * CCC loss. Kept with the model so that a
+    # checkpoint says how its two heads were trained.
+    attribute_weight: float = setting(
+        1.0, "Weight of the attribute (CCC) loss beside the class loss under --task both (default 1).", low=0.0
+    )
+    # The attribute names the head predicts, in its output order: the cache's (never set by hand).
+    attributes: tuple[str, ...] = ()
+
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (provenance)
 
     def __post_init__(self) -> None:
         self.num_layers = tuple(int(n) for n in self.num_layers)  # JSON gives lists
+        self.attributes = tuple(str(a) for a in self.attributes)
         self.validate()
 
     def validate(self) -> None:
@@ -166,12 +198,20 @@ class ModelConfig:
                 problems.append(f"{name}={dim} must be a positive multiple of num_heads={self.num_heads}")
         if self.num_classes < 2:
             problems.append(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.task != "classes" and self.architecture != "ks-transformer":
+            problems.append(f"task {self.task} needs the ks-transformer model, not the {self.architecture} baseline")
+        if self.task != "classes" and not self.attributes:
+            problems.append(
+                f"task {self.task} needs numeric attributes in the cache, and it has none (extract it again from a "
+                f"manifest with activation/valence/dominance columns)"
+            )
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["num_layers"] = list(self.num_layers)
+        d["attributes"] = list(self.attributes)
         return d
 
     @classmethod
@@ -200,6 +240,31 @@ DEPARTURES: dict[str, dict[str, Any]] = {
     "standardize-input": {"input_norm": "standardize"},
 }
 DEPARTURES["all"] = {k: v for changes in DEPARTURES.values() for k, v in changes.items()}
+
+
+# Named model sizes (``ksr train --size``): the settings each one changes from the default model.
+# "default" is the public implementation's model; "small" is ``make demo``'s (one layer per stage,
+# 4 heads, FFN 64, no attention-weight dropout, 512-row positional tables), which trains in
+# minutes on 2 CPU cores. Options typed beside --size still win.
+MODEL_SIZES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "small": {
+        "num_layers": (1, 1, 1),
+        "num_heads": 4,
+        "audio_ffn_dim": 64,
+        "text_ffn_dim": 64,
+        "max_positions": 512,
+        "attention_dropout": 0.0,
+    },
+}
+
+
+def attention_layers(cfg: ModelConfig) -> int:
+    """How many attention layers the KS-Transformer stacks (both modalities: unimodal encoders,
+    CCABs of both directions, each a self and a cross layer, deep fusion); what the ksr recipe scales its learning rate by."""
+    unimodal, ccabs, fusion = cfg.num_layers
+    per_modality = unimodal + fusion + (2 * ccabs if cfg.modalities == "both" else 0)  # a CCAB: self + cross
+    return per_modality * (2 if cfg.modalities == "both" else 1)
 
 
 def cli_settings() -> list[dataclasses.Field]:

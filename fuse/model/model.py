@@ -16,6 +16,7 @@ from .ccab import CCABStack
 from .config import ModelConfig
 from .layers import LayerStack
 from .normalise import InputStandardizer
+from .tasks import attribute_head, join_outputs
 
 
 def pool(x: Tensor, padding_mask: Tensor | None, masked: bool) -> Tensor:
@@ -66,6 +67,8 @@ class KSTransformer(nn.Module):
         standardize = cfg.input_norm == "standardize"
         self.audio_input_norm = InputStandardizer(da) if standardize and use_audio else None
         self.text_input_norm = InputStandardizer(dt) if standardize and use_text else None
+        # Task attributes/both only (fuse/model/tasks.py); built last: task classes is unchanged.
+        self.attribute_head = attribute_head(width, cfg)
 
     def check_inputs(self, audio: Tensor, text: Tensor, audio_mask: Tensor | None, text_mask: Tensor | None) -> None:
         cfg = self.cfg
@@ -93,7 +96,8 @@ class KSTransformer(nn.Module):
         text_padding_mask: Tensor | None = None,
         return_attention: bool = False,
     ) -> Tensor | tuple[Tensor, dict[str, list[Tensor]]]:
-        """Logits (B, num_classes). With ``return_attention``: ``(logits, maps)``, where
+        """Logits (B, num_classes); under task attributes/both followed by the attribute values
+        (``tasks.split_outputs`` splits them). With ``return_attention``: ``(logits, maps)``, where
         ``maps["text_to_audio"][i]`` (B, H, Tt, Ta) holds the weights with which the words attend to
         the frames in the cross layer of CCAB ``i + 1``, after the key-sparse step and without
         dropout, and ``maps["audio_to_text"][i]`` (B, H, Ta, Tt) the other direction."""
@@ -124,7 +128,7 @@ class KSTransformer(nn.Module):
         t = self.text_fusion(t_int, key_padding_mask=text_padding_mask if cfg.mask_fusion else None)
         masked = cfg.pooling == "masked"
         pooled = torch.cat((pool(a, audio_padding_mask, masked), pool(t, text_padding_mask, masked)), dim=-1)
-        return self.classifier(pooled)
+        return join_outputs(self.classifier(pooled), self.attribute_head, pooled)
 
     def forward_unimodal(self, audio, text, audio_padding_mask, text_padding_mask) -> Tensor:
         """Audio-only or text-only: unimodal stack, deep-fusion stack, pooling, classifier."""
@@ -153,7 +157,8 @@ class KSTransformer(nn.Module):
         x = self._standardized(x, mask, self.audio_input_norm if name == "audio" else self.text_input_norm)
         x = unimodal(x, key_padding_mask=mask)
         x = fusion(x, key_padding_mask=mask if cfg.mask_fusion else None)
-        return self.classifier(pool(x, mask, cfg.pooling == "masked"))
+        pooled = pool(x, mask, cfg.pooling == "masked")
+        return join_outputs(self.classifier(pooled), self.attribute_head, pooled)
 
     @staticmethod
     def _standardized(x: Tensor, mask: Tensor | None, standardizer: InputStandardizer | None) -> Tensor:

@@ -8,7 +8,8 @@ otherwise the comparison is refused in one line that says what differs.
 
 Against the first run, every other run gets: the paired bootstrap difference of each metric (pooled
 over folds, averaged over a run's seeds) with its interval and p-value, McNemar's test on the pooled
-predictions of each pair of seeds, and, when both runs have several seeds, a t-test over seeds on
+predictions of each pair of seeds, for runs that both learn the same attributes the paired bootstrap
+difference of their CCCs (per attribute and the mean), and, when both runs have several seeds, a t-test over seeds on
 each seed's number as its report gives it: the mean over folds, or under the split protocol (test
 splits test1, test2, ... instead of folds 1, 2, ...) the metric pooled over the test splits, since a
 seed has one model there. Folds add a t-test over seed-fold pairs; test splits do not, as they are
@@ -32,8 +33,9 @@ from ...cache import open_cache
 from ...common import KsrError, resolve_device
 from ..train.metrics import METRICS, scores
 from ..train.runs import ReportFiles, load_run, newest_checkpoint_time
+from .attribute_report import read_attribute_predictions
 from .intervals import fold_key, read_predictions
-from .stats import EXACT_BELOW, Bootstrap, compare_values, mcnemar, paired_bootstrap
+from .stats import EXACT_BELOW, Bootstrap, compare_values, mcnemar, paired_bootstrap, paired_ccc_bootstrap
 
 NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro F1", "weighted_f1": "weighted F1"}
 
@@ -54,6 +56,8 @@ class RunPredictions:
     source: str
     coverage: dict[str, Any] | None = None
     select: str | None = None
+    #: A model that learns attributes: {"names", "seeds": {seed: {fold: {"ids", "truth", "pred"}}}}
+    attributes: dict[str, Any] | None = None
 
     @classmethod
     def from_report(cls, report: dict[str, Any], source: str = "report") -> RunPredictions:
@@ -67,6 +71,7 @@ class RunPredictions:
             source,
             report.get("coverage"),
             report.get("select"),
+            report.get("attribute_predictions"),
         )
 
     @property
@@ -89,6 +94,8 @@ def load_run_predictions(
             report = _read_report(report_json)
             report["run"] = str(run_dir)
             report["predictions"] = read_predictions(saved, report["classes"])
+            if files.attribute_predictions.is_file():
+                report["attribute_predictions"] = read_attribute_predictions(files.attribute_predictions)
             report.setdefault("cache_meta", spec.cache_meta)
             return RunPredictions.from_report(report, source=str(saved))
     source = cache_dir or spec.cache_dir
@@ -280,6 +287,8 @@ def compare_runs(runs: list[RunPredictions], boot: Bootstrap = Bootstrap()) -> d
                     )
                     for m in METRICS
                 }
+        if a.attributes and b.attributes:
+            entry["attributes"] = compare_attributes(a, b, order, strata, boot)
         comparisons.append(entry)
     return {
         "reference": a.run,
@@ -305,6 +314,68 @@ def compare_runs(runs: list[RunPredictions], boot: Bootstrap = Bootstrap()) -> d
         "mcnemar_rule": f"exact binomial below {EXACT_BELOW} discordant utterances, else chi-square with continuity correction",
         "comparisons": comparisons,
     }
+
+
+def _aligned_attributes(run: RunPredictions, order: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, A) true values and (seeds, n, A) predictions of a run's attributes in the common order."""
+    truth, preds = None, []
+    for seed in run.seeds:
+        got = run.attributes["seeds"][seed]
+        where = {(fold, uid): (g, i) for fold, g in got.items() for i, uid in enumerate(g["ids"])}
+        try:
+            rows = [where[key] for key in order]
+        except KeyError as e:
+            raise CompareError(f"{run.run}: seed {seed} has no attribute prediction for {e}") from None
+        preds.append(np.array([g["pred"][i] for g, i in rows], dtype=np.float64))
+        truth = np.array([g["truth"][i] for g, i in rows], dtype=np.float64)
+    return truth, np.stack(preds)
+
+
+def compare_attributes(
+    a: RunPredictions, b: RunPredictions, order: list[tuple[str, str]], strata: np.ndarray, boot: Bootstrap
+) -> dict[str, Any]:
+    """B minus A on the attributes' CCC (per attribute and the mean ``ccc``): paired bootstrap on
+    the same resamples, each run's CCC averaged over its seeds."""
+    if a.attributes["names"] != b.attributes["names"]:
+        raise CompareError(
+            f"{b.run} predicts the attributes {b.attributes['names']}, {a.run} {a.attributes['names']}; "
+            "compare runs that learn the same attributes"
+        )
+    truth, preds_a = _aligned_attributes(a, order)
+    truth_b, preds_b = _aligned_attributes(b, order)
+    if not np.array_equal(truth, truth_b, equal_nan=True):
+        raise CompareError(f"{b.run} and {a.run} give other attribute values to the same utterances; same cache?")
+    return {
+        "names": list(a.attributes["names"]),
+        **paired_ccc_bootstrap(truth, preds_a, preds_b, strata, a.attributes["names"], boot),
+    }
+
+
+def attribute_compare_lines(result: dict[str, Any]) -> list[str]:
+    """The CCC table of ``compare_markdown`` (only for runs that both learn attributes)."""
+    rows = [c for c in result["comparisons"] if "attributes" in c]
+    if not rows:
+        return []
+    resamples = result["bootstrap"]["resamples"]
+    lines = [
+        "",
+        "Attributes: CCC (concordance correlation) on the test utterances pooled over the folds, averaged over a "
+        "run's seeds; B - A with the paired bootstrap's 95% interval and p:",
+        "",
+        "| run B | attribute | A | B | B - A | 95% CI | p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in rows:
+        att = c["attributes"]
+        for key in ["ccc", *(f"ccc_{n}" for n in att["names"])]:
+            r = att[key]
+            lo, hi = r["interval"]
+            name = "mean CCC" if key == "ccc" else key.removeprefix("ccc_")
+            lines.append(
+                f"| `{c['run']}` | {name} | {r['a']:.3f} | {r['b']:.3f} | {r['difference']:+.3f} | "
+                f"[{lo:+.3f}, {hi:+.3f}] | {_p_boot(r['p'], resamples)} |"
+            )
+    return lines
 
 
 def _pts(x: float) -> str:
@@ -362,6 +433,7 @@ def compare_markdown(result: dict[str, Any]) -> str:
             lines.append(
                 f"| `{c['run']}` | {t['seed_a']} / {t['seed_b']} | {t['b']} | {t['c']} | {t['method']}{stat} | {_p(t['p'])} |"
             )
+    lines += attribute_compare_lines(result)
     over = [c for c in result["comparisons"] if "over_seeds" in c]
     if over:
         lines += [

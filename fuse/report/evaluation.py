@@ -12,6 +12,8 @@ import torch
 
 from ...cache import Cache, open_cache
 from ...common import resolve_device
+from ..model.normalise import normalised_view
+from ..train.chance import below_chance, below_chance_message, chance_loss, stall_message, stalled
 from ..train.checkpoint import load_model_and_meta
 from ..train.folds import OFFICIAL_SPLIT, public_fold_name
 from ..train.inference import infer
@@ -34,6 +36,7 @@ from ..train.runs import (
     trained_folds,
     weighted_baseline_dir,
 )
+from .attribute_report import add_attribute_report
 from .intervals import add_intervals, fold_predictions
 from .split_tables import official_split_summary, split_tests
 from .stats import Bootstrap
@@ -67,6 +70,7 @@ def evaluate_run(
     """A run's report: every trained fold (or ``folds``) of every seed scored on its test
     utterances, with the means over folds and seeds, coverage, warnings and intervals."""
     check_run_matches_cache(spec, cache, run_dir)
+    cache = normalised_view(cache, spec.model)  # speaker_norm: each speaker's own statistics
     available = trained_folds(run_dir)
     if not available:
         raise RunError(f"{run_dir}: no trained fold (no fold folder with a best.pt); run ksr train first")
@@ -90,9 +94,7 @@ def evaluate_run(
         "fold_naming": fold_naming(spec),
         "select": spec.select,
         "selection_metric": spec.metric,
-        "note": SPLIT_SELECTION_NOTE
-        if spec.protocol == "split" and spec.select == "valid"
-        else SELECTION_NOTES[spec.select],
+        "note": selection_note(spec),
         "classes": list(cache.classes),
         "seeds": per_seed,
         "folds": sorted({int(f) for f in sum(available.values(), []) if folds is None or f in folds}),
@@ -103,6 +105,7 @@ def evaluate_run(
         "cache_meta": cache.meta.to_dict(),  # what the predictions were made on (ksr compare checks it)
     }
     add_intervals(report, predictions, bootstrap)
+    add_attribute_report(report, predictions, cache, spec, bootstrap)  # task attributes/both only
     return report
 
 
@@ -125,19 +128,35 @@ def evaluate_seed(
         check_recorded_split(fold_files(run_dir, seed, fold, spec.protocol).root, split, cache.ids)
         model, meta = load_model_and_meta(fold_checkpoint(run_dir, seed, fold, protocol=spec.protocol), device)
         history = history_of(run_dir, seed, fold, spec.protocol)
+        unseen = sorted(set(range(len(cache.classes))) - set(np.unique(cache.labels[split.train]).tolist()))
+        if unseen:  # the model cannot predict what it never saw: its recall there is a given 0
+            where = OFFICIAL_SPLIT if split.tests else f"fold {fold}"
+            named = ", ".join(cache.classes[c] for c in unseen)
+            warnings.append(f"seed {seed} {where}: no training utterance of {named}: the model cannot have learnt it")
         # The split protocol's one model is reported on each test split as a fold would be.
         for name, test, group in split_tests(split):
             result = infer(model, cache, test, batch_size, device)
             y = cache.labels[test]
             s = scores(y, result.preds, len(cache.classes))
             s.update(test_group=group, selected_epoch=meta.get("epoch"), test_loss=result.loss, history=history)
+            if spec.model.architecture == "probe" and meta.get("epoch") is not None:  # its "epochs" are Cs
+                s["selected_C"] = PROBE_C_GRID[int(meta["epoch"])]
             if spec.protocol == "session":
                 s["public_fold_name"] = public_fold_name(fold_index_session(split.test_group))
             s["epochs_done"] = len(history)
             where = f"seed {seed} {'fold ' if not split.tests else ''}{name}"
             warnings.extend(test_warnings(where, s, result.preds, list(cache.classes)))
+            warnings.extend(history_warnings(where, history, cache.labels[split.train], spec))
             fold_reports[name] = s
-            predictions[name] = fold_predictions([cache.ids[i] for i in test], y, result.preds)
+            predictions[name] = fold_predictions(
+                [cache.ids[i] for i in test],
+                y,
+                result.preds,
+                result.probs,
+                [str(cache.speakers[i]) for i in test],
+                [str(cache.sessions[i]) for i in test],
+            )
+            predictions[name]["attributes"] = result.attributes  # None unless the model learns attributes
             y_all.append(y)
             p_all.append(result.preds)
     summary = {m: mean_std([f[m] for f in fold_reports.values()]) for m in METRICS}
@@ -154,11 +173,39 @@ def test_warnings(where: str, s: dict[str, Any], preds: np.ndarray, classes: lis
             f"{where}: no test utterance of {missing}: UA and macro F1 average over all {len(classes)} classes "
             f"and count {missing} as 0"
         )
+    if below_chance(s["ua"], len(classes)):
+        found.append(below_chance_message(where, s["ua"], len(classes)))
     if len(preds) and len(np.unique(preds)) == 1:
         found.append(
             f"{where}: every test utterance was predicted as {classes[int(preds[0])]}: the model collapsed to one class"
         )
     return found
+
+
+def history_warnings(where: str, history: list[dict], train_labels: np.ndarray, spec: RunSpec) -> list[str]:
+    """The fold's training loss still at chance at its last epoch (what training said, kept)."""
+    if spec.model.architecture == "probe" or spec.model.task != "classes" or not history:
+        return []  # a loss with an attribute (CCC) term has no class-chance level
+    if "train_loss" not in history[-1]:
+        return []
+    last = history[-1]
+    chance = chance_loss(train_labels, spec.model.num_classes)
+    if not stalled(last["epoch"], last["train_loss"], chance, spec.recipe):
+        return []
+    return [stall_message(where, last["epoch"], last["train_loss"], chance, spec.recipe, spec.model)]
+
+
+def fold_test_warning(
+    run_dir: Path, cache: Cache, spec: RunSpec, fold: int, seed: int, device: torch.device
+) -> str | None:
+    """Said at the end of a fold: its kept model's test UA, when below chance (None otherwise)."""
+    split = cache_split(cache, spec, fold, seed)
+    cache = normalised_view(cache, spec.model)
+    model, _ = load_model_and_meta(fold_checkpoint(run_dir, seed, fold, protocol=spec.protocol), device)
+    result = infer(model, cache, split.test, 64, device)
+    ua = scores(cache.labels[split.test], result.preds, len(cache.classes))["ua"]
+    where = f"seed {seed} " + ("official split" if spec.protocol == "split" else f"fold {fold} ({split.test_group})")
+    return below_chance_message(where, ua, len(cache.classes)) if below_chance(ua, len(cache.classes)) else None
 
 
 def summary_over_seeds(per_seed: dict[str, Any]) -> dict[str, float]:
@@ -195,6 +242,9 @@ def coverage(spec: RunSpec, per_seed: dict[str, Any], folds_planned: int) -> dic
         "folds_found": {s: [1] if split else [int(f) for f in sr["folds"]] for s, sr in per_seed.items()},
         "folds_planned": folds_planned,
         "epochs_planned": planned,
+        "planned_unit": "regularisation strengths (C) tried"
+        if spec.model.architecture == "probe"
+        else "epochs planned",
         "unfinished": unfinished,
         "complete": not unfinished,
     }
@@ -207,8 +257,11 @@ def evaluate_saved_run(
     device: str = "auto",
     allow_incomplete: bool = False,
     bootstrap: Bootstrap = Bootstrap(),
+    evaluate=evaluate_run,
 ) -> dict[str, Any]:
-    """``ksr eval``: the run's report on ``cache_dir`` (default: the cache it was trained on)."""
+    """``ksr eval``: the run's report on ``cache_dir`` (default: the cache it was trained on).
+    ``evaluate``: what scores a run (and its baseline) on the cache, :func:`evaluate_run` or
+    ``ksr.fuse.report.cross_corpus``'s."""
     spec = load_run(run_dir)
     if folds and spec.protocol == "split":
         raise RunError(f"{run_dir} was trained on the official split (one fold): --fold does not apply")
@@ -217,7 +270,7 @@ def evaluate_saved_run(
         raise RunError(f"the run's cache {source!r} is not there; pass --cache")
     dev = resolve_device(device)
     cache = open_cache(source, device=dev if dev.type == "cuda" else "cpu")
-    report = evaluate_run(run_dir, cache, spec, folds=folds, device=dev, bootstrap=bootstrap)
+    report = evaluate(run_dir, cache, spec, folds=folds, device=dev, bootstrap=bootstrap)
     report["allow_incomplete"] = allow_incomplete
     for name, probe_dir in (
         ("linear probe", baseline_dir(run_dir)),
@@ -227,7 +280,7 @@ def evaluate_saved_run(
             attach_baseline(
                 report,
                 name,
-                evaluate_run(probe_dir, cache, load_run(probe_dir), folds=folds, device=dev, bootstrap=bootstrap),
+                evaluate(probe_dir, cache, load_run(probe_dir), folds=folds, device=dev, bootstrap=bootstrap),
             )
     return report
 
@@ -240,6 +293,21 @@ SELECTION_NOTES = {
 
 
 SPLIT_SELECTION_NOTE = "model selected on the official valid split"
+HELD_OUT_SPEAKER_NOTE = "model selected on a training speaker held out whole (--validation speaker)"
+SHARED_SPEAKERS_NOTE = (
+    "; that set shares its speakers with training, so it cannot see a speaker shift (--validation speaker can)"
+)
+
+
+def selection_note(spec: RunSpec) -> str:
+    """What the report says about how each fold's model was chosen."""
+    if spec.protocol == "split" and spec.select == "valid":
+        return SPLIT_SELECTION_NOTE
+    if spec.select == "valid" and spec.protocol == "session":
+        return (
+            HELD_OUT_SPEAKER_NOTE if spec.validation == "speaker" else SELECTION_NOTES["valid"] + SHARED_SPEAKERS_NOTE
+        )
+    return SELECTION_NOTES[spec.select]
 
 
 def model_name(cfg, loss: str = "ce") -> str:

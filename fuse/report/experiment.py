@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,8 @@ import torch
 from ...cache import Cache, open_cache
 from ...common import Ranks, join_process_group, resolve_device, write_json, write_text
 from ..model.config import ARCHITECTURES, DEPARTURES, ModelConfig, apply_departure
+from ..model.tasks import learns_classes
+from ..train.attributes import default_metric, selection_metrics
 from ..train.metrics import METRICS
 from ..train.recipes import Recipe
 from ..train.runs import (
@@ -19,6 +23,7 @@ from ..train.runs import (
     RunSpec,
     baseline_dir,
     check_protocol,
+    fold_lock,
     model_config_for_cache,
     num_folds,
     prepare_run,
@@ -26,7 +31,7 @@ from ..train.runs import (
 )
 from ..train.training import train_fold
 from .compare import ABLATION_CSV_COLUMNS, ablation_comparison_lines, ablation_csv_cells, against_first
-from .evaluation import attach_baseline, evaluate_run
+from .evaluation import attach_baseline, evaluate_run, fold_test_warning
 from .render import write_report
 from .stats import Bootstrap
 from .tensorboard import TensorBoard
@@ -76,19 +81,30 @@ def open_training(
     *,
     protocol: str = "session",
     select: str = "valid",
-    metric: str = "wa",
+    metric: str | None = None,
     val_fraction: float = 0.1,
+    validation: str = "utterances",
     device: str = "auto",
     cache_mode: str = "auto",
+    progress: bool | None = None,
 ) -> Setup:
     """Device, ranks (under torchrun), the cache and the RunSpec: the default model with
     ``model_changes`` and the cache's dims and classes."""
     dev = resolve_device(device)
     ranks = join_process_group(dev)  # under torchrun: DistributedDataParallel over the ranks
     cache = open_cache(
-        cache_dir, mode=cache_mode, device=dev if dev.type == "cuda" else "cpu", progress=None if ranks.main else False
+        cache_dir,
+        mode=cache_mode,
+        device=dev if dev.type == "cuda" else "cpu",
+        progress=progress if ranks.main else False,
+        say=(lambda line: print(line, file=sys.stderr)) if ranks.main else None,  # where the features live, and why
     )
     model = model_config_for_cache(cache, ModelConfig(), **model_changes)
+    metric = metric or default_metric(model)
+    if metric not in selection_metrics(model):
+        raise RunError(
+            f"--metric {metric} does not score task {model.task}: choose {', '.join(selection_metrics(model))}"
+        )
     spec = RunSpec(
         model=model,
         recipe=recipe,
@@ -96,6 +112,7 @@ def open_training(
         select=select,
         metric=metric,
         val_fraction=val_fraction,
+        validation=validation,
         cache_meta=cache.meta.to_dict(),
         cache_dir=str(Path(cache_dir).resolve()),
     )
@@ -116,6 +133,7 @@ def train_and_report(
     baseline: bool = True,
     bootstrap: Bootstrap = Bootstrap(),
     tensorboard: TensorBoard | None = None,
+    progress: bool = True,
 ) -> dict[str, Any] | None:
     """Train every requested fold and seed, then evaluate and write the report (rank 0).
 
@@ -135,27 +153,43 @@ def train_and_report(
     fold_list = folds or list(range(1, available + 1))
     for seed in seeds:
         for fold in fold_list:
-            out = train_fold(
-                cache, spec, run_dir, fold, seed, device, resume=resume, amp=amp, ranks=ranks, tensorboard=tensorboard
-            )
+            with fold_lock(run_dir, seed, fold, spec.protocol) if ranks.main else nullcontext():
+                out = train_fold(
+                    cache,
+                    spec,
+                    run_dir,
+                    fold,
+                    seed,
+                    device,
+                    resume=resume,
+                    amp=amp,
+                    ranks=ranks,
+                    tensorboard=tensorboard,
+                    progress=progress,
+                )
             if ranks.main:
                 where = "official split" if spec.protocol == "split" else f"fold {fold}"
                 say(
                     f"seed {seed} {where}: kept epoch {out.best_epoch}, {'test' if spec.select == 'test' else 'valid'} {spec.metric} "
                     f"{100 * out.best_value:.2f}% ({out.seconds:.0f} s)"
                 )
+                if below := fold_test_warning(run_dir, cache, spec, fold, seed, device):
+                    say(f"warning: {below}")
     ranks.barrier()
     if not ranks.main:
         return None
     report = evaluate_run(run_dir, cache, spec, device=device, bootstrap=bootstrap)
-    if baseline and spec.model.architecture != "probe":
+    if baseline and spec.model.architecture != "probe" and learns_classes(spec.model):
+        # the class baselines; the attributes' (ridge) is in the report
         for name, probe_dir, probe_loss in probe_baselines(spec, run_dir):
             probe_recipe = replace(spec.recipe, loss=probe_loss, sampler="shuffle")
-            probe_spec = replace(spec, model=spec.model.replace(architecture="probe"), recipe=probe_recipe)
+            probe_model = spec.model.replace(architecture="probe", task="classes", attributes=())
+            probe_spec = replace(spec, model=probe_model, recipe=probe_recipe)
             prepare_run(probe_dir, probe_spec, resume=True)
             for seed in seeds:
                 for fold in fold_list:
-                    train_fold(cache, probe_spec, probe_dir, fold, seed, device, resume=True, ranks=Ranks())
+                    with fold_lock(probe_dir, seed, fold, spec.protocol):
+                        train_fold(cache, probe_spec, probe_dir, fold, seed, device, resume=True, ranks=Ranks())
             probe_report = evaluate_run(probe_dir, cache, probe_spec, device=device, bootstrap=bootstrap)
             write_report(probe_report, probe_dir)
             attach_baseline(report, name, probe_report)

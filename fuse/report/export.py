@@ -4,7 +4,10 @@ The file computes ``logits = model(audio, text, audio_padding_mask, text_padding
 
 - ``audio`` float32 (batch, Ta, Da), ``text`` float32 (batch, Tt, Dt), the cache's features;
 - ``audio_padding_mask`` bool (batch, Ta), ``text_padding_mask`` bool (batch, Tt), True = padded;
-- ``logits`` float32 (batch, classes).
+- ``logits`` float32 (batch, classes);
+- ``attributes`` float32 (batch, A), only for a model that learns attributes (``--task attributes``
+  or ``both``): the predicted values, in the order of the metadata's ``ksr.attributes``. A model of
+  task ``attributes`` still has its (untrained) ``logits`` output.
 
 The batch axis is dynamic; Ta and Tt are the lengths of the cache the checkpoint was trained on
 (460 and 20 for the paper's), fixed because key-sparse attention keeps ``int(S * keep_rate)``
@@ -43,11 +46,13 @@ from torch import Tensor, nn
 
 from ... import __version__
 from ...cache import CacheMeta
-from ...common import KsrError, atomic_write
+from ...common import KsrError, atomic_write, check_replace
 from ...common.optional import require
 from ..model.attention import MultiheadAttention
 from ..model.config import cache_dims
 from ..model.layers import LayerStack
+from ..model.normalise import inputs_note
+from ..model.tasks import learns_attributes
 from ..train.checkpoint import load_model_and_meta
 from ..train.runs import recorded_cache_meta
 
@@ -66,6 +71,7 @@ class Exported:
     classes: tuple[str, ...]
     nbytes: int  # the file's size
     max_abs_diff: float | None = None  # onnxruntime against torch on random padded inputs
+    audio_normalisation: str | None = None  # what the caller must do to the audio features first
 
 
 def input_spec(modalities: str, cache: CacheMeta) -> list[tuple[str, str, list]]:
@@ -91,7 +97,14 @@ class ExportGraph(nn.Module):
         self.model = model
         self.modalities = modalities
 
-    def forward(self, *inputs: Tensor) -> Tensor:
+    def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        output = self._output(*inputs)
+        cfg = self.model.cfg
+        if not learns_attributes(cfg):
+            return output
+        return output[..., : cfg.num_classes], output[..., cfg.num_classes :]  # the graph's two outputs
+
+    def _output(self, *inputs: Tensor) -> Tensor:
         if self.modalities == "both":
             return self.model(*inputs)
         x, mask = inputs  # one modality: its features and its mask
@@ -145,8 +158,7 @@ def export_onnx(
     if check:
         require("onnxruntime", "ksr export (its check; or pass --no-check)", "export")
     path, out = Path(checkpoint), Path(out)
-    if out.exists() and not force:
-        raise ExportError(f"{out} exists; pass --force to replace it")
+    check_replace(out, force, {"checkpoint": path})
     if not out.parent.is_dir():
         raise ExportError(f"{out.parent}: no such folder")
     model, meta = load_model_and_meta(path)
@@ -156,6 +168,11 @@ def export_onnx(
     if check:
         result.max_abs_diff = compare_with_torch(out, model, result.inputs)
     return result
+
+
+def speaker_normalised(model: nn.Module) -> bool:
+    """Whether the model expects its audio standardised per speaker (or session) by its caller."""
+    return getattr(model.cfg, "speaker_norm", "none") != "none"
 
 
 def write_onnx(model: nn.Module, cache: CacheMeta, out: Path, source: dict[str, Any]) -> Exported:
@@ -182,8 +199,8 @@ def write_onnx(model: nn.Module, cache: CacheMeta, out: Path, source: dict[str, 
             tuple(random_inputs(spec, batch=2)),
             buffer,
             input_names=names,
-            output_names=["logits"],
-            dynamic_axes={name: {0: "batch"} for name in [*names, "logits"]},
+            output_names=output_names(model.cfg),
+            dynamic_axes={name: {0: "batch"} for name in [*names, *output_names(model.cfg)]},
             opset_version=OPSET,
             dynamo=False,
         )
@@ -193,12 +210,14 @@ def write_onnx(model: nn.Module, cache: CacheMeta, out: Path, source: dict[str, 
         {
             "ksr.format": FORMAT,
             "ksr.classes": json.dumps(list(cache.classes)),
+            "ksr.attributes": json.dumps(list(model.cfg.attributes) if learns_attributes(model.cfg) else []),
             "ksr.inputs": json.dumps(spec),
             "ksr.padding_mask": "True = padded position (ignored by masked attention); False = a true frame or token",
             "ksr.cache_meta": json.dumps(cache.to_dict(), sort_keys=True),
             "ksr.model_config": json.dumps(model.cfg.to_dict(), sort_keys=True),
             "ksr.checkpoint": json.dumps(source),
             "ksr.version": __version__,
+            **({"ksr.audio_normalisation": inputs_note(model.cfg.speaker_norm)} if speaker_normalised(model) else {}),
         },
     )
     props.doc_string = f"ksr {model.cfg.architecture} ({model.cfg.modalities}): logits over {list(cache.classes)}"
@@ -207,7 +226,13 @@ def write_onnx(model: nn.Module, cache: CacheMeta, out: Path, source: dict[str, 
     # without parsing and re-serialising its hundreds of MB of weights.
     data = [buffer.getvalue(), props.SerializeToString()]
     atomic_write(out, "wb", lambda f: [f.write(part) for part in data])
-    return Exported(out, spec, cache.classes, nbytes=sum(len(part) for part in data))
+    note = inputs_note(model.cfg.speaker_norm) if speaker_normalised(model) else None
+    return Exported(out, spec, cache.classes, nbytes=sum(len(part) for part in data), audio_normalisation=note)
+
+
+def output_names(cfg) -> list[str]:
+    """The graph's outputs: ``logits``, and ``attributes`` for a model that learns them."""
+    return ["logits", "attributes"] if learns_attributes(cfg) else ["logits"]
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -225,7 +250,8 @@ def compare_with_torch(path: Path, model: nn.Module, spec: list, batch: int = 3,
     ort = require("onnxruntime", "ksr export's check", "export")
     inputs = random_inputs(spec, batch, seed)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(["logits"], {name: x.numpy() for (name, _, _), x in zip(spec, inputs, strict=True)})[0]
+    feed = {name: x.numpy() for (name, _, _), x in zip(spec, inputs, strict=True)}
+    got = np.concatenate(session.run(output_names(model.cfg), feed), axis=-1)
     with torch.no_grad():
-        want = ExportGraph(model, model.cfg.modalities)(*inputs).numpy()
+        want = ExportGraph(model, model.cfg.modalities)._output(*inputs).numpy()
     return float(np.abs(got - want).max())

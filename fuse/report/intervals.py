@@ -19,11 +19,27 @@ from ...common import KsrError, atomic_write
 from ..train.metrics import METRICS
 from .stats import Bootstrap, bootstrap_intervals
 
+#: The predictions file's first columns (all it had before issue 25; readers need only these).
 PREDICTION_COLUMNS = ("seed", "fold", "id", "label", "prediction")
+#: Then, where the report has them: each test utterance's speaker and session, and a ``p_CLASS``
+#: column per class (the model's probabilities).
+CONTEXT_COLUMNS = ("speaker", "session")
 
 
-def fold_predictions(ids: list[str], labels: np.ndarray, preds: np.ndarray) -> dict[str, list]:
-    return {"ids": list(ids), "labels": [int(v) for v in labels], "preds": [int(v) for v in preds]}
+def fold_predictions(
+    ids: list[str],
+    labels: np.ndarray,
+    preds: np.ndarray,
+    probs: np.ndarray | None = None,
+    speakers: list[str] | None = None,
+    sessions: list[str] | None = None,
+) -> dict[str, list]:
+    """One test set's predictions; with ``probs`` (N, C), speakers and sessions, what calibration,
+    late fusion and per-speaker analysis read from the predictions file."""
+    got: dict[str, list] = {"ids": list(ids), "labels": [int(v) for v in labels], "preds": [int(v) for v in preds]}
+    if probs is not None and speakers is not None and sessions is not None:
+        got.update(probs=[[float(p) for p in row] for row in probs], speakers=list(speakers), sessions=list(sessions))
+    return got
 
 
 def add_intervals(report: dict[str, Any], predictions: dict[str, dict[str, dict]], boot: Bootstrap) -> None:
@@ -39,10 +55,21 @@ def add_intervals(report: dict[str, Any], predictions: dict[str, dict[str, dict]
         for stratum, (fold, f) in enumerate(sr["folds"].items()):  # a fold, or an official test split
             got = predictions[seed][fold]
             f["ci"] = bootstrap_intervals(got["labels"], got["preds"], [0] * len(got["labels"]), k, boot)
+            if f["ci"] and all(low == high for low, high in f["ci"].values()):
+                report.setdefault("warnings", []).append(zero_width_warning(seed, fold, len(got["labels"]), boot))
             labels += got["labels"]
             preds += got["preds"]
             strata += [stratum] * len(got["labels"])
         sr["pooled"]["ci"] = bootstrap_intervals(labels, preds, strata, k, boot)
+
+
+def zero_width_warning(seed: str, fold: str, n: int, boot: Bootstrap) -> str:
+    """A fold whose interval is one point (one test utterance, or every resample scoring alike)."""
+    where = f"seed {seed} {'fold ' if fold.isdigit() else ''}{fold}"
+    return (
+        f"{where}: its {round(100 * boot.confidence)}% interval has zero width (every resample of its {n} test "
+        "utterance(s) scores the same): it does not show how uncertain the score is"
+    )
 
 
 def fold_key(name: str) -> tuple[int, int | str]:
@@ -100,11 +127,14 @@ def write_predictions(report: dict[str, Any], path: Path) -> Path | None:
     classes = report["classes"]
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(PREDICTION_COLUMNS)
+    groups = [got for folds in report["predictions"].values() for got in folds.values()]
+    full = all("probs" in got for got in groups)  # reports made from an old predictions file lack them
+    w.writerow([*PREDICTION_COLUMNS, *((*CONTEXT_COLUMNS, *(f"p_{c}" for c in classes)) if full else ())])
     for seed, folds in report["predictions"].items():
         for fold, got in folds.items():
-            for i, y, p in zip(got["ids"], got["labels"], got["preds"], strict=True):
-                w.writerow([seed, fold, i, classes[y], classes[p]])
+            for k, (i, y, p) in enumerate(zip(got["ids"], got["labels"], got["preds"], strict=True)):
+                extra = [got["speakers"][k], got["sessions"][k], *(f"{v:.6g}" for v in got["probs"][k])] if full else []
+                w.writerow([seed, fold, i, classes[y], classes[p], *extra])
     return atomic_write(path, "w", lambda f: f.write(buf.getvalue()))
 
 
@@ -113,22 +143,31 @@ def read_predictions(path: Path, classes: list[str]) -> dict[str, dict[str, dict
     in one line that names it (and the line of the file, where there is one)."""
     index = {name: i for i, name in enumerate(classes)}
     out: dict[str, dict[str, dict]] = {}
+    seen: set[tuple[str, str, str]] = set()
     again = "write it again with ksr eval"
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = csv.DictReader(f)
-            if tuple(rows.fieldnames or ()) != PREDICTION_COLUMNS:
-                raise KsrError(f"{path}: not a ksr predictions file (columns {', '.join(PREDICTION_COLUMNS)})")
+            header = tuple(rows.fieldnames or ())
+            if header[: len(PREDICTION_COLUMNS)] != PREDICTION_COLUMNS:  # later columns are optional
+                raise KsrError(f"{path}: not a ksr predictions file (columns {', '.join(PREDICTION_COLUMNS)}, ...)")
             for row in rows:
                 where = f"{path}, line {rows.line_num}"
                 if None in row or None in row.values():
-                    raise KsrError(f"{where}: not {len(PREDICTION_COLUMNS)} fields; {again}")
+                    raise KsrError(f"{where}: not {len(header)} fields; {again}")
                 if not row["seed"].isdigit() or not row["seed"].isascii():
                     raise KsrError(f"{where}: seed {row['seed']!r} is not a non-negative integer; {again}")
                 try:
                     y, p = index[row["label"]], index[row["prediction"]]
                 except KeyError as e:
                     raise KsrError(f"{where}: class {e} is not one of the report's classes {classes}") from None
+                key = (row["seed"], row["fold"], row["id"])
+                if key in seen:  # a copy would count the utterance twice (or with two predictions)
+                    raise KsrError(
+                        f"{where}: utterance {row['id']!r} of seed {row['seed']} fold {row['fold']} is listed twice; "
+                        f"{again}"
+                    )
+                seen.add(key)
                 got = out.setdefault(row["seed"], {}).setdefault(row["fold"], {"ids": [], "labels": [], "preds": []})
                 got["ids"].append(row["id"])
                 got["labels"].append(y)

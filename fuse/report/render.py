@@ -11,6 +11,8 @@ from ...common import write_json, write_text
 from ..train.folds import OFFICIAL_SPLIT
 from ..train.metrics import METRICS
 from ..train.runs import REPORT_STEM, ReportFiles
+from .attribute_report import attribute_lines, write_attribute_predictions
+from .cross_corpus import cross_corpus_lines
 from .intervals import CI_COLUMNS, ci_cells, interval_lines, pct, write_predictions
 from .split_tables import official_split_lines
 
@@ -31,7 +33,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += [f"**Warning**: {warning}.", ""]
     hide_mean = cov is not None and not cov["complete"] and not report.get("allow_incomplete")
     lines += markdown_summary(report, hide_mean)
-    lines += markdown_baselines(report)
+    lines += markdown_baselines(report, hide_mean)
+    lines += attribute_lines(report, report.get("model", "model"))
     for seed, sr in report["seeds"].items():
         lines += markdown_seed(report, seed, sr)
     lines += interval_lines(report)
@@ -54,6 +57,7 @@ def markdown_heading(report: dict[str, Any]) -> list[str]:
         f"Classes: {', '.join(report['classes'])}.",
         "",
     ]
+    lines += cross_corpus_lines(report)
     cov = report.get("coverage")
     if not cov:
         return lines
@@ -61,12 +65,12 @@ def markdown_heading(report: dict[str, Any]) -> list[str]:
     lines += [
         (
             f"Covers seed(s) {', '.join(cov['folds_found'])}: one model per seed on the {OFFICIAL_SPLIT}; "
-            f"{cov['epochs_planned']} epochs planned."
+            f"{cov['epochs_planned']} {cov.get('planned_unit', 'epochs planned')}."
         )
         if report["protocol"] == "split"
         else (
             f"Covers {found} (the protocol has {cov['folds_planned']} folds); "
-            f"{cov['epochs_planned']} epochs planned per fold."
+            f"{cov['epochs_planned']} {cov.get('planned_unit', 'epochs planned')} per fold."
         ),
         "",
     ]
@@ -79,15 +83,34 @@ def markdown_heading(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def single_fold(report: dict[str, Any]) -> str | None:
+    """The fold's name when every seed of the report has the same one fold (no std over folds)."""
+    names = {tuple(sr["folds"]) for sr in report["seeds"].values()}
+    return names.pop()[0] if len(names) == 1 and len(next(iter(names))) == 1 else None
+
+
+def summary_cells(report: dict[str, Any], summary: dict[str, float]) -> str:
+    """Each metric as mean ± std over folds; a single fold has no std over folds to show."""
+    if single_fold(report) is not None:
+        return " | ".join(pct(summary[m]) for m in METRICS)
+    return " | ".join(f"{pct(summary[m])} ± {pct(summary[m + '_std_over_folds'])}" for m in METRICS)
+
+
 def markdown_summary(report: dict[str, Any], hide_mean: bool) -> list[str]:
     """The mean over folds (each test split under the split protocol), and the std over seeds."""
     s = report["summary"]
     if "official_split" in report:
         return official_split_lines(report, hide_mean)
+    fold = single_fold(report)
+    name = (
+        "mean over folds"
+        if fold is None
+        else f"fold {fold}" + (" (mean over seeds)" if len(report["seeds"]) > 1 else "")
+    )
     mean_row = (
-        ("| mean over folds | " + " | ".join(f"{pct(s[m])} ± {pct(s[m + '_std_over_folds'])}" for m in METRICS) + " |")
+        f"| {name} | {summary_cells(report, s)} |"
         if not hide_mean
-        else "| mean over folds | not given: unfinished run (--allow-incomplete) | | | |"
+        else f"| {name} | not given: unfinished run (--allow-incomplete) | | | |"
     )
     lines = ["| | WA % | UA % | macro F1 % | weighted F1 % |", "|---|---|---|---|---|", mean_row]
     if "wa_std_over_seeds" in s:
@@ -95,8 +118,9 @@ def markdown_summary(report: dict[str, Any], hide_mean: bool) -> list[str]:
     return lines
 
 
-def markdown_baselines(report: dict[str, Any]) -> list[str]:
-    """The model's summary row beside each baseline's (none without baselines)."""
+def markdown_baselines(report: dict[str, Any], hide_mean: bool = False) -> list[str]:
+    """The model's summary row beside each baseline's (none without baselines); the model's row
+    says "not given" where the report withholds its mean."""
     if not report.get("baselines"):
         return []
     over = "all test splits pooled, mean ± std over seeds" if "official_split" in report else "mean ± std over folds"
@@ -107,28 +131,35 @@ def markdown_baselines(report: dict[str, Any]) -> list[str]:
         "| model | WA % | UA % | macro F1 % | weighted F1 % |",
         "|---|---|---|---|---|",
     ]
-    for name, summary in comparison_rows(report):
-        lines.append(
-            f"| {name} | "
-            + " | ".join(f"{pct(summary[m])} ± {pct(summary[m + '_std_over_folds'])}" for m in METRICS)
-            + " |"
-        )
+    for i, (name, summary) in enumerate(comparison_rows(report)):
+        if i == 0 and hide_mean:
+            lines.append(f"| {name} | not given: unfinished run (--allow-incomplete) | | | |")
+        elif "official_split" in report:
+            lines.append(
+                f"| {name} | "
+                + " | ".join(f"{pct(summary[m])} ± {pct(summary[m + '_std_over_folds'])}" for m in METRICS)
+                + " |"
+            )
+        else:
+            lines.append(f"| {name} | {summary_cells(report, summary)} |")
     return lines
 
 
 def markdown_seed(report: dict[str, Any], seed: str, sr: dict[str, Any]) -> list[str]:
     """One seed: a row per fold (or test split), the pooled row, the pooled confusion matrix."""
     unit = "test split" if "official_split" in report else "fold"
+    probe = any("selected_C" in f for f in sr["folds"].values())  # a logistic regression has no epochs
     lines = [
         "",
         f"## seed {seed}",
         "",
-        f"| {unit} | test | selected epoch (from 0) | n | WA % | UA % | macro F1 % | weighted F1 % |",
+        f"| {unit} | test | {'selected C' if probe else 'selected epoch (from 0)'} | n | WA % | UA % | macro F1 % "
+        "| weighted F1 % |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for fold, f in sr["folds"].items():
         lines.append(
-            f"| {fold} | {f['test_group']} | {f['selected_epoch']} | {f['n']} | "
+            f"| {fold} | {f['test_group']} | {f['selected_C'] if probe else f['selected_epoch']} | {f['n']} | "
             + " | ".join(pct(f[m]) for m in METRICS)
             + " |"
         )
@@ -184,12 +215,15 @@ def write_report(report: dict[str, Any], out_dir: Path, stem: str = REPORT_STEM)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     slim = strip_histories(report)
     slim.pop("predictions", None)  # in their own CSV file
+    slim.pop("attribute_predictions", None)
     write_json(files.json, slim)
     paths = [files.json, files.markdown, files.csv]
     write_text(files.markdown, to_markdown(report))
     write_text(files.csv, to_csv(report))
     if write_predictions(report, files.predictions):
         paths.append(files.predictions)
+    if write_attribute_predictions(report, files.attribute_predictions):
+        paths.append(files.attribute_predictions)
     try:
         from .plots import plot_report
     except ImportError:
@@ -205,3 +239,33 @@ def strip_histories(report: dict[str, Any]) -> dict[str, Any]:
         for seed, sr in report["seeds"].items()
     }
     return slim
+
+
+def printed_summary(report: dict[str, Any]) -> list[str]:
+    """What ``ksr train`` prints after a run: the report's warnings, then its mean (or why the
+    report gives none: never a number the report withholds), then the baselines'."""
+    lines = [f"warning: {w}" for w in report.get("warnings", [])]
+    where = f"report: {ReportFiles(Path(report['run'])).markdown}"
+    cov = report.get("coverage") or {}
+    if not cov.get("complete", True) and not report.get("allow_incomplete"):
+        unfinished = "; ".join(cov.get("unfinished", []))
+        return [*lines, f"no mean: unfinished run ({unfinished}); continue it with ksr train --resume ({where})"]
+    s, fold = report["summary"], single_fold(report)
+    for name, t in report.get("official_split", {}).items():  # --protocol split: each test split
+        if name != "pooled":
+            lines.append(f"  {name}: WA {pct(t['wa'])}%  UA {pct(t['ua'])}%  (n = {t['n']}, mean over seeds)")
+    if "official_split" in report:
+        over = "all test splits pooled, mean over seeds"
+    elif fold is not None:
+        seeds = list(report["seeds"])
+        over = f"fold {fold}, " + (f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over {len(seeds)} seeds")
+    else:
+        found = max(len(sr["folds"]) for sr in report["seeds"].values())
+        planned = cov.get("folds_planned", found)
+        over = "mean over folds" if found >= planned else f"mean over {found} of {planned} folds"
+    loss = f"loss: {report['loss']}; " if "loss" in report else ""
+    lines.append(f"WA {pct(s['wa'])}%  UA {pct(s['ua'])}%  macro F1 {pct(s['macro_f1'])}%  ({over}; {loss}{where})")
+    for name, b in report.get("baselines", {}).items():
+        b = b["summary"]
+        lines.append(f"  {name}: WA {pct(b['wa'])}%  UA {pct(b['ua'])}%  macro F1 {pct(b['macro_f1'])}% (same folds)")
+    return lines

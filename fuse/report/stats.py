@@ -230,3 +230,81 @@ def compare_values(a: Sequence[float], b: Sequence[float], paired: bool) -> dict
         "std": None,
         "p": p if np.isfinite(p) else 1.0,
     }
+
+
+def resampled_ccc(truth: np.ndarray, pred: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """(R, A + 1): each resample's CCC per attribute (NaN truth left out, as ``metrics.ccc`` over
+    the rest; 0 below 2 values or with no spread) and, last, their mean. ``index`` (R, n) from
+    :func:`resample_indices`; ``truth`` and ``pred`` (n, A)."""
+    out = np.zeros((len(index), truth.shape[1] + 1))
+    for lo in range(0, len(index), CHUNK):
+        ix = index[lo : lo + CHUNK]
+        for j in range(truth.shape[1]):
+            t, p = truth[ix, j], pred[ix, j]
+            have = ~np.isnan(t)
+            n = have.sum(axis=1)
+            safe = np.maximum(n, 1)
+            mt = np.where(have, t, 0).sum(axis=1) / safe
+            mp = np.where(have, p, 0).sum(axis=1) / safe
+            dt, dp = np.where(have, t - mt[:, None], 0), np.where(have, p - mp[:, None], 0)
+            den = (dt**2).sum(axis=1) / safe + (dp**2).sum(axis=1) / safe + (mt - mp) ** 2
+            cov = (dt * dp).sum(axis=1) / safe
+            ok = (n >= 2) & (den > 0)
+            out[lo : lo + CHUNK, j] = np.where(ok, 2 * cov / np.where(ok, den, 1), 0.0)
+    out[:, -1] = out[:, :-1].mean(axis=1) if truth.shape[1] else 0.0
+    return out
+
+
+def ccc_keys(names: Sequence[str]) -> list[str]:
+    """The attribute scores' keys in ``resampled_ccc``'s column order: ``ccc_<name>``..., ``ccc``."""
+    return [f"ccc_{n}" for n in names] + ["ccc"]
+
+
+def ccc_intervals(
+    truth: np.ndarray, pred: np.ndarray, strata: Sequence[int], names: Sequence[str], boot: Bootstrap = Bootstrap()
+) -> dict[str, list[float]]:
+    """{``ccc_<name>`` and ``ccc``: [low, high]}: percentile intervals of the attribute CCCs,
+    utterances resampled within each stratum (fold)."""
+    if len(truth) == 0 or boot.resamples < 1:
+        return {}
+    values = resampled_ccc(
+        np.asarray(truth, np.float64), np.asarray(pred, np.float64), resample_indices(strata, boot.resamples, boot.seed)
+    )
+    return {k: percentile_interval(values[:, i], boot.confidence) for i, k in enumerate(ccc_keys(names))}
+
+
+def paired_ccc_bootstrap(
+    truth: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    strata: Sequence[int],
+    names: Sequence[str],
+    boot: Bootstrap = Bootstrap(),
+) -> dict[str, dict[str, float | list[float]]]:
+    """:func:`paired_bootstrap` for the attribute CCCs (B minus A on the same resamples), per
+    attribute and for their mean (``ccc``). ``pred_a``/``pred_b``: (n, A), or (seeds, n, A), each
+    statistic then averaged over the run's seeds."""
+    truth = np.asarray(truth, np.float64)
+    index = resample_indices(strata, boot.resamples, boot.seed)
+    identity = np.arange(len(truth))[None, :]
+
+    def over_seeds(pred: np.ndarray, ix: np.ndarray) -> np.ndarray:
+        pred = np.asarray(pred, np.float64)
+        runs = pred if pred.ndim == 3 else pred[None]
+        return np.mean([resampled_ccc(truth, p, ix) for p in runs], axis=0)
+
+    got_a, got_b = over_seeds(pred_a, index), over_seeds(pred_b, index)
+    point_a, point_b = over_seeds(pred_a, identity)[0], over_seeds(pred_b, identity)[0]
+    out = {}
+    for i, key in enumerate(ccc_keys(names)):
+        d = point_b[i] - point_a[i]
+        resampled = got_b[:, i] - got_a[:, i]
+        far = int(np.count_nonzero(np.abs(resampled - d) >= abs(d)))
+        out[key] = {
+            "a": float(point_a[i]),
+            "b": float(point_b[i]),
+            "difference": float(d),
+            "interval": percentile_interval(resampled, boot.confidence),
+            "p": (1 + far) / (boot.resamples + 1),
+        }
+    return out

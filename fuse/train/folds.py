@@ -10,9 +10,12 @@ Protocols
   manifest): one "fold" that trains on ``train``, validates on ``valid`` and tests on each
   ``test*`` split separately (MSP-Podcast's test1 and test2, MELD's test).
 
-Validation for ``session`` folds is drawn from the training sessions only: a seeded, label-
-stratified ``val_fraction`` of the training utterances (at least one per class present). Test
-utterances never appear in training or validation.
+Validation for ``session`` folds is drawn from the training sessions only: by default
+(``validation="utterances"``) a seeded, label-stratified ``val_fraction`` of the training
+utterances (at least one per class present). Such a set shares its speakers with training, so it
+cannot see a speaker shift: a model can read 100% there and 0% on a new voice. With
+``validation="speaker"`` one training speaker (seeded) is held out whole and validates instead,
+as a new voice would. Test utterances never appear in training or validation.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import numpy as np
 from ...cache.schema import SPLIT_TRAIN, SPLIT_VALID, is_test_split
 
 PROTOCOLS = ("session", "speaker", "split")
+#: Where a session fold's validation set comes from (see the module's docstring).
+VALIDATIONS = ("utterances", "speaker")
 #: What reports call the split protocol's single "fold".
 OFFICIAL_SPLIT = "official split"
 
@@ -104,7 +109,10 @@ def make_split(
     val_fraction: float = 0.1,
     seed: int = 0,
     splits: Sequence | None = None,
+    validation: str = "utterances",
 ) -> Split:
+    if validation not in VALIDATIONS:
+        raise ValueError(f"unknown validation {validation!r}; choose one of {', '.join(VALIDATIONS)}")
     if protocol == "split":
         if fold != 1:
             raise ValueError(f"fold {fold} does not exist: the split protocol has one fold (the {OFFICIAL_SPLIT})")
@@ -123,7 +131,10 @@ def make_split(
         test = everything[sessions == held]
         rest = everything[sessions != held]
         rng = np.random.default_rng([seed, fold])
-        valid = stratified_holdout(rest, labels, val_fraction, rng)
+        if validation == "speaker":
+            valid = held_out_speaker(rest, speakers, rng)
+        else:
+            valid = stratified_holdout(rest, labels, val_fraction, rng)
         train = np.setdiff1d(rest, valid)
         name = f"Session {held}"
     else:
@@ -133,6 +144,18 @@ def make_split(
         train = everything[sessions != session]
         name = f"speaker {held}"
     return Split(protocol, fold, name, train, valid, test)
+
+
+def held_out_speaker(indices: np.ndarray, speakers: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The utterances of one training speaker (seeded choice), to validate as a new voice would."""
+    names = sorted({str(s) for s in speakers[indices]}, key=_natural)
+    if len(names) < 2:
+        raise ValueError(
+            f"--validation speaker needs two or more training speakers in every fold; this fold's training "
+            f"sessions have {len(names)}: use --validation utterances"
+        )
+    chosen = names[int(rng.integers(len(names)))]
+    return indices[speakers[indices] == chosen]
 
 
 def names_of_test_splits(splits: Sequence) -> list[str]:

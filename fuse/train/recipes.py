@@ -105,6 +105,43 @@ PRESET_NOTES = {
 }
 
 
+# The ksr recipe's learning rate and warm-up were tuned on the small model (``MODEL_SIZES``), whose
+# stacks hold SCALING_REFERENCE_LAYERS attention layers; deeper models take the learning rate
+# divided by the depth ratio squared and the warm-up multiplied by it (capped at a quarter of the
+# epochs, never below the recipe's own), so the default model (26 layers) trains at about 3.8e-4 with 3.2 warm-up epochs: measured in
+# docs/learning.md ("Every model size"), where 4e-3 leaves it at chance.
+SCALED_RECIPES = ("ksr",)
+SCALING_REFERENCE_LAYERS = 8
+
+
+def scaled_for_model(r: Recipe, layers: int, keep: set[str] = frozenset()) -> tuple[Recipe, str | None]:
+    """The recipe ``r`` scaled for a model of ``layers`` attention layers (the ksr recipe only;
+    the settings named in ``keep``, typed by the user, stay) and one line saying what changed and
+    why (None when nothing did)."""
+    if r.name not in SCALED_RECIPES or layers <= SCALING_REFERENCE_LAYERS:
+        return r, None
+    ratio = layers / SCALING_REFERENCE_LAYERS
+    changes: dict[str, Any] = {}
+    if "lr" not in keep:
+        changes["lr"] = float(f"{r.lr / ratio**2:.2g}")
+    if "warmup_epochs" not in keep:
+        changes["warmup_epochs"] = round(min(r.warmup_epochs * ratio, max(r.warmup_epochs, r.epochs / 4)), 1)
+    if not changes:
+        return r, None
+    chose = " and ".join(
+        f"lr {changes['lr']:g} (not {r.lr:g})"
+        if k == "lr"
+        else f"{changes[k]:g} warm-up epochs (not {r.warmup_epochs:g})"
+        for k in changes
+    )
+    line = (
+        f"ksr recipe scaled for this model: {chose}, because its {layers} attention layers are {ratio:.2g}x the "
+        f"{SCALING_REFERENCE_LAYERS} of the small model the recipe was tuned on (at 4e-3 deeper models stay at "
+        f"chance); --lr / --warmup-epochs set them yourself"
+    )
+    return dataclasses.replace(r, **changes), line
+
+
 def recipe(name: str, **overrides: Any) -> Recipe:
     """A preset with command-line overrides applied (``None`` values are ignored)."""
     if name not in PRESETS:

@@ -8,6 +8,7 @@ This module is the only one that names a run directory's files or parses its pat
     RUN/seed123/fold5/best.pt        the selected epoch's model (a ksr checkpoint)
     RUN/seed123/fold5/last.pt        the last epoch's model
     RUN/seed123/fold5/history.json   per-epoch loss, lr and selection metrics
+    RUN/seed123/fold5/.lock-train    held (flock, with its pid) while a process trains the fold
     RUN/seed123/split/...            the same files for the split protocol's one fold (the official split)
     RUN/report.json, .md, .csv       the run's report (``ReportFiles``; ``ksr eval --fold`` adds _foldK stems)
     RUN/report_predictions.csv       every test utterance's prediction, per seed and fold
@@ -15,7 +16,7 @@ This module is the only one that names a run directory's files or parses its pat
     RUN/baseline-probe/              the linear-probe baseline: a run of its own, same layout
     RUN/baseline-probe-weighted/     the class-weighted probe (runs trained for imbalanced classes)
     RUN/tensorboard/seedS/foldK      TensorBoard curves (``ksr train --tensorboard``)
-    runs/latest                      a link to the last run ``ksr train`` finished (``ksr eval``'s default)
+    runs/latest                      a link to the last run ``ksr train`` worked on, finished or not (``ksr eval``'s default)
 
 It also decides, in one place, what ``--resume`` continues (:func:`resumed_options`).
 """
@@ -25,12 +26,15 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ... import __version__
-from ...cache import Cache, CacheMeta, check_compatible
+from ...cache import Cache, CacheError, CacheMeta, check_compatible
+from ...cache.locks import live_writers, lock_writer, unlock_writer
 from ...common import KsrError, remove_dead_temps, write_json
 from ..model.config import ModelConfig, cache_dims, cli_settings
 from .folds import OFFICIAL_SPLIT, Split, fold_groups, make_split
@@ -48,7 +52,7 @@ _FOLD_DIR = re.compile(r"seed(\d+)/(?:fold(\d+)|split)")
 #: The folder of the split protocol's single fold (fold 1).
 SPLIT_DIR = "split"
 # Settings that make two runs different runs (a resume must agree on every one).
-RUN_SETTINGS = ("model", "recipe", "protocol", "select", "metric", "val_fraction")
+RUN_SETTINGS = ("model", "recipe", "protocol", "select", "metric", "val_fraction", "validation")
 # Cache metadata a trained model depends on: another cache must agree on these to be used with it.
 MODEL_CACHE_KEYS = ("audio_encoder", "text_encoder", "classes", "max_audio_len", "max_text_len")
 
@@ -69,6 +73,7 @@ class RunSpec:
     val_fraction: float = 0.1
     cache_meta: dict[str, Any] = field(default_factory=dict)
     cache_dir: str = ""  # where the training cache was (the default for ksr eval)
+    validation: str = "utterances"  # session folds: "speaker" validates on a held-out training speaker
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +85,7 @@ class RunSpec:
             "val_fraction": self.val_fraction,
             "cache_meta": self.cache_meta,
             "cache_dir": self.cache_dir,
+            "validation": self.validation,
             "ksr_version": __version__,
         }
 
@@ -94,6 +100,7 @@ class RunSpec:
             val_fraction=d["val_fraction"],
             cache_meta=d["cache_meta"],
             cache_dir=d.get("cache_dir", ""),
+            validation=d.get("validation", "utterances"),  # runs of ksr before the option
         )
 
 
@@ -220,6 +227,11 @@ class ReportFiles:
     def predictions(self) -> Path:
         return Path(self.folder) / f"{self.stem}_predictions.csv"
 
+    @property
+    def attribute_predictions(self) -> Path:
+        """Each test utterance's true and predicted attribute values (a model that learns them)."""
+        return Path(self.folder) / f"{self.stem}_attribute_predictions.csv"
+
     def figure(self, name: str) -> Path:
         return Path(self.folder) / f"{self.stem}_{name}.png"
 
@@ -227,6 +239,13 @@ class ReportFiles:
 def report_stem(folds: list[int] | None) -> str:
     """``report``, or ``report_fold4_5`` for a report of some folds only."""
     return REPORT_STEM if not folds else REPORT_STEM + "_fold" + "_".join(str(f) for f in folds)
+
+
+def cross_corpus_stem(corpus: str, folds: list[int] | None) -> str:
+    """``report_on_msp-podcast`` (``_fold4_5`` added for some folds): the report of a run tested
+    on another corpus, beside the run's own report."""
+    safe = re.sub(r"[^\w.-]+", "_", corpus).strip("._") or "corpus"
+    return report_stem(folds) + f"_on_{safe}"
 
 
 def fold_checkpoint(run_dir: Path, seed: int, fold: int, which: str = "best", protocol: str = "session") -> Path:
@@ -254,6 +273,15 @@ def trained_folds(run_dir: Path) -> dict[int, list[int]]:
     for seed, fold, files in fold_folders(run_dir):
         if files.done():
             found.setdefault(seed, []).append(fold)
+    return found
+
+
+def selected_checkpoints(run_dir: Path) -> list[tuple[int, int, Path]]:
+    """(seed, fold, best.pt) of every fold folder of the run that holds its selected checkpoint,
+    sorted by seed and fold: the members of the run's ensemble (``ksr predict --run``)."""
+    found = [(seed, fold, files.best) for seed, fold, files in fold_folders(run_dir) if files.done()]
+    if not found:
+        raise RunError(f"{run_dir}: no trained fold (no fold folder with a best.pt); run ksr train first")
     return found
 
 
@@ -331,7 +359,7 @@ def prepare_run(
 
 
 #: The options of a training command that a run records, by where run.json keeps them.
-RUN_OPTIONS = ("protocol", "select", "metric", "val_fraction")
+RUN_OPTIONS = ("protocol", "select", "metric", "val_fraction", "validation")
 RECIPE_OPTIONS = ("epochs", "lr", "batch_size", "momentum", "schedule", "optimizer", "warmup_epochs")
 RECIPE_OPTIONS += ("loss", "focal_gamma", "sampler")  # the class loss and the batches' order
 
@@ -353,6 +381,7 @@ def resumed_options(run_dir: Path, options: dict[str, Any], typed: set[str]) -> 
     }
     raw = json.loads(run_file(run_dir).read_text())
     recorded["seeds"], recorded["folds"] = raw.get("seeds"), raw.get("folds")
+    recorded["cache_dir"] = saved.cache_dir or None  # --resume needs no --cache
     merged = dict(options)
     for name, value in recorded.items():
         if name not in typed and value is not None:
@@ -423,8 +452,12 @@ def write_split(out: Path, split: Split, select: str, ids: list[str]) -> None:
 
 def model_config_for_cache(cache: Cache, base: ModelConfig, **changes: Any) -> ModelConfig:
     """``base`` with ``changes`` and the cache's dims and classes, checked once as a whole (so
-    e.g. 12 heads fit a 768-dim cache though not the default 512 dims)."""
-    return base.replace(**changes, **cache_dims(cache.meta))
+    e.g. 12 heads fit a 768-dim cache though not the default 512 dims). A model that learns
+    attributes predicts the cache's, in its order."""
+    merged = {**changes, **cache_dims(cache.meta)}
+    if merged.get("task", base.task) != "classes":
+        merged["attributes"] = tuple(cache.meta.attributes)
+    return base.replace(**merged)
 
 
 def check_run_matches_cache(spec: RunSpec, cache: Cache, run_dir: Path) -> None:
@@ -444,6 +477,7 @@ def cache_split(cache: Cache, spec: RunSpec, fold: int, seed: int) -> Split:
             val_fraction=spec.val_fraction,
             seed=seed,
             splits=cache.splits,
+            validation=spec.validation,
         )
     except ValueError as e:
         raise RunError(f"cache {cache.root}: {e}") from None
@@ -474,3 +508,31 @@ def check_protocol(cache: Cache, spec: RunSpec, folds: list[int] | None) -> None
             "epochs on (--select valid), or keep the last epoch (--select last)"
         )
     cache_split(cache, spec, 1, 0)  # no splits, some missing, no train / valid / test: one line
+
+
+# --- who is training a fold now ----------------------------------------------------------------
+
+#: The writer tag of a fold folder's lock: ``RUN/seedS/foldK/.lock-train`` (cache.locks' scheme).
+TRAIN_LOCK_TAG = "train"
+
+
+@contextmanager
+def fold_lock(run_dir: Path, seed: int, fold: int, protocol: str = "session") -> Iterator[None]:
+    """Held while this process trains one fold folder: a second ``ksr train`` on the same fold
+    (at once, or a --resume while the first runs) is refused in one line, where both would write
+    the same files. The kernel drops the lock when its process dies, so a killed run's file is no
+    obstacle. Other folds of the run stay free: processes may train different folds of one run."""
+    folder = fold_files(run_dir, seed, fold, protocol).root
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, _ = lock_writer(folder, TRAIN_LOCK_TAG)
+    except CacheError:
+        pid = live_writers(folder).get(TRAIN_LOCK_TAG, "")
+        raise RunError(
+            f"{folder}: another ksr train{f' (pid {pid})' if pid else ''} is training this fold now; wait for "
+            "it to finish (then --resume), or choose another --run"
+        ) from None
+    try:
+        yield
+    finally:
+        unlock_writer(folder, TRAIN_LOCK_TAG, fd, remove=True)

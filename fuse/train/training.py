@@ -10,6 +10,7 @@ batches (:meth:`FoldTrainer.train_epoch`), score the selection set, commit the e
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +24,14 @@ from ...cache import Cache
 from ...common import Ranks, atomic_save, faults, remove_dead_temps, signals, write_json
 from ...common.files import DiskFullError
 from ..model.architectures import build_model
-from ..model.normalise import fit_standardizers
+from ..model.normalise import fit_standardizers, normalised_view
+from ..model.tasks import split_outputs
+from .attributes import attribute_targets, epoch_scores, history_entries, task_loss
+from .chance import StallWatch
 from .checkpoint import CheckpointError, load_state_strict, read_torch_file, save_checkpoint
 from .folds import Split
 from .inference import autocast, infer
 from .losses import class_loss
-from .metrics import METRICS, scores
 from .probe import fit_probe_fold
 from .recipes import build_optimizer, build_scheduler, warmup_factor
 from .runs import (
@@ -83,6 +86,7 @@ def train_fold(
     ``tensorboard`` its curves, the test set's scores among them."""
     files = fold_files(run_dir, seed, fold, spec.protocol)
     split = cache_split(cache, spec, fold, seed)
+    cache = normalised_view(cache, spec.model)  # speaker_norm: each speaker's own statistics
     selection = split.test if spec.select == "test" else split.valid  # "last" still reports validation
     if len(selection) == 0:
         raise RunError(f"fold {fold}: the {spec.select} set is empty; raise --val-fraction or use --select test")
@@ -98,6 +102,8 @@ def train_fold(
     board = None
     if tensorboard is not None and ranks.main:
         board = tensorboard.open(seed, fold, trainer.start_epoch, spec.protocol)
+    where = f"seed {seed} " + ("official split" if spec.protocol == "split" else f"fold {fold}")
+    watch = StallWatch(where, cache.labels[split.train], spec.recipe, spec.model)
     began = time.perf_counter()
     epochs = tqdm(
         range(trainer.start_epoch, spec.recipe.epochs),
@@ -117,6 +123,8 @@ def train_fold(
                     board.epoch(epoch, record, test)
                 trainer.commit(files, epoch, sel)
                 epochs.set_postfix(loss=f"{record['train_loss']:.3f}", **{spec.metric: f"{sel[spec.metric]:.3f}"})
+                if (stall := watch.check(epoch, record["train_loss"])) and ranks.main:
+                    tqdm.write(f"warning: {stall}", file=sys.stderr)  # now, not only in the report
                 if on_epoch is not None:
                     on_epoch(epoch, record)
     except DiskFullError as e:
@@ -196,14 +204,14 @@ class FoldTrainer:
         lr = self.optimizer.param_groups[0]["lr"]
         train_loss = self.train_epoch(epoch, lr)
         selected = infer(self.model, self.cache, selection, self.spec.recipe.batch_size, self.device, self.amp)
-        sel = scores(self.cache.labels[selection], selected.preds, self.spec.model.num_classes)
+        sel = epoch_scores(self.cache, selection, selected, self.spec.model)
         on = measured_on(self.spec)
         record = {
             "epoch": epoch,
             "lr": lr,
             "train_loss": train_loss,
             f"{on}_loss": selected.loss,
-            **{f"{on}_{m}": sel[m] for m in METRICS},
+            **history_entries(sel, self.spec.model, on),
         }
         self.history.append(record)
         return record, sel
@@ -214,16 +222,19 @@ class FoldTrainer:
         model.train()
         loss_sum, seen = 0.0, 0
         parts = epoch_batches(self.split.train, r.batch_size, self.shuffle, self.ranks, self.batch_labels)
-        for step_in_epoch, part in enumerate(parts):
+        # The next batches are read (and copied to the device) while this one computes.
+        for step_in_epoch, batch in enumerate(self.cache.batches(parts, self.device)):
             faults.point("train-batch")  # test-only: the reliability tests kill the run here
             if r.warmup_epochs:  # per step, on top of the per-epoch schedule
                 factor = warmup_factor(r, epoch * len(parts) + step_in_epoch, len(parts))
                 for group in optimizer.param_groups:
                     group["lr"] = lr * factor
-            batch = self.cache.batch(part).to(self.device)
             with autocast(self.device, self.amp):
                 logits = self.network(batch.audio, batch.text, batch.audio_padding_mask, batch.text_padding_mask)
+            outputs = split_outputs(logits, self.spec.model)  # task attributes/both: the attribute values follow
+            logits = logits[..., : self.spec.model.num_classes]  # the class columns (all of them for task classes)
             loss = self.loss_fn(logits.float(), batch.labels)  # plain cross-entropy by default
+            loss = task_loss(loss, outputs, attribute_targets(batch, self.cache, self.spec.model), self.spec.model)
             value = loss.item()
             if not math.isfinite(value):  # NaN or inf: nothing after this step would mean anything
                 raise RunError(
@@ -250,8 +261,8 @@ class FoldTrainer:
         if len(indices) == 0:
             return {}
         out = infer(self.model, self.cache, indices, self.spec.recipe.batch_size, self.device, self.amp)
-        s = scores(self.cache.labels[indices], out.preds, self.spec.model.num_classes)
-        return {f"{name}_loss": out.loss, **{f"{name}_{m}": s[m] for m in METRICS}}
+        s = epoch_scores(self.cache, indices, out, self.spec.model)
+        return {f"{name}_loss": out.loss, **history_entries(s, self.spec.model, name)}
 
     def commit(self, files: FoldFiles, epoch: int, sel: dict) -> None:
         """Write the epoch's files, all or none (a SIGTERM waits for them): best.pt when the epoch

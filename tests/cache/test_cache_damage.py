@@ -96,23 +96,23 @@ def test_index_mismatch(cache):
         open_cache(cache, progress=False)
 
 
-@pytest.mark.parametrize("version, hint", [(3, "upgrade ksr"), (0, "extract the cache again")])
+@pytest.mark.parametrize("version, hint", [(4, "upgrade ksr"), (0, "extract the cache again")])
 def test_schema_version_mismatch_in_index(cache, version, hint):
     edit_index(cache, lambda doc: doc.update(schema_version=version))
     with pytest.raises(
         CacheError,
         match=rf"index-w0\.json: cache schema version {version}, "
-        rf"this ksr reads version 1 or 2: {hint}",
+        rf"this ksr reads version 1, 2 or 3: {hint}",
     ):
         open_cache(cache, progress=False)
 
 
 def test_schema_version_mismatch_in_shard(cache):
     with h5py.File(shard(cache, 1), "r+") as f:
-        f.attrs["schema_version"] = 3
+        f.attrs["schema_version"] = 4
     report = verify_cache(cache, progress=False)
     assert any(
-        "shard-w0-00001.h5: cache schema version 3, this ksr reads version 1 or 2: upgrade ksr" in p
+        "shard-w0-00001.h5: cache schema version 4, this ksr reads version 1, 2 or 3: upgrade ksr" in p
         for p in report.problems
     )
     with pytest.raises(CacheError, match=r"shard-w0-00001\.h5: "):
@@ -204,4 +204,17 @@ def test_verify_reports_every_problem_at_once(cache):
     # a reader stops at the structural problems (the flipped byte is caught by the checksum
     # only while loading), and points at verify for the full list
     with pytest.raises(CacheError, match=r"missing shard .* \(and 1 more problem\(s\): run `ksr cache verify "):
+        open_cache(cache, progress=False)
+
+
+def test_a_label_array_stored_as_floats_is_refused(cache):
+    with h5py.File(shard(cache, 1), "r+") as f:
+        labels = f["label"][()]
+        del f["label"]
+        f.create_dataset("label", data=labels.astype("float32") + 0.5)  # 1.5 would be read as class 1
+    report = verify_cache(cache, checksums=False, progress=False)
+    assert any("shard-w0-00001.h5: dataset 'label' holds float32 values, not integers" in p for p in report.problems), (
+        report.problems
+    )
+    with pytest.raises(CacheError, match=r"dataset 'label' holds float32 values"):
         open_cache(cache, progress=False)

@@ -180,12 +180,16 @@ def test_open_cache_checks_the_expected_config(cache_dir):
 
 def test_auto_mode_streams_what_does_not_fit(cache_dir, monkeypatch):
     monkeypatch.setattr(reader_mod, "_available_ram", lambda: 10**12)
-    assert open_cache(cache_dir, progress=False).mode == "memory"
+    said = []
+    assert open_cache(cache_dir, progress=False, say=said.append).mode == "host"
     monkeypatch.setattr(reader_mod, "_available_ram", lambda: 1000)
-    assert open_cache(cache_dir, progress=False).mode == "stream"
+    assert open_cache(cache_dir, progress=False, say=said.append).mode == "stream"
+    assert said[0].startswith(f"cache {cache_dir.name}: features in host memory (the features (")
+    assert said[1].endswith("take more than half of the 1.0 KB of RAM available)")
+    assert len(said) == 2  # one line per open
 
 
-@pytest.mark.parametrize("mode", ["memory", "stream"])
+@pytest.mark.parametrize("mode", ["memory", "gpu", "host", "stream"])
 def test_empty_batch(cache_dir, mode):
     batch = open_cache(cache_dir, mode=mode, progress=False).batch([])
     assert batch.audio.shape == (0, 460, DA) and batch.ids == [] and batch.labels.shape == (0,)
@@ -202,12 +206,23 @@ def test_bad_indices(cache_dir):
 def test_memory_mode_on_another_device(cache_dir):
     """The accelerator path (features kept on the device, gathered there) on torch's "meta"
     device, which has shapes and dtypes but no data: a smoke test where no GPU is present."""
-    cache = open_cache(cache_dir, device="meta", progress=False)
-    assert cache.mode == "memory"  # auto picks memory for a device
-    batch = cache.batch([4, 0])
-    for t in (batch.audio, batch.text, batch.audio_padding_mask, batch.labels):
-        assert t.device.type == "meta"
-    assert batch.audio.shape == (2, 460, DA) and batch.audio.dtype == torch.float32
-    assert batch.text_padding_mask.dtype == torch.bool and batch.ids == [cache.ids[4], cache.ids[0]]
-    with pytest.raises(ValueError, match="stream mode reads into CPU memory"):
-        open_cache(cache_dir, mode="stream", device="meta", progress=False)
+    for mode in ("gpu", "memory"):  # memory, the old name, is gpu on a device
+        cache = open_cache(cache_dir, mode=mode, device="meta", progress=False)
+        assert cache.mode == "gpu"
+        batch = cache.batch([4, 0])
+        for t in (batch.audio, batch.text, batch.audio_padding_mask, batch.labels):
+            assert t.device.type == "meta"
+        assert batch.audio.shape == (2, 460, DA) and batch.audio.dtype == torch.float32
+        assert batch.text_padding_mask.dtype == torch.bool and batch.ids == [cache.ids[4], cache.ids[0]]
+
+
+@pytest.mark.parametrize("mode", ["host", "stream"])
+def test_host_and_stream_feed_another_device(cache_dir, mode):
+    """Every mode works with every device: host and stream build batches on the CPU and the
+    loader hands them over on the cache's device (stream mode on a GPU was refused before)."""
+    cache = open_cache(cache_dir, mode=mode, device="meta", progress=False)
+    assert cache.mode == mode and cache.home.type == "cpu"
+    assert cache.batch([1]).audio.device.type == "cpu"
+    batches = list(cache.loader(batch_size=10))
+    assert [len(b) for b in batches] == [10, 10, 3]
+    assert all(b.audio.device.type == "meta" and b.labels.device.type == "meta" for b in batches)

@@ -159,7 +159,7 @@ def test_shards_are_plain_hdf5(tmp_path):
         np.testing.assert_array_equal(f["text"][()].astype(np.float32), batch.text.numpy())
         assert f["id"].asstr()[()].tolist() == batch.ids
         assert f["audio_len"][()].tolist() == batch.audio_lengths.tolist()
-        assert f.attrs["schema_version"] == 2 and f.attrs["n"] == 5 and f.attrs["writer"] == "w0"
+        assert f.attrs["schema_version"] == 3 and f.attrs["n"] == 5 and f.attrs["writer"] == "w0"
         assert f["audio"].dtype == np.float16 and f["audio"].chunks is None
 
 

@@ -57,7 +57,7 @@ def test_splits_round_trip_in_both_modes(tmp_path):
             assert dict(zip(cache.ids, cache.splits.tolist(), strict=True)) == {u["id"]: u["split"] for u in utts}
             assert set(cache.sessions.tolist()) == {""}
     with h5py.File(tmp_path / "shard-w0-00000.h5", "r") as f:
-        assert f.attrs["schema_version"] == SCHEMA_VERSION == 2
+        assert f.attrs["schema_version"] == SCHEMA_VERSION == 3
         assert f["split"].asstr()[()].tolist() == SPLITS[:3]
     assert verify_cache(tmp_path, progress=False).ok
 
@@ -123,4 +123,4 @@ def test_a_version_1_cache_takes_version_2_shards(tmp_path):
     assert len(got) == 45 and [got[f"new{i}"] for i in range(5)] == ["train"] * 5
     assert sum(v == "" for v in got.values()) == 40
     info = cache_info(tmp_path / "c")
-    assert info["schema_versions"] == [1, 2] and "(schema v1, v2)" in format_info(info)
+    assert info["schema_versions"] == [1, 3] and "(schema v1, v3)" in format_info(info)

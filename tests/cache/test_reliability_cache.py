@@ -78,7 +78,7 @@ def foreign_index(root):
 
 def newer_schema(root):
     doc = json.loads((root / "index-w0.json").read_text())
-    doc["schema_version"] = 3
+    doc["schema_version"] = 4
     (root / "index-w0.json").write_text(json.dumps(doc))
 
 
@@ -102,7 +102,7 @@ DAMAGE = {
     "newer schema": (
         newer_schema,
         "index-w0.json",
-        r"cache schema version 3, this ksr reads version 1 or 2: upgrade ksr",
+        r"cache schema version 4, this ksr reads version 1, 2 or 3: upgrade ksr",
     ),
 }
 
@@ -197,7 +197,7 @@ def test_verify_reports_every_kind_of_damage_at_once(cache, tmp_path):
     shutil.copy(other / "index-x.json", cache / "index-x.json")
     # writer y's index from a newer ksr
     doc = json.loads((cache / "index-y.json").read_text())
-    doc["schema_version"] = 3
+    doc["schema_version"] = 4
     (cache / "index-y.json").write_text(json.dumps(doc))
 
     result, out = invoke(["cache", "verify", cache], tmp_path)
@@ -205,7 +205,7 @@ def test_verify_reports_every_kind_of_damage_at_once(cache, tmp_path):
     assert "Traceback" not in out
     lines = out.splitlines()
     expected = [
-        rf"{cache / 'index-y.json'}: cache schema version 3, this ksr reads version 1 or 2: upgrade ksr",
+        rf"{cache / 'index-y.json'}: cache schema version 4, this ksr reads version 1, 2 or 3: upgrade ksr",
         rf"{cache / 'index-x.json'}: written for another cache than index-w0\.json: text_encoder\.dim: "
         r"index-w0\.json has 6, index-x\.json has 7",
         rf"{cache / 'shard-w0-00000.h5'}: missing shard \(listed in index-w0\.json with 10 utterances\)",

@@ -329,3 +329,27 @@ def test_unfinished_runs_and_test_set_selection_are_compared_with_a_warning(runs
     for warning in got["warnings"]:
         assert f"**Warning**: {warning}." in result.output
     assert got["comparisons"][0]["metrics"] == clean["comparisons"][0]["metrics"]  # compared all the same
+
+
+def test_a_duplicated_prediction_row_is_refused_in_one_line(runs):
+    run = copy_run(runs, "s2", "damaged-duplicate")
+    path = run / "report_predictions.csv"
+    lines = path.read_text().splitlines()
+    first = lines[1].split(",")
+    copy = ",".join([*first[:4], "hap" if first[4] != "hap" else "sad", *first[5:]])
+    path.write_text("\n".join([*lines[:2], copy, *lines[2:]]) + "\n")
+    result, _ = compare(runs, "s1", run.name)
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert f"{run.name}/report_predictions.csv, line 3: utterance {first[2]!r} of seed 2 fold 1 is listed twice" in (
+        result.output
+    )
+
+
+def test_compare_json_does_not_replace_a_file_without_force(runs):
+    out = runs / "mine.json"
+    out.write_text("my notes\n")
+    result = invoke_ksr(["compare", "s1", "s2", "--json", "mine.json"], runs)
+    assert result.exit_code == 1 and "mine.json exists; pass --force to replace it" in result.output
+    assert out.read_text() == "my notes\n"
+    result = invoke_ksr(["compare", "s1", "s2", "--json", "mine.json", "--force"], runs)
+    assert result.exit_code == 0 and json.loads(out.read_text())["comparisons"]

@@ -95,6 +95,10 @@ def test_demo_prints_the_cross_validation_report(demo):
         f"{100 * probe['ua']:.2f} ± {100 * probe['ua_std_over_folds']:.2f} |"
     )
     assert row in out  # the model beside its linear probe, same folds
+    ccc = json.loads((demo["run"] / "report.json").read_text())["attributes"]["systems"]
+    ridge = ccc["ridge"]["summary"]
+    assert f"| ridge (probe features) | {ridge['ccc']:.3f} ± {ridge['ccc_std_over_folds']:.3f} |" in out
+    assert f"| KS-Transformer | {ccc['model']['summary']['ccc']:.3f} ± " in out
 
 
 def test_prediction_is_a_distribution_over_the_cache_classes(demo, prediction):
@@ -121,7 +125,9 @@ def test_logits_equal_the_model_on_the_cached_features(demo, utterance, predicti
     torch.testing.assert_close(inputs.text, batch.text, rtol=2**-10, atol=1e-7)
     with torch.no_grad():
         cached = model(batch.audio, batch.text, batch.audio_padding_mask, batch.text_padding_mask)[0]
-    torch.testing.assert_close(torch.from_numpy(prediction.logits), cached, rtol=0, atol=1e-4)
+    # The demo's fused model learns classes and attributes (task both): the logits, then the values.
+    torch.testing.assert_close(torch.from_numpy(prediction.logits), cached[:4], rtol=0, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(list(prediction.attributes.values())), cached[4:], rtol=0, atol=1e-4)
 
     # Extracted alone (the same encoder call as predict's), the cache's row is predict's row
     # exactly: the same cut, padding and float16 round trip, hence the same logits bit for bit.
@@ -142,7 +148,7 @@ def test_logits_equal_the_model_on_the_cached_features(demo, utterance, predicti
     assert torch.equal(inputs.audio, alone.audio) and torch.equal(inputs.text, alone.text)
     with torch.no_grad():
         logits = model(alone.audio, alone.text, alone.audio_padding_mask, alone.text_padding_mask)[0]
-    assert torch.equal(torch.from_numpy(prediction.logits), logits)
+    assert torch.equal(torch.from_numpy(prediction.logits), logits[:4])
 
 
 def test_attention_maps_are_the_key_sparse_weights_without_padding(demo, prediction):
@@ -206,8 +212,12 @@ def test_cli_prints_json_and_draws_the_attention_png(demo, utterance, prediction
     assert table.exit_code == 0, table.output
     lines = table.output.splitlines()
     assert lines[0] == f"label: {prediction.label}"
-    shown = [float(line.split()[1]) for line in lines[1:]]
+    shown = [float(line.split()[1]) for line in lines[1:5]]
     assert shown == sorted(shown, reverse=True) and len(shown) == 4
+    # The demo's fused model learns the attributes too (task both): their three numbers follow.
+    values = ", ".join(f"{k} {v:.2f}" for k, v in prediction.attributes.items())
+    assert list(prediction.attributes) == ["activation", "valence", "dominance"]
+    assert lines[5] == f"attributes: {values}" and out["attributes"] == prediction.attributes
 
 
 def test_draw_attention_needs_maps(prediction, tmp_path):
@@ -409,3 +419,38 @@ def read_manifest_audio(utterance) -> np.ndarray:
     samples, rate = sf.read(utterance.audio, dtype="float32")
     assert rate == 16000
     return samples
+
+
+def test_a_speaker_normalised_model_uses_the_utterances_own_statistics_and_says_so(
+    demo, utterance, prediction, tmp_path
+):
+    from ksr.fuse.train.checkpoint import load_model_and_meta
+
+    model, meta = load_model_and_meta(demo["ckpt"], torch.device("cpu"))
+    model.cfg = model.cfg.replace(speaker_norm="speaker")
+    save_checkpoint(tmp_path / "spk.pt", model, meta)
+    got = predict_one(tmp_path / "spk.pt", utterance.audio, utterance.text, device="cpu", tiny_root=demo["tiny"])
+    n = prediction.inputs.audio_len  # the same utterance, its features as the cache stores them
+    x = prediction.inputs.audio[0, :n].double()
+    want = (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-8)
+    torch.testing.assert_close(got.inputs.audio[0, :n].double(), want, rtol=1e-5, atol=1e-5)
+    assert not got.inputs.audio[0, n:].any()
+    with torch.no_grad():
+        logits = model(got.inputs.audio, got.inputs.text, got.inputs.audio_padding_mask, got.inputs.text_padding_mask)
+    assert torch.equal(torch.from_numpy(got.logits), logits[0])
+    assert "this utterance's own statistics" in got.normalisation and prediction.normalisation is None
+    out = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            "--checkpoint",
+            str(tmp_path / "spk.pt"),
+            "--audio",
+            str(utterance.audio),
+            "--text",
+            utterance.text,
+        ],
+        env=demo["env"],
+    )
+    assert out.exit_code == 0, out.output
+    assert "normalisation: audio standardised with this utterance's own statistics" in out.output

@@ -168,7 +168,7 @@ def signals(corpus):
 
 def test_manifest_and_audio_are_valid(corpus, signals):
     assert len(corpus) == 320
-    assert corpus.extra_columns == ("cue", "voice_style", "word_pool")
+    assert corpus.extra_columns == ("cue", "voice_style", "word_pool", "activation", "valence", "dominance")
     assert corpus.labels == list(CLASSES)
     assert Counter(r.label for r in corpus) == {c: 80 for c in CLASSES}
     assert {r.session for r in corpus} == set(SESSIONS)
@@ -322,3 +322,25 @@ def test_fusion_beats_each_modality_on_the_whole_corpus(scores):
     every = scores["all"]["all"]
     assert max(every["voice"], every["words"], every["sentence"]) <= 0.7, every
     assert every["fused"] >= 0.88, every
+
+
+def test_attributes_follow_the_design(corpus):
+    """Activation from the voice style, valence from the word pool, dominance from both; a
+    rater's noise (sd 0.25) around the design's value, quarter points on 1-5."""
+    from ksr.extract.corpora.demo import POOL_DOMINANCE, POOL_VALENCE, RATER_NOISE, STYLE_ACTIVATION, STYLE_DOMINANCE
+
+    got = {a: np.array([float(r.extra[a]) for r in corpus]) for a in ("activation", "valence", "dominance")}
+    style = [r.extra["voice_style"] for r in corpus]
+    pool = [r.extra["word_pool"] for r in corpus]
+    design = {
+        "activation": np.array([STYLE_ACTIVATION[s] for s in style]),
+        "valence": np.array([POOL_VALENCE[p] for p in pool]),
+        "dominance": np.array([(STYLE_DOMINANCE[s] + POOL_DOMINANCE[p]) / 2 for s, p in zip(style, pool, strict=True)]),
+    }
+    for name, values in got.items():
+        assert values.min() >= 1 and values.max() <= 5 and np.all(values * 4 == np.round(values * 4)), name
+        error = values - design[name]
+        assert abs(error.mean()) < 0.05 and 0.6 * RATER_NOISE < error.std() < 1.4 * RATER_NOISE, name
+    # The valence of a joint utterance is not in its voice: same style, both pools' valences.
+    joint = [r for r in corpus if r.extra["cue"] == "joint" and r.extra["voice_style"] == "aroused"]
+    assert {r.extra["word_pool"] for r in joint} == {"negative", "positive"}

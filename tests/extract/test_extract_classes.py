@@ -99,3 +99,25 @@ def test_merge_and_warnings():
         .warnings()[0]
         .startswith("1 class(es) with fewer than 5 utterances in the cache: 'z' (0);")
     )
+
+
+def test_prepare_check_warns_of_a_mistyped_label_as_extract_does(tmp_path):
+    manifest = _corpus(tmp_path / "corpus", LABELS)
+    r = CliRunner().invoke(main, ["prepare", "check", str(manifest)])
+    assert r.exit_code == 0, r.output
+    assert (
+        "warning: 1 label(s) with fewer than 5 utterances: 'postive' (1); a mistyped label? Correct it, or name "
+        "the classes with ksr extract --classes (other labels are then skipped)" in r.output
+    )
+
+
+def test_labels_that_differ_only_in_case_are_refused_in_one_line(tmp_path, home, monkeypatch):
+    manifest = _corpus(tmp_path / "corpus", ["ang"] * 5 + ["Ang"] + ["neu"] * 6)
+    check = CliRunner().invoke(main, ["prepare", "check", str(manifest)])
+    message = "labels 'Ang', 'ang' differ only in case (ksr would make them two classes): write one spelling"
+    assert check.exit_code == 0 and f"warning: {message}" in check.output
+    r = _extract(manifest, tmp_path / "cache", home, monkeypatch)
+    assert r.exit_code == 1 and r.output.splitlines()[-1].startswith(f"Error: {manifest}: {message}"), r.output
+    assert "Traceback" not in r.output and not (tmp_path / "cache").exists()
+    ok = _extract(manifest, tmp_path / "cache", home, monkeypatch, "--classes", "ang,neu")  # the user decides
+    assert ok.exit_code == 0, ok.output

@@ -265,3 +265,13 @@ def test_cli_prepare_not_a_release(tmp_path):
     assert result.exit_code == 1
     assert "Error: no Session1..Session5 folders" in result.output
     assert not (tmp_path / "m.csv").exists()
+
+
+def test_prepare_does_not_replace_a_file_without_force(release, tmp_path):
+    out = tmp_path / "mine.csv"
+    out.write_text("my own manifest\n")
+    result = CliRunner().invoke(main, ["prepare", "iemocap", str(release), "--out", str(out)])
+    assert result.exit_code == 1 and result.output == f"Error: {out} exists; pass --force to replace it\n"
+    assert out.read_text() == "my own manifest\n"
+    forced = CliRunner().invoke(main, ["prepare", "iemocap", str(release), "--out", str(out), "--force"])
+    assert forced.exit_code == 0 and len(read_manifest(out)) == 12

@@ -21,6 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner
+from support.nodes import run_two_nodes
 
 from ksr.cache import open_cache, verify_cache
 from ksr.cli import main
@@ -464,9 +465,48 @@ def test_two_ranks_under_torchrun(batched, corpus, encoders, tiny_dir, tmp_path)
     assert {p.name for p in out.glob("errors-*.tsv")} == {"errors-w0.tsv"}
 
 
+def test_two_nodes_under_torchrun(batched, corpus, tiny_dir, tmp_path):
+    """``torchrun --nnodes 2`` (one process per node, c10d rendezvous on localhost, gloo): each
+    node's rank writes its own share under its own tag; the cache equals a one-process one."""
+    out = tmp_path / "cache"
+    args = ["extract", corpus, "--out", out, "--audio-encoder", "tiny-audio", "--text-encoder", "tiny-text"]
+    args += ["--dtype", "float32", "--shard-size", "2", "--device", "cpu", "--no-progress"]
+    outs = run_two_nodes(args, tmp_path, env={"KSR_CACHE_DIR": str(tiny_dir)}, timeout=300)
+    assert any("8 manifest rows: 0 stored before, 8 extracted now" in o and "(2 ranks)" in o for o in outs)
+    assert {p.name for p in out.glob("index-*.json")} == {"index-rank0.json", "index-rank1.json"}
+    assert verify_cache(out).ok
+    _assert_same(_contents(out), _contents(batched[0]))
+
+
 def test_error_fields_are_one_printable_line():
     from ksr.extract.summary import one_line
 
     assert one_line("bad\tid\n  here") == "bad id here"
     assert one_line("a\x00b\x1bc\x7f") == "a\\x00b\\x1bc\\x7f"  # no raw control bytes in the TSV
     assert one_line("x" * 500, limit=10) == "xxxxxxx..."
+
+
+def test_attributes_are_stored_and_unusable_values_reported(corpus, encoders, tmp_path):
+    """The manifest's activation/valence/dominance reach the cache (NaN where empty or unusable);
+    each unusable value is one line of the summary, each empty one is counted."""
+    header = [*REQUIRED_COLUMNS, "activation", "valence", "dominance"]
+    wav = corpus.parent / "wav"
+    rows = [
+        {**_row("u1", str(wav / "a_mono.wav")), "activation": "2.5", "valence": "4", "dominance": "1"},
+        {**_row("u2", str(wav / "b_mix.wav")), "activation": "", "valence": "high", "dominance": "3"},
+        {**_row("u3", str(wav / "c_8k.wav")), "activation": "5.5", "valence": "1", "dominance": ""},
+    ]
+    manifest = _write_manifest(tmp_path / "iemocap.csv", rows, header=header)
+    summary = _extract(manifest, tmp_path / "cache", encoders)
+    assert summary.attributes == ("activation", "valence", "dominance") and summary.attribute_range == (1.0, 5.0)
+    assert summary.attribute_missing == {"activation": 1, "valence": 0, "dominance": 1}
+    assert summary.attribute_problems == [
+        "u2: valence 'high' is not a number (stored as missing)",
+        "u3: activation 5.5 is outside the corpus's scale 1-5 (stored as missing)",
+    ]
+    assert "  u3: activation 5.5 is outside the corpus's scale 1-5 (stored as missing)" in summary.format()
+    with open_cache(tmp_path / "cache", progress=False) as cache:
+        got = dict(zip(cache.ids, cache.attributes.tolist(), strict=True))
+    assert got["u1"] == [2.5, 4.0, 1.0]
+    assert np.isnan(got["u2"][:2]).all() and got["u2"][2] == 3.0
+    assert np.isnan(got["u3"][0]) and got["u3"][1] == 1.0 and np.isnan(got["u3"][2])

@@ -241,8 +241,9 @@ def test_a_missing_csv_or_clip_folder_is_refused(tmp_path):
         (b",joy,", b",happy,", "{csv} line 4: Emotion 'happy' is not one of anger, disgust, fear, joy, neutral, "
          "sadness, surprise"),
         (b",0,2,8,", b",0,x2,8,", "{csv} line 4: Utterance_ID 'x2' is not a whole number"),
+        (b"Sentiment,", b"Emotion,", "{csv}: column(s) Emotion appear more than once"),
     ],
-    ids=["column", "emotion", "id"],
+    ids=["column", "emotion", "id", "twice"],
 )  # fmt: skip
 def test_an_unknown_format_is_refused_in_one_line(tmp_path, old, new, message):
     base = build_meld(tmp_path / "meld")

@@ -193,8 +193,9 @@ def _labels(base: Path) -> Path:
             lambda t: t.replace("Female,Development", "Woman,Development", 1),
             "{labels} line 5: Gender 'Woman' is not Female, Male or Unknown",
         ),
+        (lambda t: t.replace("Gender,", "EmoClass,", 1), "{labels}: column(s) EmoClass appear more than once"),
     ],
-    ids=["column", "split", "class", "gender"],
+    ids=["column", "split", "class", "gender", "twice"],
 )
 def test_an_unknown_format_is_refused_in_one_line(tmp_path, change, message):
     base = build_msp(tmp_path / "msp")
@@ -238,9 +239,21 @@ def test_the_manifest_is_never_written_into_the_release(tmp_path):
     build_msp(tmp_path)
     labels = tmp_path / "Labels" / "labels_consensus.csv"
     before = labels.read_bytes()
-    result = CliRunner().invoke(main, ["prepare", "msp-podcast", str(tmp_path), "--out", str(labels)])
+    args = ["prepare", "msp-podcast", str(tmp_path), "--out", str(labels), "--force"]  # not even with --force
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == (
         f"Error: --out {labels} is inside the release folder {tmp_path}: write the manifest elsewhere"
     )
     assert labels.read_bytes() == before
+
+
+def test_prepare_does_not_replace_a_file_without_force(tmp_path):
+    base = build_msp(tmp_path / "msp")
+    out = tmp_path / "mine.csv"
+    out.write_text("my own manifest\n")
+    result = CliRunner().invoke(main, ["prepare", "msp-podcast", str(base), "--out", str(out)])
+    assert result.exit_code == 1 and result.output == f"Error: {out} exists; pass --force to replace it\n"
+    assert out.read_text() == "my own manifest\n"
+    forced = CliRunner().invoke(main, ["prepare", "msp-podcast", str(base), "--out", str(out), "--force"])
+    assert forced.exit_code == 0 and out.read_text().startswith("id,audio,text,label")

@@ -133,3 +133,14 @@ def test_cli_converts_and_reports_errors(tmp_path):
     assert load_model(tmp_path / "out.pt").cfg.num_heads == 4
     missing = runner.invoke(main, ["convert-official", str(tmp_path / "nope.pt"), str(tmp_path / "o.pt")])
     assert missing.exit_code == 1 and "nope.pt: no such file" in missing.output
+    again = runner.invoke(main, ["convert-official", str(tmp_path / "best.pt"), str(tmp_path / "out.pt")])
+    assert again.exit_code == 1 and f"{tmp_path / 'out.pt'} exists; pass --force to replace it" in again.output
+    before = (tmp_path / "best.pt").read_bytes()
+    args = ["convert-official", str(tmp_path / "best.pt"), str(tmp_path / "best.pt"), "--heads", "4", "--force"]
+    onto = runner.invoke(main, args)
+    assert onto.exit_code == 1 and "best.pt is the checkpoint this command reads" in onto.output
+    assert (tmp_path / "best.pt").read_bytes() == before
+    forced = runner.invoke(
+        main, ["convert-official", str(tmp_path / "best.pt"), str(tmp_path / "out.pt"), "--heads", "4", "--force"]
+    )
+    assert forced.exit_code == 0, forced.output

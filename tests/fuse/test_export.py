@@ -157,6 +157,16 @@ def test_cli_writes_checks_and_refuses_in_one_line(tmp_path, monkeypatch):
     )
     forced = invoke_ksr(["export", "m.pt", "--onnx", "m.onnx", "--force", "--no-check"], tmp_path)
     assert forced.exit_code == 0 and "max |logit" not in forced.output
+    checkpoint = (tmp_path / "m.pt").read_bytes()
+    refused(
+        ["export", "m.pt", "--onnx", "m.pt", "--force"],
+        "m.pt is the checkpoint this command reads; write to another file",
+    )
+    refused(
+        ["export", "m.pt", "--onnx", "./m.pt", "--force"],
+        "m.pt is the checkpoint this command reads; write to another file",
+    )
+    assert (tmp_path / "m.pt").read_bytes() == checkpoint
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now fails
     refused(
         ["export", "m.pt", "--onnx", "other.onnx"],
@@ -192,3 +202,22 @@ def test_docs_snippet_runs_without_ksr(tmp_path, monkeypatch, capsys):
     with torch.no_grad():
         want = load_model(tmp_path / "m.pt")(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
     assert np.abs(ns["logits"] - want).max() <= 1e-4
+
+
+def test_a_model_that_learns_attributes_has_an_attributes_output(tmp_path):
+    """--task both: outputs logits and attributes, each what torch computes; the names in the metadata."""
+    names = ("activation", "valence", "dominance")
+    cfg = ModelConfig(audio_dim=16, text_dim=24, task="both", attributes=names, **TINY_SETTINGS)
+    write_checkpoint(tmp_path / "m.pt", cfg, 40, 8)
+    result = export_onnx(tmp_path / "m.pt", tmp_path / "m.onnx")
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+    assert read_metadata(tmp_path / "m.onnx")["ksr.attributes"] == list(names)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "attributes"]
+    model = load_model(tmp_path / "m.pt")
+    inputs = feeds(cfg, [40, 5], [3, 8], 40, 8)
+    logits, values = session.run(["logits", "attributes"], {n: x.numpy() for n, x in inputs.items()})
+    with torch.no_grad():
+        want = model(**inputs).numpy()
+    assert logits.shape == (2, 4) and values.shape == (2, 3)
+    assert np.abs(np.concatenate([logits, values], axis=-1) - want).max() <= 1e-4

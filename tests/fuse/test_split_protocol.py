@@ -268,3 +268,28 @@ def test_split_reports_carry_intervals_and_compare_pairs_them(trained):
     same = json.loads((root / "same.json").read_text())
     assert same["folds"] == ["test1", "test2"]
     assert all(v["difference"] == 0 for v in same["comparisons"][0]["metrics"].values())
+
+
+def test_compare_sees_a_split_run_retrained_after_its_report(trained):
+    """Freshness is asked of fuse.train.runs (seedS/split/best.pt), not a fold*/ pattern: a
+    predictions file older than the checkpoints is not read."""
+    import csv
+    import os
+    import shutil
+
+    root, _, run = trained
+    copy = root / "retrained"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(run, copy)
+    saved = copy / "report_predictions.csv"
+    rows = list(csv.reader(saved.open()))
+    classes = json.loads((copy / "report.json").read_text())["classes"]
+    stale = [rows[0]] + [[*r[:4], classes[(classes.index(r[4]) + 1) % len(classes)]] for r in rows[1:]]
+    with saved.open("w", newline="") as f:
+        csv.writer(f).writerows(stale)
+    old = saved.stat().st_mtime - 100
+    os.utime(saved, (old, old))  # the checkpoints are newer than the report
+    result = invoke_ksr(["compare", run, copy, "--json", root / "fresh.json"], root)
+    assert result.exit_code == 0, result.output
+    got = json.loads((root / "fresh.json").read_text())
+    assert all(v["difference"] == 0 for v in got["comparisons"][0]["metrics"].values())

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from support.nodes import run_two_nodes
 from support.tiny import TINY_MODEL, tiny_cache, tiny_config
 
 from ksr.cache import CacheMismatchError, open_cache
@@ -200,6 +201,18 @@ def test_two_process_torchrun_trains_and_reports(cache_dir, tmp_path):
     assert len(history) == 2
     split = json.loads((run / "seed123/fold4/split.json").read_text())
     assert len(split["train"]) > 0
+
+
+def test_two_nodes_train_over_a_streamed_cache(cache_dir, tmp_path):
+    """``torchrun --nnodes 2`` (one process per node, c10d rendezvous on localhost, gloo): the
+    ranks of two nodes train one model over a streamed cache; rank 0 writes."""
+    run = tmp_path / "nodes"
+    args = ["train", "--cache", cache_dir, "--run-dir", run, "--epochs", "1", *TINY_MODEL, "--batch-size", "16"]
+    outs = run_two_nodes([*args, "--fold", "4", "--cache-mode", "stream"], tmp_path)
+    assert sum("on 2 ranks" in out for out in outs) == 1  # one node's rank 0 reports
+    report = json.loads((run / "report.json").read_text())
+    assert report["folds"] == [4]
+    assert len(json.loads((run / "seed123/fold4/history.json").read_text())["epochs"]) == 1
 
 
 def test_ablation_sweeps_and_tabulates(cache_dir, tmp_path, monkeypatch):

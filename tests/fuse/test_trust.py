@@ -75,7 +75,7 @@ def test_a_run_killed_mid_training_is_reported_as_unfinished(cache_dir, tmp_path
     assert report["coverage"]["complete"] is False and report["coverage"]["folds_found"] == {"123": [2]}
     assert "unfinished run: no mean" in (run / "report.csv").read_text()
     allowed = CliRunner().invoke(main, ["eval", "--run", str(run), "--allow-incomplete"])
-    assert "not given" not in allowed.output and "| mean over folds | " in allowed.output
+    assert "not given" not in allowed.output and "| fold 2 | " in allowed.output
 
 
 def test_a_cache_with_other_sessions_is_refused_by_eval_and_resume(cache_dir, tmp_path):
