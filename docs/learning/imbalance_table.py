@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = ("plain", "weighted", "focal", "balanced")
+VARIANTS = ("plain", "weighted", "focal", "balanced", "weighted-focal")
 RAREST = "sad"
 
 
