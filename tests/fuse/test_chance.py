@@ -72,7 +72,9 @@ def test_a_stuck_run_is_warned_during_training_and_in_the_report(tmp_path):
     out = CliRunner().invoke(main, [*args, "--lr", "1e-9", "--no-baseline", "--bootstrap", "0"])
     assert out.exit_code == 0, out.output
     said = [line for line in out.output.splitlines() if "is still at chance level" in line]
-    assert len(said) == 1 and said[0].startswith("warning: seed 123 fold 2, epoch 2: the training loss")
+    # once while it happens (epoch 2), once more in the summary, which carries the report's warnings
+    assert len(said) == 2 and said[0].startswith("warning: seed 123 fold 2, epoch 2: the training loss")
+    assert said[1].startswith("warning: seed 123 fold 2, epoch 3: the training loss")
     assert "try a lower --lr (this run: 1e-09" in said[0]
     assert "is still at chance level" in (run / "report.md").read_text()
 
