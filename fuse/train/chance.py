@@ -4,7 +4,9 @@ Two checks, said while it happens (training prints them) and kept in the report:
 
 - **stalled**: after the warm-up (and at least a full epoch, and 15% of the epochs), the training loss is still
   within ``STALL_TOLERANCE`` of the loss of guessing the training class shares (their entropy:
-  ln C for C balanced classes). The model has learnt nothing from the features.
+  ln C for C balanced classes; under a weighted or focal loss or balanced batches, that loss's value
+  for the best constant prediction, ``losses.constant_prediction_loss``). The model has learnt
+  nothing from the features.
 - **below chance**: a fold's test UA is below 1 / C, what guessing scores on average. With the
   validation set drawn from the training speakers this is often a speaker shift that validation
   could not see.
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..model.config import ModelConfig, attention_layers
+from .losses import constant_prediction_loss
 from .recipes import SCALING_REFERENCE_LAYERS, Recipe
 
 #: The training loss counts as "at chance" above this share of the chance loss. Runs that stayed
@@ -48,9 +51,8 @@ def stalled(epoch: int, train_loss: float, chance: float, r: Recipe) -> bool:
 
 
 def stall_check_applies(r: Recipe, cfg: ModelConfig) -> bool:
-    """The chance loss is cross-entropy's: other losses (weighted, focal) and attribute tasks
-    have their own scale, and are not checked."""
-    return r.loss == "ce" and cfg.task == "classes"
+    """Only class tasks are checked: a loss with an attribute (CCC) term has no chance level."""
+    return cfg.task == "classes"
 
 
 def stall_advice(r: Recipe, cfg: ModelConfig) -> str:
@@ -92,9 +94,13 @@ class StallWatch:
 
     def __init__(self, where: str, train_labels: Sequence[int], r: Recipe, cfg: ModelConfig) -> None:
         self.where, self.recipe, self.cfg = where, r, cfg
-        self.chance = chance_loss(train_labels, cfg.num_classes)
-        # an attribute (CCC) term, a weighted or focal loss: no cross-entropy chance level to compare with
-        self.said = not stall_check_applies(r, cfg)
+        self.chance = (
+            chance_loss(train_labels, cfg.num_classes)
+            if (r.loss, r.sampler) == ("ce", "shuffle")
+            else constant_prediction_loss(r.loss, r.focal_gamma, r.sampler, np.asarray(train_labels), cfg.num_classes)
+        )
+        # a loss with an attribute (CCC) term has no class-chance level to compare with
+        self.said = cfg.task != "classes"
 
     def check(self, epoch: int, train_loss: float) -> str | None:
         """The warning for this epoch's loss, the first time it is due (None otherwise)."""

@@ -62,9 +62,7 @@ def test_stall_watch_says_it_once():
 
 def test_other_losses_and_attribute_tasks_are_not_checked():
     assert stall_check_applies(recipe("ksr"), ModelConfig())
-    assert not stall_check_applies(recipe("ksr", loss="focal"), ModelConfig())
-    watch = StallWatch("seed 1 fold 1", [0, 1, 2, 3], recipe("paper", epochs=4, loss="weighted-ce"), ModelConfig())
-    assert watch.check(1, 5.0) is None
+    assert stall_check_applies(recipe("ksr", loss="focal"), ModelConfig())  # its own chance level (main)
 
 
 def test_below_chance_is_under_one_over_c():
@@ -80,9 +78,10 @@ def test_a_stuck_run_is_warned_during_training_and_in_the_report(tmp_path):
     out = CliRunner().invoke(main, [*args, "--lr", "1e-9", "--no-baseline", "--bootstrap", "0"])
     assert out.exit_code == 0, out.output
     said = [line for line in out.output.splitlines() if "is still at chance level" in line]
-    during = [line for line in said if line.startswith("warning: seed 123 fold 2, epoch 2: the training loss")]
-    assert len(during) == 1  # once, while training (the report's own line names the last epoch)
-    assert "try a lower --lr (this run: 1e-09" in during[0]
+    # once while it happens (epoch 2), once more in the summary, which carries the report's warnings
+    assert len(said) == 2 and said[0].startswith("warning: seed 123 fold 2, epoch 2: the training loss")
+    assert said[1].startswith("warning: seed 123 fold 2, epoch 3: the training loss")
+    assert "try a lower --lr (this run: 1e-09" in said[0]
     assert "is still at chance level" in (run / "report.md").read_text()
 
 
