@@ -50,6 +50,7 @@ from .extract.media import CONTAINER_SUFFIXES
 from .extract.pipeline import extract_corpus
 from .extract.summary import one_line, read_errors
 from .fuse.model.model import KSTransformer
+from .fuse.model.normalise import SpeakerNormalisedCache, predict_note
 from .fuse.train.inference import Outputs, ensemble_outputs, model_outputs
 from .fuse.train.runs import RunError, selected_checkpoints
 from .predict import PredictError, load_checkpoint_model, load_matching_encoder, pick_device
@@ -317,6 +318,9 @@ def predict_batch(req: BatchRequest, say: Callable[[str], Any] = print) -> Batch
     features, failed = make_features(req, work, rows, column, encoders, ensemble.meta)
     for uid, stage, reason in failed:
         say(f"failed: {uid} ({stage}): {reason}")
+    normalised = sorted({m.model.cfg.speaker_norm for m in ensemble.members} - {"none"})
+    if normalised:
+        say(f"normalisation: {predict_note(normalised[0])}")
     outputs, ids = ensemble_predictions(ensemble, features, device, req.progress)
     order = [i for i in (ids.get(u.id) for u in rows) if i is not None]
     kept = [u for u in rows if u.id in ids]
@@ -451,10 +455,21 @@ def ensemble_predictions(ensemble: Ensemble, features: Path, device, progress: b
         dynamic_ncols=True,
     )
     with bar:
-        outputs = [model_outputs(m.model, cache, None, 32, device, on_batch=bar.update) for m in ensemble.members]
+        outputs = [
+            model_outputs(m.model, member_view(cache, m.model), None, 32, device, on_batch=bar.update)
+            for m in ensemble.members
+        ]
     ids = {uid: i for i, uid in enumerate(cache.ids)}
     cache.close()
     return ensemble_outputs(outputs), ids
+
+
+def member_view(cache, model):
+    """The features as a member reads them: a speaker-normalised model gets each utterance
+    standardised with its own frames (prediction knows no speakers; ``predict_note`` says so)."""
+    if model.cfg.speaker_norm == "none":
+        return cache
+    return SpeakerNormalisedCache(cache, "utterance")
 
 
 def write_sidecars(req: BatchRequest, ensemble: Ensemble, encoders, kept: list[Utterance], failed) -> Path:

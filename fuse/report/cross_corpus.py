@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ...cache import Cache, CacheError, check_compatible, open_cache
+from ..model.normalise import normalised_view
 from ..train.checkpoint import load_model_and_meta
 from ..train.inference import ensemble_outputs, model_outputs
 from ..train.metrics import METRICS, mean_std, scores
@@ -131,6 +132,7 @@ def evaluate_cross_corpus(
 ) -> dict[str, Any]:
     """The run's models (every trained fold of every seed, or ``folds``) on all of ``cache``."""
     check_features_fit(spec, cache, run_dir)
+    cache = normalised_view(cache, spec.model)  # speaker_norm: the other corpus's speakers, each its own statistics
     trained = tuple(spec.cache_meta["classes"])
     mapping = label_mapping(tuple(cache.classes), trained, class_map or {})
     mapped = mapping[cache.labels]
