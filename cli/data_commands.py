@@ -247,6 +247,14 @@ def encoders_cmd(spec: str | None, tiny_dir: str | None) -> None:
     help="The manifest column the transcripts are taken from: text (human), or a machine transcript "
     "such as the asr_text of `ksr transcribe` (recorded in the cache).",
 )
+@click.option(
+    "--attributes",
+    default=None,
+    metavar="NAMES|none",
+    help="The manifest's numeric attribute columns stored in the cache, comma-separated (default: those of "
+    "activation, valence, dominance the manifest has; none: no attributes, e.g. to continue a cache made "
+    "before ksr stored them). Values are checked against the corpus's scale (IEMOCAP 1-5, MSP-Podcast 1-7).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def extract_cmd(
     manifest,
@@ -264,6 +272,7 @@ def extract_cmd(
     max_audio_len,
     max_text_len,
     text_column,
+    attributes,
     no_progress,
 ) -> None:
     """Encode every utterance of MANIFEST with frozen encoders into a feature cache.
@@ -286,6 +295,9 @@ def extract_cmd(
             raise click.BadParameter(
                 f"expected distinct comma-separated names, got {classes!r}", param_hint="--classes"
             )
+    attribute_list = None
+    if attributes is not None:
+        attribute_list = [] if attributes.strip() == "none" else [a.strip() for a in attributes.split(",") if a.strip()]
     ranks = ranks_from_env()
     summary = extract_corpus(
         manifest,
@@ -305,6 +317,7 @@ def extract_cmd(
         text_column=text_column,
         progress=not no_progress,
         ranks=ranks,
+        attributes=attribute_list,
     )
     if ranks.main:
         click.echo(summary.format())

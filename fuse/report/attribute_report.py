@@ -19,7 +19,7 @@ import numpy as np
 
 from ...cache import Cache
 from ...common import KsrError, atomic_write
-from ..model.tasks import learns_attributes
+from ..model.tasks import learns_attributes, learns_classes
 from ..train.attributes import true_attributes
 from ..train.metrics import ATTRIBUTE_METRIC, attribute_scores, mean_std
 from ..train.ridge import RIDGE_ALPHA_GRID, fit_ridge, ridge_features
@@ -37,6 +37,11 @@ def add_attribute_report(
     cfg = spec.model
     if not learns_attributes(cfg):
         return
+    if not learns_classes(cfg):
+        report.setdefault("warnings", []).append(
+            "the model learns the attributes only (--task attributes): its class scores below come from a "
+            "classifier that was never trained; read the attribute section"
+        )
     names = list(cfg.attributes)
     features = ridge_features(cache, cfg)
     where = {uid: i for i, uid in enumerate(cache.ids)}

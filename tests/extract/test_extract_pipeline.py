@@ -510,3 +510,19 @@ def test_attributes_are_stored_and_unusable_values_reported(corpus, encoders, tm
     assert got["u1"] == [2.5, 4.0, 1.0]
     assert np.isnan(got["u2"][:2]).all() and got["u2"][2] == 3.0
     assert np.isnan(got["u3"][0]) and got["u3"][1] == 1.0 and np.isnan(got["u3"][2])
+
+
+def test_attributes_can_be_left_out_and_a_cache_keeps_its_choice(corpus, encoders, tmp_path):
+    """attributes=() (ksr extract --attributes none) stores none; a later run that would store them
+    in the same cache is refused in one line naming the difference."""
+    header = [*REQUIRED_COLUMNS, "valence"]
+    rows = [{**_row("u1", str(corpus.parent / "wav" / "a_mono.wav")), "valence": "2"}]
+    manifest = _write_manifest(tmp_path / "iemocap.csv", rows, header=header)
+    summary = _extract(manifest, tmp_path / "cache", encoders, attributes=())
+    assert summary.attributes == () and summary.attribute_lines() == []
+    with open_cache(tmp_path / "cache", progress=False) as cache:
+        assert cache.attribute_names == () and cache.attributes.shape == (1, 0)
+    with pytest.raises(Exception, match=r"attributes: cache has \[\], expected \['valence'\]"):
+        _extract(manifest, tmp_path / "cache", encoders)
+    with pytest.raises(ExtractError, match=r"iemocap\.csv: no column\(s\) dominance for the attributes"):
+        _extract(manifest, tmp_path / "other", encoders, attributes=["dominance"])

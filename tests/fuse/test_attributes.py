@@ -151,6 +151,13 @@ def test_training_records_ccc_and_selects_on_it(attribute_cache, tmp_path, task,
     assert ("valid_ua" in first) == (task == "both")
     values = [e[f"valid_{metric}"] for e in history["epochs"]]
     assert history["best"]["value"] == max(values)
+    from ksr.fuse.report.evaluation import evaluate_run
+    from ksr.fuse.report.stats import Bootstrap
+
+    report = evaluate_run(tmp_path, cache, spec, bootstrap=Bootstrap(resamples=0))
+    assert report["attributes"]["systems"]["model"]["seeds"]["0"]["folds"]["1"]["counts"] == dict.fromkeys(NAMES, 24)
+    untrained = [w for w in report["warnings"] if "classifier that was never trained" in w]
+    assert len(untrained) == (task == "attributes")
     best = torch.load(tmp_path / "seed0/fold1/best.pt", weights_only=True)
     assert best["config"]["task"] == task and best["config"]["attributes"] == list(NAMES)
     model = load_model(tmp_path / "seed0/fold1/best.pt")
@@ -237,3 +244,21 @@ def test_compare_gives_the_ccc_difference_with_a_paired_bootstrap(two_runs, tmp_
         lo, hi = att[key]["interval"]
         assert lo <= hi and 0 < att[key]["p"] <= 1
     assert "| mean CCC |" in result.output
+
+
+def test_resume_continues_the_task_the_run_recorded(attribute_cache, tmp_path):
+    """--resume alone takes --task and --attribute-weight from run.json (not the defaults)."""
+    from click.testing import CliRunner
+
+    from ksr.cli import main
+
+    run = tmp_path / "run"
+    base = ["train", "--cache", str(attribute_cache), "--run", str(run), "--recipe", "ksr", "--fold", "2"]
+    base += ["--no-baseline", "--bootstrap", "0", *TINY_MODEL]
+    first = CliRunner().invoke(main, [*base, "--epochs", "2", "--task", "both", "--attribute-weight", "0.5"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, ["train", "--cache", str(attribute_cache), "--run", str(run), "--resume"])
+    assert again.exit_code == 0, again.output
+    saved = json.loads((run / "run.json").read_text())["model"]
+    assert (saved["task"], saved["attribute_weight"], saved["attributes"]) == ("both", 0.5, list(NAMES))
+    assert json.loads((run / "report.json").read_text())["attributes"]["names"] == list(NAMES)
