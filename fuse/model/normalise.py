@@ -144,7 +144,14 @@ class SpeakerNormalisedCache:
         return f"{self.inner!r} normalised per {self.by}"
 
     def batch(self, indices, dtype: torch.dtype = torch.float32):
-        b = self.inner.batch(indices, dtype)
+        return self.normalised(self.inner.batch(indices, dtype))
+
+    def batches(self, parts, device=None, dtype: torch.dtype = torch.float32, **options):
+        """The inner cache's batches (built ahead as it builds them), each normalised: without this
+        the loader, which asks for ``batches``, would reach the inner cache's and skip the step."""
+        return (self.normalised(b) for b in self.inner.batches(parts, device, dtype, **options))
+
+    def normalised(self, b):
         g = torch.as_tensor(self.group_of[b.indices.cpu().numpy()])
         audio = normalise_rows(b.audio, b.audio_padding_mask, self.mean[g], self.std[g])
         return dataclasses.replace(b, audio=audio.to(b.audio.dtype))
