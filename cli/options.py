@@ -153,6 +153,18 @@ def _model_sizes():
     return MODEL_SIZES
 
 
+def _losses():
+    from ..fuse.train.losses import LOSSES
+
+    return LOSSES
+
+
+def _samplers():
+    from ..fuse.train.sampling import SAMPLERS
+
+    return SAMPLERS
+
+
 def _cache_modes():
     from ..cache.modes import MODES
 
@@ -268,13 +280,10 @@ def recipe_options() -> list:
 
 def imbalance_options() -> list:
     """The class loss and the batches' order (recipe settings; docs/learning.md, "Imbalanced classes")."""
-    from ..fuse.train.losses import DEFAULT_FOCAL_GAMMA, LOSSES
-    from ..fuse.train.sampling import SAMPLERS
-
     return [
         click.option(
             "--loss",
-            type=click.Choice(LOSSES),
+            type=LazyChoice(_losses),
             default=None,
             help="The class loss (default ce, the public code's). weighted-ce: cross-entropy weighted by the "
             "training fold's inverse class frequencies; focal: focal loss (--focal-gamma); weighted-focal: both. "
@@ -284,11 +293,11 @@ def imbalance_options() -> list:
             "--focal-gamma",
             type=click.FloatRange(0),
             default=None,
-            help=f"The focal losses' gamma (default {DEFAULT_FOCAL_GAMMA:g}; 0 = cross-entropy).",
+            help="The focal losses' gamma (default 2, fuse.train.losses.DEFAULT_FOCAL_GAMMA; 0 = cross-entropy).",
         ),
         click.option(
             "--sampler",
-            type=click.Choice(SAMPLERS),
+            type=LazyChoice(_samplers),
             default=None,
             help="The order of the training utterances (default shuffle: each once per epoch). balanced: each "
             "batch drawn with equal class probability, as many draws per epoch (rare classes repeat).",
