@@ -264,7 +264,7 @@ def cross_corpus_lines(report: dict[str, Any]) -> list[str]:
     mapped = ", ".join(f"{k}={v}" for k, v in cc["class_map"].items()) or "none (the same class names)"
     left = ", ".join(f"{c} ({n})" for c, n in cc["left_out"].items()) or "none"
     e = report["ensemble"]
-    return attribute_summary_lines(report.get("cross_corpus_attributes")) + [
+    return cross_corpus_attribute_lines(report.get("cross_corpus_attributes")) + [
         f"**Cross-corpus**: trained on {cc['trained_on']} ({cc['train_cache'] or 'cache not recorded'}), tested on "
         f"{cc['tested_on']} ({cc['test_cache']}): {cc['tested']} utterances; class map: {mapped}; left out: {left}.",
         "",
@@ -275,7 +275,7 @@ def cross_corpus_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def attribute_summary_lines(part: dict[str, Any] | None) -> list[str]:
+def cross_corpus_attribute_lines(part: dict[str, Any] | None) -> list[str]:
     """The attributes' line of a cross-corpus report: mean CCC and per attribute, mean ± std over
     the fold models (none for a run that learns no attributes)."""
     if not part:
