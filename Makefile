@@ -42,8 +42,9 @@ $(STAMP): requirements/test.txt setup.cfg pyproject.toml
 
 venv: $(STAMP)  ## create or update .venv with ksr and the pinned test environment
 
+# Two workers, a test file each at a time (--dist loadfile keeps a file's module fixtures in one process).
 test: $(STAMP)  ## run the test suite (what CI runs)
-	$(PY) -P -m pytest -q tests
+	$(PY) -P -m pytest -q -n 2 --dist loadfile tests
 
 lint: $(STAMP)  ## ruff: lint and check the formatting (what CI runs)
 	$(VENV)/bin/ruff check .

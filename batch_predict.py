@@ -50,6 +50,8 @@ from .extract.media import CONTAINER_SUFFIXES
 from .extract.pipeline import extract_corpus
 from .extract.summary import one_line, read_errors
 from .fuse.model.model import KSTransformer
+from .fuse.model.normalise import SpeakerNormalisedCache, predict_note
+from .fuse.model.tasks import learns_classes
 from .fuse.train.inference import Outputs, ensemble_outputs, model_outputs
 from .fuse.train.runs import RunError, selected_checkpoints
 from .predict import PredictError, load_checkpoint_model, load_matching_encoder, pick_device
@@ -70,6 +72,8 @@ FEATURE_KEYS = (
     "max_audio_seconds",
 )
 ASR_COLUMN = "asr_text"
+#: Sessions from here up are made up, one per utterance without a session of its own.
+OWN_GROUP = 10**9
 
 
 # --- the models ---------------------------------------------------------------------------------
@@ -89,6 +93,10 @@ class Ensemble:
     members: list[Member]
     meta: CacheMeta  # the training cache's metadata they share
     source: str  # how the user named them: "--run RUN" or "--checkpoint PATH"
+
+    def learns_classes(self) -> bool:
+        """Whether the models' class outputs mean anything (not under ``--task attributes``)."""
+        return learns_classes(self.members[0].model.cfg)
 
     def uses(self, modality: str) -> bool:
         return any(m.model.cfg.modalities in ("both", modality) for m in self.members)
@@ -114,10 +122,15 @@ def load_ensemble(checkpoint: str | os.PathLike | None, run: str | os.PathLike |
         if first is None:
             first = meta
         differ = [k for k in FEATURE_KEYS if getattr(meta, k) != getattr(first, k)]
+        if members and (model.cfg.task, model.cfg.attributes) != (
+            members[0].model.cfg.task,
+            members[0].model.cfg.attributes,
+        ):
+            differ.append("task")
         if differ:
             raise PredictError(
-                f"{path}: its features differ from {named[0][1]}'s ({', '.join(differ)}); the models of an "
-                f"ensemble must read the same features"
+                f"{path}: differs from {named[0][1]} ({', '.join(differ)}); the models of an ensemble must "
+                f"read the same features and learn the same task"
             )
         members.append(Member(name, path, model))
     return Ensemble(members, first, source)
@@ -191,14 +204,17 @@ def manifest_rows(path: str | os.PathLike, text_column: str | None) -> list[Utte
         for n, raw in enumerate(reader, start=2):
             values = {k: (v or "").strip() for k, v in raw.items() if k is not None}
             audio = Path(values["audio"])
+            session = values.get("session", "")
             rows.append(
                 Utterance(
                     id=values["id"],
                     audio=audio if audio.is_absolute() else path.resolve().parent / audio,
                     text=values.get(text_column or "", ""),
                     label=UNLABELLED,
-                    speaker="unknown",
-                    session=0,
+                    # A speaker-normalised model groups by these: without them each utterance
+                    # is its own group, as ksr predict treats one utterance.
+                    speaker=values.get("speaker") or f"utterance {n - 1}",
+                    session=int(session) if session.isascii() and session.isdigit() else OWN_GROUP + n,
                     gender="U",
                     start=_seconds(values.get("start", ""), "start", f"{path} line {n}"),
                     end=_seconds(values.get("end", ""), "end", f"{path} line {n}"),
@@ -224,7 +240,10 @@ def folder_rows(folder: str | os.PathLike) -> list[Utterance]:
     )
     if not files:
         raise PredictError(f"--folder: no audio file ({', '.join(sorted(AUDIO_SUFFIXES))}) under {root}")
-    return [Utterance(p.relative_to(root).as_posix(), p.resolve(), "", UNLABELLED, "unknown", 0, "U") for p in files]
+    return [  # each file its own speaker and session: a speaker-normalised model uses its own statistics
+        Utterance(p.relative_to(root).as_posix(), p.resolve(), "", UNLABELLED, f"file {i}", OWN_GROUP + i, "U")
+        for i, p in enumerate(files)
+    ]
 
 
 # --- the request --------------------------------------------------------------------------------
@@ -308,7 +327,7 @@ def predict_batch(req: BatchRequest, say: Callable[[str], Any] = print) -> Batch
     check_batch_request(req)
     device = pick_device(req.device)
     ensemble = load_ensemble(req.checkpoint, req.run, device)
-    check_submission(req.format, ensemble.meta.classes)
+    check_submission(req.format, ensemble.meta.classes if ensemble.learns_classes() else ())
     column = transcript_column(req, ensemble)
     rows = manifest_rows(req.manifest, column if column != ASR_COLUMN else None) if req.manifest else None
     rows = rows or folder_rows(req.folder)
@@ -317,12 +336,16 @@ def predict_batch(req: BatchRequest, say: Callable[[str], Any] = print) -> Batch
     features, failed = make_features(req, work, rows, column, encoders, ensemble.meta)
     for uid, stage, reason in failed:
         say(f"failed: {uid} ({stage}): {reason}")
+    normalised = sorted({m.model.cfg.speaker_norm for m in ensemble.members} - {"none"})
+    if normalised:
+        say(f"normalisation: {predict_note(normalised[0])}")
     outputs, ids = ensemble_predictions(ensemble, features, device, req.progress)
     order = [i for i in (ids.get(u.id) for u in rows) if i is not None]
     kept = [u for u in rows if u.id in ids]
+    probs = None if outputs.probs is None else outputs.probs[order]
     attributes = None if outputs.attributes is None else outputs.attributes[order]
-    outputs = Outputs(outputs.probs[order], attributes, outputs.attribute_names)
-    files = write_batch_output(req.out, req.format, kept, outputs, ensemble.meta.classes)
+    outputs = Outputs(probs, attributes, outputs.attribute_names)
+    files = write_batch_output(req.out, req.format, kept, outputs, ensemble.meta.classes, say)
     files.append(write_sidecars(req, ensemble, encoders, kept, failed))
     if not req.keep_features:
         shutil.rmtree(work, ignore_errors=True)
@@ -451,10 +474,21 @@ def ensemble_predictions(ensemble: Ensemble, features: Path, device, progress: b
         dynamic_ncols=True,
     )
     with bar:
-        outputs = [model_outputs(m.model, cache, None, 32, device, on_batch=bar.update) for m in ensemble.members]
+        outputs = [
+            model_outputs(m.model, member_view(cache, m.model), None, 32, device, on_batch=bar.update)
+            for m in ensemble.members
+        ]
     ids = {uid: i for i, uid in enumerate(cache.ids)}
     cache.close()
     return ensemble_outputs(outputs), ids
+
+
+def member_view(cache, model):
+    """The features as a member reads them: a speaker-normalised model gets each utterance
+    standardised with its own frames (prediction knows no speakers; ``predict_note`` says so)."""
+    if model.cfg.speaker_norm == "none":
+        return cache
+    return SpeakerNormalisedCache(cache, "utterance")
 
 
 def write_sidecars(req: BatchRequest, ensemble: Ensemble, encoders, kept: list[Utterance], failed) -> Path:

@@ -8,7 +8,10 @@
   (the audio file's name, e.g. ``MSP-PODCAST_0001_0008.wav``, and the class letter: A angry,
   S sad, H happy, U surprise, F fear, D disgust, C contempt, N neutral); when the models predict
   attributes, ``OUT-stem.attributes.csv`` beside it holds ``FileName,EmoAct,EmoVal,EmoDom``
-  (arousal, valence, dominance on the corpus's 1-7 scale, 4 decimals).
+  (arousal, valence, dominance on the corpus's 1-7 scale, 4 decimals; values beyond it clipped
+  to its ends, with a warning); models that learn attributes only write that file as OUT.
+- Models of ``--task attributes`` have no trained class outputs: their CSV has no ``label`` and
+  ``p_`` columns.
 
 Every file is written atomically: a crash leaves the old file or the new one.
 """
@@ -64,21 +67,30 @@ def _write_csv(path: Path, header: list[str], records: list[list[str]]) -> Path:
 
 
 def write_batch_output(
-    out: Path, fmt: str, rows: list[Utterance], outputs: Outputs, classes: tuple[str, ...] | list[str]
+    out: Path, fmt: str, rows: list[Utterance], outputs: Outputs, classes: tuple[str, ...] | list[str], say=print
 ) -> list[Path]:
     """Write ``outputs`` (row ``i`` is utterance ``rows[i]``) in format ``fmt``; the files written."""
-    labels = [classes[int(i)] for i in np.argmax(outputs.probs, axis=1)] if len(rows) else []
+    if outputs.probs is None:  # a model of task attributes: its class outputs were never trained
+        labels, classes = None, ()
+    else:
+        labels = [classes[int(i)] for i in np.argmax(outputs.probs, axis=1)] if len(rows) else []
     if fmt == "msp-podcast":
-        return write_msp_podcast(out, rows, labels, outputs)
-    header = ["id", "label", *(PROB_PREFIX + c for c in classes), *outputs.attribute_names]
+        return write_msp_podcast(out, rows, labels, outputs, say)
+    header = ["id", *(["label"] if labels is not None else []), *(PROB_PREFIX + c for c in classes)]
     records = []
     for i, u in enumerate(rows):
         attrs = [] if outputs.attributes is None else [f"{v:.6f}" for v in outputs.attributes[i]]
-        records.append([u.id, labels[i], *(f"{p:.8f}" for p in outputs.probs[i]), *attrs])
-    return [_write_csv(out, header, records)]
+        probs = [] if labels is None else [labels[i], *(f"{p:.8f}" for p in outputs.probs[i])]
+        records.append([u.id, *probs, *attrs])
+    return [_write_csv(out, [*header, *outputs.attribute_names], records)]
 
 
-def write_msp_podcast(out: Path, rows: list[Utterance], labels: list[str], outputs: Outputs) -> list[Path]:
+def write_msp_podcast(
+    out: Path, rows: list[Utterance], labels: list[str] | None, outputs: Outputs, say=print
+) -> list[Path]:
+    """OUT: the categorical file, the attributes' beside it (OUT itself when the models learn no
+    classes). Attribute values beyond the 1-7 scale (a regression head may overshoot) are
+    clipped to its ends, and ``say`` tells how many."""
     names = [Path(u.audio).name for u in rows]
     seen: dict[str, str] = {}
     for u, name in zip(rows, names, strict=True):
@@ -88,25 +100,25 @@ def write_msp_podcast(out: Path, rows: list[Utterance], labels: list[str], outpu
                 f"names each file once"
             )
         seen[name] = u.id
-    files = [
-        _write_csv(out, ["FileName", "EmoClass"], [[n, MSP_LETTERS[c]] for n, c in zip(names, labels, strict=True)])
-    ]
+    files = []
+    if labels is not None:
+        letters = [[n, MSP_LETTERS[c]] for n, c in zip(names, labels, strict=True)]
+        files.append(_write_csv(out, ["FileName", "EmoClass"], letters))
     if outputs.attributes is None:
         attributes_file(out).unlink(missing_ok=True)  # an older run's would not belong to this one
         return files
-    low, high = MSP_SCALE
-    if len(rows) and not ((outputs.attributes >= low) & (outputs.attributes <= high)).all():
-        raise PredictError(
-            f"--format msp-podcast: the models' attributes run from {outputs.attributes.min():.3g} to "
-            f"{outputs.attributes.max():.3g}, not on MSP-Podcast's {low:g}-{high:g} scale"
-        )
     unknown = [a for a in outputs.attribute_names if a not in MSP_ATTRIBUTE_COLUMNS]
     if unknown:
         raise PredictError(
             f"--format msp-podcast: attribute(s) {', '.join(unknown)} have no MSP-Podcast column "
             f"(it has {', '.join(MSP_ATTRIBUTE_COLUMNS)})"
         )
+    low, high = MSP_SCALE
+    values = np.clip(outputs.attributes, low, high)
+    clipped = int((values != outputs.attributes).sum())
+    if clipped:
+        say(f"warning: {clipped} attribute value(s) beyond MSP-Podcast's {low:g}-{high:g} scale clipped to its ends")
     columns = [MSP_ATTRIBUTE_COLUMNS[a] for a in outputs.attribute_names]
-    records = [[n, *(f"{v:.4f}" for v in outputs.attributes[i])] for i, n in enumerate(names)]
-    files.append(_write_csv(attributes_file(out), ["FileName", *columns], records))
+    records = [[n, *(f"{v:.4f}" for v in values[i])] for i, n in enumerate(names)]
+    files.append(_write_csv(attributes_file(out) if files else out, ["FileName", *columns], records))
     return files

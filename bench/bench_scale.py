@@ -229,6 +229,8 @@ def _kept_part_b(options) -> list[str]:
     if start < 0:
         return ["### (b) not run (`--scale-part a`, and the results file had none)"]
     end = min(i for i in (text.find("### (c)", start), text.find("<!-- bench:", start), len(text)) if i >= 0)
+    if "(b) as measured on" in text[start:end]:  # kept once already: it says when it was measured
+        return [text[start:end].rstrip("\n")]
     dated = text.rfind("- date: ", 0, start)
     when = text[dated + len("- date: ") : text.find("\n", dated)] if dated >= 0 else "an earlier run"
     return [text[start:end].rstrip("\n"), "", f"(b) as measured on {when}, not rerun with (a) and (c)."]

@@ -120,7 +120,28 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(variant: str, cache_dir: str, epochs: int, warmup: int, run_root: str | None) -> dict:
+def time_batches(cache, waited: list[float]) -> None:
+    """Make ``cache.batches`` (training's and validation's source of batches) add the time spent
+    waiting for each batch to ``waited[0]``: on a GPU, time it has no batch to compute (every
+    step's ``loss.item()`` keeps the host within a step of the device)."""
+    real = cache.batches
+
+    def timed(*args, **kwargs):
+        batches = real(*args, **kwargs)
+        while True:
+            t = time.perf_counter()
+            batch = next(batches, None)
+            waited[0] += time.perf_counter() - t
+            if batch is None:
+                return
+            yield batch
+
+    cache.batches = timed
+
+
+def child(
+    variant: str, cache_dir: str, epochs: int, warmup: int, run_root: str | None, cache_mode: str = "memory"
+) -> dict:
     import ksr.fuse.train.training as training
     from ksr.cache import open_cache
     from ksr.fuse import ModelConfig
@@ -130,8 +151,10 @@ def child(variant: str, cache_dir: str, epochs: int, warmup: int, run_root: str 
     amp, compiled, _ = VARIANTS[variant]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     t = time.perf_counter()
-    cache = open_cache(cache_dir, mode="memory", device=device, progress=False)
+    cache = open_cache(cache_dir, mode=cache_mode, device=device, progress=False)
     load_s = time.perf_counter() - t
+    waited = [0.0]
+    time_batches(cache, waited)
     spec = RunSpec(
         model=model_config_for_cache(cache, ModelConfig()),
         recipe=recipe("paper", epochs=warmup + epochs),
@@ -162,8 +185,10 @@ def child(variant: str, cache_dir: str, epochs: int, warmup: int, run_root: str 
                 writes=totals["writes"],
                 train=total - totals["validation"] - totals["writes"],
                 train_loss=record["train_loss"],
+                data_wait=waited[0],
             )
         )
+        waited[0] = 0.0
         print(f"    {variant} epoch {epoch}: {total:.2f} s, train loss {record['train_loss']:.4f}", file=sys.stderr)
         totals.update(validation=0.0, writes=0.0)
         mark[:] = [time.perf_counter(), time.process_time()]
@@ -176,6 +201,8 @@ def child(variant: str, cache_dir: str, epochs: int, warmup: int, run_root: str 
     return dict(
         variant=variant,
         device=str(device),
+        cache_mode=cache.mode,
+        placement=cache.placement,
         amp_active=amp and device.type == "cuda",
         compiled=compiled,
         utterances=len(cache),
@@ -196,9 +223,18 @@ def child(variant: str, cache_dir: str, epochs: int, warmup: int, run_root: str 
     )
 
 
-def run_child(variant: str, cache_dir: Path, epochs: int, warmup: int, timeout: float | None, run_root: Path) -> dict:
+def run_child(
+    variant: str,
+    cache_dir: Path,
+    epochs: int,
+    warmup: int,
+    timeout: float | None,
+    run_root: Path,
+    cache_mode: str = "memory",
+) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, str(cache_dir)]
     cmd += ["--epochs", str(epochs), "--warmup", str(warmup), "--run-root", str(run_root)]
+    cmd += ["--cache-mode", cache_mode]
     # The child's progress (stderr) is shown as it comes; its last lines name a failure.
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         stopped: list[bool] = []
@@ -249,6 +285,7 @@ def summarise(r: dict) -> dict:
         validation_s=med("validation"),
         writes_s=med("writes"),
         first_s=r["epochs"][0]["seconds"],
+        data_wait_s=med("data_wait") if all("data_wait" in e for e in timed) else 0.0,
         full_run_s=epoch_s * EPOCHS * FOLDS,
     )
     # A small cache (the CPU default): training and validation scaled per utterance to an
@@ -276,7 +313,7 @@ def section(results: dict, device_name: str, epochs: int, warmup: int, cache_not
         )
     )
     lines.append(
-        f"Each variant in a fresh process: cache opened in memory mode on the device, {warmup} warm-up "
+        f"Each variant in a fresh process: cache opened in {first['cache_mode'] if first and 'cache_mode' in first else 'memory'} mode for the device, {warmup} warm-up "
         f"epoch(s), then {epochs} timed epoch(s) of the unchanged `train_fold` (its `on_epoch` callback "
         f"marks the epochs); an epoch = training steps + validation pass (`infer`) + the checkpoint, "
         f"history and state files it writes. Full run = median epoch x {EPOCHS} epochs x {FOLDS} folds: "
@@ -338,6 +375,11 @@ def section(results: dict, device_name: str, epochs: int, warmup: int, cache_not
                 f"graph breaks ({d['break_reasons']} distinct), recompile limit hit {d['recompile_limit_hits']} "
                 f"time(s) (that code then runs uncompiled)"
             )
+        if "cache_mode" in r:
+            lines.append(
+                f"- {label(r)}: {r['placement']}; waited for batches (training and validation) "
+                f"{s['data_wait_s']:.2f} s of a {s['epoch_s']:.2f} s epoch ({s['data_wait_s'] / s['epoch_s']:.0%})"
+            )
         missing = {"infer", "save_checkpoint", "atomic_save", "write_json"} - set(r["wrapped"])
         if missing:
             lines.append(
@@ -347,7 +389,8 @@ def section(results: dict, device_name: str, epochs: int, warmup: int, cache_not
     if first:
         lines.append(
             f"- the fold's files on disk after the run: {first['checkpoint_mib']:,.0f} MiB of `.pt` "
-            f"(best, last and state, rewritten every epoch); cache load (memory mode, SHA-256 checked): "
+            f"(best, last and state, rewritten every epoch); cache load ({first.get('cache_mode', 'memory')} mode, SHA-256 "
+            f"checked unless stamped): "
             f"{first['load_s']:.1f} s; float32 matmul precision `{first['matmul_precision']}` (torch's default, "
             f"which ksr keeps); torch threads {first['threads']}; CPU s = this process's CPU time per epoch; 1-minute load average at the end "
             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
@@ -380,6 +423,13 @@ def add_options(ap: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--cache", default=None, help="time this cache instead of a synthetic one")
     g.add_argument(
+        "--cache-mode",
+        default="memory",
+        choices=("memory", "gpu", "host", "stream", "auto"),
+        help="where the features live (ksr.cache.modes); default memory, what this bench measured before "
+        "(gpu on a GPU). Run once per mode to compare utterances/s and the time waited for data",
+    )
+    g.add_argument(
         "--variant-timeout",
         type=float,
         default=None,
@@ -389,7 +439,7 @@ def add_options(ap: argparse.ArgumentParser) -> None:
 
 def run(quick: bool = False, options: argparse.Namespace | None = None) -> str:
     o = options or argparse.Namespace(
-        utterances=None, epochs=None, warmup=1, variants=None, cache=None, variant_timeout=None
+        utterances=None, epochs=None, warmup=1, variants=None, cache=None, variant_timeout=None, cache_mode="memory"
     )
     gpu = torch.cuda.is_available()
     device_name = torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores)"
@@ -424,7 +474,7 @@ def run(quick: bool = False, options: argparse.Namespace | None = None) -> str:
                 continue
             print(f"  {name}: {o.warmup} warm-up + {epochs} timed epochs", flush=True)
             try:
-                results[name] = run_child(name, cache_dir, epochs, o.warmup, o.variant_timeout, tmp)
+                results[name] = run_child(name, cache_dir, epochs, o.warmup, o.variant_timeout, tmp, o.cache_mode)
             except Exception as exc:  # a variant that fails (e.g. no compiler) is reported, not fatal
                 results[name] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
             print(f"  {name}: {results[name] if isinstance(results[name], str) else 'done'}", flush=True)
@@ -441,7 +491,7 @@ def main() -> None:
     add_options(ap)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(*args.child, args.epochs, args.warmup, args.run_root)))
+        print(json.dumps(child(*args.child, args.epochs, args.warmup, args.run_root, args.cache_mode)))
         return
     print(run(args.quick, args))
 

@@ -131,7 +131,8 @@ class Cache:
         live = live_writer_problem(root)  # a cache still being extracted: only part of it is there
         if live:
             raise CacheError(live)
-        ins = inspect_cache(root)
+        stamps = Stamps(root)  # shards hashed (and inspected) before, unchanged since
+        ins = inspect_cache(root, stamps=stamps)
         if ins.problems:
             raise CacheError(_first(ins.problems, root))
         self.meta: CacheMeta = ins.scan.meta
@@ -172,7 +173,7 @@ class Cache:
         self._tlen_t = torch.as_tensor(self.text_lengths, device=self.home)
         self._attributes_t = torch.as_tensor(self.attributes, device=self.home)
         loads = self.mode != "stream"
-        verified = Stamps(root) if verify else None  # shards hashed before and unchanged since
+        verified = stamps if verify else None
         # Progress over the bytes read at open: whole files when hashing, feature rows otherwise.
         hashed = {s.entry.file for s in self.shards if verified is not None and not _trusted(verified, s)}
         row_bytes = self.meta.audio_row_bytes + self.meta.text_row_bytes
@@ -187,8 +188,7 @@ class Cache:
             self._store = store(self.shards, self.meta, self.home, verified, bar)
         finally:
             bar.close()
-            if verified is not None:
-                verified.save()
+            stamps.save()
         self._store.buffers.pinned = device.type == "cuda" and self.home.type == "cpu"
 
     # -- what is in the cache -----------------------------------------------------------------

@@ -14,6 +14,11 @@ would leave the stamp as it was; a stamp is trusted only if the file's ctime is 
 start of its hashing by ``RACY_NS``, i.e. the bytes hashed had been in place for a while and any
 later write must show. docs/cache.md lists what this does and does not detect.
 
+With each stamp goes what inspecting the shard found (its layout and per-utterance metadata):
+an open of an unchanged, stamped shard takes them from here instead of opening it with HDF5
+(~10 ms a shard; 300 shards for 150,000 utterances). They are used only with the stamp they
+were taken with, for the same index entry, writer and cache meta.
+
 The file is a cache of checks, never needed: it is written atomically and best effort (a
 read-only cache directory simply hashes at every open), and a missing, foreign or garbled one
 is ignored.
@@ -26,7 +31,12 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..common.files import sha256_file
+from .index import ShardEntry
+from .schema import INT_FIELDS, STR_FIELDS, CacheMeta
+from .shard import ShardInfo
 
 STAMPS_FILE = ".verified.json"
 STAMPS_KIND = "ksr-cache-verified"
@@ -46,6 +56,7 @@ class Stamps:
     def __init__(self, root: str | Path):
         self.path = Path(root) / STAMPS_FILE
         self.entries: dict[str, dict] = {}
+        self.described: dict[str, dict] = {}
         self.added = False
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
@@ -82,12 +93,62 @@ class Stamps:
         else:
             self.forget(name)
 
+    def describe(self, info: ShardInfo, tag: str, meta: CacheMeta, st: os.stat_result) -> None:
+        """Keep what inspecting the shard ``info`` found (its stat ``st`` taken before), to be
+        saved with its stamp: a later open of the unchanged file need not open it with HDF5."""
+        self.described[info.entry.file] = {
+            "stamp": file_stamp(st),
+            "writer": tag,
+            "meta": meta.to_dict(),
+            "n": info.n,
+            "offsets": [info.audio_offset, info.text_offset],
+            "fields": {k: v.tolist() for k, v in info.fields.items()},
+            # float32 values are exact in JSON (NaN, a missing value, is written as NaN)
+            "attributes": None if info.attributes is None else info.attributes.tolist(),
+            "attributes_shape": None if info.attributes is None else list(info.attributes.shape),
+        }
+
+    def known_shard(self, path: Path, entry: ShardEntry, tag: str, meta: CacheMeta) -> ShardInfo | None:
+        """The shard as an earlier inspection found it, when the file is the one stamped then
+        (``trusted``) and it was inspected for this index entry, writer and cache meta; None
+        otherwise (the caller inspects it)."""
+        e = self.entries.get(entry.file)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if e is None or not self.trusted(entry.file, entry.sha256, st) or not isinstance(e.get("shard"), dict):
+            return None
+        d = e["shard"]
+        if d.get("stamp") != e["stamp"] or d.get("writer") != tag or d.get("n") != entry.n:
+            return None
+        if d.get("meta") != json.loads(json.dumps(meta.to_dict())):
+            return None
+        try:
+            fields = {k: np.asarray(d["fields"][k], dtype=np.int64) for k in INT_FIELDS}
+            fields.update({k: np.array(d["fields"][k] or [], dtype=object) for k in STR_FIELDS})
+            audio_offset, text_offset = (int(x) for x in d["offsets"])
+            attributes = None
+            if d.get("attributes") is not None:
+                attributes = np.asarray(d["attributes"], dtype=np.float32).reshape(d["attributes_shape"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if any(v.shape != (entry.n,) for v in fields.values()):
+            return None
+        return ShardInfo(path, entry, entry.n, audio_offset, text_offset, fields, attributes)
+
     def forget(self, name: str) -> None:
         if self.entries.pop(name, None) is not None:
             self.added = True
 
     def save(self) -> None:
         """Write the stamps if any changed; silently not where the directory is read-only."""
+        for name, d in self.described.items():  # descriptions go only with their own stamp
+            e = self.entries.get(name)
+            if e is not None and e["stamp"] == d["stamp"] and e.get("shard") != d:
+                e["shard"] = d
+                self.added = True
+        self.described = {}
         if not self.added:
             return
         tmp = self.path.with_name(f"{STAMPS_FILE}.{os.getpid()}.new")

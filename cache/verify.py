@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,23 +23,35 @@ class Inspection:
     bytes_hashed: int = 0
 
 
-def inspect_cache(root: str | Path, checksums: bool = False, progress: bool | None = None) -> Inspection:
+def inspect_cache(
+    root: str | Path, checksums: bool = False, progress: bool | None = None, stamps: Stamps | None = None
+) -> Inspection:
     """Scan the indexes, check every indexed shard (sizes, schema, metadata, ``checksums``) and
-    look for ids stored twice. Shards no index lists are left out: readers never see them."""
+    look for ids stored twice. Shards no index lists are left out: readers never see them.
+    ``stamps``: take unchanged, stamped shards as inspected before (not with ``checksums``:
+    verify inspects everything), and keep what is inspected now for the next open."""
     scan = scan_dir(root)
     out = Inspection(scan, [], list(scan.problems))
     if scan.meta is None:
         return out
     pairs = [(ix, e) for ix, e in scan.entries() if (scan.root / e.file).is_file()]
+    verified = stamps if stamps is not None else Stamps(scan.root) if checksums else None
     for ix, entry in pairs:
-        info, found = inspect_shard(scan.root / entry.file, entry, ix.tag, scan.meta)
+        path = scan.root / entry.file
+        known = verified.known_shard(path, entry, ix.tag, scan.meta) if verified and not checksums else None
+        if known is not None:
+            out.shards.append(known)
+            continue
+        before = os.stat(path)
+        info, found = inspect_shard(path, entry, ix.tag, scan.meta)
         out.problems += found
         if info is not None:
             out.shards.append(info)
+            if verified is not None:
+                verified.describe(info, ix.tag, scan.meta, before)
     if checksums:
         # A size mismatch is already reported (as truncation); hashing would only repeat it.
         todo = [e for _, e in pairs if (scan.root / e.file).stat().st_size == e.bytes]
-        verified = Stamps(scan.root)  # what matches is stamped: later opens need not hash it
         with byte_bar(sum(e.bytes for e in todo), f"verifying {scan.root.name}", progress) as bar:
             digests = map_in_threads(lambda e: verified.hash(scan.root / e.file, e.sha256, progress=bar), todo)
         verified.save()

@@ -544,9 +544,10 @@ def predict_cmd(
     import json
 
     from ..common.optional import require_audio
+
+    require_audio("ksr predict")  # before any work (and before ..predict imports soundfile): one line
     from ..predict import PredictError, draw_attention, predict_one
 
-    require_audio("ksr predict")  # before any work: one line naming the extra
     if manifest or folder or out or run_dir:
         batch = dict(manifest=manifest, folder=folder, out=out, run=run_dir, checkpoint=checkpoint)
         batch.update(text_column=text_column, format=out_format, keep_features=keep_features, asr=asr_spec)

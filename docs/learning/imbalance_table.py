@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = ("plain", "weighted", "focal", "balanced")
+VARIANTS = ("plain", "weighted", "focal", "balanced", "weighted-focal")
 RAREST = "sad"
 
 
@@ -27,7 +27,7 @@ def seed_scores(report: dict) -> dict[str, list[float]]:
 
 
 def cell(values: list[float]) -> str:
-    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}"  # sample std, as ksr reports
 
 
 def main(work: Path) -> None:
@@ -37,7 +37,7 @@ def main(work: Path) -> None:
         found = [work / "runs" / f"imb-{v}" / sub / "report.json" for v in VARIANTS]
         probes[name] = seed_scores(json.loads(next(p for p in found if p.is_file()).read_text()))
     seeds = ", ".join(reports["plain"]["seeds"])
-    print(f"seeds {seeds}; mean ± std over seeds; % on the balanced test set (128 utterances)\n")
+    print(f"seeds {seeds}; mean ± sample std over seeds; % on the balanced test set (128 utterances)\n")
     print("| training | loss | macro-F1 | UA | sad recall | probe macro-F1 / UA | class-weighted probe macro-F1 / UA |")
     print("|---|---|---|---|---|---|---|")
     p, w = probes["probe"], probes["weighted probe"]

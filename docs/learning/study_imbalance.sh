@@ -1,5 +1,5 @@
 #!/bin/sh
-# The imbalance study (docs/learning.md, "Imbalanced classes"): the 8:4:2:1 demo variant, four ways to
+# The imbalance study (docs/learning.md, "Imbalanced classes"): the 8:4:2:1 demo variant, five ways to
 # train, 3 seeds each, each run with its linear probe (and the class-weighted probe) beside it.
 # Usage: sh docs/learning/study_imbalance.sh WORK   (from the repository root; WORK: a scratch folder)
 set -e
@@ -15,12 +15,13 @@ COMMON="--cache $WORK/caches/demo-imb100 --protocol split --recipe ksr --epochs 
     --layers 1,1,1 --heads 4 --audio-ffn-dim 64 --text-ffn-dim 64 --max-positions 512 --attention-dropout 0 --device cpu"
 # seed by seed, so that an interrupted study has every variant at the same seeds (--resume continues)
 for seed in 1 2 3; do
-    for variant in plain weighted focal balanced; do
+    for variant in plain weighted focal balanced weighted-focal; do
         case $variant in
             plain) extra="" ;;
             weighted) extra="--loss weighted-ce" ;;
             focal) extra="--loss focal --focal-gamma 2" ;;
             balanced) extra="--sampler balanced" ;;
+            weighted-focal) extra="--loss weighted-focal --focal-gamma 2" ;;
         esac
         nice -n 10 ksr train $COMMON --seeds $seed $extra --run "$WORK/runs/imb-$variant" --resume
     done

@@ -77,10 +77,12 @@ _GROUP_STATS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def group_names(cache, by: str) -> np.ndarray:
-    """Each utterance's normalisation group: its speaker or its session."""
-    if by not in ("speaker", "session"):
-        raise ValueError(f"speaker_norm groups by speaker or session, got {by!r}")
-    return np.asarray([str(g) for g in (cache.speakers if by == "speaker" else cache.sessions)])
+    """Each utterance's normalisation group: its speaker, its session, or itself ("utterance":
+    what prediction uses when it knows no speakers)."""
+    if by not in ("speaker", "session", "utterance"):
+        raise ValueError(f"speaker_norm groups by speaker, session or utterance, got {by!r}")
+    column = {"speaker": cache.speakers, "session": cache.sessions, "utterance": cache.ids}[by]
+    return np.asarray([str(g) for g in column])
 
 
 @torch.no_grad()
@@ -143,11 +145,19 @@ class SpeakerNormalisedCache:
     def __repr__(self) -> str:
         return f"{self.inner!r} normalised per {self.by}"
 
-    def batch(self, indices, dtype: torch.dtype = torch.float32):
-        b = self.inner.batch(indices, dtype)
+    def normalised(self, b):
+        """The batch ``b`` of the underlying cache with its audio standardised per group."""
         g = torch.as_tensor(self.group_of[b.indices.cpu().numpy()])
         audio = normalise_rows(b.audio, b.audio_padding_mask, self.mean[g], self.std[g])
         return dataclasses.replace(b, audio=audio.to(b.audio.dtype))
+
+    def batch(self, indices, dtype: torch.dtype = torch.float32):
+        return self.normalised(self.inner.batch(indices, dtype))
+
+    def batches(self, parts, device=None, dtype: torch.dtype = torch.float32, **kwargs):
+        """The cache's prefetched batches (``Cache.batches``), each normalised as it is used."""
+        for b in self.inner.batches(parts, device, dtype, **kwargs):
+            yield self.normalised(b)
 
     def loader(self, indices=None, batch_size: int = 32, shuffle=False, generator=None, drop_last=False, dtype=None):
         idx = np.arange(len(self)) if indices is None else np.asarray(indices)

@@ -121,8 +121,13 @@ def attribute_lines(report: dict[str, Any], model_name: str = "model") -> list[s
         "|---" * (len(names) + 2) + "|",
     ]
     labels = {"model": model_name, "ridge": "ridge (probe features)"}
+    cov = report.get("coverage") or {}
+    hidden = not cov.get("complete", True) and not report.get("allow_incomplete")  # as the class means
     for system, entry in a["systems"].items():
         s = entry["summary"]
+        if system == "model" and hidden:
+            lines.append(f"| {labels[system]} | not given: unfinished run (--allow-incomplete) |" + " |" * len(names))
+            continue
         lines.append(f"| {labels[system]} | {_cell(s, 'ccc')} | " + " | ".join(_cell(s, k) for k in keys[:-1]) + " |")
     lines += ["", "Pooled test utterances per seed, 95% bootstrap intervals:", ""]
     lines += ["| system | seed | n | mean CCC | " + " | ".join(names) + " |", "|---" * (len(names) + 4) + "|"]

@@ -24,10 +24,14 @@ import numpy as np
 import torch
 
 from ...cache import Cache, CacheError, check_compatible, open_cache
+from ..model.normalise import normalised_view
+from ..model.tasks import learns_attributes, learns_classes
+from ..train.attributes import true_attributes
 from ..train.checkpoint import load_model_and_meta
 from ..train.inference import ensemble_outputs, model_outputs
 from ..train.metrics import METRICS, mean_std, scores
 from ..train.runs import MODEL_CACHE_KEYS, RunError, RunSpec, fold_checkpoint, history_of, load_run, trained_folds
+from .attribute_report import attribute_summary_over_seeds, seed_scores
 from .evaluation import (
     SELECTION_NOTES,
     coverage,
@@ -131,6 +135,12 @@ def evaluate_cross_corpus(
 ) -> dict[str, Any]:
     """The run's models (every trained fold of every seed, or ``folds``) on all of ``cache``."""
     check_features_fit(spec, cache, run_dir)
+    if not learns_classes(spec.model):
+        raise RunError(
+            f"{run_dir} learns attributes only (--task attributes): cross-corpus evaluation scores classes; "
+            f"evaluate a run of --task classes or both"
+        )
+    cache = normalised_view(cache, spec.model)  # speaker_norm: each speaker's own statistics, as in evaluation
     trained = tuple(spec.cache_meta["classes"])
     mapping = label_mapping(tuple(cache.classes), trained, class_map or {})
     mapped = mapping[cache.labels]
@@ -139,7 +149,7 @@ def evaluate_cross_corpus(
     available = trained_folds(run_dir)
     if not available:
         raise RunError(f"{run_dir}: no trained fold (no fold folder with a best.pt); run ksr train first")
-    per_seed, predictions, warnings, members = {}, {}, [], []
+    per_seed, predictions, warnings, members, members_by_seed = {}, {}, [], [], {}
     for seed, seed_folds in available.items():
         wanted = [f for f in seed_folds if folds is None or f in folds]
         fold_reports, preds_of = {}, predictions.setdefault(str(seed), {})
@@ -147,6 +157,7 @@ def evaluate_cross_corpus(
             model, meta = load_model_and_meta(fold_checkpoint(run_dir, seed, fold, protocol=spec.protocol), device)
             out = model_outputs(model, cache, kept, 64, device)
             members.append(out)
+            members_by_seed.setdefault(str(seed), {})[str(fold)] = out.attributes
             s = model_scores(out.probs, y, len(trained))
             history = history_of(run_dir, seed, fold, spec.protocol)
             s.update(test_group=f"all of {cache.meta.corpus}", selected_epoch=meta.get("epoch"), history=history)
@@ -162,7 +173,27 @@ def evaluate_cross_corpus(
     report["cross_corpus"] = corpus_record(spec, cache, class_map or {}, mapping, kept)
     report["ensemble"] = {"models": len(members), **model_scores(ensemble_outputs(members).probs, y, len(trained))}
     add_intervals(report, predictions, bootstrap)
+    if learns_attributes(spec.model):
+        report["cross_corpus_attributes"] = attribute_part(cache, spec, kept, members_by_seed, bootstrap)
     return report
+
+
+def attribute_part(
+    cache: Cache, spec: RunSpec, kept: np.ndarray, values: dict[str, dict[str, np.ndarray]], boot: Bootstrap
+) -> dict[str, Any]:
+    """The models' CCC on the tested corpus's attributes (when it holds them), per seed and fold
+    model, pooled with intervals, and the summary. No ridge baseline: it would be fitted on the
+    training cache, which cross-corpus evaluation does not open."""
+    names = list(spec.model.attributes)
+    missing = [a for a in names if a not in cache.attribute_names]
+    if missing:
+        return {"names": names, "scored": False, "why": f"the tested cache holds no {', '.join(missing)} values"}
+    truth = true_attributes(cache, kept, spec.model)
+    seeds = {
+        seed: seed_scores({fold: (truth, pred) for fold, pred in folds.items()}, names, boot)
+        for seed, folds in values.items()
+    }
+    return {"names": names, "scored": True, "seeds": seeds, "summary": attribute_summary_over_seeds(seeds, names)}
 
 
 def model_scores(probs: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, Any]:
@@ -233,12 +264,30 @@ def cross_corpus_lines(report: dict[str, Any]) -> list[str]:
     mapped = ", ".join(f"{k}={v}" for k, v in cc["class_map"].items()) or "none (the same class names)"
     left = ", ".join(f"{c} ({n})" for c, n in cc["left_out"].items()) or "none"
     e = report["ensemble"]
-    return [
+    return cross_corpus_attribute_lines(report.get("cross_corpus_attributes")) + [
         f"**Cross-corpus**: trained on {cc['trained_on']} ({cc['train_cache'] or 'cache not recorded'}), tested on "
         f"{cc['tested_on']} ({cc['test_cache']}): {cc['tested']} utterances; class map: {mapped}; left out: {left}.",
         "",
         f"Ensemble of the {e['models']} models (mean of their probabilities): "
         + ", ".join(f"{METRIC_NAMES.get(m, m)} {100 * e[m]:.2f}%" for m in METRICS)
         + ".",
+        "",
+    ]
+
+
+def cross_corpus_attribute_lines(part: dict[str, Any] | None) -> list[str]:
+    """The attributes' line of a cross-corpus report: mean CCC and per attribute, mean ± std over
+    the fold models (none for a run that learns no attributes)."""
+    if not part:
+        return []
+    if not part["scored"]:
+        return [f"Attributes ({', '.join(part['names'])}) not scored: {part['why']}.", ""]
+    s = part["summary"]
+    cells = [f"mean {s['ccc']:.3f} ± {s['ccc_std_over_folds']:.3f}"] + [
+        f"{a} {s['ccc_' + a]:.3f} ± {s['ccc_' + a + '_std_over_folds']:.3f}" for a in part["names"]
+    ]
+    return [
+        "Attributes on the tested corpus, CCC (mean ± std over the fold models; no ridge baseline across "
+        "corpora): " + ", ".join(cells) + ".",
         "",
     ]

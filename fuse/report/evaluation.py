@@ -13,7 +13,7 @@ import torch
 from ...cache import Cache, open_cache
 from ...common import resolve_device
 from ..model.normalise import normalised_view
-from ..train.chance import below_chance, below_chance_message, chance_loss, stall_message, stalled
+from ..train.chance import StallWatch, below_chance, below_chance_message
 from ..train.checkpoint import load_model_and_meta
 from ..train.folds import OFFICIAL_SPLIT, public_fold_name
 from ..train.inference import infer
@@ -93,6 +93,7 @@ def evaluate_run(
         "protocol": spec.protocol,
         "fold_naming": fold_naming(spec),
         "select": spec.select,
+        "task": spec.model.task,  # an attributes-only model's class scores mean nothing
         "selection_metric": spec.metric,
         "note": selection_note(spec),
         "classes": list(cache.classes),
@@ -184,15 +185,12 @@ def test_warnings(where: str, s: dict[str, Any], preds: np.ndarray, classes: lis
 
 def history_warnings(where: str, history: list[dict], train_labels: np.ndarray, spec: RunSpec) -> list[str]:
     """The fold's training loss still at chance at its last epoch (what training said, kept)."""
-    if spec.model.architecture == "probe" or spec.model.task != "classes" or not history:
-        return []  # a loss with an attribute (CCC) term has no class-chance level
-    if "train_loss" not in history[-1]:
+    if spec.model.architecture == "probe" or not history or "train_loss" not in history[-1]:
         return []
-    last = history[-1]
-    chance = chance_loss(train_labels, spec.model.num_classes)
-    if not stalled(last["epoch"], last["train_loss"], chance, spec.recipe):
-        return []
-    return [stall_message(where, last["epoch"], last["train_loss"], chance, spec.recipe, spec.model)]
+    said = StallWatch(where, train_labels, spec.recipe, spec.model).check(
+        history[-1]["epoch"], history[-1]["train_loss"]
+    )
+    return [said] if said else []
 
 
 def fold_test_warning(

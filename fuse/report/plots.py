@@ -55,6 +55,9 @@ def confusion_figure(confusion: list[list[int]], classes: list[str], title: str,
 
 def learning_curves(folds: dict[str, Any], select: str, title: str, path: Path) -> Path:
     fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(7.5, 3), dpi=120)
+    # an attributes-only model's history has no UA: its curve is the mean CCC
+    first = next((f["history"][0] for f in folds.values() if f.get("history")), {})
+    metric, label = ("ua", "UA %") if f"{select}_ua" in first or not first else ("ccc", "mean CCC x 100")
     for fold, f in folds.items():
         h = f.get("history") or []
         if not h:
@@ -62,13 +65,13 @@ def learning_curves(folds: dict[str, Any], select: str, title: str, path: Path) 
         epochs = [e["epoch"] for e in h]
         (line,) = loss_ax.plot(epochs, [e["train_loss"] for e in h], label=f"fold {fold} train")
         loss_ax.plot(epochs, [e[f"{select}_loss"] for e in h], "--", color=line.get_color())
-        metric_ax.plot(epochs, [100 * e[f"{select}_ua"] for e in h], color=line.get_color(), label=f"fold {fold}")
+        metric_ax.plot(epochs, [100 * e[f"{select}_{metric}"] for e in h], color=line.get_color(), label=f"fold {fold}")
         if f.get("selected_epoch") is not None:
             metric_ax.axvline(f["selected_epoch"], color=line.get_color(), alpha=0.3, lw=0.8)
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel(f"cross-entropy (solid train, dashed {select})")
     metric_ax.set_xlabel("epoch")
-    metric_ax.set_ylabel(f"{select} UA %")
+    metric_ax.set_ylabel(f"{select} {label}")
     metric_ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()

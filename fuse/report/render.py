@@ -263,9 +263,27 @@ def printed_summary(report: dict[str, Any]) -> list[str]:
         found = max(len(sr["folds"]) for sr in report["seeds"].values())
         planned = cov.get("folds_planned", found)
         over = "mean over folds" if found >= planned else f"mean over {found} of {planned} folds"
-    loss = f"loss: {report['loss']}; " if "loss" in report else ""
-    lines.append(f"WA {pct(s['wa'])}%  UA {pct(s['ua'])}%  macro F1 {pct(s['macro_f1'])}%  ({over}; {loss}{where})")
-    for name, b in report.get("baselines", {}).items():
-        b = b["summary"]
-        lines.append(f"  {name}: WA {pct(b['wa'])}%  UA {pct(b['ua'])}%  macro F1 {pct(b['macro_f1'])}% (same folds)")
+    if report.get("task", "classes") != "attributes":  # an attributes-only model's classifier is untrained
+        lines.append(f"WA {pct(s['wa'])}%  UA {pct(s['ua'])}%  macro F1 {pct(s['macro_f1'])}%  ({over}; {where})")
+    if "loss" in report:  # reports written before ksr named the loss have none
+        lines.append(f"  training loss: {report['loss']}")
+    if report.get("task", "classes") != "attributes":
+        for name, b in report.get("baselines", {}).items():
+            b = b["summary"]
+            lines.append(
+                f"  {name}: WA {pct(b['wa'])}%  UA {pct(b['ua'])}%  macro F1 {pct(b['macro_f1'])}% (same folds)"
+            )
+    return lines + attribute_summary_lines(report, f"({over}; {where})")
+
+
+def attribute_summary_lines(report: dict[str, Any], where: str) -> list[str]:
+    """The mean CCC of the model and of the ridge baseline, when the model learns attributes."""
+    systems = (report.get("attributes") or {}).get("systems")
+    if not systems:
+        return []
+    model = systems["model"]["summary"]["ccc"]
+    first = report.get("task") == "attributes"  # then the CCC is the run's headline
+    lines = [f"CCC {model:.3f} {where}" if first else f"  CCC {model:.3f} (same folds)"]
+    if "ridge" in systems:
+        lines.append(f"  ridge: CCC {systems['ridge']['summary']['ccc']:.3f} (same folds)")
     return lines

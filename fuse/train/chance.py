@@ -4,7 +4,9 @@ Two checks, said while it happens (training prints them) and kept in the report:
 
 - **stalled**: after the warm-up (and at least a full epoch, and 15% of the epochs), the training loss is still
   within ``STALL_TOLERANCE`` of the loss of guessing the training class shares (their entropy:
-  ln C for C balanced classes). The model has learnt nothing from the features.
+  ln C for C balanced classes; under a weighted or focal loss or balanced batches, that loss's value
+  for the best constant prediction, ``losses.constant_prediction_loss``). The model has learnt
+  nothing from the features.
 - **below chance**: a fold's test UA is below 1 / C, what guessing scores on average. With the
   validation set drawn from the training speakers this is often a speaker shift that validation
   could not see.
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..model.config import ModelConfig, attention_layers
+from .losses import constant_prediction_loss
 from .recipes import SCALING_REFERENCE_LAYERS, Recipe
 
 #: The training loss counts as "at chance" above this share of the chance loss. Runs that stayed
@@ -45,6 +48,11 @@ def first_checked_epoch(r: Recipe) -> int:
 def stalled(epoch: int, train_loss: float, chance: float, r: Recipe) -> bool:
     """Whether the training loss of 0-based ``epoch`` is still at chance after the warm-up."""
     return chance > 0 and epoch >= first_checked_epoch(r) and train_loss >= STALL_TOLERANCE * chance
+
+
+def stall_check_applies(r: Recipe, cfg: ModelConfig) -> bool:
+    """Only class tasks are checked: a loss with an attribute (CCC) term has no chance level."""
+    return cfg.task == "classes"
 
 
 def stall_advice(r: Recipe, cfg: ModelConfig) -> str:
@@ -86,7 +94,11 @@ class StallWatch:
 
     def __init__(self, where: str, train_labels: Sequence[int], r: Recipe, cfg: ModelConfig) -> None:
         self.where, self.recipe, self.cfg = where, r, cfg
-        self.chance = chance_loss(train_labels, cfg.num_classes)
+        self.chance = (
+            chance_loss(train_labels, cfg.num_classes)
+            if (r.loss, r.sampler) == ("ce", "shuffle")
+            else constant_prediction_loss(r.loss, r.focal_gamma, r.sampler, np.asarray(train_labels), cfg.num_classes)
+        )
         # a loss with an attribute (CCC) term has no class-chance level to compare with
         self.said = cfg.task != "classes"
 

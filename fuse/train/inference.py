@@ -71,7 +71,7 @@ def infer(
 class Outputs:
     """What a model (or the mean of several) says about cache utterances."""
 
-    probs: np.ndarray  # (N, C) float64 class probabilities
+    probs: np.ndarray | None  # (N, C) float64 class probabilities; None: the model learns no classes
     attributes: np.ndarray | None = None  # (N, A) float64, when the model predicts attributes
     attribute_names: tuple[str, ...] = ()
 
@@ -98,19 +98,19 @@ def model_outputs(
             attributes.append(attrs.cpu().double().numpy())
         if on_batch is not None:
             on_batch(len(batch))
-    if not probs:
-        return Outputs(np.zeros((0, model.cfg.num_classes)))
-    if not attributes:
-        return Outputs(np.concatenate(probs))
-    values = np.concatenate(attributes)
-    return Outputs(np.concatenate(probs), values, tuple(model.cfg.attributes))
+    cfg = model.cfg
+    classes = (np.concatenate(probs) if probs else np.zeros((0, cfg.num_classes))) if learns_classes(cfg) else None
+    if not learns_attributes(cfg):
+        return Outputs(classes)
+    values = np.concatenate(attributes) if attributes else np.zeros((0, len(cfg.attributes)))
+    return Outputs(classes, values, tuple(cfg.attributes))
 
 
 def ensemble_outputs(members: Sequence[Outputs]) -> Outputs:
-    """The members' mean: of class probabilities, and of attributes when every member has them."""
+    """The members' mean: of class probabilities, and of attributes, each when every member has them."""
     if not members:
         raise ValueError("an ensemble needs at least one member")
-    probs = np.mean([m.probs for m in members], axis=0)
+    probs = None if any(m.probs is None for m in members) else np.mean([m.probs for m in members], axis=0)
     if all(m.attributes is not None for m in members):
         return Outputs(probs, np.mean([m.attributes for m in members], axis=0), members[0].attribute_names)
     return Outputs(probs)

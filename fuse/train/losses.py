@@ -90,3 +90,28 @@ def describe_loss(loss: str, focal_gamma: float, sampler: str = "shuffle") -> st
     if is_focal(loss):
         name += f" (gamma {focal_gamma:g})"
     return name + (", class-balanced batches" if sampler == "balanced" else "")
+
+
+def constant_prediction_loss(
+    loss: str, focal_gamma: float, sampler: str, train_labels: np.ndarray, num_classes: int
+) -> float:
+    """The training loss of a model that ignores its input: ``class_loss``'s value for the best
+    constant logits, over the class shares an epoch draws (the training fold's; equal ones under
+    the balanced sampler). For plain cross-entropy over shuffled batches it is the entropy of the
+    class shares; a weighted loss or balanced batches raise it to ln K, a focal loss lowers it.
+    What ``chance.StallWatch`` compares a non-default loss with."""
+    fn = class_loss(loss, focal_gamma, train_labels, num_classes)
+    drawn = np.unique(train_labels) if sampler == "balanced" else np.asarray(train_labels)
+    labels = torch.as_tensor(drawn, dtype=torch.long)
+    logits = torch.zeros(num_classes, requires_grad=True)  # float32, as the training step computes
+    search = torch.optim.LBFGS([logits], max_iter=200, line_search_fn="strong_wolfe")
+
+    def value() -> torch.Tensor:
+        search.zero_grad()
+        out = fn(logits.expand(len(labels), num_classes), labels)
+        out.backward()
+        return out
+
+    search.step(value)
+    with torch.no_grad():
+        return float(fn(logits.expand(len(labels), num_classes), labels))

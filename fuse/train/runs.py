@@ -8,8 +8,8 @@ This module is the only one that names a run directory's files or parses its pat
     RUN/seed123/fold5/best.pt        the selected epoch's model (a ksr checkpoint)
     RUN/seed123/fold5/last.pt        the last epoch's model
     RUN/seed123/fold5/history.json   per-epoch loss, lr and selection metrics
-    RUN/seed123/fold5/.lock-train    held (flock, with its pid) while a process trains the fold
     RUN/seed123/split/...            the same files for the split protocol's one fold (the official split)
+    RUN/.lock-train-seed123-fold5    held (flock, with its pid) while a process trains that fold
     RUN/report.json, .md, .csv       the run's report (``ReportFiles``; ``ksr eval --fold`` adds _foldK stems)
     RUN/report_predictions.csv       every test utterance's prediction, per seed and fold
     RUN/report_*.png                 the report's figures
@@ -512,22 +512,24 @@ def check_protocol(cache: Cache, spec: RunSpec, folds: list[int] | None) -> None
 
 # --- who is training a fold now ----------------------------------------------------------------
 
-#: The writer tag of a fold folder's lock: ``RUN/seedS/foldK/.lock-train`` (cache.locks' scheme).
+#: The writer tag of a fold's lock: ``RUN/.lock-train-seedS-foldK`` (cache.locks' scheme). In
+#: the run folder, not the fold folder: a refused start leaves the fold folder untouched.
 TRAIN_LOCK_TAG = "train"
 
 
 @contextmanager
 def fold_lock(run_dir: Path, seed: int, fold: int, protocol: str = "session") -> Iterator[None]:
-    """Held while this process trains one fold folder: a second ``ksr train`` on the same fold
-    (at once, or a --resume while the first runs) is refused in one line, where both would write
-    the same files. The kernel drops the lock when its process dies, so a killed run's file is no
+    """Held while this process trains one fold: a second ``ksr train`` on the same fold (at once,
+    or a --resume while the first runs) is refused in one line, where both would write the same
+    files. The kernel drops the lock when its process dies, so a killed run's file is no
     obstacle. Other folds of the run stay free: processes may train different folds of one run."""
     folder = fold_files(run_dir, seed, fold, protocol).root
-    folder.mkdir(parents=True, exist_ok=True)
+    tag = f"{TRAIN_LOCK_TAG}-seed{seed}-{folder.name}"
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
     try:
-        fd, _ = lock_writer(folder, TRAIN_LOCK_TAG)
+        fd, _ = lock_writer(Path(run_dir), tag)
     except CacheError:
-        pid = live_writers(folder).get(TRAIN_LOCK_TAG, "")
+        pid = live_writers(run_dir).get(tag, "")
         raise RunError(
             f"{folder}: another ksr train{f' (pid {pid})' if pid else ''} is training this fold now; wait for "
             "it to finish (then --resume), or choose another --run"
@@ -535,4 +537,4 @@ def fold_lock(run_dir: Path, seed: int, fold: int, protocol: str = "session") ->
     try:
         yield
     finally:
-        unlock_writer(folder, TRAIN_LOCK_TAG, fd, remove=True)
+        unlock_writer(Path(run_dir), tag, fd, remove=True)

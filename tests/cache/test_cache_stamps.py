@@ -7,13 +7,15 @@ import json
 import os
 
 import h5py
+import numpy as np
 import pytest
+import torch
 
-from ksr.cache import CacheError, open_cache, verify_cache
+from ksr.cache import CacheError, CacheWriter, open_cache, verify_cache
 from ksr.cache import reader as reader_mod
 from ksr.cache import stamps as stamps_mod
 from ksr.cache.stamps import STAMPS_FILE, file_stamp
-from ksr.cache.synthetic import synthetic_meta, write_synthetic_cache
+from ksr.cache.synthetic import synthetic_meta, synthetic_utterances, write_synthetic_cache
 
 
 @pytest.fixture
@@ -109,3 +111,48 @@ def test_a_garbled_stamps_file_is_ignored(cache, hashes, monkeypatch):
     assert len(hashes) == 3
     assert json.loads((cache / STAMPS_FILE).read_text())["kind"] == "ksr-cache-verified"
     assert verify_cache(cache, progress=False).ok and verify_cache(cache, progress=False).notes == []
+
+
+def test_a_stamped_shard_is_not_opened_with_hdf5_again(cache, monkeypatch):
+    """Its layout and metadata come with its stamp: the same utterances, labels and rows, and
+    none of the shards inspected; a changed index meta still has every shard inspected (and refused)."""
+    from ksr.cache import verify as verify_mod
+
+    monkeypatch.setattr(stamps_mod, "RACY_NS", 0)
+    first = open_cache(cache, mode="stream", progress=False)
+    inspected = []
+    real = verify_mod.inspect_shard
+    monkeypatch.setattr(verify_mod, "inspect_shard", lambda path, *a: inspected.append(path.name) or real(path, *a))
+    again = open_cache(cache, mode="stream", progress=False)
+    assert inspected == []
+    assert again.ids == first.ids and list(again.labels) == list(first.labels)
+    assert list(again.speakers) == list(first.speakers) and list(again.transcripts) == list(first.transcripts)
+    batch, expected = again.batch(range(9)), first.batch(range(9))
+    assert torch.equal(batch.audio, expected.audio) and torch.equal(batch.text_lengths, expected.text_lengths)
+    path = cache / "index-w0.json"
+    doc = json.loads(path.read_text())
+    doc["meta"]["corpus"] = "another"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CacheError, match=r"shard-w0-00000\.h5: made for another cache than index-w0\.json: corpus"):
+        open_cache(cache, mode="stream", progress=False)
+    assert len(inspected) == 3
+
+
+def test_attributes_come_back_exactly_from_the_stamps(tmp_path, monkeypatch):
+    """Per-utterance attributes, missing values (NaN) among them, are the same whether the open
+    read them from the shards or from the stamps."""
+    monkeypatch.setattr(stamps_mod, "RACY_NS", 0)
+    root = tmp_path / "a"
+    meta = synthetic_meta(8, 6, attributes=("activation", "valence"))
+    utts = list(synthetic_utterances(7, meta, seed=4))
+    utts[2]["attributes"] = [float("nan"), 2.25]
+    utts[5]["attributes"] = None  # all missing
+    with CacheWriter(root, meta, shard_size=3) as w:
+        for u in utts:
+            w.add(**u)
+    first = open_cache(root, mode="stream", progress=False).attributes
+    again = open_cache(root, mode="stream", progress=False).attributes
+    assert first.dtype == again.dtype == np.float32 and first.shape == (7, 2)
+    assert np.array_equal(first, again, equal_nan=True)
+    assert np.isnan(again[2, 0]) and again[2, 1] == 2.25 and np.isnan(again[5]).all()
+    assert "attributes" in json.loads((root / STAMPS_FILE).read_text())["shards"]["shard-w0-00000.h5"]["shard"]

@@ -213,17 +213,30 @@ def test_submission_attributes_file_and_its_scale(tmp_path):
         "id,label,p_ang,p_sad,arousal,valence,dominance",
         "1,ang,0.70000000,0.30000000,2.250000,4.000000,6.500000",
     ]
-    with pytest.raises(
-        PredictError,
-        match=r"^--format msp-podcast: the models' attributes run from 0\.5 to 7, not on MSP-Podcast's 1-7 scale$",
-    ):
-        write_batch_output(
-            out,
-            "msp-podcast",
-            rows,
-            Outputs(probs, np.array([[0.5, 7, 7], [1, 1, 1]]), ("arousal", "valence", "dominance")),
-            ("ang", "sad"),
-        )
+    said = []  # beyond the 1-7 scale: clipped to its ends, and said
+    over = Outputs(probs, np.array([[0.5, 7.25, 7.0], [1.0, 1.0, 1.0]]), ("activation", "valence", "dominance"))
+    write_batch_output(out, "msp-podcast", rows, over, ("ang", "sad"), say=said.append)
+    assert files[1].read_text().splitlines()[1] == "MSP-PODCAST_0001_0001.wav,1.0000,7.0000,7.0000"
+    assert said == ["warning: 2 attribute value(s) beyond MSP-Podcast's 1-7 scale clipped to its ends"]
+    with pytest.raises(PredictError, match=r"^--format msp-podcast: attribute\(s\) joy have no MSP-Podcast column"):
+        write_batch_output(out, "msp-podcast", rows, Outputs(probs, attrs[:, :1], ("joy",)), ("ang", "sad"))
+
+
+def test_a_model_of_attributes_only_writes_no_class_columns(tmp_path):
+    rows = [type("U", (), {"audio": Path(f"/a/MSP-PODCAST_0001_000{i}.wav"), "id": str(i)})() for i in (1, 2)]
+    only = Outputs(None, np.array([[2.25, 4.0, 6.5], [1.0, 7.0, 3.5]]), ("activation", "valence", "dominance"))
+    plain = write_batch_output(tmp_path / "p.csv", "csv", rows, only, ("ang", "sad"))[0].read_text()
+    assert plain.splitlines() == [
+        "id,activation,valence,dominance",
+        "1,2.250000,4.000000,6.500000",
+        "2,1.000000,7.000000,3.500000",
+    ]
+    out = tmp_path / "sub.csv"  # the submission: the attributes' file is OUT itself
+    assert write_batch_output(out, "msp-podcast", rows, only, ("ang", "sad")) == [out]
+    assert out.read_text().splitlines()[:2] == [
+        "FileName,EmoAct,EmoVal,EmoDom",
+        "MSP-PODCAST_0001_0001.wav,2.2500,4.0000,6.5000",
+    ]
 
 
 def test_refusals_are_one_line(demo, tmp_path):
@@ -292,5 +305,46 @@ def test_ensemble_outputs_average_probabilities_and_attributes():
     assert mean.attribute_names == names
     assert ensemble_outputs([a]).probs.tolist() == a.probs.tolist()
     assert ensemble_outputs([a, Outputs(b.probs)]).attributes is None  # only when every member has them
+    assert ensemble_outputs([a, Outputs(None, b.attributes, names)]).probs is None
     with pytest.raises(ValueError, match="at least one member"):
         ensemble_outputs([])
+
+
+def test_a_model_of_classes_and_attributes_writes_both(demo, tmp_path):
+    raw = load_checkpoint(demo["ckpt"])
+    torch.manual_seed(0)
+    names = ("activation", "valence", "dominance")
+    both = KSTransformer(load_model(demo["ckpt"]).cfg.replace(task="both", attributes=names))
+    run = tmp_path / "run"
+    for fold in (1, 2):  # an ensemble of two such models (the same weights: the mean is the model)
+        save_checkpoint(run / "seed1" / f"fold{fold}" / "best.pt", both, raw["meta"])
+    out = tmp_path / "both.csv"
+    predict_batch(batch(demo, out, checkpoint=None, run=run))
+    rows = read_csv(out)
+    assert list(rows[0]) == ["id", "label", "p_ang", "p_neu", "p_hap", "p_sad", *names]
+    for u, r in zip(demo["rows"], rows, strict=True):
+        one = predict_one(run / "seed1" / "fold1" / "best.pt", u.audio, u.text, device="cpu", tiny_root=demo["tiny"])
+        np.testing.assert_allclose([float(r[a]) for a in names], [one.attributes[a] for a in names], atol=1e-5)
+        np.testing.assert_allclose(probabilities([r], one.classes)[0], list(one.probabilities.values()), atol=1e-5)
+    # Members of other tasks do not make one ensemble.
+    save_checkpoint(run / "seed1" / "fold2" / "best.pt", load_model(demo["ckpt"]), raw["meta"])
+    with pytest.raises(
+        PredictError, match=r"fold2/best\.pt: differs from .*fold1/best\.pt \(task\); the models of an ensemble must"
+    ):
+        predict_batch(batch(demo, tmp_path / "mixed.csv", checkpoint=None, run=run))
+
+
+def test_a_speaker_normalised_model_uses_each_utterance_alone_without_speakers(demo, tmp_path):
+    raw = load_checkpoint(demo["ckpt"])
+    normalised = KSTransformer(load_model(demo["ckpt"]).cfg.replace(speaker_norm="speaker"))
+    normalised.load_state_dict(load_model(demo["ckpt"]).state_dict())
+    ckpt = save_checkpoint(tmp_path / "norm.pt", normalised, raw["meta"])
+    out = tmp_path / "norm.csv"
+    # The manifest has no speaker column. Each utterance encoded alone (batch_seconds below any
+    # length): standardised features magnify the float16 step a batch's padding moves.
+    predict_batch(batch(demo, out, checkpoint=ckpt, batch_seconds=0.01))
+    rows = read_csv(out)
+    for u, r in zip(demo["rows"], rows, strict=True):
+        one = predict_one(ckpt, u.audio, u.text, device="cpu", tiny_root=demo["tiny"])
+        assert one.normalisation  # predict_one standardised the utterance with its own statistics
+        np.testing.assert_allclose(probabilities([r], one.classes)[0], list(one.probabilities.values()), atol=1e-5)

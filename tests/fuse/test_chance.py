@@ -18,6 +18,7 @@ from ksr.fuse.train.chance import (
     chance_loss,
     first_checked_epoch,
     stall_advice,
+    stall_check_applies,
     stalled,
 )
 from ksr.fuse.train.recipes import recipe
@@ -59,6 +60,11 @@ def test_stall_watch_says_it_once():
     assert watch.check(2, 1.40) is None
 
 
+def test_other_losses_and_attribute_tasks_are_not_checked():
+    assert stall_check_applies(recipe("ksr"), ModelConfig())
+    assert stall_check_applies(recipe("ksr", loss="focal"), ModelConfig())  # its own chance level (main)
+
+
 def test_below_chance_is_under_one_over_c():
     assert below_chance(0.0, 4) and below_chance(0.2499, 4)
     assert not below_chance(0.25, 4) and not below_chance(0.9, 4)
@@ -72,7 +78,9 @@ def test_a_stuck_run_is_warned_during_training_and_in_the_report(tmp_path):
     out = CliRunner().invoke(main, [*args, "--lr", "1e-9", "--no-baseline", "--bootstrap", "0"])
     assert out.exit_code == 0, out.output
     said = [line for line in out.output.splitlines() if "is still at chance level" in line]
-    assert len(said) == 1 and said[0].startswith("warning: seed 123 fold 2, epoch 2: the training loss")
+    # once while it happens (epoch 2), once more in the summary, which carries the report's warnings
+    assert len(said) == 2 and said[0].startswith("warning: seed 123 fold 2, epoch 2: the training loss")
+    assert said[1].startswith("warning: seed 123 fold 2, epoch 3: the training loss")
     assert "try a lower --lr (this run: 1e-09" in said[0]
     assert "is still at chance level" in (run / "report.md").read_text()
 

@@ -148,3 +148,42 @@ def test_class_map_parsing_and_refusals():
         label_mapping(("joy",), trained, {"surprise": "hap"})
     with pytest.raises(RunError, match=r"leaves every class of the tested cache out"):
         label_mapping(("joy",), trained, {"joy": "-"})
+
+
+NAMES = ("activation", "valence", "dominance")
+
+
+def test_a_run_of_classes_and_attributes_is_scored_on_both(tmp_path):
+    from support.tiny import tiny_meta
+
+    from ksr.fuse.train.metrics import attribute_scores
+
+    train = tiny_cache(tmp_path / "a", 60, seed=2, meta=tiny_meta(attributes=NAMES))
+    other = tiny_cache(tmp_path / "b", 30, seed=3, meta=tiny_meta(attributes=NAMES, corpus="elsewhere"))
+    run = tmp_path / "run"
+    args = ["train", "--cache", str(train), "--run", str(run), "--epochs", "1", "--task", "both", *TINY_MODEL]
+    result = CliRunner().invoke(main, [*args, "--fold", "1", "--fold", "2", "--no-baseline", "--bootstrap", "0"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["eval", "--run", str(run), "--cache", str(other), "--bootstrap", "20"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "report_on_elsewhere.json").read_text())
+    part = report["cross_corpus_attributes"]
+    assert part["scored"] and part["names"] == list(NAMES)
+    cache = open_cache(other, progress=False)
+    batch = cache.batch(np.arange(len(cache)))
+    for fold in ("1", "2"):  # each fold model's CCC, computed here from its own output
+        model = load_model(run / "seed123" / f"fold{fold}" / "best.pt").eval()
+        with torch.no_grad():
+            out = model(batch.audio, batch.text, batch.audio_padding_mask, batch.text_padding_mask)
+        expected = attribute_scores(cache.attributes, out[:, 4:].double().numpy(), NAMES)
+        assert part["seeds"]["123"]["folds"][fold]["ccc"] == pytest.approx(expected["ccc"], abs=1e-6)
+    assert "Attributes on the tested corpus, CCC" in result.output
+
+    # A run of task attributes (its run.json says so; `ksr train --task attributes` on 2 folds stops on a
+    # KeyError 'valid_ua' in main's training summary at the time of writing) is refused before a model loads.
+    spec = json.loads((run / "run.json").read_text())
+    spec["model"]["task"] = "attributes"
+    (tmp_path / "attr-run").mkdir()
+    (tmp_path / "attr-run" / "run.json").write_text(json.dumps(spec))
+    result = CliRunner().invoke(main, ["eval", "--run", str(tmp_path / "attr-run"), "--cache", str(other)])
+    assert result.exit_code == 1 and "learns attributes only (--task attributes)" in result.output

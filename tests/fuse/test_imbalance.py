@@ -249,7 +249,7 @@ def test_a_default_run_keeps_one_probe_and_names_its_loss(cache_dir, tmp_path):
     args = ["train", "--cache", str(cache_dir), "--run", str(run), *TRAIN, "--epochs", "1", "--fold", "2"]
     result = CliRunner().invoke(main, [*args, "--bootstrap", "0"])
     assert result.exit_code == 0, result.output
-    assert "loss: cross-entropy;" in result.output and "class-weighted" not in result.output
+    assert "training loss: cross-entropy\n" in result.output and "class-weighted" not in result.output
     assert not (run / "baseline-probe-weighted").exists()
     assert json.loads((run / "run.json").read_text())["recipe"]["loss"] == "ce"
 
@@ -275,3 +275,27 @@ def test_any_imbalance_option_brings_the_class_weighted_probe(cache_dir, tmp_pat
     }
     assert names.pop(()) == ["linear probe"]
     assert all(v == ["linear probe", "class-weighted linear probe"] for v in names.values())
+
+
+def test_the_chance_level_follows_the_loss_trained_with():
+    """The stall warning compares the training loss with what a model ignoring its input scores
+    under the same loss and batches (plain cross-entropy: the entropy of the class shares)."""
+    from ksr.fuse.train.chance import StallWatch, chance_loss
+    from ksr.fuse.train.losses import constant_prediction_loss
+
+    labels = np.array([0] * 8 + [1] * 4 + [2] * 2 + [3] * 1)
+    entropy = chance_loss(labels, 4)
+    assert constant_prediction_loss("ce", 2.0, "shuffle", labels, 4) == pytest.approx(entropy, rel=1e-5)
+    assert constant_prediction_loss("focal", 0.0, "shuffle", labels, 4) == pytest.approx(entropy, rel=1e-5)
+    assert constant_prediction_loss("weighted-ce", 2.0, "shuffle", labels, 4) == pytest.approx(np.log(4), rel=1e-5)
+    assert constant_prediction_loss("ce", 2.0, "balanced", labels, 4) == pytest.approx(np.log(4), rel=1e-5)
+    assert constant_prediction_loss("weighted-ce", 2.0, "shuffle", labels, 6) == pytest.approx(np.log(4), rel=1e-5)
+    # focal, two classes 3:1: the best constant probability q of class 0, by a fine grid in numpy
+    q = np.linspace(1e-4, 1 - 1e-4, 200001)
+    grid = np.min(0.75 * (1 - q) ** 2 * -np.log(q) + 0.25 * q**2 * -np.log(1 - q))
+    two = np.array([0, 0, 0, 1])
+    assert constant_prediction_loss("focal", 2.0, "shuffle", two, 2) == pytest.approx(grid, rel=1e-4)
+    cfg = tiny_config(num_classes=4)
+    assert StallWatch("f", labels, Recipe(), cfg).chance == entropy  # the default: unchanged
+    focal = StallWatch("f", labels, Recipe(loss="focal"), cfg).chance
+    assert focal == pytest.approx(constant_prediction_loss("focal", 2.0, "shuffle", labels, 4)) and focal < entropy

@@ -56,10 +56,13 @@ def test_every_utterance_is_standardised_with_its_own_speakers_statistics(cache)
     frames = np.concatenate([view.batch([i]).audio[0, : int(cache.audio_lengths[i])].numpy() for i in idx])
     np.testing.assert_allclose(frames.mean(axis=0), 0, atol=1e-4)
     np.testing.assert_allclose(frames.std(axis=0), 1, atol=1e-3)
-    # the loader and len() go through the view
+    # the loader, the prefetched batches training reads and len() all go through the view
     assert len(view) == len(cache)
     first = next(iter(view.loader([int(idx[0])], batch_size=4)))
     assert torch.equal(first.audio, view.batch([int(idx[0])]).audio)
+    parts = [idx[:2], idx[2:4]]
+    for got, part in zip(view.batches(parts, "cpu"), parts, strict=True):
+        assert torch.equal(got.audio, view.batch(part).audio)
 
 
 def test_sessions_group_by_session_and_none_is_the_cache_itself(cache):

@@ -284,11 +284,11 @@ def test_compare_sees_a_split_run_retrained_after_its_report(trained):
     saved = copy / "report_predictions.csv"
     rows = list(csv.reader(saved.open()))
     classes = json.loads((copy / "report.json").read_text())["classes"]
-    stale = [rows[0]] + [[*r[:4], classes[(classes.index(r[4]) + 1) % len(classes)]] for r in rows[1:]]
+    stale = [rows[0]] + [[*r[:4], classes[(classes.index(r[4]) + 1) % len(classes)], *r[5:]] for r in rows[1:]]
     with saved.open("w", newline="") as f:
         csv.writer(f).writerows(stale)
-    old = saved.stat().st_mtime - 100
-    os.utime(saved, (old, old))  # the checkpoints are newer than the report
+    later = saved.stat().st_mtime + 10
+    os.utime(copy / "seed2/split/best.pt", (later, later))  # retrained after its report was written
     result = invoke_ksr(["compare", run, copy, "--json", root / "fresh.json"], root)
     assert result.exit_code == 0, result.output
     got = json.loads((root / "fresh.json").read_text())

@@ -62,7 +62,7 @@ def test_a_single_fold_is_printed_without_a_std(cache_dir, tmp_path):
     run = tmp_path / "run"
     result = train(run, cache_dir, "--epochs", "1", "--fold", "2")
     assert result.exit_code == 0, result.output
-    assert "(fold 2, seed 123; report:" in result.output and "mean over folds" not in result.output
+    assert "(fold 2, seed 123; " in result.output and "mean over folds" not in result.output
     md = (run / "report.md").read_text()
     assert "± 0.00" not in md and "| fold 2 |" in md
     probe = (run / "baseline-probe/report.md").read_text()
@@ -123,11 +123,11 @@ def test_a_fold_another_process_is_training_is_refused_and_a_stale_lock_is_not(c
         f"Error: {run / 'seed123/fold2'}: another ksr train (pid {os.getpid()}) is training this fold now; "
         "wait for it to finish (then --resume), or choose another --run"
     )
-    assert not (run / "seed123/fold2/history.json").exists()
-    (run / "seed123/fold2/.lock-train").write_text("999999\n")  # left by a killed process: no flock held
+    assert not (run / "seed123/fold2").exists()
+    (run / ".lock-train-seed123-fold2").write_text("999999\n")  # left by a killed process: no flock held
     again = train(run, cache_dir, "--epochs", "1", "--fold", "2", "--no-baseline", "--resume")
     assert again.exit_code == 0, again.output
-    assert not (run / "seed123/fold2/.lock-train").exists()
+    assert not (run / ".lock-train-seed123-fold2").exists()
 
 
 def test_a_seed_given_twice_is_refused_in_one_line(cache_dir, tmp_path):
@@ -163,7 +163,7 @@ def test_resume_needs_no_cache_and_an_interrupted_run_says_how_to_continue(cache
     resumed = invoke_ksr(["train", "--run", "runs/r", "--resume", "--no-baseline"], tmp_path)  # no --cache
     assert resumed.exit_code == 0, resumed.output
     assert (tmp_path / "runs/r/seed123/fold2/best.pt").is_file()
-    assert "(mean over 2 of 5 folds; report: runs/r/report.md)" in resumed.output
+    assert "(mean over 2 of 5 folds; " in resumed.output and "report: runs/r/report.md)" in resumed.output
     missing = invoke_ksr(["train", "--run", "runs/new"], tmp_path)
     assert missing.exit_code == 2 and "--cache is needed" in missing.output, missing.output
 
@@ -193,3 +193,32 @@ def test_the_predictions_file_has_probabilities_speakers_and_sessions_and_reads_
         assert (r["speaker"], r["session"]) == where[r["id"]] and r["session"] == "2"
     back = read_predictions(run / "report_predictions.csv", classes)["123"]["2"]
     assert back["ids"] == [r["id"] for r in rows] and back["preds"] == [classes.index(r["prediction"]) for r in rows]
+
+
+def test_an_attribute_run_prints_its_ccc_not_an_untrained_classifiers_accuracy(tmp_path):
+    from support.tiny import tiny_meta
+
+    names = ("activation", "valence", "dominance")
+    cache = tiny_cache(tmp_path / "cache", 60, seed=2, meta=tiny_meta(attributes=names))
+    run = tmp_path / "run"
+    result = train(run, cache, "--epochs", "2", "--fold", "1", "--fold", "2", "--task", "attributes", "--metric", "ccc")
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "report.json").read_text())
+    model, ridge = (report["attributes"]["systems"][s]["summary"]["ccc"] for s in ("model", "ridge"))
+    summary = [line for line in result.output.splitlines() if "report: " in line]
+    assert len(summary) == 1 and summary[0].startswith(f"CCC {model:.3f} (mean over 2 of 5 folds; "), result.output
+    assert summary[0].endswith(f"report: {run / 'report.md'})")
+    assert f"  ridge: CCC {ridge:.3f} (same folds)" in result.output
+    assert not [line for line in result.output.splitlines() if line.startswith("WA ")]
+    # the attribute means are withheld, like the class means, while a fold is unfinished
+    history = run / "seed123/fold2/history.json"
+    saved = json.loads(history.read_text())
+    saved["epochs"] = saved["epochs"][:1]
+    history.write_text(json.dumps(saved))
+    again = train(run, cache, "--resume", "--no-baseline")
+    assert again.exit_code == 0, again.output
+    assert "no mean: unfinished run" in again.output and not [
+        line for line in again.output.splitlines() if line.startswith(("CCC ", "WA ", "  ridge"))
+    ]
+    md = (run / "report.md").read_text()
+    assert "| KS-Transformer | not given: unfinished run" in md.split("## Attributes (CCC)")[1]
