@@ -155,13 +155,13 @@ def test_train_on_a_full_disk_is_one_line_and_resume_completes(tmp_path, monkeyp
 
 
 def test_sigterm_outside_a_fold_is_one_line_with_the_signal_status(monkeypatch):
-    import ksr.fuse.report.evaluation as report
+    import ksr.fuse.report.cross_corpus as report
 
     def stopped_at_report(*args, **kwargs):
         signal.raise_signal(signal.SIGTERM)
         raise AssertionError("SIGTERM did not stop the command")
 
-    monkeypatch.setattr(report, "evaluate_saved_run", stopped_at_report)
+    monkeypatch.setattr(report, "evaluate_saved_run_across", stopped_at_report)
     before = signal.getsignal(signal.SIGTERM)
     result = CliRunner().invoke(main, ["eval", "--run", "/nonexistent-run"])
     assert signal.getsignal(signal.SIGTERM) == before

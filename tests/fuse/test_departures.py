@@ -58,11 +58,12 @@ def test_every_model_setting_has_one_flag_with_help():
 
     helps = CliRunner().invoke(main, ["train", "--help"]).output
     names = {f.name for f in cli_settings()}
-    # everything but the cache-decided dims and classes (and free-form notes) is settable
+    # everything but the cache-decided dims, classes and attribute names (and free-form notes) is settable
     assert names == {f.name for f in dataclasses.fields(ModelConfig)} - {
         "audio_dim",
         "text_dim",
         "num_classes",
+        "attributes",
         "extra",
     }
     for f in cli_settings():
