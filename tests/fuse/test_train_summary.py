@@ -7,12 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
-from support.tiny import TINY_MODEL, tiny_cache
+from support.tiny import TINY_MODEL, force_one_class, tiny_cache
 
 from ksr.cli import main
-from ksr.fuse import load_checkpoint, load_model, save_checkpoint
 from ksr.fuse.report.intervals import add_intervals
 from ksr.fuse.report.stats import Bootstrap
 
@@ -48,11 +46,7 @@ def test_a_fold_another_process_has_not_finished_gives_no_printed_mean(cache_dir
 def test_the_printed_summary_carries_the_reports_warnings(cache_dir, tmp_path):
     run = tmp_path / "run"
     assert train(run, cache_dir, "--epochs", "1", "--fold", "2", "--no-baseline").exit_code == 0
-    best = run / "seed123/fold2/best.pt"
-    model = load_model(best)
-    with torch.no_grad():
-        model.classifier[-1].bias.copy_(torch.tensor([0.0, 1e4, 0.0, 0.0]))  # always "neu"
-    save_checkpoint(best, model, load_checkpoint(best)["meta"])
+    force_one_class(run / "seed123/fold2/best.pt")  # always "neu"
     again = train(run, cache_dir, "--epochs", "1", "--fold", "2", "--no-baseline", "--resume")
     assert again.exit_code == 0, again.output
     assert "warning: seed 123 fold 2: every test utterance was predicted as neu" in again.output

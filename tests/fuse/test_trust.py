@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
-from support.tiny import TINY_MODEL, tiny_cache, tiny_meta
+from support.tiny import TINY_MODEL, force_one_class, tiny_cache, tiny_meta
 
 from ksr.cache.synthetic import write_synthetic_cache
 from ksr.cli import main
 from ksr.common.faults import ENV as KILL_AT
-from ksr.fuse import load_checkpoint, load_model, save_checkpoint
+from ksr.fuse import load_checkpoint
 
 TINY = [
     *TINY_MODEL,
@@ -108,11 +107,7 @@ def test_a_non_finite_loss_stops_training_in_one_line(cache_dir, tmp_path, monke
 def test_a_model_that_predicts_one_class_is_flagged(cache_dir, tmp_path):
     run = tmp_path / "run"
     assert train(run, cache_dir, "--epochs", "1", "--fold", "2", "--no-baseline").exit_code == 0
-    best = run / "seed123/fold2/best.pt"
-    model = load_model(best)
-    with torch.no_grad():
-        model.classifier[-1].bias.copy_(torch.tensor([0.0, 1e4, 0.0, 0.0]))  # always "neu"
-    save_checkpoint(best, model, load_checkpoint(best)["meta"])
+    force_one_class(run / "seed123/fold2/best.pt")  # always "neu"
     result = CliRunner().invoke(main, ["eval", "--run", str(run)])
     assert "**Warning**: seed 123 fold 2: every test utterance was predicted as neu" in result.output
     assert json.loads((run / "report.json").read_text())["warnings"]

@@ -52,3 +52,19 @@ def tiny_cache(
         **kwargs,
     )
     return root
+
+
+def force_one_class(checkpoint, class_index: int = 1) -> None:
+    """Rewrite a trained tiny model's checkpoint so it predicts ``class_index`` for everything
+    (the last classifier bias far above the rest): what a collapsed model looks like."""
+    import torch
+
+    from ksr.fuse import load_model
+    from ksr.fuse.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model = load_model(checkpoint)
+    with torch.no_grad():
+        bias = torch.zeros_like(model.classifier[-1].bias)
+        bias[class_index] = 1e4
+        model.classifier[-1].bias.copy_(bias)
+    save_checkpoint(checkpoint, model, load_checkpoint(checkpoint)["meta"])
